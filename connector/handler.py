@@ -1,0 +1,576 @@
+"""Which handler method serves a request, and what does the engine get back?
+
+:class:`DataSource` is the class users subclass. :class:`Dispatcher` turns
+one signed request into one response and never raises: it verifies the
+signature, coalesces replays of the same ``webhook-id``, parses the body,
+runs the user's ``authorize``/``scopes`` hooks, routes to ``load``, ``list``,
+``commit`` or ``events``, and maps every failure to the status and error
+body of ``PROTOCOL.md`` §5. It owns no socket; the client feeds it frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias
+
+import pydantic_core
+from pydantic import ValidationError
+
+from .protocol import RequestFrame, ResponseFrame
+from .signing import SignatureError, VerifiedRequest, Verifier
+from .source import (
+    REQUEST_TYPES,
+    CommitRequest,
+    CommitResult,
+    EventsPage,
+    EventsRequest,
+    ListPage,
+    ListQuery,
+    ListRequest,
+    LoadRequest,
+    Scope,
+    SourceRequest,
+    parse_source_request,
+)
+
+__all__ = [
+    "DataSource",
+    "Dispatcher",
+    "HttpResponse",
+    "OperationName",
+    "RequestContext",
+    "Row",
+    "SourceError",
+]
+
+log = logging.getLogger("connector.handler")
+
+Row: TypeAlias = Mapping[str, Any]
+OperationName = Literal["load", "list", "commit", "events"]
+OPERATIONS: Final[tuple[OperationName, ...]] = ("load", "list", "commit", "events")
+
+MaybeAwaitable: TypeAlias = Any  # a value, or an awaitable of it (sync or async handlers)
+
+_MAX_ERROR_MESSAGE: Final = 500
+_SKEW_WARNING_INTERVAL: Final = 60.0
+
+
+class SourceError(Exception):
+    """Raise from a handler to answer with a specific status and error code.
+
+    ``SourceError("idempotency_conflict", "key reused", status=409)`` answers
+    409 ``{"error": "idempotency_conflict", "message": "key reused"}``; extra
+    keyword arguments become extra fields of the error body.
+    """
+
+    def __init__(self, code: str, message: str = "", *, status: int = 400, **details: Any):
+        super().__init__(message or code)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"error": self.code}
+        if self.message:
+            payload["message"] = self.message
+        payload.update(self.details)
+        return payload
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a handler knows about the request it serves.
+
+    ``message_id`` and ``signed_at`` are vouched for by the signature;
+    ``scope`` is the engine's advisory context; ``auth`` is whatever
+    :meth:`DataSource.authorize` returned.
+    """
+
+    operation: OperationName
+    message_id: str
+    signed_at: int
+    headers: Mapping[str, str]
+    request: SourceRequest
+    scope: Scope | None = None
+    auth: Any = None
+    request_id: str | None = None
+
+
+class DataSource:
+    """Subclass and override any of ``load``, ``list``, ``commit``, ``events``.
+
+    Each may be ``async def`` or plain ``def``; a plain one runs in a worker
+    thread so it never blocks the connection. An operation that is not
+    overridden answers 404 ``source_<operation>_not_configured``. Raise
+    :class:`SourceError` to answer with a specific status; any other
+    exception answers 500 ``source_connector_handler_error``.
+    """
+
+    def load(self, model: str, id: str, ctx: RequestContext) -> MaybeAwaitable:
+        """Return the row with ``id`` (a mapping), or ``None`` if absent."""
+        raise NotImplementedError
+
+    def list(self, model: str, query: ListQuery, ctx: RequestContext) -> MaybeAwaitable:
+        """Return a list of rows, or a :class:`ListPage` with a ``next_cursor``."""
+        raise NotImplementedError
+
+    def commit(self, commit: CommitRequest, ctx: RequestContext) -> MaybeAwaitable:
+        """Apply every operation atomically; idempotent on ``correlation_id``.
+
+        Return a :class:`CommitResult` (or a mapping with ``rows``/``deltas``).
+        """
+        raise NotImplementedError
+
+    def events(self, cursor: str | None, limit: int | None, ctx: RequestContext) -> MaybeAwaitable:
+        """Return an :class:`EventsPage` of changes after ``cursor``."""
+        raise NotImplementedError
+
+    def authorize(self, ctx: RequestContext) -> MaybeAwaitable:
+        """Optional: attach business context (returned value becomes ``ctx.auth``).
+
+        Raise :class:`SourceError` (e.g. ``status=403``) to refuse the request.
+        """
+        return None
+
+    def scopes(self, ctx: RequestContext) -> MaybeAwaitable:
+        """Optional: the operations this request may use (``None`` = all)."""
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """One answer, plus what an operator wants to know about it."""
+
+    status: int
+    body: str
+    operation: str | None = None
+    model: str | None = None
+    error: str | None = None
+    replayed: bool = False
+
+    def to_frame(self, request_id: str) -> ResponseFrame:
+        return ResponseFrame(id=request_id, status=self.status, body=self.body)
+
+
+def _dumps(value: Any) -> str:
+    return pydantic_core.to_json(value).decode("utf-8")
+
+
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    operation: str | None = None,
+    model: str | None = None,
+    fields: Mapping[str, Any] | None = None,
+) -> HttpResponse:
+    body = {"error": code, "message": message, **(fields or {})}
+    return HttpResponse(status, _dumps(body), operation=operation, model=model, error=code)
+
+
+class _LeaderGone(Exception):
+    """The first copy of a request was cancelled before it produced an answer."""
+
+
+class _ReplayCache:
+    """Answers by ``webhook-id``: in flight, or finished within the window.
+
+    Only answers below 500 are kept: a 5xx tells the engine to retry, and the
+    retry must run the handler again.
+    """
+
+    def __init__(self, window: float, capacity: int) -> None:
+        self._window = window
+        self._capacity = capacity
+        self._running: dict[str, asyncio.Future[HttpResponse]] = {}
+        self._done: OrderedDict[str, tuple[float, HttpResponse]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._running) + len(self._done)
+
+    def lookup(self, key: str) -> HttpResponse | asyncio.Future[HttpResponse] | None:
+        running = self._running.get(key)
+        if running is not None:
+            return running
+        self._purge(time.monotonic())
+        done = self._done.get(key)
+        return None if done is None else done[1]
+
+    def start(self, key: str) -> None:
+        self._running[key] = asyncio.get_running_loop().create_future()
+
+    def finish(self, key: str, response: HttpResponse | None) -> None:
+        future = self._running.pop(key)
+        if response is None:
+            future.set_exception(_LeaderGone())
+            future.exception()  # waiters, if any, see it; nobody else must
+            return
+        future.set_result(response)
+        if response.status < 500 and self._capacity > 0:
+            self._done[key] = (time.monotonic() + self._window, response)
+            while len(self._done) > self._capacity:
+                self._done.popitem(last=False)
+
+    def _purge(self, now: float) -> None:
+        while self._done:
+            key, (expires, _) = next(iter(self._done.items()))
+            if expires > now:
+                break
+            del self._done[key]
+
+
+def _overrides(source: DataSource, name: str) -> bool:
+    return getattr(type(source), name, None) is not getattr(DataSource, name)
+
+
+class Dispatcher:
+    """Serves one signed request at a time; safe to call concurrently.
+
+    ``request_timeout`` bounds each request (504 ``source_connector_timeout``
+    past it). A sync handler that overruns cannot be interrupted: its thread
+    finishes in the background and its result is discarded.
+    """
+
+    def __init__(
+        self,
+        source: DataSource,
+        verifier: Verifier,
+        *,
+        request_timeout: float = 25.0,
+        replay_window: float | None = None,
+        replay_capacity: int = 10_000,
+        executor: Executor | None = None,
+        max_workers: int = 64,
+    ) -> None:
+        self.source = source
+        self.verifier = verifier
+        self.request_timeout = request_timeout
+        self._replays = _ReplayCache(
+            verifier.tolerance if replay_window is None else replay_window, replay_capacity
+        )
+        self._executor = executor
+        self._max_workers = max_workers
+        self._implemented = {op: _overrides(source, op) for op in OPERATIONS}
+        self._has_authorize = _overrides(source, "authorize")
+        self._has_scopes = _overrides(source, "scopes")
+        self._last_skew_warning = -_SKEW_WARNING_INTERVAL
+
+    def __repr__(self) -> str:
+        return f"Dispatcher(source={type(self.source).__name__}, timeout={self.request_timeout})"
+
+    @property
+    def replay_entries(self) -> int:
+        return len(self._replays)
+
+    def close(self) -> None:
+        """Release the worker threads (waiting for none of them)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def handle(self, frame: RequestFrame) -> ResponseFrame:
+        """Answer one ``request`` frame with its ``response`` frame."""
+        response = await self.dispatch(frame.method, frame.headers, frame.body, request_id=frame.id)
+        return response.to_frame(frame.id)
+
+    async def dispatch(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        body: str,
+        *,
+        request_id: str | None = None,
+    ) -> HttpResponse:
+        """Answer one signed request as an HTTP endpoint would. Never raises."""
+        if method != "POST":
+            return _error(405, "method_not_allowed", f"method {method} is not allowed; use POST")
+        if not self.verifier.has_keys:
+            return _error(
+                401, "source_api_key_missing", "the connector has no API key to verify with"
+            )
+        try:
+            verified = self.verifier.verify(headers, body)
+        except SignatureError as error:
+            if error.code == "source_timestamp_expired":
+                self._warn_clock_skew(headers)
+            return _error(401, error.code, error.message)
+
+        key = verified.message_id
+        known = self._replays.lookup(key)
+        if isinstance(known, HttpResponse):
+            return _replayed(known)
+        if known is not None:
+            try:
+                return _replayed(
+                    await asyncio.wait_for(asyncio.shield(known), self.request_timeout)
+                )
+            except TimeoutError:
+                return _timeout(None, None, self.request_timeout)
+            except _LeaderGone:
+                return await self.dispatch(method, headers, body, request_id=request_id)
+
+        self._replays.start(key)
+        response: HttpResponse | None = None
+        try:
+            response = await self._serve(verified, headers, body, request_id)
+            return response
+        finally:
+            self._replays.finish(key, response)
+
+    async def _serve(
+        self,
+        verified: VerifiedRequest,
+        headers: Mapping[str, str],
+        body: str,
+        request_id: str | None,
+    ) -> HttpResponse:
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError):
+            return _error(400, "invalid_json", "the request body is not valid JSON")
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind not in REQUEST_TYPES:
+            return _error(
+                400, "unknown_source_request", "the body's type is not load, list, commit or events"
+            )
+        if kind == "commit" and not (value.get("correlationId") or value.get("clientTxId")):
+            return _error(
+                400,
+                "source_commit_requires_correlation_id",
+                "commit requires a correlationId for idempotency",
+                operation="commit",
+            )
+        try:
+            request = parse_source_request(value)
+        except ValidationError as error:
+            code = "source_commit_invalid" if kind == "commit" else "source_request_invalid"
+            return _error(400, code, _describe(error), operation=kind)
+
+        ctx = RequestContext(
+            operation=request.type,
+            message_id=verified.message_id,
+            signed_at=verified.signed_at,
+            headers=headers,
+            request=request,
+            scope=request.scope,
+            request_id=request_id,
+        )
+        model = getattr(request, "model", None)
+        started = time.monotonic()
+        try:
+            return await asyncio.wait_for(self._route(ctx, request), self.request_timeout)
+        except TimeoutError:
+            return _timeout(request.type, model, time.monotonic() - started)
+        except SourceError as error:
+            return HttpResponse(
+                error.status,
+                _dumps(error.body()),
+                operation=request.type,
+                model=model,
+                error=error.code,
+            )
+        except Exception as error:
+            log.error(
+                "handler raised while serving %s %s (request %s)",
+                request.type,
+                model or "-",
+                request_id or "-",
+                exc_info=True,
+            )
+            return _error(
+                500,
+                "source_connector_handler_error",
+                self._describe_failure(error),
+                operation=request.type,
+                model=model,
+            )
+
+    async def _route(self, ctx: RequestContext, request: SourceRequest) -> HttpResponse:
+        operation = request.type
+        model = getattr(request, "model", None)
+        if self._has_authorize:
+            ctx = _with_auth(ctx, await self._call(self.source.authorize, ctx))
+        if self._has_scopes:
+            granted = await self._call(self.source.scopes, ctx)
+            if granted is not None:
+                granted_list = sorted(set(granted))
+                if operation not in granted_list:
+                    return _error(
+                        403,
+                        "source_forbidden",
+                        f"this request may not use {operation}",
+                        operation=operation,
+                        model=model,
+                        fields={"required": operation, "granted": granted_list},
+                    )
+        if not self._implemented[operation]:
+            return _error(
+                404,
+                f"source_{operation}_not_configured",
+                f"the data source does not implement {operation}",
+                operation=operation,
+                model=model,
+                fields=None if model is None else {"model": model},
+            )
+
+        if isinstance(request, LoadRequest):
+            row = await self._call(self.source.load, request.model, request.id, ctx)
+            payload: Any = {"row": _row_or_none(row)}
+        elif isinstance(request, ListRequest):
+            result = await self._call(self.source.list, request.model, request.query, ctx)
+            payload = _list_payload(result)
+        elif isinstance(request, CommitRequest):
+            result = await self._call(self.source.commit, request, ctx)
+            payload = _commit_payload(result)
+        else:
+            assert isinstance(request, EventsRequest)
+            result = await self._call(self.source.events, request.cursor, request.limit, ctx)
+            payload = _events_payload(result)
+        try:
+            text = _dumps(payload)
+        except pydantic_core.PydanticSerializationError as error:
+            raise TypeError(
+                f"{operation} returned a value that is not JSON-serializable: {error}"
+            ) from None
+        return HttpResponse(200, text, operation=operation, model=model)
+
+    async def _call(self, method: Callable[..., Any], *args: Any) -> Any:
+        if inspect.iscoroutinefunction(method):
+            return await method(*args)
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._max_workers, thread_name_prefix="ablo-handler"
+            )
+        call = functools.partial(contextvars.copy_context().run, method, *args)
+        result = await loop.run_in_executor(self._executor, call)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    def _describe_failure(self, error: BaseException) -> str:
+        text = str(error) or type(error).__name__
+        return self.verifier.redact(text)[:_MAX_ERROR_MESSAGE]
+
+    def _warn_clock_skew(self, headers: Mapping[str, str]) -> None:
+        now = time.monotonic()
+        if now - self._last_skew_warning < _SKEW_WARNING_INTERVAL:
+            return
+        offset = _timestamp_offset(headers)
+        if offset is None:
+            return
+        self._last_skew_warning = now
+        log.warning(
+            "requests are rejected as expired: the engine's timestamp is %+.0f s from this "
+            "host's clock (tolerance %.0f s). Every request will fail until the host clock "
+            "is fixed (check NTP / chrony / timedatectl).",
+            offset,
+            self.verifier.tolerance,
+        )
+
+
+def _timestamp_offset(headers: Mapping[str, str]) -> float | None:
+    for key, value in headers.items():
+        if key.lower() == "webhook-timestamp":
+            try:
+                return float(value.strip()) - time.time()
+            except ValueError:
+                return None
+    return None
+
+
+def _with_auth(ctx: RequestContext, auth: Any) -> RequestContext:
+    return RequestContext(
+        operation=ctx.operation,
+        message_id=ctx.message_id,
+        signed_at=ctx.signed_at,
+        headers=ctx.headers,
+        request=ctx.request,
+        scope=ctx.scope,
+        auth=auth,
+        request_id=ctx.request_id,
+    )
+
+
+def _replayed(response: HttpResponse) -> HttpResponse:
+    return HttpResponse(
+        response.status,
+        response.body,
+        operation=response.operation,
+        model=response.model,
+        error=response.error,
+        replayed=True,
+    )
+
+
+def _timeout(operation: str | None, model: str | None, elapsed: float) -> HttpResponse:
+    return _error(
+        504,
+        "source_connector_timeout",
+        f"the handler did not answer within {elapsed:.1f} s",
+        operation=operation,
+        model=model,
+    )
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for issue in error.errors(include_url=False, include_input=False)[:5]:
+        location = ".".join(str(p) for p in issue["loc"]) or "body"
+        parts.append(f"{location}: {issue['msg']}")
+    return "; ".join(parts)
+
+
+def _row_or_none(row: Any) -> Any:
+    if (
+        row is None
+        or isinstance(row, Mapping)
+        or hasattr(row, "__dataclass_fields__")
+        or hasattr(row, "model_dump")
+    ):
+        return row
+    raise TypeError(f"load returned {type(row).__name__}; expected a mapping or None")
+
+
+def _list_payload(result: Any) -> Any:
+    if isinstance(result, ListPage):
+        return result.to_wire()
+    if isinstance(result, Sequence) and not isinstance(result, str | bytes):
+        return {"rows": list(result)}
+    if isinstance(result, Mapping) and "rows" in result:
+        return result
+    raise TypeError(f"list returned {type(result).__name__}; expected a list of rows or a ListPage")
+
+
+def _commit_payload(result: Any) -> Any:
+    if result is None:
+        return {}
+    if isinstance(result, CommitResult):
+        return result.to_wire()
+    if isinstance(result, Mapping):
+        return result
+    raise TypeError(
+        f"commit returned {type(result).__name__}; expected a CommitResult or a mapping"
+    )
+
+
+def _events_payload(result: Any) -> Any:
+    if isinstance(result, EventsPage):
+        return result.to_wire()
+    if isinstance(result, Mapping) and "events" in result:
+        return result
+    if isinstance(result, Sequence) and not isinstance(result, str | bytes):
+        return EventsPage(events=list(result)).to_wire()
+    raise TypeError(f"events returned {type(result).__name__}; expected an EventsPage")

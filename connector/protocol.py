@@ -1,0 +1,248 @@
+"""What is on the wire: the ``ablo.source.v1`` frames and connection constants.
+
+Pure data and functions, no I/O. Every frame is one JSON text message with a
+``type`` discriminator; :func:`decode_frame` turns a raw message into one of
+the five frame models or raises :class:`ProtocolError`, and
+:func:`encode_frame` writes a frame back as compact JSON.
+
+Decoding follows the engine's reference decoder (see ``PROTOCOL.md`` §3):
+unknown fields are ignored, ``200.0`` and ``2e2`` are the integer 200, an
+optional field is absent or of its type (an explicit ``null`` is rejected),
+and a binary message is read as UTF-8 with a leading BOM dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "BEARER_PREFIX",
+    "CONNECTOR_PROTOCOL_ERROR",
+    "DEFAULT_BASE_URL",
+    "LISTEN_PATH",
+    "PROTOCOL_VERSION",
+    "SUBPROTOCOL",
+    "ErrorFrame",
+    "Frame",
+    "ProtocolError",
+    "ReadyFrame",
+    "RegisterFrame",
+    "RequestFrame",
+    "ResponseFrame",
+    "decode_frame",
+    "encode_frame",
+    "subprotocols_for",
+    "websocket_url",
+]
+
+PROTOCOL_VERSION: Final = 1
+LISTEN_PATH: Final = "/v1/source/listen"
+SUBPROTOCOL: Final = "ablo.source.v1"
+BEARER_PREFIX: Final = "ablo.bearer."
+DEFAULT_BASE_URL: Final = "https://api.abloatai.com"
+CONNECTOR_PROTOCOL_ERROR: Final = "source_connector_protocol_error"
+
+# The reference runs on JavaScript numbers: an int field must be a safe integer.
+_MAX_SAFE_INTEGER: Final = 2**53 - 1
+
+_T = TypeVar("_T")
+
+
+class ProtocolError(ValueError):
+    """A message that is not a valid ``ablo.source.v1`` frame.
+
+    ``request_id`` is set when the message still looked like a ``request``
+    with a usable ``id``, so the caller can fail that request at once instead
+    of leaving the engine to time it out.
+    """
+
+    code: Final = CONNECTOR_PROTOCOL_ERROR
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def _reject_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("must be omitted rather than null")
+    return value
+
+
+def _json_integer(value: Any) -> Any:
+    # Booleans and strings are not numbers on the wire; 200.0 and 2e2 are.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        value = int(value)
+    if abs(value) > _MAX_SAFE_INTEGER:
+        raise ValueError("must be a safe integer (|n| <= 2^53-1)")
+    return value
+
+
+# An optional field that may be absent but never an explicit null.
+Omittable = Annotated[_T | None, BeforeValidator(_reject_null)]
+WireInt = Annotated[int, BeforeValidator(_json_integer)]
+NonEmptyStr = Annotated[str, StringConstraints(strict=True, min_length=1)]
+WireStr = Annotated[str, StringConstraints(strict=True)]
+EnvironmentSlug = Annotated[
+    str,
+    StringConstraints(strict=True, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$"),
+]
+Headers = dict[WireStr, WireStr]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        frozen=True,
+        extra="ignore",
+    )
+
+
+class RegisterFrame(_Frame):
+    """Connector → engine, the first frame after the socket opens."""
+
+    type: Literal["register"] = "register"
+    protocol_version: WireInt = PROTOCOL_VERSION
+    client: Omittable[WireStr] = None
+
+
+class ReadyFrame(_Frame):
+    """Engine → connector: registration accepted, with the source it resolved."""
+
+    type: Literal["ready"] = "ready"
+    protocol_version: WireInt
+    source_id: Omittable[WireStr] = None
+    organization_id: Omittable[WireStr] = None
+    environment: Omittable[EnvironmentSlug] = None
+
+
+class RequestFrame(_Frame):
+    """Engine → connector: one signed Data Source request."""
+
+    type: Literal["request"] = "request"
+    id: NonEmptyStr
+    method: Literal["POST"] = "POST"
+    url: NonEmptyStr
+    headers: Headers
+    body: WireStr
+
+
+class ResponseFrame(_Frame):
+    """Connector → engine: the answer to the request with the same ``id``."""
+
+    type: Literal["response"] = "response"
+    id: NonEmptyStr
+    status: WireInt
+    headers: Omittable[Headers] = None
+    body: WireStr
+
+
+class ErrorFrame(_Frame):
+    """Either direction: fails one request (with ``id``) or the connection."""
+
+    type: Literal["error"] = "error"
+    id: Omittable[NonEmptyStr] = None
+    code: NonEmptyStr
+    message: WireStr
+
+
+Frame = Annotated[
+    RegisterFrame | ReadyFrame | RequestFrame | ResponseFrame | ErrorFrame,
+    Field(discriminator="type"),
+]
+
+_FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_json(text: str) -> Any:
+    # The stdlib accepts NaN/Infinity; JSON (and the engine) does not.
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _text_of(raw: str | bytes | bytearray | memoryview) -> str:
+    if isinstance(raw, str):
+        return raw
+    text = bytes(raw).decode("utf-8", errors="replace")
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _usable_request_id(value: Any) -> str | None:
+    if isinstance(value, dict) and value.get("type") == "request":
+        frame_id = value.get("id")
+        if isinstance(frame_id, str) and frame_id:
+            return frame_id
+    return None
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for issue in error.errors(include_url=False, include_input=False)[:5]:
+        location = ".".join(str(p) for p in issue["loc"]) or "frame"
+        parts.append(f"{location}: {issue['msg']}")
+    return "; ".join(parts)
+
+
+def decode_frame(raw: str | bytes | bytearray | memoryview) -> Frame:
+    """Parse and validate one incoming message.
+
+    Raises :class:`ProtocolError` for anything that is not a valid frame; the
+    message names the offending fields but never echoes their values.
+    """
+    try:
+        value = _parse_json(_text_of(raw))
+    except (ValueError, RecursionError):
+        raise ProtocolError("frame is not valid JSON") from None
+    try:
+        return _FRAME_ADAPTER.validate_python(value)
+    except ValidationError as error:
+        raise ProtocolError(
+            f"invalid frame: {_describe(error)}",
+            request_id=_usable_request_id(value),
+        ) from None
+
+
+def encode_frame(frame: Frame) -> str:
+    """Compact JSON for one frame; absent optional fields are left out."""
+    return frame.model_dump_json(exclude_none=True)
+
+
+def subprotocols_for(api_key: str) -> list[str]:
+    """The ``Sec-WebSocket-Protocol`` offer: the protocol, then the bearer key."""
+    return [SUBPROTOCOL, f"{BEARER_PREFIX}{api_key}"]
+
+
+def websocket_url(base_url: str = DEFAULT_BASE_URL) -> str:
+    """The listen URL for a base URL, as ``PROTOCOL.md`` §2 describes.
+
+    ``https://`` becomes ``wss://``, ``http://`` becomes ``ws://``, an explicit
+    ``ws(s)://`` is kept, trailing slashes are dropped.
+    """
+    base = base_url.rstrip("/")
+    if base.startswith("https://"):
+        base = "wss://" + base[len("https://") :]
+    elif base.startswith("http://"):
+        base = "ws://" + base[len("http://") :]
+    return base + LISTEN_PATH

@@ -1,0 +1,210 @@
+"""Is this request authentic? Standard Webhooks signing and verification.
+
+The engine signs ``"{webhook-id}.{webhook-timestamp}.{body}"`` with
+HMAC-SHA256, keyed by the raw UTF-8 bytes of the API key, and sends
+``webhook-signature: v1,<base64>``. The HMAC itself comes from the
+``standardwebhooks`` package; this module owns the header parsing and the
+check order of the engine's reference verifier, so every failure maps to one
+of six codes (``PROTOCOL.md`` §4) and nothing else ever escapes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+from standardwebhooks.webhooks import Webhook
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "SignatureError",
+    "SignatureErrorCode",
+    "VerifiedRequest",
+    "Verifier",
+    "sign_request",
+    "verify_request",
+]
+
+DEFAULT_TOLERANCE: Final = 300.0
+
+SignatureErrorCode = Literal[
+    "source_id_missing",
+    "source_timestamp_missing",
+    "source_timestamp_invalid",
+    "source_timestamp_expired",
+    "source_signature_missing",
+    "source_signature_invalid",
+]
+
+# A plain decimal number, as Standard Webhooks timestamps are written; no
+# hex, underscores, NaN or infinities (which float() would take).
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_WHITESPACE = re.compile(r"\s+")
+
+
+class SignatureError(Exception):
+    """A request failed verification; ``code`` names the first check it failed."""
+
+    def __init__(self, code: SignatureErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: SignatureErrorCode = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedRequest:
+    """What a valid signature vouches for."""
+
+    message_id: str
+    signed_at: int
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    value = headers.get(name)
+    if value is None:
+        for key, candidate in headers.items():
+            if key.lower() == name:
+                value = candidate
+                break
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _presented_signatures(header: str) -> list[str]:
+    signatures = []
+    for entry in _WHITESPACE.split(header):
+        scheme, comma, value = entry.partition(",")
+        if comma and scheme == "v1" and value:
+            signatures.append(value)
+    return signatures
+
+
+def _sign(signer: Webhook, message_id: str, when: datetime, body: str) -> str:
+    try:
+        return signer.sign(msg_id=message_id, timestamp=when, data=body)
+    except UnicodeEncodeError:
+        # A lone surrogate (from a JSON "\ud800" escape) cannot be encoded; the
+        # engine's TextEncoder signs U+FFFD in its place, so do the same.
+        return signer.sign(msg_id=_well_formed(message_id), timestamp=when, data=_well_formed(body))
+
+
+def _well_formed(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _ascii(text: str) -> bytes:
+    return text.encode("utf-8", errors="surrogatepass")
+
+
+class Verifier:
+    """Verifies requests against one or more API keys (any may match).
+
+    Build it once per process: the keys are prepared a single time, and the
+    object never shows them in ``repr()``.
+    """
+
+    __slots__ = ("_keys", "_signers", "tolerance")
+
+    def __init__(
+        self, api_keys: str | Iterable[str], *, tolerance: float = DEFAULT_TOLERANCE
+    ) -> None:
+        keys = [api_keys] if isinstance(api_keys, str) else list(api_keys)
+        self._keys = tuple(key for key in keys if key)
+        self._signers = [Webhook(key.encode("utf-8")) for key in self._keys]
+        self.tolerance = tolerance
+
+    def __repr__(self) -> str:
+        return f"Verifier(keys=<{len(self._signers)} redacted>, tolerance={self.tolerance})"
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self._signers)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every API key this verifier holds replaced."""
+        for key in self._keys:
+            if key in text:
+                text = text.replace(key, "[redacted]")
+        return text
+
+    def verify(
+        self, headers: Mapping[str, str], body: str, *, now: float | None = None
+    ) -> VerifiedRequest:
+        message_id = _header(headers, "webhook-id")
+        if not message_id:
+            raise SignatureError("source_id_missing", "missing webhook-id header")
+
+        raw_timestamp = _header(headers, "webhook-timestamp")
+        if not raw_timestamp:
+            raise SignatureError("source_timestamp_missing", "missing webhook-timestamp header")
+        if not _NUMBER.fullmatch(raw_timestamp):
+            raise SignatureError("source_timestamp_invalid", "webhook-timestamp is not a number")
+        timestamp = float(raw_timestamp)
+        if not timestamp.is_integer():
+            raise SignatureError(
+                "source_timestamp_invalid", "webhook-timestamp is not whole Unix seconds"
+            )
+
+        current = int(time.time() if now is None else now)
+        if abs(current - timestamp) > self.tolerance:
+            raise SignatureError(
+                "source_timestamp_expired",
+                "webhook-timestamp is outside the allowed clock-skew window",
+            )
+        signed_at = int(timestamp)
+
+        presented = _presented_signatures(_header(headers, "webhook-signature"))
+        if not presented:
+            raise SignatureError("source_signature_missing", "missing webhook-signature header")
+
+        try:
+            when = datetime.fromtimestamp(signed_at, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise SignatureError(
+                "source_timestamp_invalid", "webhook-timestamp is out of range"
+            ) from None
+        for signer in self._signers:
+            expected = _ascii(_sign(signer, message_id, when, body))
+            for signature in presented:
+                if hmac.compare_digest(expected, b"v1," + _ascii(signature)):
+                    return VerifiedRequest(message_id=message_id, signed_at=signed_at)
+        raise SignatureError("source_signature_invalid", "invalid webhook-signature")
+
+
+def verify_request(
+    headers: Mapping[str, str],
+    body: str,
+    api_keys: str | Iterable[str],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    now: float | None = None,
+) -> VerifiedRequest:
+    """Verify one signed request, or raise :class:`SignatureError`.
+
+    ``api_keys`` is one key or several (during a rotation any may match).
+    Header names are matched case-insensitively and values are trimmed.
+    Checks run in the engine's order: id, timestamp present, timestamp
+    numeric, timestamp within ``tolerance`` seconds of ``now`` (bound
+    included), signature present, signature matches.
+    """
+    return Verifier(api_keys, tolerance=tolerance).verify(headers, body, now=now)
+
+
+def sign_request(
+    api_key: str, message_id: str, body: str, timestamp: int | None = None
+) -> dict[str, str]:
+    """The Standard Webhooks headers the engine would send with ``body``."""
+    if not api_key:
+        raise ValueError("api_key must not be empty")
+    signed_at = int(time.time()) if timestamp is None else int(timestamp)
+    signer = Webhook(api_key.encode("utf-8"))
+    when = datetime.fromtimestamp(signed_at, tz=UTC)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(signed_at),
+        "webhook-signature": _sign(signer, message_id, when, body),
+    }

@@ -1,0 +1,393 @@
+"""What does the engine ask, and what may a handler answer?
+
+Models for the four Data Source request bodies that travel inside a
+``request`` frame (``PROTOCOL.md`` §5) and the shapes a handler returns.
+Wire names are camelCase; Python names are snake_case.
+
+Request bodies are parsed with pydantic. Answers are small dataclasses with a
+``to_wire()`` method: a handler builds them from its own rows, so validating
+every row again would only cost time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "OPERATORS",
+    "CommitEcho",
+    "CommitRequest",
+    "CommitResult",
+    "Condition",
+    "Delta",
+    "Event",
+    "EventsPage",
+    "EventsRequest",
+    "ListPage",
+    "ListQuery",
+    "ListRequest",
+    "LoadRequest",
+    "Operation",
+    "Operator",
+    "Scope",
+    "SourceRequest",
+    "canonical_json",
+    "operations_intent_hash",
+    "parse_source_request",
+]
+
+Operator = Literal[
+    "=",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "IN",
+    "NOT IN",
+    "IS",
+    "IS NOT",
+    "LIKE",
+    "NOT LIKE",
+    "ILIKE",
+    "NOT ILIKE",
+]
+OPERATORS: Final[frozenset[str]] = frozenset(Operator.__args__)  # type: ignore[attr-defined]
+OperationType = Literal["CREATE", "UPDATE", "DELETE", "ARCHIVE", "UNARCHIVE"]
+Primitive = str | int | float | bool | None
+Scalar = Annotated[Primitive, Field(union_mode="left_to_right")]
+
+MAX_CORRELATION_ID_LENGTH: Final = 255
+MAX_ECHO_PAYLOAD_BYTES: Final = 256 * 1024
+
+NonEmptyStr = Annotated[str, StringConstraints(strict=True, min_length=1)]
+StrictStr = Annotated[str, StringConstraints(strict=True)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        frozen=True,
+        extra="ignore",
+    )
+
+
+class Condition(_Body):
+    """One ``where`` entry. ``[field, value]`` on the wire means ``op="="``."""
+
+    field: NonEmptyStr
+    op: Operator = "="
+    value: Scalar | list[Scalar] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_tuple(cls, data: Any) -> Any:
+        if isinstance(data, list | tuple):
+            if len(data) == 2:
+                return {"field": data[0], "op": "=", "value": data[1]}
+            if len(data) == 3:
+                return {"field": data[0], "op": data[1], "value": data[2]}
+            raise ValueError("a where entry is [field, value] or [field, op, value]")
+        return data
+
+
+class ListQuery(_Body):
+    where: list[Condition] = []
+    limit: Annotated[int, Field(ge=0)] | None = None
+    order_by: StrictStr | None = None
+    order: Literal["asc", "desc"] | None = None
+    related: list[StrictStr] | None = None
+    cursor: StrictStr | None = None
+
+
+class Scope(_Body):
+    """Advisory request context the engine attaches; enforce it in the handler."""
+
+    participant_id: StrictStr | None = None
+    participant_kind: StrictStr | None = None
+    organization_id: StrictStr | None = None
+    branch_id: StrictStr | None = None
+    project_id: StrictStr | None = None
+    required_sync_groups: list[StrictStr] | None = None
+
+
+class Operation(_Body):
+    type: OperationType
+    model: NonEmptyStr
+    id: NonEmptyStr | None = None
+    input: dict[str, Any] | None = None
+    transaction_id: StrictStr | None = None
+    read_at: Annotated[int | float, Field(union_mode="left_to_right")] | None = None
+    on_stale: Literal["reject", "overwrite", "notify"] | None = None
+
+
+def _payload_within_limit(value: Any) -> Any:
+    if (
+        isinstance(value, str)
+        and len(value.encode("utf-8", "surrogatepass")) > MAX_ECHO_PAYLOAD_BYTES
+    ):
+        raise ValueError(f"echo payload exceeds {MAX_ECHO_PAYLOAD_BYTES} UTF-8 bytes")
+    return value
+
+
+class CommitEcho(_Body):
+    kind: Literal["postgres-wal"]
+    payload: Annotated[NonEmptyStr, BeforeValidator(_payload_within_limit)]
+
+
+class LoadRequest(_Body):
+    type: Literal["load"] = "load"
+    model: NonEmptyStr
+    id: NonEmptyStr
+    scope: Scope | None = None
+
+
+class ListRequest(_Body):
+    type: Literal["list"] = "list"
+    model: NonEmptyStr
+    query: ListQuery = ListQuery()
+    scope: Scope | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_query(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("query", ...) is None:
+            return {k: v for k, v in data.items() if k != "query"}
+        return data
+
+
+class CommitRequest(_Body):
+    """A commit: every operation applies in one transaction, or none does.
+
+    ``correlation_id`` is the idempotency key (``clientTxId`` is its legacy
+    wire name and is folded into it). A replay with the same key and intent
+    must return the original rows without writing again.
+    """
+
+    type: Literal["commit"] = "commit"
+    operations: Annotated[list[Operation], Field(min_length=1)]
+    correlation_id: (
+        Annotated[str, StringConstraints(strict=True, min_length=1, max_length=255)] | None
+    ) = None
+    client_tx_id: StrictStr | None = None
+    model: NonEmptyStr | None = None
+    intent_hash: Annotated[str, StringConstraints(pattern=r"^[a-f0-9]{64}$")] | None = None
+    echo: CommitEcho | None = None
+    scope: Scope | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_correlation_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("correlationId") is None:
+            legacy = data.get("clientTxId")
+            if legacy is not None:
+                return {**data, "correlationId": legacy}
+        return data
+
+    @property
+    def effective_intent_hash(self) -> str:
+        """``intent_hash``, or the SHA-256 of the canonical operations."""
+        return self.intent_hash or operations_intent_hash(self.operations)
+
+
+class EventsRequest(_Body):
+    type: Literal["events"] = "events"
+    cursor: StrictStr | None = None
+    limit: Annotated[int, Field(ge=0)] | None = None
+    scope: Scope | None = None
+
+
+SourceRequest = Annotated[
+    LoadRequest | ListRequest | CommitRequest | EventsRequest,
+    Field(discriminator="type"),
+]
+_REQUEST_ADAPTER: TypeAdapter[SourceRequest] = TypeAdapter(SourceRequest)
+REQUEST_TYPES: Final = frozenset({"load", "list", "commit", "events"})
+
+
+def parse_source_request(value: Any) -> SourceRequest:
+    """Validate an already-decoded body; raises ``pydantic.ValidationError``."""
+    return _REQUEST_ADAPTER.validate_python(value)
+
+
+# ---------------------------------------------------------------- answers
+
+
+def _without_none(pairs: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in pairs.items() if value is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One page of ``list`` rows; ``next_cursor`` when more remain."""
+
+    rows: Sequence[Any]
+    next_cursor: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return _without_none({"rows": list(self.rows), "nextCursor": self.next_cursor})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A change that happened in the store; ``id`` is the engine's replay key."""
+
+    id: str
+    model: str
+    entity_id: str
+    type: str
+    data: Mapping[str, Any] | None = None
+    organization_id: str | None = None
+    correlation_id: str | None = None
+    transaction_id: str | None = None
+    occurred_at: int | float | None = None
+    client_tx_id: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return _without_none(
+            {
+                "id": self.id,
+                "model": self.model,
+                "entityId": self.entity_id,
+                "type": self.type,
+                "data": self.data,
+                "organizationId": self.organization_id,
+                "clientTxId": self.client_tx_id,
+                "correlationId": self.correlation_id,
+                "transactionId": self.transaction_id,
+                "occurredAt": self.occurred_at,
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventsPage:
+    events: Sequence[Event | Mapping[str, Any]] = ()
+    next_cursor: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        events = [e.to_wire() if isinstance(e, Event) else e for e in self.events]
+        return _without_none({"events": events, "nextCursor": self.next_cursor})
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    model: str
+    id: str
+    type: str
+    data: Mapping[str, Any] | None = None
+    transaction_id: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return _without_none(
+            {
+                "model": self.model,
+                "id": self.id,
+                "type": self.type,
+                "data": self.data,
+                "transactionId": self.transaction_id,
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """Rows as they stand after the write, and/or explicit deltas."""
+
+    rows: Sequence[Any] | None = None
+    deltas: Sequence[Delta | Mapping[str, Any]] | None = field(default=None)
+
+    def to_wire(self) -> dict[str, Any]:
+        deltas = (
+            None
+            if self.deltas is None
+            else [d.to_wire() if isinstance(d, Delta) else d for d in self.deltas]
+        )
+        return _without_none(
+            {"rows": None if self.rows is None else list(self.rows), "deltas": deltas}
+        )
+
+
+# ------------------------------------------------------- canonical intent
+
+
+def _shortest_digits(value: float) -> tuple[str, int]:
+    """Digits ``d`` and exponent ``n`` with ``value == 0.d * 10**n`` (value > 0).
+
+    ``repr`` already finds the shortest digits that round-trip, as JavaScript
+    does; only the layout differs.
+    """
+    mantissa, _, exponent = repr(value).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = whole + fraction
+    stripped = digits.lstrip("0")
+    point = len(whole) + (int(exponent) if exponent else 0) - (len(digits) - len(stripped))
+    return stripped.rstrip("0"), point
+
+
+def _js_number(value: float) -> str:
+    """``value`` as JavaScript's ``Number.prototype.toString`` writes it."""
+    if not math.isfinite(value):
+        return "null"  # JSON.stringify writes NaN and the infinities as null
+    if value == 0:
+        return "0"
+    sign = "-" if value < 0 else ""
+    digits, n = _shortest_digits(abs(value))
+    k = len(digits)
+    if k <= n <= 21:
+        return sign + digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return sign + digits[:n] + "." + digits[n:]
+    if -6 < n <= 0:
+        return sign + "0." + "0" * (-n) + digits
+    exponent = n - 1
+    exp_text = f"e{'+' if exponent >= 0 else '-'}{abs(exponent)}"
+    head = digits if k == 1 else digits[0] + "." + digits[1:]
+    return sign + head + exp_text
+
+
+def canonical_json(value: Any) -> str:
+    """Keys sorted, no spaces, numbers and strings as JavaScript writes them.
+
+    This is the engine's canonical form, so a hash computed here matches the
+    hash the engine computes over the same value.
+    """
+    if value is None or value is True or value is False:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _js_number(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Mapping):
+        items = sorted((str(k), v) for k, v in value.items())
+        return "{" + ",".join(f"{canonical_json(k)}:{canonical_json(v)}" for k, v in items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(canonical_json(item) for item in value) + "]"
+    raise TypeError(f"cannot canonicalize {type(value).__name__}")
+
+
+def operations_intent_hash(operations: Sequence[Operation]) -> str:
+    """SHA-256 (hex) of the canonical JSON of the operations, as sent."""
+    wire = [op.model_dump(by_alias=True, exclude_unset=True) for op in operations]
+    return hashlib.sha256(canonical_json(wire).encode("utf-8")).hexdigest()

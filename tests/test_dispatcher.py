@@ -1,0 +1,456 @@
+"""The dispatcher: every answer of PROTOCOL.md §5, sync and async handlers, replays."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from connector import (
+    CommitRequest,
+    CommitResult,
+    DataSource,
+    Dispatcher,
+    Event,
+    EventsPage,
+    ListPage,
+    ListQuery,
+    RequestContext,
+    SourceError,
+)
+from connector.signing import Verifier, sign_request
+from tests.helpers import API_KEY, signed_frame
+
+LOAD = {"type": "load", "model": "task", "id": "t1"}
+LIST = {"type": "list", "model": "task", "query": {"where": [["done", False]], "limit": 5}}
+COMMIT = {
+    "type": "commit",
+    "operations": [{"type": "CREATE", "model": "task", "id": "t9", "input": {"title": "x"}}],
+    "correlationId": "corr_1",
+}
+EVENTS = {"type": "events", "cursor": "3", "limit": 2}
+
+
+class AsyncSource(DataSource):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any] | None:
+        self.calls.append(("load", (model, id, ctx.message_id)))
+        return {"id": id, "model": model} if id != "missing" else None
+
+    async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
+        self.calls.append(("list", query))
+        return ListPage(rows=[{"id": "a"}], next_cursor="c2")
+
+    async def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
+        self.calls.append(("commit", commit.correlation_id))
+        return CommitResult(rows=[{"id": op.id, **(op.input or {})} for op in commit.operations])
+
+    async def events(
+        self, cursor: str | None, limit: int | None, ctx: RequestContext
+    ) -> EventsPage:
+        self.calls.append(("events", (cursor, limit)))
+        return EventsPage(
+            events=[Event(id="e4", model="task", entity_id="t1", type="UPDATE", occurred_at=5)],
+            next_cursor="4",
+        )
+
+
+class SyncSource(DataSource):
+    def __init__(self) -> None:
+        self.threads: set[str] = set()
+
+    def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+        self.threads.add(threading.current_thread().name)
+        return {"id": id, "when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+                "price": decimal.Decimal("1.50"), "uuid": uuid.UUID(int=1)}  # fmt: skip
+
+    def list(self, model: str, query: ListQuery, ctx: RequestContext) -> list[dict[str, Any]]:
+        return [{"id": "a"}, {"id": "b", "note": None}]
+
+
+def dispatcher(source: DataSource, **kwargs: Any) -> Dispatcher:
+    return Dispatcher(source, Verifier(API_KEY), **kwargs)
+
+
+async def answer(d: Dispatcher, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    frame = signed_frame(body, **kwargs)
+    response = await d.handle(frame)
+    assert response.id == frame.id
+    return response.status, json.loads(response.body)
+
+
+async def test_each_operation_async() -> None:
+    source = AsyncSource()
+    d = dispatcher(source)
+    assert await answer(d, LOAD) == (200, {"row": {"id": "t1", "model": "task"}})
+    assert await answer(d, {**LOAD, "id": "missing"}) == (200, {"row": None})
+    assert await answer(d, LIST) == (200, {"rows": [{"id": "a"}], "nextCursor": "c2"})
+    assert await answer(d, COMMIT) == (200, {"rows": [{"id": "t9", "title": "x"}]})
+    assert await answer(d, EVENTS) == (
+        200,
+        {
+            "events": [
+                {"id": "e4", "model": "task", "entityId": "t1", "type": "UPDATE", "occurredAt": 5}
+            ],
+            "nextCursor": "4",
+        },
+    )
+    query = next(arg for name, arg in source.calls if name == "list")
+    assert query.limit == 5
+    assert [(c.field, c.op, c.value) for c in query.where] == [("done", "=", False)]
+    assert ("events", ("3", 2)) in source.calls
+
+
+async def test_sync_handlers_run_off_the_event_loop_and_serialize_rich_types() -> None:
+    source = SyncSource()
+    d = dispatcher(source)
+    status, body = await answer(d, LOAD)
+    assert status == 200
+    assert body["row"] == {
+        "id": "t1",
+        "when": "2026-01-02T03:04:05Z",
+        "price": "1.50",
+        "uuid": "00000000-0000-0000-0000-000000000001",
+    }
+    assert source.threads and threading.main_thread().name not in source.threads
+    assert await answer(d, LIST) == (200, {"rows": [{"id": "a"}, {"id": "b", "note": None}]})
+    d.close()
+
+
+async def test_sync_handler_does_not_block_other_requests() -> None:
+    gate = threading.Event()
+
+    class Slow(DataSource):
+        def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+            if id == "slow":
+                gate.wait(5)
+            return {"id": id}
+
+    d = dispatcher(Slow())
+    slow = asyncio.create_task(answer(d, {**LOAD, "id": "slow"}))
+    await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(answer(d, LOAD), 2) == (200, {"row": {"id": "t1"}})
+    assert not slow.done()
+    gate.set()
+    assert await slow == (200, {"row": {"id": "slow"}})
+    d.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "extra"),
+    [
+        (LOAD, "source_load_not_configured", {"model": "task"}),
+        (LIST, "source_list_not_configured", {"model": "task"}),
+        (COMMIT, "source_commit_not_configured", {}),
+        (EVENTS, "source_events_not_configured", {}),
+    ],
+)
+async def test_operation_not_implemented_is_404(body: Any, code: str, extra: Any) -> None:
+    status, payload = await answer(dispatcher(DataSource()), body)
+    assert status == 404
+    assert payload["error"] == code
+    for key, value in extra.items():
+        assert payload[key] == value
+
+
+async def test_method_other_than_post_is_405() -> None:
+    d = dispatcher(AsyncSource())
+    response = await d.dispatch("GET", {}, "{}")
+    assert response.status == 405
+    assert json.loads(response.body)["error"] == "method_not_allowed"
+
+
+async def test_no_api_key_is_401_api_key_missing() -> None:
+    d = Dispatcher(AsyncSource(), Verifier([]))
+    status, payload = await answer(d, LOAD)
+    assert (status, payload["error"]) == (401, "source_api_key_missing")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (lambda h: h.pop("webhook-id"), "source_id_missing"),
+        (lambda h: h.pop("webhook-timestamp"), "source_timestamp_missing"),
+        (lambda h: h.update({"webhook-timestamp": "soon"}), "source_timestamp_invalid"),
+        (
+            lambda h: h.update({"webhook-timestamp": str(int(time.time()) - 301)}),
+            "source_timestamp_expired",
+        ),
+        (lambda h: h.pop("webhook-signature"), "source_signature_missing"),
+        (lambda h: h.update({"webhook-signature": "v1,AAAA"}), "source_signature_invalid"),
+    ],
+)
+async def test_signature_failures_are_401_with_their_code(mutate: Any, code: str) -> None:
+    source = AsyncSource()
+    frame = signed_frame(LOAD)
+    headers = dict(frame.headers)
+    mutate(headers)
+    response = await dispatcher(source).dispatch("POST", headers, frame.body)
+    assert response.status == 401
+    assert json.loads(response.body)["error"] == code
+    assert source.calls == []
+
+
+async def test_expired_timestamp_logs_the_clock_offset(caplog: pytest.LogCaptureFixture) -> None:
+    d = dispatcher(AsyncSource())
+    status, _ = await answer(d, LOAD, timestamp=int(time.time()) - 3600)
+    assert status == 401
+    warning = next(r for r in caplog.records if "clock" in r.getMessage())
+    assert "-3600 s" in warning.getMessage() or "-3599 s" in warning.getMessage()
+    assert "until the host clock is fixed" in warning.getMessage()
+
+
+async def test_a_key_from_a_rotation_set_verifies() -> None:
+    d = Dispatcher(AsyncSource(), Verifier(["sk_test_old", API_KEY]))
+    assert (await answer(d, LOAD))[0] == 200
+    assert (await answer(d, LOAD, api_key="sk_test_other"))[0] == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ("{not json", 400, "invalid_json"),
+        ("[1, 2]", 400, "unknown_source_request"),
+        ({"type": "subscribe"}, 400, "unknown_source_request"),
+        ({"model": "task"}, 400, "unknown_source_request"),
+        ({"type": "load", "model": "task"}, 400, "source_request_invalid"),
+        (
+            {"type": "list", "model": "task", "query": {"where": [["a", "~", 1]]}},
+            400,
+            "source_request_invalid",
+        ),
+        ({**COMMIT, "correlationId": None}, 400, "source_commit_requires_correlation_id"),
+        ({**COMMIT, "operations": []}, 400, "source_commit_invalid"),
+        (
+            {**COMMIT, "operations": [{"type": "UPSERT", "model": "t"}]},
+            400,
+            "source_commit_invalid",
+        ),
+        ({**COMMIT, "intentHash": "sha256:abc"}, 400, "source_commit_invalid"),
+        ({**COMMIT, "correlationId": "x" * 256}, 400, "source_commit_invalid"),
+        (
+            {**COMMIT, "echo": {"kind": "mysql-binlog", "payload": "p"}},
+            400,
+            "source_commit_invalid",
+        ),
+    ],
+)
+async def test_bad_bodies(body: Any, status: int, code: str) -> None:
+    source = AsyncSource()
+    got_status, payload = await answer(dispatcher(source), body)
+    assert (got_status, payload["error"]) == (status, code)
+    assert payload["message"]
+    assert source.calls == []
+
+
+async def test_legacy_client_tx_id_is_the_correlation_id() -> None:
+    source = AsyncSource()
+    body = {k: v for k, v in COMMIT.items() if k != "correlationId"} | {"clientTxId": "legacy_1"}
+    assert (await answer(dispatcher(source), body))[0] == 200
+    assert ("commit", "legacy_1") in source.calls
+
+
+async def test_handler_exception_is_500_without_the_key() -> None:
+    class Leaky(DataSource):
+        async def load(self, model: str, id: str, ctx: RequestContext) -> None:
+            raise RuntimeError(f"could not connect with password {API_KEY}")
+
+    status, payload = await answer(dispatcher(Leaky()), LOAD)
+    assert status == 500
+    assert payload["error"] == "source_connector_handler_error"
+    assert API_KEY not in payload["message"]
+    assert "could not connect" in payload["message"]
+
+
+async def test_handler_returning_garbage_is_500() -> None:
+    class Wrong(DataSource):
+        async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> int:
+            return 42
+
+        async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+            return {"id": object()}
+
+    d = dispatcher(Wrong())
+    status, payload = await answer(d, LIST)
+    assert (status, payload["error"]) == (500, "source_connector_handler_error")
+    assert "list returned int" in payload["message"]
+    status, payload = await answer(d, LOAD)
+    assert (status, payload["error"]) == (500, "source_connector_handler_error")
+    assert "not JSON-serializable" in payload["message"]
+
+
+async def test_source_error_sets_status_and_body() -> None:
+    class Conflicting(DataSource):
+        def commit(self, commit: CommitRequest, ctx: RequestContext) -> None:
+            raise SourceError("idempotency_conflict", "reused key", status=409, correlationId="c")
+
+    status, payload = await answer(dispatcher(Conflicting()), COMMIT)
+    assert status == 409
+    assert payload == {
+        "error": "idempotency_conflict",
+        "message": "reused key",
+        "correlationId": "c",
+    }
+
+
+async def test_hung_handler_times_out_with_504_and_next_request_is_served() -> None:
+    class Hangs(DataSource):
+        cancelled = False
+
+        async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+            if id == "hang":
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    Hangs.cancelled = True
+                    raise
+            return {"id": id}
+
+    d = dispatcher(Hangs(), request_timeout=0.2)
+    started = time.monotonic()
+    status, payload = await answer(d, {**LOAD, "id": "hang"})
+    assert (status, payload["error"]) == (504, "source_connector_timeout")
+    assert time.monotonic() - started < 2
+    assert Hangs.cancelled
+    assert await answer(d, LOAD) == (200, {"row": {"id": "t1"}})
+
+
+async def test_authorize_result_reaches_the_handler_and_can_refuse() -> None:
+    seen: list[Any] = []
+
+    class Guarded(DataSource):
+        async def authorize(self, ctx: RequestContext) -> dict[str, str]:
+            if ctx.scope and ctx.scope.organization_id == "org_evil":
+                raise SourceError("source_forbidden", "organization not served", status=403)
+            return {"tenant": "acme"}
+
+        async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+            seen.append(ctx.auth)
+            return {"id": id}
+
+    d = dispatcher(Guarded())
+    assert (await answer(d, LOAD))[0] == 200
+    assert seen == [{"tenant": "acme"}]
+    status, payload = await answer(d, {**LOAD, "scope": {"organizationId": "org_evil"}})
+    assert (status, payload["error"]) == (403, "source_forbidden")
+
+
+async def test_scopes_refuse_an_operation_with_required_and_granted() -> None:
+    class ReadOnly(AsyncSource):
+        def scopes(self, ctx: RequestContext) -> set[str]:
+            return {"load", "list"}
+
+    source = ReadOnly()
+    d = dispatcher(source)
+    assert (await answer(d, LOAD))[0] == 200
+    status, payload = await answer(d, COMMIT)
+    assert status == 403
+    assert payload["error"] == "source_forbidden"
+    assert payload["required"] == "commit"
+    assert payload["granted"] == ["list", "load"]
+    assert not any(name == "commit" for name, _ in source.calls)
+
+
+async def test_context_carries_verified_identity_scope_and_headers() -> None:
+    captured: list[RequestContext] = []
+
+    class Capture(DataSource):
+        async def load(self, model: str, id: str, ctx: RequestContext) -> None:
+            captured.append(ctx)
+
+    frame = signed_frame(
+        {**LOAD, "scope": {"participantId": "p1", "requiredSyncGroups": ["g"]}},
+        message_id="msg_ctx",
+    )
+    await dispatcher(Capture()).handle(frame)
+    (ctx,) = captured
+    assert ctx.message_id == "msg_ctx"
+    assert ctx.operation == "load"
+    assert ctx.request_id == frame.id
+    assert abs(ctx.signed_at - time.time()) < 5
+    assert ctx.scope is not None and ctx.scope.participant_id == "p1"
+    assert ctx.scope.required_sync_groups == ["g"]
+    assert ctx.headers["webhook-id"] == "msg_ctx"
+
+
+class Counting(DataSource):
+    def __init__(self, delay: float = 0.0, fail_first: bool = False) -> None:
+        self.runs = 0
+        self.delay = delay
+        self.fail_first = fail_first
+
+    async def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
+        self.runs += 1
+        await asyncio.sleep(self.delay)
+        if self.fail_first and self.runs == 1:
+            raise RuntimeError("transient")
+        return CommitResult(rows=[{"run": self.runs}])
+
+
+async def test_concurrent_replays_share_one_handler_run() -> None:
+    source = Counting(delay=0.2)
+    d = dispatcher(source)
+    frames = [signed_frame(COMMIT, message_id="msg_dup", request_id=f"r{i}") for i in range(10)]
+    responses = await asyncio.gather(*(d.handle(f) for f in frames))
+    assert source.runs == 1
+    assert {r.id for r in responses} == {f"r{i}" for i in range(10)}
+    assert {r.body for r in responses} == {
+        json.dumps({"rows": [{"run": 1}]}, separators=(",", ":"))
+    }
+
+
+async def test_a_later_replay_gets_the_stored_answer() -> None:
+    source = Counting()
+    d = dispatcher(source)
+    first = await d.dispatch("POST", *_signed(COMMIT, "msg_again"))
+    second = await d.dispatch("POST", *_signed(COMMIT, "msg_again"))
+    assert source.runs == 1
+    assert (first.status, first.body, first.replayed) == (200, second.body, False)
+    assert second.replayed
+
+
+async def test_a_failed_answer_is_not_replayed() -> None:
+    source = Counting(fail_first=True)
+    d = dispatcher(source)
+    first = await d.dispatch("POST", *_signed(COMMIT, "msg_retry"))
+    second = await d.dispatch("POST", *_signed(COMMIT, "msg_retry"))
+    assert (first.status, second.status) == (500, 200)
+    assert source.runs == 2
+
+
+async def test_replay_memory_is_bounded_by_capacity_and_window() -> None:
+    source = Counting()
+    d = dispatcher(source, replay_capacity=5, replay_window=0.2)
+    for i in range(20):
+        await d.dispatch("POST", *_signed(COMMIT, f"msg_{i}"))
+    assert d.replay_entries == 5
+    await asyncio.sleep(0.3)
+    await d.dispatch("POST", *_signed(COMMIT, "msg_new"))
+    assert d.replay_entries == 1
+
+
+async def test_a_cancelled_first_copy_lets_the_duplicate_run() -> None:
+    source = Counting(delay=0.3)
+    d = dispatcher(source)
+    first = asyncio.create_task(d.dispatch("POST", *_signed(COMMIT, "msg_cancel")))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(d.dispatch("POST", *_signed(COMMIT, "msg_cancel")))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    response = await second
+    assert response.status == 200
+    assert source.runs == 2
+
+
+def _signed(body: Any, message_id: str) -> tuple[dict[str, str], str]:
+    text = json.dumps(body)
+    return sign_request(API_KEY, message_id, text), text

@@ -1,0 +1,143 @@
+"""Property tests: arbitrary input only ever produces the documented errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connector import DataSource, Dispatcher, RequestContext
+from connector.protocol import ProtocolError, RequestFrame, decode_frame, encode_frame
+from connector.signing import SignatureError, Verifier, sign_request, verify_request
+from tests.helpers import API_KEY
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+frame_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["register", "ready", "request", "response", "error", "x"])},
+    optional={
+        "id": json_values,
+        "protocolVersion": json_values,
+        "method": st.sampled_from(["POST", "GET"]) | json_values,
+        "url": json_values,
+        "headers": st.dictionaries(st.text(), st.text()) | json_values,
+        "body": st.text() | json_values,
+        "status": json_values,
+        "code": json_values,
+        "message": json_values,
+        "environment": st.text(),
+    },
+)
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(st.binary(max_size=512))
+def test_decode_frame_bytes(raw: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode_frame(raw)
+
+
+@SETTINGS
+@given(st.text(max_size=512))
+def test_decode_frame_text(raw: str) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode_frame(raw)
+
+
+@SETTINGS
+@given(frame_like)
+def test_decode_frame_json_shapes(value: dict[str, Any]) -> None:
+    try:
+        frame = decode_frame(json.dumps(value))
+    except ProtocolError as error:
+        if error.request_id is not None:
+            assert value["type"] == "request" and value["id"] == error.request_id
+        return
+    assert decode_frame(encode_frame(frame)) == frame
+
+
+header_values = st.text(max_size=80) | st.sampled_from(
+    ["v1,", "v1,AAAA", "  ", "1767225600", "1e9"]
+)
+
+
+@SETTINGS
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["webhook-id", "Webhook-Timestamp", "webhook-timestamp", "WEBHOOK-SIGNATURE", "x"]
+        ),
+        header_values,
+    ),
+    st.text(max_size=200),
+    st.lists(st.text(max_size=20), max_size=3) | st.text(max_size=20),
+    st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**20), 10**20) | st.none(),
+)
+def test_verify_request_raises_only_signature_errors(
+    headers: dict[str, str], body: str, keys: Any, now: Any
+) -> None:
+    try:
+        verify_request(headers, body, keys, now=now if now is None or abs(now) < 1e15 else None)
+    except SignatureError as error:
+        assert error.code.startswith("source_")
+
+
+@SETTINGS
+@given(st.text(max_size=40), st.text(max_size=200), st.integers(0, 2**33))
+def test_sign_then_verify_round_trips(message_id: str, body: str, timestamp: int) -> None:
+    message_id = message_id.strip() or "m"
+    headers = sign_request(API_KEY, message_id, body, timestamp)
+    verified = verify_request(headers, body, API_KEY, now=timestamp)
+    assert verified.message_id == message_id
+    assert verified.signed_at == timestamp
+
+
+class Echo(DataSource):
+    async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+        return {"id": id}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=st.one_of(
+        json_values.map(json.dumps),
+        st.text(max_size=100),
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["load", "list", "commit", "events"])},
+            optional={
+                "model": json_values,
+                "id": json_values,
+                "query": json_values,
+                "operations": json_values,
+                "correlationId": json_values,
+                "cursor": json_values,
+                "limit": json_values,
+                "scope": json_values,
+            },
+        ).map(json.dumps),
+    ),
+    signed=st.booleans(),
+)
+def test_dispatch_always_answers_with_a_documented_status(body: str, signed: bool) -> None:
+    headers = sign_request(API_KEY, "msg_prop", body) if signed else {}
+    frame = RequestFrame(id="req_prop", url="u", headers=headers, body=body)
+    dispatcher = Dispatcher(Echo(), Verifier(API_KEY), replay_capacity=0)
+    response = asyncio.run(dispatcher.handle(frame))
+    assert response.id == "req_prop"
+    assert response.status in {200, 400, 401, 404}
+    payload = json.loads(response.body)
+    if response.status != 200:
+        assert isinstance(payload["error"], str) and payload["error"]
+    if not signed:
+        assert response.status == 401
