@@ -1,0 +1,485 @@
+"""What does the operator type? The ``ablo-connector`` command.
+
+Each command only builds a :class:`~connector.config.Config` (or a dev
+engine) from flags and environment variables, hands it to the library, and
+maps the outcome to an exit status. Usage and configuration mistakes get one
+line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any, NoReturn
+
+import click
+
+from ._version import __version__
+from .config import Config, ConfigError, load_handler, read_api_key_file
+from .handler import DataSource
+from .logs import configure_logging
+from .protocol import DEFAULT_BASE_URL
+from .supervisor import EX_CONFIG, Connector, run_until_signalled
+
+log = logging.getLogger("connector.cli")
+
+DEV_API_KEY = "sk_test_local_dev_engine"
+DEFAULT_ENGINE_API = "http://127.0.0.1:8788"
+LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+def _fail(message: str, status: int = EX_CONFIG) -> NoReturn:
+    click.echo(f"ablo-connector: error: {message}", err=True)
+    sys.exit(status)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="ablo-connector")
+def main() -> None:
+    """Serve an Ablo Data Source from a private network over one outbound WebSocket.
+
+    \b
+    Typical use:
+      ablo-connector run --handler mypkg.source:MySource      (key in ABLO_API_KEY)
+      ablo-connector dev                                      (try it locally, no account)
+    """
+
+
+# ---------------------------------------------------------------- run
+
+
+def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str | None) -> str:
+    if api_key and api_key_file:
+        _fail("give --api-key or --api-key-file, not both")
+    if api_key_file:
+        return read_api_key_file(api_key_file)
+    if api_key:
+        if ctx.get_parameter_source("api_key") is click.core.ParameterSource.COMMANDLINE:
+            log.warning(
+                "the API key was given on the command line, where other local users can see it "
+                "in the process list; prefer ABLO_API_KEY or --api-key-file"
+            )
+        return api_key
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and os.path.exists(os.path.join(credentials, "ablo-api-key")):
+        return read_api_key_file(os.path.join(credentials, "ablo-api-key"))
+    _fail("an API key is required: set ABLO_API_KEY, or pass --api-key-file (or --api-key)")
+
+
+@main.command()
+@click.option(
+    "--api-key",
+    envvar="ABLO_API_KEY",
+    show_envvar=True,
+    help="Secret API key (sk_test_… / sk_live_…). Prefer the env var or --api-key-file.",
+)
+@click.option(
+    "--api-key-file",
+    envvar="ABLO_API_KEY_FILE",
+    show_envvar=True,
+    type=click.Path(dir_okay=False),
+    help="Read the key from this file (Docker secret, systemd LoadCredential=).",
+)
+@click.option(
+    "--handler",
+    "handler_spec",
+    envvar="ABLO_CONNECTOR_HANDLER",
+    show_envvar=True,
+    metavar="MODULE:ATTR",
+    help="Your DataSource: a subclass, instance or factory.",
+)
+@click.option(
+    "--base-url",
+    envvar="ABLO_BASE_URL",
+    show_envvar=True,
+    default=DEFAULT_BASE_URL,
+    show_default=True,
+    help="The Ablo engine to dial.",
+)
+@click.option(
+    "--max-in-flight",
+    envvar="ABLO_MAX_IN_FLIGHT",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Handler calls at once; beyond that, stop reading.",
+)
+@click.option(
+    "--request-timeout",
+    envvar="ABLO_REQUEST_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=25.0,
+    show_default=True,
+    help="Seconds per request before a 504.",
+)
+@click.option(
+    "--shutdown-grace",
+    envvar="ABLO_SHUTDOWN_GRACE",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Seconds to finish in-flight requests on SIGTERM.",
+)
+@click.option(
+    "--max-message-size",
+    envvar="ABLO_MAX_MESSAGE_SIZE",
+    type=click.IntRange(1024),
+    default=16 * 1024 * 1024,
+    show_default=True,
+    help="Largest request frame, in bytes.",
+)
+@click.option(
+    "--superseded-backoff",
+    envvar="ABLO_SUPERSEDED_BACKOFF",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds to stand down when a newer connector takes the source (0: until restarted).",
+)
+@click.option(
+    "--exit-on-auth-failure",
+    envvar="ABLO_EXIT_ON_AUTH_FAILURE",
+    is_flag=True,
+    help="Exit with status 78 when the engine rejects the key, instead of retrying slowly.",
+)
+@click.option(
+    "--allow-insecure",
+    is_flag=True,
+    help="Allow ws:// to a non-loopback host (the key would travel in clear).",
+)
+@click.option(
+    "--compression", is_flag=True, help="Offer permessage-deflate (off by default: it costs CPU)."
+)
+@click.option(
+    "--stable-after", type=click.FloatRange(min=0), default=10.0, show_default=True, hidden=True
+)
+@click.option(
+    "--log-level", envvar="ABLO_LOG_LEVEL", type=LOG_LEVELS, default="info", show_default=True
+)
+@click.option(
+    "--log-format",
+    envvar="ABLO_LOG_FORMAT",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+)
+@click.pass_context
+def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, base_url: str, max_in_flight: int, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, stable_after: float, log_level: str, log_format: str) -> None:  # fmt: skip
+    """Dial the engine and serve your Data Source until stopped.
+
+    SIGTERM or SIGINT finishes in-flight requests (up to --shutdown-grace),
+    then exits 0; a second signal exits at once. Exit 78: configuration or
+    credential problem (with --exit-on-auth-failure).
+    """
+    formatter = configure_logging(log_level, "json" if log_format == "json" else "text")
+    try:
+        key = _resolve_api_key(ctx, api_key, api_key_file)
+        formatter.add_secret(key)
+        if not handler_spec:
+            _fail(
+                "a handler is required: --handler package.module:ClassName (or ABLO_CONNECTOR_HANDLER)"
+            )
+        config = Config(
+            api_key=key,
+            base_url=base_url,
+            max_in_flight=max_in_flight,
+            request_timeout=request_timeout,
+            shutdown_grace=shutdown_grace,
+            max_message_size=max_message_size,
+            superseded_backoff=superseded_backoff,
+            exit_on_auth_failure=exit_on_auth_failure,
+            allow_insecure=allow_insecure,
+            compression=compression,
+            stable_after=stable_after,
+        )
+        source = load_handler(handler_spec)
+    except ConfigError as error:
+        _fail(str(error))
+    sys.exit(asyncio.run(run_until_signalled(Connector(config, source))))
+
+
+# ---------------------------------------------------------------- dev engine
+
+
+@main.command("dev-engine")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8787,
+    show_default=True,
+    help="WebSocket port connectors dial.",
+)
+@click.option(
+    "--api-port",
+    type=click.IntRange(0, 65535),
+    default=8788,
+    show_default=True,
+    help="Control API port (POST /v1/source/requests).",
+)
+@click.option(
+    "--api-key",
+    envvar="ABLO_API_KEY",
+    default=DEV_API_KEY,
+    show_default=True,
+    help="The key connectors must present.",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds before a request is retried.",
+)
+@click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
+def dev_engine(host: str, port: int, api_port: int, api_key: str, request_timeout: float, log_level: str) -> None:  # fmt: skip
+    """Run a local engine for development and tests (no account, no cloud)."""
+    from .devengine import DevEngine
+
+    configure_logging(log_level, secrets=[api_key])
+
+    async def serve() -> None:
+        engine = DevEngine(
+            api_key, host=host, port=port, api_port=api_port, request_timeout=request_timeout
+        )
+        try:
+            await engine.start()
+        except OSError as error:
+            _fail(f"cannot listen on {host}:{port}/{api_port}: {error.strerror}", 1)
+        click.echo(
+            f"dev engine ready: connectors dial --base-url {engine.base_url}; "
+            f"requests go to {engine.api_url}/v1/source/requests",
+            err=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (2, 15):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await engine.close()
+
+    asyncio.run(serve())
+
+
+# ---------------------------------------------------------------- request
+
+
+def _post(engine: str, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(
+        engine.rstrip("/") + "/v1/source/requests",
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read().decode()
+    except urllib.error.URLError as error:
+        _fail(
+            f"cannot reach the engine at {engine}: {error.reason} (is `ablo-connector dev-engine` running?)",
+            1,
+        )
+    try:
+        pretty = json.dumps(json.loads(text), indent=2)
+    except ValueError:
+        pretty = text
+    click.echo(f"HTTP {status}")
+    click.echo(pretty)
+    sys.exit(0 if 200 <= status < 300 else 1)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+engine_option = click.option("--engine", envvar="ABLO_DEV_ENGINE", default=DEFAULT_ENGINE_API, show_default=True, help="The dev engine's control API.")  # fmt: skip
+
+
+@main.group()
+def request() -> None:
+    """Send one request through a running dev engine to your connector."""
+
+
+@request.command("load")
+@click.argument("model")
+@click.argument("id")
+@engine_option
+def request_load(model: str, id: str, engine: str) -> None:
+    """Load one row: MODEL ID."""
+    _post(engine, {"type": "load", "model": model, "id": id})
+
+
+@request.command("list")
+@click.argument("model")
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Equality filter (repeatable); VALUE is JSON or a string.",
+)
+@click.option("--limit", type=click.IntRange(0))
+@click.option("--order-by")
+@click.option("--desc", is_flag=True)
+@click.option("--cursor")
+@engine_option
+def request_list(model: str, where: tuple[str, ...], limit: int | None, order_by: str | None, desc: bool, cursor: str | None, engine: str) -> None:  # fmt: skip
+    """List rows of MODEL."""
+    conditions = []
+    for item in where:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            _fail(f"--where {item!r} must look like field=value", 2)
+        conditions.append([field, _parse_value(value)])
+    query: dict[str, Any] = {"where": conditions} if conditions else {}
+    if limit is not None:
+        query["limit"] = limit
+    if order_by:
+        query["orderBy"] = order_by
+        query["order"] = "desc" if desc else "asc"
+    if cursor:
+        query["cursor"] = cursor
+    _post(engine, {"type": "list", "model": model, "query": query})
+
+
+@request.command("commit")
+@click.argument(
+    "operation",
+    type=click.Choice(["create", "update", "delete", "archive", "unarchive"], case_sensitive=False),
+)
+@click.argument("model")
+@click.argument("id")
+@click.argument("input_json", required=False, default="{}", metavar="[INPUT_JSON]")
+@click.option("--correlation-id", help="Idempotency key (default: a new one).")
+@engine_option
+def request_commit(operation: str, model: str, id: str, input_json: str, correlation_id: str | None, engine: str) -> None:  # fmt: skip
+    """Commit one operation: OPERATION MODEL ID [INPUT_JSON]."""
+    import uuid
+
+    try:
+        data = json.loads(input_json)
+    except ValueError:
+        _fail('INPUT_JSON must be a JSON object, e.g. \'{"title": "x"}\'', 2)
+    if not isinstance(data, dict):
+        _fail("INPUT_JSON must be a JSON object", 2)
+    op = {"type": operation.upper(), "model": model, "id": id, "input": data}
+    _post(
+        engine,
+        {
+            "type": "commit",
+            "operations": [op],
+            "correlationId": correlation_id or f"cli_{uuid.uuid4().hex}",
+        },
+    )
+
+
+@request.command("events")
+@click.option("--cursor")
+@click.option("--limit", type=click.IntRange(0))
+@engine_option
+def request_events(cursor: str | None, limit: int | None, engine: str) -> None:
+    """Read the change feed."""
+    body: dict[str, Any] = {"type": "events"}
+    if cursor:
+        body["cursor"] = cursor
+    if limit is not None:
+        body["limit"] = limit
+    _post(engine, body)
+
+
+@request.command("raw")
+@click.argument("body_json")
+@engine_option
+def request_raw(body_json: str, engine: str) -> None:
+    """Send a request body exactly as given (JSON)."""
+    try:
+        body = json.loads(body_json)
+    except ValueError:
+        _fail("BODY_JSON is not valid JSON", 2)
+    _post(engine, body)
+
+
+# ---------------------------------------------------------------- dev
+
+
+@main.command()
+@click.option(
+    "--handler",
+    "handler_spec",
+    default="examples.sqlite_source:SQLiteSource",
+    show_default=True,
+    metavar="MODULE:ATTR",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8787, show_default=True)
+@click.option("--api-port", type=click.IntRange(0, 65535), default=8788, show_default=True)
+@click.option(
+    "--exit-after-demo", is_flag=True, help="Stop after the demo requests instead of serving on."
+)
+@click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
+def dev(handler_spec: str, port: int, api_port: int, exit_after_demo: bool, log_level: str) -> None:
+    """Run a local engine and the connector together, and show a few round trips.
+
+    Uses the SQLite example by default: no account, no cloud. While it runs,
+    try `ablo-connector request load task t1` in another terminal.
+    """
+
+    configure_logging(log_level, secrets=[DEV_API_KEY])
+    try:
+        source = load_handler(handler_spec)
+    except ConfigError as error:
+        _fail(str(error))
+    sys.exit(asyncio.run(_dev(source, port, api_port, exit_after_demo)))
+
+
+DEMO_REQUESTS: list[dict[str, Any]] = [
+    {"type": "load", "model": "task", "id": "t1"},
+    {"type": "list", "model": "task", "query": {"where": [["done", False]], "limit": 10}},
+    {
+        "type": "commit",
+        "correlationId": "demo_commit_1",
+        "operations": [{"type": "UPDATE", "model": "task", "id": "t1", "input": {"done": True}}],
+    },
+    {"type": "events", "limit": 5},
+]
+
+
+async def _dev(source: DataSource, port: int, api_port: int, exit_after_demo: bool) -> int:
+    from .devengine import DevEngine
+
+    engine = DevEngine(DEV_API_KEY, port=port, api_port=api_port)
+    try:
+        await engine.start()
+    except OSError as error:
+        _fail(
+            f"cannot listen on 127.0.0.1:{port}/{api_port}: {error.strerror} (try --port/--api-port)",
+            1,
+        )
+    connector = Connector(Config(api_key=DEV_API_KEY, base_url=engine.base_url), source)
+    serving = asyncio.ensure_future(run_until_signalled(connector))
+    try:
+        await asyncio.wait_for(connector.wait_ready(), 15)
+        for body in DEMO_REQUESTS:
+            result = await engine.request(body)
+            click.echo(f"\n→ {json.dumps(body)}\n← HTTP {result.status} {result.body}")
+        if exit_after_demo:
+            connector.stop()
+        else:
+            click.echo(
+                f"\nServing. Try: ablo-connector request load task t1 --engine {engine.api_url}"
+                "\nCtrl-C to stop.",
+                err=True,
+            )
+        return await serving
+    finally:
+        await engine.close()

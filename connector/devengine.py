@@ -1,0 +1,404 @@
+"""The engine's side of ``ablo.source.v1``, for development and tests.
+
+:class:`DevEngine` accepts connectors the way the Ablo engine does: it checks
+the bearer subprotocol (401 otherwise), echoes only ``ablo.source.v1``,
+requires ``register``, answers ``ready``, keeps one active connector per
+source (a newer one supersedes the older, which is told so), and signs every
+request it forwards with the API key. A request that gets no answer in time,
+or whose connector drops, is retried with the **same** ``webhook-id``.
+
+Drive it from Python (``await engine.request({...})``) or over its small
+HTTP API (``POST /v1/source/requests`` with a load/list/commit/events body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request as WsRequest
+from websockets.http11 import Response as WsResponse
+from websockets.typing import Subprotocol
+
+from . import _http
+from .protocol import (
+    BEARER_PREFIX,
+    LISTEN_PATH,
+    PROTOCOL_VERSION,
+    SUBPROTOCOL,
+    ErrorFrame,
+    ProtocolError,
+    ReadyFrame,
+    RegisterFrame,
+    RequestFrame,
+    ResponseFrame,
+    decode_frame,
+    encode_frame,
+)
+from .signing import sign_request
+
+__all__ = ["DevEngine", "EngineResult"]
+
+log = logging.getLogger("connector.devengine")
+
+SUPERSEDED = "source_connector_superseded"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineResult:
+    """What the engine got back for one request (after any retries)."""
+
+    status: int
+    body: str
+    attempts: int
+    message_id: str
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(eq=False)
+class _Attachment:
+    number: int
+    ws: ServerConnection
+    pending: dict[str, asyncio.Future[ResponseFrame | ErrorFrame]] = field(default_factory=dict)
+    attached_at: float = field(default_factory=time.monotonic)
+
+
+class _Detached(Exception):
+    pass
+
+
+def _offered(request: WsRequest) -> list[str]:
+    values = request.headers.get_all("Sec-WebSocket-Protocol")
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def _json_response(status: int, payload: dict[str, Any]) -> WsResponse:
+    body = json.dumps(payload).encode()
+    headers = Headers({"Content-Type": "application/json", "Content-Length": str(len(body))})
+    return WsResponse(status, HTTPStatus(status).phrase, headers, body)
+
+
+class DevEngine:
+    """A local Ablo engine with one source, for development and tests."""
+
+    def __init__(
+        self,
+        api_key: str | Sequence[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_port: int | None = None,
+        source_id: str = "src_dev",
+        organization_id: str = "org_dev",
+        environment: str = "sandbox",
+        request_timeout: float = 10.0,
+        max_attempts: int = 5,
+        attach_timeout: float = 30.0,
+        ping_interval: float | None = 20.0,
+    ) -> None:
+        keys = [api_key] if isinstance(api_key, str) else list(api_key)
+        if not keys or not all(keys):
+            raise ValueError("the dev engine needs a non-empty API key")
+        self._keys = frozenset(keys)
+        self._signing_key = keys[0]
+        self.host = host
+        self.port = port
+        self.api_port = api_port
+        self.source_id = source_id
+        self.organization_id = organization_id
+        self.environment = environment
+        self.request_timeout = request_timeout
+        self.max_attempts = max_attempts
+        self.attach_timeout = attach_timeout
+        self.ping_interval = ping_interval
+        self.attaches = 0
+        self.supersedes = 0
+        self.rejected_handshakes = 0
+        self.history: list[tuple[float, str, int]] = []
+        self._active: _Attachment | None = None
+        self._attached = asyncio.Event()
+        self._numbers = itertools.count(1)
+        self._request_ids = itertools.count(1)
+        self._server: Server | None = None
+        self._background: set[asyncio.Future[None]] = set()
+        self._api: asyncio.Server | None = None
+
+    def __repr__(self) -> str:
+        return f"DevEngine(base_url={self.base_url!r}, attached={self.attached})"
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def start(self) -> DevEngine:
+        self._server = await serve(
+            self._connection,
+            self.host,
+            self.port,
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            select_subprotocol=self._select_subprotocol,
+            process_request=self._check_handshake,
+            compression=None,
+            ping_interval=self.ping_interval,
+            max_size=None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        if self.api_port is not None:
+            self._api = await _http.start_http_server(self._api_request, self.host, self.api_port)
+            self.api_port = self._api.sockets[0].getsockname()[1]
+        log.info("dev engine listening on %s (control API %s)", self.ws_url, self.api_url or "off")
+        return self
+
+    async def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+            await self._api.wait_closed()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> DevEngine:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def base_url(self) -> str:
+        """What a connector passes as ``--base-url``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}{LISTEN_PATH}"
+
+    @property
+    def api_url(self) -> str | None:
+        return None if self.api_port is None else f"http://{self.host}:{self.api_port}"
+
+    @property
+    def attached(self) -> bool:
+        return self._active is not None
+
+    async def wait_attached(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._attached.wait(), timeout)
+
+    # --------------------------------------------------------------- handshake
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        # Echo only the protocol, never the bearer entry (it holds the key).
+        return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
+
+    def _check_handshake(
+        self, connection: ServerConnection, request: WsRequest
+    ) -> WsResponse | None:
+        if request.path.split("?", 1)[0] != LISTEN_PATH:
+            return _json_response(404, {"error": "not_found"})
+        offered = _offered(request)
+        bearer = next(
+            (p[len(BEARER_PREFIX) :] for p in offered if p.startswith(BEARER_PREFIX)), None
+        )
+        if bearer is None or bearer not in self._keys:
+            self.rejected_handshakes += 1
+            return _json_response(
+                401,
+                {
+                    "error": "source_connector_unauthenticated",
+                    "message": "invalid or missing API key",
+                },
+            )
+        if SUBPROTOCOL not in offered:
+            return _json_response(400, {"error": "source_connector_protocol_required"})
+        return None
+
+    # --------------------------------------------------------------- sessions
+
+    async def _connection(self, ws: ServerConnection) -> None:
+        number = next(self._numbers)
+        try:
+            raw = await asyncio.wait_for(ws.recv(), 10)
+            frame = decode_frame(raw)
+        except (TimeoutError, ProtocolError, ConnectionClosed):
+            await ws.close(1002, "register_required")
+            return
+        if not isinstance(frame, RegisterFrame) or frame.protocol_version != PROTOCOL_VERSION:
+            await ws.send(
+                encode_frame(
+                    ErrorFrame(code="source_connector_protocol_error", message="register first")
+                )
+            )
+            await ws.close(1002, "register_required")
+            return
+        await ws.send(
+            encode_frame(
+                ReadyFrame(
+                    protocol_version=PROTOCOL_VERSION,
+                    source_id=self.source_id,
+                    organization_id=self.organization_id,
+                    environment=self.environment,
+                )
+            )
+        )
+        attachment = _Attachment(number, ws)
+        previous, self._active = self._active, attachment
+        self.attaches += 1
+        self._event("attached", number)
+        self._attached.set()
+        if previous is not None:
+            self.supersedes += 1
+            self._event("superseded", previous.number)
+            task = asyncio.ensure_future(self._supersede(previous))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        try:
+            async for raw in ws:
+                self._on_frame(attachment, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._detach(attachment)
+
+    async def _supersede(self, attachment: _Attachment) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await attachment.ws.send(
+                encode_frame(
+                    ErrorFrame(code=SUPERSEDED, message="a newer connector took this source")
+                )
+            )
+            await attachment.ws.close(4000, SUPERSEDED)
+
+    def _detach(self, attachment: _Attachment) -> None:
+        for future in attachment.pending.values():
+            if not future.done():
+                future.set_exception(_Detached())
+        attachment.pending.clear()
+        if self._active is attachment:
+            self._active = None
+            self._attached.clear()
+            self._event("detached", attachment.number)
+
+    def _event(self, what: str, number: int) -> None:
+        self.history.append((time.monotonic(), what, number))
+        log.info("connector #%d %s", number, what)
+
+    def _on_frame(self, attachment: _Attachment, raw: str | bytes) -> None:
+        try:
+            frame = decode_frame(raw)
+        except ProtocolError as error:
+            log.warning("connector #%d sent a malformed frame: %s", attachment.number, error)
+            return
+        if isinstance(frame, ResponseFrame | ErrorFrame) and frame.id is not None:
+            future = attachment.pending.pop(frame.id, None)
+            if future is not None and not future.done():
+                future.set_result(frame)
+            elif future is None:
+                log.warning(
+                    "connector #%d answered unknown request %s", attachment.number, frame.id
+                )
+        elif isinstance(frame, ErrorFrame):
+            log.warning("connector #%d error: %s %s", attachment.number, frame.code, frame.message)
+
+    # --------------------------------------------------------------- requests
+
+    async def request(
+        self,
+        body: dict[str, Any] | str,
+        *,
+        message_id: str | None = None,
+        timeout: float | None = None,
+    ) -> EngineResult:
+        """Send one signed request to the attached connector, retrying on drops
+        and timeouts with the same ``webhook-id``."""
+        text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+        message_id = message_id or f"msg_{uuid.uuid4().hex}"
+        per_attempt = self.request_timeout if timeout is None else timeout
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                await self.wait_attached(self.attach_timeout)
+            except TimeoutError:
+                return EngineResult(
+                    503, json.dumps({"error": "source_connector_not_attached"}), attempt, message_id
+                )
+            attachment = self._active
+            assert attachment is not None
+            request_id = f"req_{next(self._request_ids)}"
+            headers = {
+                "content-type": "application/json",
+                **sign_request(self._signing_key, message_id, text),
+            }
+            future: asyncio.Future[ResponseFrame | ErrorFrame] = (
+                asyncio.get_running_loop().create_future()
+            )
+            attachment.pending[request_id] = future
+            frame = RequestFrame(
+                id=request_id,
+                url="https://source.ablo.invalid/v1/source",
+                headers=headers,
+                body=text,
+            )
+            try:
+                await attachment.ws.send(encode_frame(frame))
+                answer = await asyncio.wait_for(future, per_attempt)
+            except (ConnectionClosed, _Detached):
+                log.info("request %s (%s): connector dropped; retrying", request_id, message_id)
+                continue
+            except TimeoutError:
+                attachment.pending.pop(request_id, None)
+                log.info(
+                    "request %s (%s): no answer in %g s; retrying",
+                    request_id,
+                    message_id,
+                    per_attempt,
+                )
+                continue
+            if isinstance(answer, ErrorFrame):
+                status = 400 if answer.code == "source_connector_protocol_error" else 502
+                payload = {"error": answer.code, "message": answer.message}
+                return EngineResult(status, json.dumps(payload), attempt, message_id)
+            return EngineResult(answer.status, answer.body, attempt, message_id)
+        return EngineResult(
+            504, json.dumps({"error": "source_connector_timeout"}), self.max_attempts, message_id
+        )
+
+    async def _api_request(self, request: _http.Request) -> _http.Reply:
+        if request.method == "POST" and request.path == "/v1/source/requests":
+            try:
+                body = json.loads(request.body)
+            except ValueError:
+                return _http.Reply.json(400, {"error": "invalid_json"})
+            result = await self.request(body if isinstance(body, dict) else request.body.decode())
+            return _http.Reply(
+                result.status,
+                result.body.encode(),
+                {
+                    "Content-Type": "application/json",
+                    "X-Ablo-Attempts": str(result.attempts),
+                    "X-Ablo-Message-Id": result.message_id,
+                },
+            )
+        if request.method == "GET" and request.path == "/v1/status":
+            return _http.Reply.json(
+                200,
+                {
+                    "attached": self.attached,
+                    "sourceId": self.source_id,
+                    "attaches": self.attaches,
+                    "supersedes": self.supersedes,
+                    "rejectedHandshakes": self.rejected_handshakes,
+                },
+            )
+        return _http.Reply.json(404, {"error": "not_found"})

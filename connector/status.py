@@ -1,0 +1,90 @@
+"""Where is the connector now? A small, observable record of its state.
+
+The connection and the supervisor write it; health checks, metrics, systemd
+notifications and embedding programs read it or subscribe to changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["ConnectorStatus", "State"]
+
+
+class State(enum.StrEnum):
+    STARTING = "starting"
+    CONNECTING = "connecting"
+    READY = "ready"
+    BACKOFF = "backoff"
+    STOOD_DOWN = "stood_down"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass
+class ConnectorStatus:
+    """The connector's current state and identity, plus a few counters."""
+
+    state: State = State.STARTING
+    source_id: str | None = None
+    organization_id: str | None = None
+    environment: str | None = None
+    ready_since: float | None = None
+    last_error: str | None = None
+    connects: int = 0
+    in_flight: int = 0
+    _listeners: list[Callable[[ConnectorStatus], None]] = field(default_factory=list, repr=False)
+    _ready_event: asyncio.Event | None = field(default=None, repr=False)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state is State.READY
+
+    @property
+    def seconds_ready(self) -> float | None:
+        return None if self.ready_since is None else time.monotonic() - self.ready_since
+
+    def subscribe(self, listener: Callable[[ConnectorStatus], None]) -> None:
+        self._listeners.append(listener)
+
+    def set(self, state: State, *, error: str | None = None) -> None:
+        if error is not None:
+            self.last_error = error
+        if state is State.READY and self.state is not State.READY:
+            self.ready_since = time.monotonic()
+            self.connects += 1
+        elif state is not State.READY:
+            self.ready_since = None
+        changed = state is not self.state
+        self.state = state
+        if self._ready_event is not None:
+            if state is State.READY:
+                self._ready_event.set()
+            else:
+                self._ready_event.clear()
+        if changed:
+            for listener in list(self._listeners):
+                listener(self)
+
+    async def wait_ready(self) -> None:
+        if self._ready_event is None:
+            self._ready_event = asyncio.Event()
+            if self.is_ready:
+                self._ready_event.set()
+        await self._ready_event.wait()
+
+    def as_dict(self) -> dict[str, object]:
+        seconds = self.seconds_ready
+        return {
+            "state": self.state.value,
+            "sourceId": self.source_id,
+            "organizationId": self.organization_id,
+            "environment": self.environment,
+            "secondsReady": None if seconds is None else round(seconds, 3),
+            "lastError": self.last_error,
+            "inFlight": self.in_flight,
+        }

@@ -1,0 +1,308 @@
+"""How do we stay connected, and how do we stop cleanly?
+
+:class:`Connector` is the embedding API: ``await Connector(config,
+source).run()`` dials, serves and reconnects until :meth:`Connector.stop` is
+called or the task is cancelled. :class:`ReconnectPolicy` decides how long to
+wait after each kind of failure; ``tenacity`` runs the loop.
+:func:`run_until_signalled` adds the daemon's signal handling on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from collections.abc import Iterator
+from typing import Final
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from .client import (
+    AuthenticationFailed,
+    ConnectFailure,
+    Connection,
+    ConnectionLost,
+    InFlight,
+    ProtocolMismatch,
+    RateLimited,
+    Superseded,
+)
+from .config import Config
+from .handler import DataSource, Dispatcher
+from .signing import Verifier
+from .status import ConnectorStatus, State
+
+__all__ = ["EX_CONFIG", "Connector", "ReconnectPolicy", "run_until_signalled"]
+
+log = logging.getLogger("connector.supervisor")
+
+EX_CONFIG: Final = 78  # sysexits.h: systemd's RestartPreventExitStatus, Kubernetes shows it
+
+_AUTH_HINT: Final = (
+    "check that the key is a secret key (sk_test_... or sk_live_...), that it has not been "
+    "revoked, and that an sk_live_ key's source has opted into the production reverse channel"
+)
+
+
+class ReconnectPolicy:
+    """How long to wait before the next attempt, by what went wrong.
+
+    Transient failures follow the schedule (0, 1, 2, 5, 10, 30 s by default,
+    ±jitter), which restarts only after a connection stayed ready for
+    ``stable_after`` seconds, so a server that accepts and drops at once
+    cannot cause a tight loop. Rate limits honour ``Retry-After``; credential
+    and protocol problems wait the slowest step; a superseded connector
+    waits ``superseded_backoff`` (0: until stopped).
+    """
+
+    def __init__(self, config: Config, rng: random.Random | None = None) -> None:
+        self._config = config
+        self._rng = rng or random.Random()
+        self.failures = 0
+
+    def _jitter(self, delay: float) -> float:
+        spread = delay * self._config.reconnect_jitter
+        return max(0.0, delay + self._rng.uniform(-spread, spread))
+
+    def delay_after(self, failure: BaseException) -> float | None:
+        """Seconds to wait, or ``None`` for "until stopped"."""
+        config = self._config
+        if isinstance(failure, ConnectFailure) and failure.ready_for >= config.stable_after:
+            self.failures = 0
+        if isinstance(failure, Superseded):
+            self.failures = 0
+            return None if config.superseded_backoff == 0 else config.superseded_backoff
+        if isinstance(failure, RateLimited) and failure.retry_after is not None:
+            return self._jitter(min(max(failure.retry_after, 1.0), config.max_retry_after))
+        if isinstance(failure, AuthenticationFailed | RateLimited | ProtocolMismatch):
+            return self._jitter(config.slowest_delay)
+        schedule = config.reconnect_schedule
+        delay = schedule[min(self.failures, len(schedule) - 1)]
+        self.failures += 1
+        return self._jitter(delay)
+
+
+class Connector:
+    """Serves a :class:`DataSource` to the engine until stopped.
+
+    Construct it with a :class:`Config` and your source, then ``await
+    run()``. :meth:`stop` drains in-flight requests for up to
+    ``shutdown_grace`` seconds and closes with 1000 ``connector_aborted``;
+    ``stop(force=True)`` (or cancelling ``run``) abandons them.
+    """
+
+    def __init__(self, config: Config, source: DataSource) -> None:
+        self.config = config
+        self.source = source
+        self.status = ConnectorStatus()
+        self.dispatcher = Dispatcher(
+            source,
+            Verifier(config.api_key, tolerance=config.signature_tolerance),
+            request_timeout=config.request_timeout,
+            max_workers=config.max_in_flight,
+        )
+        self.policy = ReconnectPolicy(config)
+        self._stopping: asyncio.Event | None = None
+        self._in_flight: InFlight | None = None
+        self._last_failure_code: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Connector(url={self.config.url!r}, state={self.status.state.value})"
+
+    def _stop_event(self) -> asyncio.Event:
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        return self._stopping
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping is not None and self._stopping.is_set()
+
+    def stop(self, *, force: bool = False) -> None:
+        """Ask ``run`` to finish: drain (or, with ``force``, abandon) and close."""
+        self._stop_event().set()
+        if force and self._in_flight is not None:
+            for task in list(self._in_flight.tasks):
+                task.cancel()
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self.status.wait_ready(), timeout)
+
+    async def run(self) -> None:
+        """Connect and serve until stopped. Raises :class:`AuthenticationFailed`
+        only when ``exit_on_auth_failure`` is set."""
+        stopping = self._stop_event()
+        in_flight = self._in_flight = InFlight(self.config.max_in_flight, self.status)
+        log.info("connector starting: dialing %s", self.config.url)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(self._should_retry),
+            wait=self._wait,
+            stop=lambda _: stopping.is_set(),
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._connect_once(in_flight, stopping)
+        except ConnectFailure:
+            if not stopping.is_set():
+                raise
+        finally:
+            await self._finish(in_flight)
+
+    # ----------------------------------------------------------- internals
+
+    def _should_retry(self, error: BaseException) -> bool:
+        if self.stopping:
+            return False
+        if isinstance(error, AuthenticationFailed) and self.config.exit_on_auth_failure:
+            self._log_failure(error, None)
+            return False
+        return isinstance(error, ConnectFailure)
+
+    def _wait(self, state: RetryCallState) -> float:
+        failure = state.outcome.exception() if state.outcome else None
+        delay = self.policy.delay_after(failure) if failure else 0.0
+        # tenacity wants a number; "until stopped" is a very long sleep that
+        # stop() interrupts.
+        return float("inf") if delay is None else delay
+
+    async def _sleep(self, seconds: float) -> None:
+        stopping = self._stop_event()
+        if seconds > 0 and not stopping.is_set():
+            timeout = None if seconds == float("inf") else seconds
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome else None
+        delay = state.upcoming_sleep
+        if isinstance(failure, ConnectFailure):
+            self._log_failure(failure, delay)
+            if isinstance(failure, Superseded):
+                self.status.set(State.STOOD_DOWN, error=failure.code)
+            else:
+                self.status.set(State.BACKOFF, error=failure.code)
+
+    def _log_failure(self, failure: ConnectFailure, delay: float | None) -> None:
+        when = (
+            "not reconnecting (exit requested)"
+            if delay is None
+            else "standing down until stopped"
+            if delay == float("inf")
+            else f"next attempt in {delay:.1f} s"
+        )
+        repeated = failure.code == self._last_failure_code
+        self._last_failure_code = failure.code
+        if isinstance(failure, Superseded):
+            log.error(
+                "superseded: a newer connector took this source; %s "
+                "(--superseded-backoff) so the two do not steal it back and forth",
+                when,
+            )
+        elif isinstance(failure, AuthenticationFailed):
+            if repeated:
+                log.warning("still rejected: %s; %s", failure, when)
+            else:
+                log.error("%s: the API key was refused; %s. %s", failure, _AUTH_HINT, when)
+        elif isinstance(failure, RateLimited):
+            log.warning("%s: too many connections or attempts; %s", failure, when)
+        elif isinstance(failure, ProtocolMismatch):
+            log.error("%s; %s", failure, when)
+        else:
+            level = (
+                logging.INFO if failure.ready_for >= self.config.stable_after else logging.WARNING
+            )
+            log.log(level, "%s; %s", failure, when)
+
+    async def _connect_once(self, in_flight: InFlight, stopping: asyncio.Event) -> None:
+        self.status.set(State.CONNECTING)
+        connection = Connection(self.config, self.dispatcher, self.status, in_flight)
+        serving = asyncio.ensure_future(connection.run())
+        stop_requested = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({serving, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            serving.cancel()
+            await connection.close()
+            raise
+        finally:
+            stop_requested.cancel()
+        if serving.done():
+            self._raise_outcome(serving)
+            return
+        serving.cancel()
+        with contextlib.suppress(BaseException):
+            await serving
+        await self._drain(in_flight)
+        await connection.close(1000, "connector_aborted")
+
+    @staticmethod
+    def _raise_outcome(serving: asyncio.Future[None]) -> None:
+        error = serving.exception()
+        if error is None or isinstance(error, ConnectFailure):
+            serving.result()
+            return
+        log.error("connection failed unexpectedly", exc_info=error)
+        raise ConnectionLost(f"unexpected error: {type(error).__name__}: {error}") from error
+
+    async def _drain(self, in_flight: InFlight) -> None:
+        if not in_flight.tasks:
+            return
+        self.status.set(State.DRAINING)
+        count = len(in_flight.tasks)
+        grace = self.config.shutdown_grace
+        log.info("draining %d in-flight request(s) for up to %g s", count, grace)
+        abandoned = await in_flight.drain(grace)
+        if abandoned:
+            log.warning("abandoned %d request(s) still running after %g s", abandoned, grace)
+
+    async def _finish(self, in_flight: InFlight) -> None:
+        await self._drain(in_flight)
+        self.dispatcher.close()
+        self.status.set(State.STOPPED)
+        log.info("connector stopped")
+
+
+@contextlib.contextmanager
+def _signal_handlers(connector: Connector) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def handle(signum: int) -> None:
+        received.append(signum)
+        name = signal.Signals(signum).name
+        if len(received) == 1:
+            log.info("%s received: finishing in-flight requests, then exiting", name)
+            connector.stop()
+        else:
+            log.warning("%s received again: exiting now", name)
+            connector.stop(force=True)
+
+    installed = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, handle, signum)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+            pass
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+async def run_until_signalled(connector: Connector) -> int:
+    """Run ``connector`` as a daemon: SIGTERM/SIGINT drain and exit 0; a
+    second signal abandons in-flight work. Returns the process exit status."""
+    with _signal_handlers(connector):
+        try:
+            await connector.run()
+        except AuthenticationFailed:
+            return EX_CONFIG
+    return 0
