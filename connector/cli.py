@@ -156,8 +156,33 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
     "--compression", is_flag=True, help="Offer permessage-deflate (off by default: it costs CPU)."
 )
 @click.option(
+    "--open-timeout",
+    envvar="ABLO_OPEN_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds for TCP, TLS and the WebSocket handshake.",
+)
+@click.option(
+    "--ping-interval",
+    envvar="ABLO_PING_INTERVAL",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Seconds between keepalive pings.",
+)
+@click.option(
+    "--ping-timeout",
+    envvar="ABLO_PING_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Seconds without a pong before the link counts as dead.",
+)
+@click.option(
     "--stable-after", type=click.FloatRange(min=0), default=10.0, show_default=True, hidden=True
 )
+@click.option("--reconnect-schedule", default="0,1,2,5,10,30", hidden=True)
 @click.option(
     "--log-level", envvar="ABLO_LOG_LEVEL", type=LOG_LEVELS, default="info", show_default=True
 )
@@ -169,7 +194,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
     show_default=True,
 )
 @click.pass_context
-def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, base_url: str, max_in_flight: int, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, stable_after: float, log_level: str, log_format: str) -> None:  # fmt: skip
+def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, base_url: str, max_in_flight: int, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, open_timeout: float, ping_interval: float, ping_timeout: float, stable_after: float, reconnect_schedule: str, log_level: str, log_format: str) -> None:  # fmt: skip
     """Dial the engine and serve your Data Source until stopped.
 
     SIGTERM or SIGINT finishes in-flight requests (up to --shutdown-grace),
@@ -195,12 +220,25 @@ def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handl
             exit_on_auth_failure=exit_on_auth_failure,
             allow_insecure=allow_insecure,
             compression=compression,
+            open_timeout=open_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
             stable_after=stable_after,
+            reconnect_schedule=_schedule(reconnect_schedule),
         )
         source = load_handler(handler_spec)
     except ConfigError as error:
         _fail(str(error))
     sys.exit(asyncio.run(run_until_signalled(Connector(config, source))))
+
+
+def _schedule(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--reconnect-schedule {text!r} must be comma-separated seconds"
+        ) from None
 
 
 # ---------------------------------------------------------------- dev engine

@@ -336,10 +336,7 @@ class DevEngine:
             attachment = self._active
             assert attachment is not None
             request_id = f"req_{next(self._request_ids)}"
-            headers = {
-                "content-type": "application/json",
-                **sign_request(self._signing_key, message_id, text),
-            }
+            headers = self.sign(message_id, text)
             future: asyncio.Future[ResponseFrame | ErrorFrame] = (
                 asyncio.get_running_loop().create_future()
             )
@@ -373,6 +370,36 @@ class DevEngine:
         return EngineResult(
             504, json.dumps({"error": "source_connector_timeout"}), self.max_attempts, message_id
         )
+
+    def sign(self, message_id: str, body: str) -> dict[str, str]:
+        """The headers this engine would send with ``body``."""
+        return {
+            "content-type": "application/json",
+            **sign_request(self._signing_key, message_id, body),
+        }
+
+    async def send_raw(self, raw: str | bytes) -> None:
+        """Send any message, valid or not, to the attached connector (for tests)."""
+        await self.wait_attached(self.attach_timeout)
+        assert self._active is not None
+        await self._active.ws.send(raw)
+
+    async def exchange(
+        self, frame: RequestFrame | str | bytes, request_id: str, *, timeout: float = 10.0
+    ) -> ResponseFrame | ErrorFrame:
+        """Send one frame once (no retry) and wait for the answer to ``request_id``."""
+        await self.wait_attached(self.attach_timeout)
+        attachment = self._active
+        assert attachment is not None
+        future: asyncio.Future[ResponseFrame | ErrorFrame] = (
+            asyncio.get_running_loop().create_future()
+        )
+        attachment.pending[request_id] = future
+        await attachment.ws.send(encode_frame(frame) if isinstance(frame, RequestFrame) else frame)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            attachment.pending.pop(request_id, None)
 
     async def _api_request(self, request: _http.Request) -> _http.Reply:
         if request.method == "POST" and request.path == "/v1/source/requests":

@@ -194,7 +194,7 @@ class Connector:
             if delay is None
             else "standing down until stopped"
             if delay == float("inf")
-            else f"next attempt in {delay:.1f} s"
+            else f"next attempt in {round(delay, 2):g} s"
         )
         repeated = failure.code == self._last_failure_code
         self._last_failure_code = failure.code
