@@ -180,6 +180,13 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
     help="Seconds without a pong before the link counts as dead.",
 )
 @click.option(
+    "--health-addr",
+    envvar="ABLO_HEALTH_ADDR",
+    show_envvar=True,
+    metavar="HOST:PORT",
+    help="Serve /healthz, /readyz and /metrics here (e.g. 127.0.0.1:9464). Off by default.",
+)
+@click.option(
     "--stable-after", type=click.FloatRange(min=0), default=10.0, show_default=True, hidden=True
 )
 @click.option("--reconnect-schedule", default="0,1,2,5,10,30", hidden=True)
@@ -194,7 +201,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
     show_default=True,
 )
 @click.pass_context
-def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, base_url: str, max_in_flight: int, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, open_timeout: float, ping_interval: float, ping_timeout: float, stable_after: float, reconnect_schedule: str, log_level: str, log_format: str) -> None:  # fmt: skip
+def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, base_url: str, max_in_flight: int, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, open_timeout: float, ping_interval: float, ping_timeout: float, health_addr: str | None, stable_after: float, reconnect_schedule: str, log_level: str, log_format: str) -> None:  # fmt: skip
     """Dial the engine and serve your Data Source until stopped.
 
     SIGTERM or SIGINT finishes in-flight requests (up to --shutdown-grace),
@@ -225,6 +232,7 @@ def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handl
             ping_timeout=ping_timeout,
             stable_after=stable_after,
             reconnect_schedule=_schedule(reconnect_schedule),
+            health_addr=health_addr or None,
         )
         source = load_handler(handler_spec)
     except ConfigError as error:
@@ -239,6 +247,76 @@ def _schedule(text: str) -> tuple[float, ...]:
         raise ConfigError(
             f"--reconnect-schedule {text!r} must be comma-separated seconds"
         ) from None
+
+
+# ---------------------------------------------------------------- check
+
+
+@main.command()
+@click.option("--api-key", envvar="ABLO_API_KEY", show_envvar=True, help="Secret API key.")
+@click.option(
+    "--api-key-file",
+    envvar="ABLO_API_KEY_FILE",
+    type=click.Path(dir_okay=False),
+    help="Read the key from this file.",
+)
+@click.option(
+    "--handler",
+    "handler_spec",
+    envvar="ABLO_CONNECTOR_HANDLER",
+    metavar="MODULE:ATTR",
+    help="Also check that the handler imports.",
+)
+@click.option("--base-url", envvar="ABLO_BASE_URL", default=DEFAULT_BASE_URL, show_default=True)
+@click.option("--allow-insecure", is_flag=True, help="Allow ws:// to a non-loopback host.")
+@click.option(
+    "--open-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True
+)
+@click.option(
+    "--no-register",
+    is_flag=True,
+    help="Stop after the WebSocket upgrade (registering takes the source from a connector already serving it).",
+)
+@click.pass_context
+def check(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, base_url: str, allow_insecure: bool, open_timeout: float, no_register: bool) -> None:  # fmt: skip
+    """Diagnose the path to the engine, one step at a time.
+
+    Checks the configuration and handler, proxy, DNS, TCP, TLS, the WebSocket
+    upgrade and the echoed subprotocol, then registers and prints the source
+    the engine resolved. Registering supersedes a connector already serving
+    the same source: run it before starting the service, or pass --no-register.
+
+    Exit 0 when every step passes, 69 when the engine cannot be reached, 78
+    for a configuration or credential problem.
+    """
+    from .diagnose import CheckFailed, run_checks
+
+    configure_logging("warning")
+    try:
+        key = _resolve_api_key(ctx, api_key, api_key_file)
+        config = Config(
+            api_key=key, base_url=base_url, allow_insecure=allow_insecure, open_timeout=open_timeout
+        )
+        if handler_spec:
+            source = load_handler(handler_spec)
+            implemented = [
+                op
+                for op in ("load", "list", "commit", "events")
+                if getattr(type(source), op) is not getattr(DataSource, op)
+            ]
+            click.echo(
+                f"ok    handler: {handler_spec} ({type(source).__name__}: {', '.join(implemented) or 'no operations'})"
+            )
+    except ConfigError as error:
+        click.echo(f"FAIL  configuration: {error}")
+        sys.exit(EX_CONFIG)
+    try:
+        asyncio.run(run_checks(config, click.echo, register=not no_register))
+    except CheckFailed as failure:
+        click.echo(f"FAIL  {failure.step}: {failure.detail}")
+        click.echo(f"      what to check: {failure.hint}")
+        sys.exit(failure.exit_status)
+    click.echo("all checks passed")
 
 
 # ---------------------------------------------------------------- dev engine

@@ -42,7 +42,7 @@ from .protocol import (
     encode_frame,
     subprotocols_for,
 )
-from .status import ConnectorStatus, State
+from .status import ConnectorStatus, Observer, State
 
 __all__ = [
     "AuthenticationFailed",
@@ -213,8 +213,10 @@ class Connection:
         dispatcher: Dispatcher,
         status: ConnectorStatus,
         in_flight: InFlight,
+        observer: Observer | None = None,
     ) -> None:
         self._config = config
+        self._observer = observer or Observer()
         self._dispatcher = dispatcher
         self._status = status
         self._in_flight = in_flight
@@ -316,6 +318,7 @@ class Connection:
 
     def _on_ready(self, frame: ReadyFrame) -> None:
         self._ready_at = time.monotonic()
+        self._observer.attempt_ended("ready")
         status = self._status
         status.source_id = frame.source_id
         status.organization_id = frame.organization_id
@@ -351,6 +354,9 @@ class Connection:
             return decode_frame(raw)
         except ProtocolError as error:
             log.warning("ignored a malformed frame: %s", error)
+            self._observer.frame_rejected(
+                "malformed" if error.request_id is None else "invalid_request"
+            )
             if error.request_id is not None and self._ws is not None:
                 self._send_soon(
                     ErrorFrame(
@@ -361,6 +367,7 @@ class Connection:
 
     def _reject_oversize(self, raw: str | bytes) -> None:
         size = _encoded_size(raw)
+        self._observer.frame_rejected("oversize")
         prefix = raw[:512] if isinstance(raw, str) else raw[:512].decode("utf-8", "replace")
         request_id = None
         if _TYPE_REQUEST_IN_PREFIX.search(prefix):
@@ -420,6 +427,7 @@ class Connection:
                 "response to request %s lost: the connection closed first (the engine will retry)",
                 frame.id,
             )
+        self._observer.request_done(response, time.perf_counter() - started)
         if self._debug:
             request_log.debug(
                 "request %s %s %s -> %d%s in %.1f ms%s",

@@ -71,6 +71,9 @@ class Config:
     # Stopping
     shutdown_grace: float = 20.0
 
+    # Operations
+    health_addr: str | None = None
+
     def __post_init__(self) -> None:
         if not self.api_key or not self.api_key.strip():
             raise ConfigError("an API key is required (--api-key, --api-key-file or ABLO_API_KEY)")
@@ -96,6 +99,12 @@ class Config:
             raise ConfigError("reconnect_schedule needs at least one non-negative delay")
         if not 0 <= self.reconnect_jitter < 1:
             raise ConfigError("reconnect_jitter must be in [0, 1)")
+        if self.health_addr is not None:
+            host, sep, port = self.health_addr.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ConfigError(
+                    f"health address {self.health_addr!r} must be HOST:PORT, e.g. 127.0.0.1:9464"
+                )
 
     @property
     def url(self) -> str:

@@ -11,8 +11,12 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-__all__ = ["ConnectorStatus", "State"]
+if TYPE_CHECKING:
+    from .handler import HttpResponse
+
+__all__ = ["ConnectorStatus", "Observer", "State"]
 
 
 class State(enum.StrEnum):
@@ -23,6 +27,23 @@ class State(enum.StrEnum):
     STOOD_DOWN = "stood_down"
     DRAINING = "draining"
     STOPPED = "stopped"
+
+
+class Observer:
+    """Hooks for counting what happens; the defaults do nothing.
+
+    The metrics exporter overrides them. They run on the event loop, on the
+    request path, so an implementation must be cheap and must not block.
+    """
+
+    def request_done(self, response: HttpResponse, seconds: float) -> None:
+        """One request answered (any status)."""
+
+    def frame_rejected(self, reason: str) -> None:
+        """A frame was ignored: ``malformed``, ``oversize`` or ``invalid_request``."""
+
+    def attempt_ended(self, outcome: str) -> None:
+        """A connection attempt ended: ``ready`` when it got that far, else why not."""
 
 
 @dataclass

@@ -24,15 +24,19 @@ from .client import (
     ConnectFailure,
     Connection,
     ConnectionLost,
+    HandshakeRejected,
     InFlight,
     ProtocolMismatch,
     RateLimited,
     Superseded,
 )
-from .config import Config
+from .config import Config, ConfigError
 from .handler import DataSource, Dispatcher
+from .health import HealthServer
+from .metrics import Metrics
 from .signing import Verifier
-from .status import ConnectorStatus, State
+from .status import ConnectorStatus, Observer, State
+from .systemd import SystemdNotifier
 
 __all__ = ["EX_CONFIG", "Connector", "ReconnectPolicy", "run_until_signalled"]
 
@@ -93,10 +97,18 @@ class Connector:
     ``stop(force=True)`` (or cancelling ``run``) abandons them.
     """
 
-    def __init__(self, config: Config, source: DataSource) -> None:
+    def __init__(
+        self, config: Config, source: DataSource, *, observer: Observer | None = None
+    ) -> None:
         self.config = config
         self.source = source
         self.status = ConnectorStatus()
+        self.metrics: Metrics | None = None
+        if observer is None and config.health_addr is not None:
+            observer = self.metrics = Metrics(self.status)
+        self.observer = observer or Observer()
+        self.health: HealthServer | None = None
+        self._notifier: SystemdNotifier | None = None
         self.dispatcher = Dispatcher(
             source,
             Verifier(config.api_key, tolerance=config.signature_tolerance),
@@ -122,6 +134,8 @@ class Connector:
 
     def stop(self, *, force: bool = False) -> None:
         """Ask ``run`` to finish: drain (or, with ``force``, abandon) and close."""
+        if not self.stopping and self._notifier is not None:
+            self._notifier.stopping()
         self._stop_event().set()
         if force and self._in_flight is not None:
             for task in list(self._in_flight.tasks):
@@ -135,6 +149,7 @@ class Connector:
         only when ``exit_on_auth_failure`` is set."""
         stopping = self._stop_event()
         in_flight = self._in_flight = InFlight(self.config.max_in_flight, self.status)
+        await self._start_services()
         log.info("connector starting: dialing %s", self.config.url)
         retrying = AsyncRetrying(
             retry=retry_if_exception(self._should_retry),
@@ -221,7 +236,7 @@ class Connector:
 
     async def _connect_once(self, in_flight: InFlight, stopping: asyncio.Event) -> None:
         self.status.set(State.CONNECTING)
-        connection = Connection(self.config, self.dispatcher, self.status, in_flight)
+        connection = Connection(self.config, self.dispatcher, self.status, in_flight, self.observer)
         serving = asyncio.ensure_future(connection.run())
         stop_requested = asyncio.ensure_future(stopping.wait())
         try:
@@ -233,6 +248,8 @@ class Connector:
         finally:
             stop_requested.cancel()
         if serving.done():
+            if connection.ready_for == 0.0:
+                self.observer.attempt_ended(_outcome(serving.exception()))
             self._raise_outcome(serving)
             return
         serving.cancel()
@@ -261,11 +278,42 @@ class Connector:
         if abandoned:
             log.warning("abandoned %d request(s) still running after %g s", abandoned, grace)
 
+    async def _start_services(self) -> None:
+        if self.config.health_addr is not None:
+            self.health = HealthServer(self.status, self.metrics, self.config.health_addr)
+            try:
+                await self.health.start()
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot serve health endpoints on {self.config.health_addr}: {error.strerror}"
+                ) from None
+        self._notifier = SystemdNotifier.from_environment()
+        if self._notifier is not None:
+            self._notifier.attach(self.status)
+
     async def _finish(self, in_flight: InFlight) -> None:
         await self._drain(in_flight)
         self.dispatcher.close()
         self.status.set(State.STOPPED)
+        if self.health is not None:
+            await self.health.close()
+        if self._notifier is not None:
+            self._notifier.close()
         log.info("connector stopped")
+
+
+def _outcome(error: BaseException | None) -> str:
+    if isinstance(error, AuthenticationFailed):
+        return "auth_rejected"
+    if isinstance(error, RateLimited):
+        return "rate_limited"
+    if isinstance(error, Superseded):
+        return "superseded"
+    if isinstance(error, ProtocolMismatch):
+        return "protocol_mismatch"
+    if isinstance(error, HandshakeRejected):
+        return "rejected"
+    return "failed"
 
 
 @contextlib.contextmanager
@@ -304,5 +352,8 @@ async def run_until_signalled(connector: Connector) -> int:
         try:
             await connector.run()
         except AuthenticationFailed:
+            return EX_CONFIG
+        except ConfigError as error:
+            log.error("%s", error)
             return EX_CONFIG
     return 0

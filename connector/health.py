@@ -1,0 +1,72 @@
+"""Health, readiness and metrics over plain HTTP, for probes and Prometheus.
+
+``GET /healthz``: 200 while the process and its event loop answer (a
+blocked loop cannot answer at all, which is what a liveness probe needs).
+``GET /readyz``: 200 only while the connector is registered and ``ready``,
+otherwise 503; both carry a small JSON body. ``GET /metrics``: Prometheus
+text format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from . import _http
+from .metrics import CONTENT_TYPE, Metrics
+from .status import ConnectorStatus, State
+
+__all__ = ["HealthServer", "parse_address"]
+
+log = logging.getLogger("connector.health")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6) into its parts; ValueError if not."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    return host.strip("[]"), int(port_text)
+
+
+class HealthServer:
+    def __init__(self, status: ConnectorStatus, metrics: Metrics | None, address: str) -> None:
+        self._status = status
+        self._metrics = metrics
+        self._host, self._port = parse_address(address)
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def start(self) -> None:
+        self._server = await _http.start_http_server(
+            self._handle, self._host, self._port, max_body=0
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "health endpoints on http://%s:%d (/healthz, /readyz, /metrics)", self._host, self._port
+        )
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, request: _http.Request) -> _http.Reply:
+        if request.method not in ("GET", "HEAD"):
+            return _http.Reply.json(405, {"error": "method_not_allowed"})
+        status = self._status
+        if request.path == "/healthz":
+            alive = status.state is not State.STOPPED
+            return _http.Reply.json(
+                200 if alive else 503,
+                {"status": "ok" if alive else "stopped", "state": status.state.value},
+            )
+        if request.path == "/readyz":
+            return _http.Reply.json(200 if status.is_ready else 503, status.as_dict())
+        if request.path == "/metrics" and self._metrics is not None:
+            return _http.Reply(200, self._metrics.render(), {"Content-Type": CONTENT_TYPE})
+        return _http.Reply.json(404, {"error": "not_found"})

@@ -1,0 +1,138 @@
+"""Prometheus metrics for one connector.
+
+Every series is prefixed ``ablo_connector_``, carries its unit in its name,
+and has bounded labels: operation, HTTP status, failure code or outcome;
+never a model, a row id or a message id. The registry is private to the
+connector, so several connectors in one process never collide.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Enum as EnumMetric
+
+from ._version import __version__
+from .handler import HttpResponse
+from .status import ConnectorStatus, Observer, State
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+_OPERATIONS: Final = frozenset({"load", "list", "commit", "events"})
+_DURATION_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0,
+)  # fmt: skip
+
+
+class Metrics(Observer):
+    """Counts requests, connection attempts and rejections; renders them."""
+
+    def __init__(self, status: ConnectorStatus) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self._status = status
+        self._last_ready: float | None = None
+        Gauge("ablo_connector_info", "Build information.", ["version"], registry=registry).labels(
+            __version__
+        ).set(1)
+        self._state = EnumMetric(
+            "ablo_connector_connection_state",
+            "Where the connector is: ready means registered and serving.",
+            states=[state.value for state in State],
+            registry=registry,
+        )
+        self._attempts = Counter(
+            "ablo_connector_connection_attempts_total",
+            "Connection attempts by outcome (ready, failed, auth_rejected, rate_limited, ...).",
+            ["outcome"],
+            registry=registry,
+        )
+        Gauge(
+            "ablo_connector_ready_duration_seconds",
+            "Seconds the current connection has been ready (0 when not ready).",
+            registry=registry,
+        ).set_function(lambda: status.seconds_ready or 0.0)
+        Gauge(
+            "ablo_connector_seconds_since_last_ready",
+            "Seconds since the connector was last ready (0 while ready, -1 if never).",
+            registry=registry,
+        ).set_function(self._seconds_since_ready)
+        Gauge(
+            "ablo_connector_in_flight_requests",
+            "Handler calls under way.",
+            registry=registry,
+        ).set_function(lambda: status.in_flight)
+        self._requests = Counter(
+            "ablo_connector_requests_total",
+            "Requests answered, by operation and HTTP status.",
+            ["operation", "status"],
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "ablo_connector_request_duration_seconds",
+            "Time from reading a request to handing its answer to the socket.",
+            ["operation"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self._signature_failures = Counter(
+            "ablo_connector_signature_failures_total",
+            "Requests refused by signature verification, by code.",
+            ["code"],
+            registry=registry,
+        )
+        self._replays = Counter(
+            "ablo_connector_replays_coalesced_total",
+            "Requests answered from an earlier run of the same webhook-id.",
+            registry=registry,
+        )
+        self._timeouts = Counter(
+            "ablo_connector_request_timeouts_total",
+            "Requests whose handler missed --request-timeout.",
+            registry=registry,
+        )
+        self._rejected = Counter(
+            "ablo_connector_frames_rejected_total",
+            "Frames ignored, by reason (malformed, oversize, invalid_request).",
+            ["reason"],
+            registry=registry,
+        )
+        self._state.state(status.state.value)
+        status.subscribe(self._on_status)
+
+    def _seconds_since_ready(self) -> float:
+        if self._status.is_ready:
+            return 0.0
+        return -1.0 if self._last_ready is None else time.monotonic() - self._last_ready
+
+    def _on_status(self, status: ConnectorStatus) -> None:
+        if status.state is not State.READY and self._status_was_ready:
+            self._last_ready = time.monotonic()
+        self._status_was_ready = status.is_ready
+        self._state.state(status.state.value)
+
+    _status_was_ready = False
+
+    def request_done(self, response: HttpResponse, seconds: float) -> None:
+        operation = response.operation if response.operation in _OPERATIONS else "none"
+        self._requests.labels(operation, str(response.status)).inc()
+        self._duration.labels(operation).observe(seconds)
+        if response.replayed:
+            self._replays.inc()
+        error = response.error
+        if error is not None:
+            if response.status == 401:
+                self._signature_failures.labels(error).inc()
+            elif error == "source_connector_timeout":
+                self._timeouts.inc()
+
+    def frame_rejected(self, reason: str) -> None:
+        self._rejected.labels(reason).inc()
+
+    def attempt_ended(self, outcome: str) -> None:
+        self._attempts.labels(outcome).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
