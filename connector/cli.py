@@ -15,6 +15,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -50,6 +51,63 @@ def main() -> None:
     """
 
 
+# ---------------------------------------------------------------- options
+
+_SECONDS = click.FloatRange(min=0, min_open=True)
+_Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _setting(
+    flag: str, env: str | None = None, *, name: str | None = None, **kwargs: Any
+) -> _Decorator:
+    """An option that names its environment variable and default in --help."""
+    if env is not None:
+        kwargs.update(envvar=env, show_envvar=True)
+    kwargs.setdefault("show_default", "default" in kwargs and not kwargs.get("is_flag"))
+    return click.option(flag, *([name] if name else []), **kwargs)
+
+
+def _key_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = _setting(
+        "--api-key-file",
+        "ABLO_API_KEY_FILE",
+        type=click.Path(dir_okay=False),
+        help="Read the key from this file (Docker secret, systemd LoadCredential=).",
+    )(command)
+    return _setting(
+        "--api-key",
+        "ABLO_API_KEY",
+        help="Secret API key (sk_test_… / sk_live_…). Prefer the env var or --api-key-file.",
+    )(command)
+
+
+def _handler_option(help_text: str) -> _Decorator:
+    return _setting(
+        "--handler",
+        "ABLO_CONNECTOR_HANDLER",
+        name="handler_spec",
+        metavar="MODULE:ATTR",
+        help=help_text,
+    )
+
+
+_base_url_option = _setting(
+    "--base-url", "ABLO_BASE_URL", default=DEFAULT_BASE_URL, help="The Ablo engine to dial."
+)
+_allow_insecure_option = _setting(
+    "--allow-insecure",
+    is_flag=True,
+    help="Allow ws:// to a non-loopback host (the key would travel in clear).",
+)
+_open_timeout_option = _setting(
+    "--open-timeout",
+    "ABLO_OPEN_TIMEOUT",
+    type=_SECONDS,
+    default=10.0,
+    help="Seconds for TCP, TLS and the WebSocket handshake.",
+)
+
+
 # ---------------------------------------------------------------- run
 
 
@@ -72,149 +130,79 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 
 
 @main.command()
-@click.option(
-    "--api-key",
-    envvar="ABLO_API_KEY",
-    show_envvar=True,
-    help="Secret API key (sk_test_… / sk_live_…). Prefer the env var or --api-key-file.",
-)
-@click.option(
-    "--api-key-file",
-    envvar="ABLO_API_KEY_FILE",
-    show_envvar=True,
-    type=click.Path(dir_okay=False),
-    help="Read the key from this file (Docker secret, systemd LoadCredential=).",
-)
-@click.option(
-    "--handler",
-    "handler_spec",
-    envvar="ABLO_CONNECTOR_HANDLER",
-    show_envvar=True,
-    metavar="MODULE:ATTR",
-    help="Your DataSource: a subclass, instance or factory.",
-)
-@click.option(
-    "--base-url",
-    envvar="ABLO_BASE_URL",
-    show_envvar=True,
-    default=DEFAULT_BASE_URL,
-    show_default=True,
-    help="The Ablo engine to dial.",
-)
-@click.option(
+@_key_options
+@_handler_option("Your DataSource: a subclass, instance or factory.")
+@_base_url_option
+@_setting(
     "--max-in-flight",
-    envvar="ABLO_MAX_IN_FLIGHT",
-    show_envvar=True,
+    "ABLO_MAX_IN_FLIGHT",
     type=click.IntRange(1),
     default=64,
-    show_default=True,
     help="Handler calls at once; beyond that, stop reading.",
 )
-@click.option(
+@_setting(
     "--request-timeout",
-    envvar="ABLO_REQUEST_TIMEOUT",
-    show_envvar=True,
-    type=click.FloatRange(min=0, min_open=True),
+    "ABLO_REQUEST_TIMEOUT",
+    type=_SECONDS,
     default=25.0,
-    show_default=True,
     help="Seconds per request before a 504.",
 )
-@click.option(
+@_setting(
     "--shutdown-grace",
-    envvar="ABLO_SHUTDOWN_GRACE",
-    show_envvar=True,
-    type=click.FloatRange(min=0, min_open=True),
+    "ABLO_SHUTDOWN_GRACE",
+    type=_SECONDS,
     default=20.0,
-    show_default=True,
     help="Seconds to finish in-flight requests on SIGTERM.",
 )
-@click.option(
+@_setting(
     "--max-message-size",
-    envvar="ABLO_MAX_MESSAGE_SIZE",
-    show_envvar=True,
+    "ABLO_MAX_MESSAGE_SIZE",
     type=click.IntRange(1024),
     default=16 * 1024 * 1024,
-    show_default=True,
     help="Largest request frame, in bytes.",
 )
-@click.option(
+@_setting(
     "--superseded-backoff",
-    envvar="ABLO_SUPERSEDED_BACKOFF",
-    show_envvar=True,
+    "ABLO_SUPERSEDED_BACKOFF",
     type=click.FloatRange(min=0),
     default=300.0,
-    show_default=True,
     help="Seconds to stand down when a newer connector takes the source (0: until restarted).",
 )
-@click.option(
+@_setting(
     "--exit-on-auth-failure",
-    envvar="ABLO_EXIT_ON_AUTH_FAILURE",
-    show_envvar=True,
+    "ABLO_EXIT_ON_AUTH_FAILURE",
     is_flag=True,
     help="Exit with status 78 when the engine rejects the key, instead of retrying slowly.",
 )
-@click.option(
-    "--allow-insecure",
-    is_flag=True,
-    help="Allow ws:// to a non-loopback host (the key would travel in clear).",
-)
-@click.option(
+@_allow_insecure_option
+@_setting(
     "--compression", is_flag=True, help="Offer permessage-deflate (off by default: it costs CPU)."
 )
-@click.option(
-    "--open-timeout",
-    envvar="ABLO_OPEN_TIMEOUT",
-    show_envvar=True,
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds for TCP, TLS and the WebSocket handshake.",
-)
-@click.option(
+@_open_timeout_option
+@_setting(
     "--ping-interval",
-    envvar="ABLO_PING_INTERVAL",
-    show_envvar=True,
-    type=click.FloatRange(min=0, min_open=True),
+    "ABLO_PING_INTERVAL",
+    type=_SECONDS,
     default=20.0,
-    show_default=True,
     help="Seconds between keepalive pings.",
 )
-@click.option(
+@_setting(
     "--ping-timeout",
-    envvar="ABLO_PING_TIMEOUT",
-    show_envvar=True,
-    type=click.FloatRange(min=0, min_open=True),
+    "ABLO_PING_TIMEOUT",
+    type=_SECONDS,
     default=20.0,
-    show_default=True,
     help="Seconds without a pong before the link counts as dead.",
 )
-@click.option(
+@_setting(
     "--health-addr",
-    envvar="ABLO_HEALTH_ADDR",
-    show_envvar=True,
+    "ABLO_HEALTH_ADDR",
     metavar="HOST:PORT",
     help="Serve /healthz, /readyz and /metrics here (e.g. 127.0.0.1:9464). Off by default.",
 )
-@click.option(
-    "--stable-after", type=click.FloatRange(min=0), default=10.0, show_default=True, hidden=True
-)
-@click.option("--reconnect-schedule", default="0,1,2,5,10,30", hidden=True)
-@click.option(
-    "--log-level",
-    envvar="ABLO_LOG_LEVEL",
-    show_envvar=True,
-    type=LOG_LEVELS,
-    default="info",
-    show_default=True,
-)
-@click.option(
-    "--log-format",
-    envvar="ABLO_LOG_FORMAT",
-    show_envvar=True,
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-)
+@_setting("--stable-after", type=click.FloatRange(min=0), default=10.0, hidden=True)
+@_setting("--reconnect-schedule", default="0,1,2,5,10,30", hidden=True)
+@_setting("--log-level", "ABLO_LOG_LEVEL", type=LOG_LEVELS, default="info")
+@_setting("--log-format", "ABLO_LOG_FORMAT", type=click.Choice(["text", "json"]), default="text")
 @click.pass_context
 def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, base_url: str, max_in_flight: int, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, open_timeout: float, ping_interval: float, ping_timeout: float, health_addr: str | None, stable_after: float, reconnect_schedule: str, log_level: str, log_format: str) -> None:  # fmt: skip
     """Dial the engine and serve your Data Source until stopped.
@@ -268,34 +256,12 @@ def _schedule(text: str) -> tuple[float, ...]:
 
 
 @main.command()
-@click.option("--api-key", envvar="ABLO_API_KEY", show_envvar=True, help="Secret API key.")
-@click.option(
-    "--api-key-file",
-    envvar="ABLO_API_KEY_FILE",
-    show_envvar=True,
-    type=click.Path(dir_okay=False),
-    help="Read the key from this file.",
-)
-@click.option(
-    "--handler",
-    "handler_spec",
-    envvar="ABLO_CONNECTOR_HANDLER",
-    show_envvar=True,
-    metavar="MODULE:ATTR",
-    help="Also check that the handler imports.",
-)
-@click.option(
-    "--base-url",
-    envvar="ABLO_BASE_URL",
-    show_envvar=True,
-    default=DEFAULT_BASE_URL,
-    show_default=True,
-)
-@click.option("--allow-insecure", is_flag=True, help="Allow ws:// to a non-loopback host.")
-@click.option(
-    "--open-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True
-)
-@click.option(
+@_key_options
+@_handler_option("Also check that the handler imports.")
+@_base_url_option
+@_allow_insecure_option
+@_open_timeout_option
+@_setting(
     "--no-register",
     is_flag=True,
     help="Stop after the WebSocket upgrade (registering takes the source from a connector already serving it).",
