@@ -40,6 +40,7 @@ from .protocol import (
     ResponseFrame,
     decode_frame,
     encode_frame,
+    encode_response,
     subprotocols_for,
 )
 from .status import ConnectorStatus, Observer, State
@@ -419,9 +420,7 @@ class Connection:
             frame.method, frame.headers, frame.body, request_id=frame.id
         )
         try:
-            await ws.send(
-                encode_frame(ResponseFrame(id=frame.id, status=response.status, body=response.body))
-            )
+            await ws.send(encode_response(frame.id, response.status, response.body))
         except ConnectionClosed:
             log.warning(
                 "response to request %s lost: the connection closed first (the engine will retry)",

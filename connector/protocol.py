@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Final, Literal, TypeVar
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -43,6 +44,7 @@ __all__ = [
     "ResponseFrame",
     "decode_frame",
     "encode_frame",
+    "encode_response",
     "subprotocols_for",
     "websocket_url",
 ]
@@ -211,8 +213,17 @@ def decode_frame(raw: str | bytes | bytearray | memoryview) -> Frame:
     Raises :class:`ProtocolError` for anything that is not a valid frame; the
     message names the offending fields but never echoes their values.
     """
+    text = _text_of(raw)
+    if "NaN" not in text and "Infinity" not in text:
+        # The common case: parse and validate in one pass, in pydantic-core.
+        # The stdlib path below runs only to diagnose a failure (and for the
+        # literals JSON does not have, which pydantic's parser would accept).
+        try:
+            return _FRAME_ADAPTER.validate_json(text)
+        except ValidationError:
+            pass
     try:
-        value = _parse_json(_text_of(raw))
+        value = _parse_json(text)
     except (ValueError, RecursionError):
         raise ProtocolError("frame is not valid JSON") from None
     try:
@@ -227,6 +238,13 @@ def decode_frame(raw: str | bytes | bytearray | memoryview) -> Frame:
 def encode_frame(frame: Frame) -> str:
     """Compact JSON for one frame; absent optional fields are left out."""
     return frame.model_dump_json(exclude_none=True)
+
+
+def encode_response(request_id: str, status: int, body: str) -> str:
+    """``encode_frame(ResponseFrame(...))`` without building the model (hot path)."""
+    return pydantic_core.to_json(
+        {"type": "response", "id": request_id, "status": status, "body": body}
+    ).decode("utf-8")
 
 
 def subprotocols_for(api_key: str) -> list[str]:

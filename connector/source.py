@@ -229,6 +229,11 @@ def parse_source_request(value: Any) -> SourceRequest:
     return _REQUEST_ADAPTER.validate_python(value)
 
 
+def parse_source_request_json(text: str) -> SourceRequest:
+    """Parse and validate a body in one pass; raises ``pydantic.ValidationError``."""
+    return _REQUEST_ADAPTER.validate_json(text)
+
+
 # ---------------------------------------------------------------- answers
 
 

@@ -15,7 +15,7 @@ import logging
 import random
 import signal
 from collections.abc import Iterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
@@ -32,11 +32,13 @@ from .client import (
 )
 from .config import Config, ConfigError
 from .handler import DataSource, Dispatcher
-from .health import HealthServer
-from .metrics import Metrics
 from .signing import Verifier
 from .status import ConnectorStatus, Observer, State
 from .systemd import SystemdNotifier
+
+if TYPE_CHECKING:
+    from .health import HealthServer
+    from .metrics import Metrics
 
 __all__ = ["EX_CONFIG", "Connector", "ReconnectPolicy", "run_until_signalled"]
 
@@ -105,6 +107,10 @@ class Connector:
         self.status = ConnectorStatus()
         self.metrics: Metrics | None = None
         if observer is None and config.health_addr is not None:
+            # Imported here: prometheus-client costs memory a connector
+            # without a health endpoint should not pay.
+            from .metrics import Metrics
+
             observer = self.metrics = Metrics(self.status)
         self.observer = observer or Observer()
         self.health: HealthServer | None = None
@@ -280,6 +286,8 @@ class Connector:
 
     async def _start_services(self) -> None:
         if self.config.health_addr is not None:
+            from .health import HealthServer
+
             self.health = HealthServer(self.status, self.metrics, self.config.health_addr)
             try:
                 await self.health.start()

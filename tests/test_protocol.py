@@ -148,3 +148,12 @@ def test_error_message_does_not_echo_values() -> None:
     with pytest.raises(ProtocolError) as caught:
         decode_frame(json.dumps({"type": "request", "id": "r", "method": secret}))
     assert secret not in str(caught.value)
+
+
+def test_the_hot_path_response_encoder_matches_the_model() -> None:
+    from connector.protocol import encode_response
+
+    for request_id, status, body in [("r1", 200, '{"row":null}'), ('é"\\', 504, "ü🚀\n\u2028")]:
+        assert encode_response(request_id, status, body) == encode_frame(
+            ResponseFrame(id=request_id, status=status, body=body)
+        )
