@@ -143,6 +143,14 @@ class DevEngine:
     # --------------------------------------------------------------- lifecycle
 
     async def start(self) -> DevEngine:
+        await self._listen()
+        if self.api_port is not None:
+            self._api = await _http.start_http_server(self._api_request, self.host, self.api_port)
+            self.api_port = self._api.sockets[0].getsockname()[1]
+        log.info("dev engine listening on %s (control API %s)", self.ws_url, self.api_url or "off")
+        return self
+
+    async def _listen(self) -> None:
         self._server = await serve(
             self._connection,
             self.host,
@@ -155,11 +163,22 @@ class DevEngine:
             max_size=None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        if self.api_port is not None:
-            self._api = await _http.start_http_server(self._api_request, self.host, self.api_port)
-            self.api_port = self._api.sockets[0].getsockname()[1]
-        log.info("dev engine listening on %s (control API %s)", self.ws_url, self.api_url or "off")
-        return self
+
+    async def restart(self, down_for: float = 0.0) -> None:
+        """Crash the transport: abort every connection without a close frame,
+        stop listening for ``down_for`` seconds, then listen on the same port.
+
+        Requests under way are retried with their webhook-id once a connector
+        is back, as the engine's durable retry would (for chaos tests).
+        """
+        assert self._server is not None
+        for connection in list(self._server.connections):
+            connection.transport.abort()
+        self._server.close(close_connections=False)
+        await self._server.wait_closed()
+        await asyncio.sleep(down_for)
+        await self._listen()
+        log.info("dev engine restarted on %s", self.ws_url)
 
     async def close(self) -> None:
         if self._api is not None:

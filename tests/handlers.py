@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from typing import Any
 
-from connector import DataSource, ListPage, ListQuery, RequestContext
+from connector import CommitRequest, CommitResult, DataSource, ListPage, ListQuery, RequestContext
 
 
 class TestSource(DataSource):
@@ -26,3 +27,22 @@ class TestSource(DataSource):
 
     async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
         return ListPage(rows=[{"id": "a"}])
+
+
+class RecordingSource(DataSource):
+    """Commits take 0 to 50 ms and are recorded as ``correlationId messageId``
+    lines in ``$ABLO_TEST_RECORD``, so a test can count handler runs."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self._record = open(os.environ["ABLO_TEST_RECORD"], "a", buffering=1)  # noqa: SIM115
+        self._rng = random.Random()
+
+    async def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
+        self._record.write(f"{commit.correlation_id} {ctx.message_id}\n")
+        await asyncio.sleep(self._rng.uniform(0, 0.05))
+        return CommitResult(rows=[{"id": op.id} for op in commit.operations])
+
+    async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+        return {"id": id}
