@@ -342,8 +342,17 @@ class Connection:
             except BaseException:
                 slots.release()
                 raise
-            frame = self._decode(raw)
-            if frame is None or not self._dispatch_frame(ws, frame):
+            try:
+                frame = self._decode(raw)
+                took_slot = frame is not None and self._dispatch_frame(ws, frame)
+            except ConnectFailure:
+                slots.release()
+                raise
+            except Exception:  # one bad frame must not end the connection
+                log.exception("failed to handle a frame; ignored it")
+                self._observer.frame_rejected("malformed")
+                took_slot = False
+            if not took_slot:
                 slots.release()
 
     def _decode(self, raw: str | bytes) -> Any:

@@ -14,6 +14,7 @@ HTTP API (``POST /v1/source/requests`` with a load/list/commit/events body).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -129,6 +130,8 @@ class DevEngine:
         self.supersedes = 0
         self.rejected_handshakes = 0
         self.history: list[tuple[float, str, int]] = []
+        # Ids of the last answers received, for tests ("never an unasked id").
+        self.answered_ids: collections.deque[str] = collections.deque(maxlen=100_000)
         self._active: _Attachment | None = None
         self._attached = asyncio.Event()
         self._numbers = itertools.count(1)
@@ -321,6 +324,7 @@ class DevEngine:
             log.warning("connector #%d sent a malformed frame: %s", attachment.number, error)
             return
         if isinstance(frame, ResponseFrame | ErrorFrame) and frame.id is not None:
+            self.answered_ids.append(frame.id)
             future = attachment.pending.pop(frame.id, None)
             if future is not None and not future.done():
                 future.set_result(frame)

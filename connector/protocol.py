@@ -194,9 +194,18 @@ def _text_of(raw: str | bytes | bytearray | memoryview) -> str:
 def _usable_request_id(value: Any) -> str | None:
     if isinstance(value, dict) and value.get("type") == "request":
         frame_id = value.get("id")
-        if isinstance(frame_id, str) and frame_id:
+        if isinstance(frame_id, str) and frame_id and _well_formed(frame_id):
             return frame_id
     return None
+
+
+def _well_formed(text: str) -> bool:
+    # A JSON "\ud800" escape yields a lone surrogate, which no frame can carry back.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _describe(error: ValidationError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -97,3 +98,62 @@ async def test_chaos_engine_crashes_lose_nothing_and_run_no_commit_twice(tmp_pat
     doubles = {key: n for key, n in runs.items() if n > 1}
     assert not doubles, f"handler ran twice for the same correlationId + webhook-id: {doubles}"
     assert {corr for corr, _ in runs} == {f"corr_{i}" for i in range(600)}
+
+
+def _mutations(rng: random.Random, engine: DevEngine) -> list[str | bytes]:
+    body = json.dumps({"type": "load", "model": "m", "id": "x"})
+    valid = {
+        "type": "request", "id": "fz", "method": "POST", "url": "u",
+        "headers": engine.sign("msg_fuzz", body), "body": body,
+    }  # fmt: skip
+    junk: list[Any] = [None, True, 0, -1, 2**60, 1.5, "", "x" * 50, [], {}, ["a"], {"a": 1}]
+    frames: list[str | bytes] = []
+    for n in range(1500):
+        frame = dict(valid, id=f"fz{n}")
+        choice = rng.randrange(6)
+        if choice == 0:
+            frame[rng.choice(list(frame))] = rng.choice(junk)
+        elif choice == 1:
+            del frame[rng.choice(list(frame))]
+        elif choice == 2:
+            frame["type"] = rng.choice(
+                ["response", "error", "ready", "register", "request", "REQUEST"]
+            )
+        elif choice == 3:
+            frame["body"] = rng.choice(
+                ['{"type":"load"}', "[]", "{", '{"type":"commit","operations":7}', body + " "]
+            )
+        text = json.dumps(frame)
+        if choice == 4:
+            cut = rng.randrange(len(text))
+            text = text[:cut] + rng.choice(["", "\x00", "}", '"', "\\ud800"]) + text[cut + 1 :]
+        if choice == 5:
+            frames.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))))
+        else:
+            frames.append(text)
+    return frames
+
+
+async def test_fuzzed_frames_never_break_serving_nor_answer_an_unasked_id() -> None:
+    rng = random.Random(20261127)
+    async with (
+        DevEngine(KEY) as engine,
+        process(connector_args(engine.base_url, "tests.handlers:TestSource"), ENV) as connector,
+    ):
+        await engine.wait_attached(10)
+        frames = _mutations(rng, engine)
+        for raw in frames:
+            await engine.send_raw(raw)
+        after = await engine.request({"type": "load", "model": "m", "id": "still-serving"})
+        assert after.status == 200 and after.attempts == 1, connector.output()[-3000:]
+        await asyncio.sleep(0.5)
+        assert connector.returncode is None
+        assert "Traceback" not in connector.output()
+    sent = "\n".join(raw for raw in frames if isinstance(raw, str))
+    unasked = {
+        answered
+        for answered in engine.answered_ids
+        if json.dumps(answered) not in sent and not answered.startswith("req_")
+    }
+    assert not unasked, f"answers to ids that were never sent: {unasked}"
+    assert len(engine.answered_ids) > 100, "the fuzz reached the dispatcher"

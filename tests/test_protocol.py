@@ -157,3 +157,10 @@ def test_the_hot_path_response_encoder_matches_the_model() -> None:
         assert encode_response(request_id, status, body) == encode_frame(
             ResponseFrame(id=request_id, status=status, body=body)
         )
+
+
+def test_a_lone_surrogate_id_is_not_offered_for_an_error_answer() -> None:
+    raw = '{"type":"request","id":"r\\ud800","method":"GET","url":"u","headers":{},"body":""}'
+    with pytest.raises(ProtocolError) as caught:
+        decode_frame(raw)
+    assert caught.value.request_id is None
