@@ -247,9 +247,11 @@ async def soak(seconds: float, in_flight: int) -> dict[str, Any]:
             peer.terminate()
             peer.wait(10)
     rss = [s["rss_mib"] for s in samples]
+    every = max(1, len(samples) // 10)
     return {"requests": total, "samples": len(samples), "rss_first_mib": rss[0], "rss_last_mib": rss[-1],
             "rss_max_mib": max(rss), "fds_first": samples[0]["fds"], "fds_last": samples[-1]["fds"],
-            "errors": sum(s["errors"] for s in samples)}  # fmt: skip
+            "errors": sum(s["errors"] for s in samples),
+            "rss_series_mib": [(s["t"], s["rss_mib"]) for s in samples[::every]]}  # fmt: skip
 
 
 def table(results: list[Result]) -> str:

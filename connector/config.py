@@ -74,6 +74,10 @@ class Config:
     # Operations
     health_addr: str | None = None
 
+    # High availability: dial only while holding this lock (file:///path)
+    ha_lock: str | None = None
+    ha_retry_interval: float = 0.5
+
     def __post_init__(self) -> None:
         if not self.api_key or not self.api_key.strip():
             raise ConfigError("an API key is required (--api-key, --api-key-file or ABLO_API_KEY)")
@@ -99,6 +103,13 @@ class Config:
             raise ConfigError("reconnect_schedule needs at least one non-negative delay")
         if not 0 <= self.reconnect_jitter < 1:
             raise ConfigError("reconnect_jitter must be in [0, 1)")
+        if self.ha_lock is not None:
+            from .ha import lock_from_url
+
+            try:
+                lock_from_url(self.ha_lock)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
         if self.health_addr is not None:
             host, sep, port = self.health_addr.rpartition(":")
             if not sep or not host or not port.isdigit() or int(port) > 65535:

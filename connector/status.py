@@ -21,6 +21,7 @@ __all__ = ["ConnectorStatus", "Observer", "State"]
 
 class State(enum.StrEnum):
     STARTING = "starting"
+    STANDBY = "standby"
     CONNECTING = "connecting"
     READY = "ready"
     BACKOFF = "backoff"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import signal
@@ -31,6 +32,7 @@ from .client import (
     Superseded,
 )
 from .config import Config, ConfigError
+from .ha import LeaderLock, lock_from_url
 from .handler import DataSource, Dispatcher
 from .signing import Verifier
 from .status import ConnectorStatus, Observer, State
@@ -123,6 +125,8 @@ class Connector:
         )
         self.policy = ReconnectPolicy(config)
         self._stopping: asyncio.Event | None = None
+        self._leave = asyncio.Event()  # ends the current serving phase (stop, or lock lost)
+        self._lock = lock_from_url(config.ha_lock) if config.ha_lock else None
         self._in_flight: InFlight | None = None
         self._last_failure_code: str | None = None
 
@@ -156,11 +160,22 @@ class Connector:
         stopping = self._stop_event()
         in_flight = self._in_flight = InFlight(self.config.max_in_flight, self.status)
         await self._start_services()
-        log.info("connector starting: dialing %s", self.config.url)
+        try:
+            if self._lock is None:
+                log.info("connector starting: dialing %s", self.config.url)
+                await self._serve_until(stopping, in_flight)
+            else:
+                await self._serve_while_leader(self._lock, stopping, in_flight)
+        finally:
+            await self._finish(in_flight)
+
+    async def _serve_until(self, leave: asyncio.Event, in_flight: InFlight) -> None:
+        """Dial, serve and reconnect until ``leave`` is set."""
+        self._leave = leave
         retrying = AsyncRetrying(
             retry=retry_if_exception(self._should_retry),
             wait=self._wait,
-            stop=lambda _: stopping.is_set(),
+            stop=lambda _: leave.is_set(),
             sleep=self._sleep,
             before_sleep=self._before_sleep,
             reraise=True,
@@ -168,17 +183,60 @@ class Connector:
         try:
             async for attempt in retrying:
                 with attempt:
-                    await self._connect_once(in_flight, stopping)
+                    await self._connect_once(in_flight, leave)
         except ConnectFailure:
-            if not stopping.is_set():
+            if not leave.is_set():
                 raise
-        finally:
-            await self._finish(in_flight)
+
+    async def _serve_while_leader(
+        self, lock: LeaderLock, stopping: asyncio.Event, in_flight: InFlight
+    ) -> None:
+        """Wait for the lock, serve while it is ours, fence when it is not."""
+        log.info("connector starting as a replica: dialing only while holding %s", lock.description)
+        while not stopping.is_set():
+            self.status.set(State.STANDBY)
+            try:
+                acquired = await lock.try_acquire()
+            except OSError as error:
+                log.warning("cannot reach the HA lock %s: %s", lock.description, error)
+                acquired = False
+            if not acquired:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self.config.ha_retry_interval)
+                continue
+            log.info(
+                "took the HA lock %s: this replica is the leader; dialing %s",
+                lock.description,
+                self.config.url,
+            )
+            if lock.settle_delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), lock.settle_delay)
+            leave = asyncio.Event()
+            lost = asyncio.ensure_future(lock.wait_lost())
+            stopped = asyncio.ensure_future(stopping.wait())
+            for watcher in (lost, stopped):
+                watcher.add_done_callback(functools.partial(_set_event, leave))
+            try:
+                await self._serve_until(leave, in_flight)
+            finally:
+                was_lost = lost.done() and not stopping.is_set()
+                lost.cancel()
+                stopped.cancel()
+                await self._drain(in_flight)
+                await lock.release()
+                self.policy.failures = 0
+            if was_lost:
+                log.error(
+                    "lost the HA lock %s: fenced (stopped reading requests, drained, closed); "
+                    "back to standby",
+                    lock.description,
+                )
 
     # ----------------------------------------------------------- internals
 
     def _should_retry(self, error: BaseException) -> bool:
-        if self.stopping:
+        if self._leave.is_set():
             return False
         if isinstance(error, AuthenticationFailed) and self.config.exit_on_auth_failure:
             self._log_failure(error, None)
@@ -193,11 +251,11 @@ class Connector:
         return float("inf") if delay is None else delay
 
     async def _sleep(self, seconds: float) -> None:
-        stopping = self._stop_event()
-        if seconds > 0 and not stopping.is_set():
+        leave = self._leave
+        if seconds > 0 and not leave.is_set():
             timeout = None if seconds == float("inf") else seconds
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout)
+                await asyncio.wait_for(leave.wait(), timeout)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
@@ -308,6 +366,10 @@ class Connector:
         if self._notifier is not None:
             self._notifier.close()
         log.info("connector stopped")
+
+
+def _set_event(event: asyncio.Event, _: object) -> None:
+    event.set()
 
 
 def _outcome(error: BaseException | None) -> str:

@@ -21,6 +21,7 @@ log = logging.getLogger("connector.systemd")
 
 _STATUS_TEXT: Final = {
     State.STARTING: "starting",
+    State.STANDBY: "standby: another replica holds the HA lock",
     State.CONNECTING: "connecting to the engine",
     State.BACKOFF: "disconnected, waiting to reconnect",
     State.STOOD_DOWN: "superseded by a newer connector; standing down",

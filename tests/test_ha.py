@@ -1,0 +1,157 @@
+"""Standby replicas with --ha-lock: one serves, the others wait, take-over in seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.config import Config, ConfigError
+from connector.devengine import DevEngine
+from connector.ha import FileLock, lock_from_url
+from tests.support import Process, connector_args, eventually, free_port
+
+KEY = "sk_test_ha_2f9d1c"
+ENV = {"ABLO_API_KEY": KEY}
+
+
+@contextlib.asynccontextmanager
+async def replicas(
+    engine: DevEngine, lock: Path, count: int = 3
+) -> AsyncIterator[list[tuple[Process, int]]]:
+    started = []
+    try:
+        for _ in range(count):
+            health = free_port()
+            args = connector_args(
+                engine.base_url, "tests.handlers:TestSource",
+                "--ha-lock", f"file://{lock}", "--health-addr", f"127.0.0.1:{health}",
+            )  # fmt: skip
+            started.append((await Process(args, ENV).start(), health))
+        yield started
+    finally:
+        for proc, _ in started:
+            await proc.stop()
+
+
+async def _state(health_port: int) -> str:
+    def get() -> str:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{health_port}/healthz", timeout=2
+            ) as response:
+                return str(json.loads(response.read())["state"])
+        except (urllib.error.URLError, OSError):
+            return "down"
+
+    return await asyncio.to_thread(get)
+
+
+async def _leader(engine: DevEngine, group: list[tuple[Process, int]]) -> Process:
+    result = await engine.request({"type": "load", "model": "m", "id": "who"})
+    pid = result.json()["row"]["pid"]
+    return next(proc for proc, _ in group if proc.pid == pid)
+
+
+async def test_one_replica_serves_and_a_killed_leader_is_replaced_within_5s(tmp_path: Path) -> None:
+    async with (
+        DevEngine(KEY, request_timeout=2, max_attempts=10) as engine,
+        replicas(engine, tmp_path / "lock") as group,
+    ):
+        await engine.wait_attached(15)
+        await asyncio.sleep(2)
+        assert (engine.attaches, engine.supersedes) == (1, 0), "exactly one replica dialed"
+        states = sorted([await _state(port) for _, port in group])
+        assert states == ["ready", "standby", "standby"]
+
+        stream_results: list[Any] = []
+        stop_stream = asyncio.Event()
+
+        async def stream() -> None:
+            n = 0
+            while not stop_stream.is_set():
+                stream_results.append(
+                    await engine.request({"type": "load", "model": "m", "id": f"s{n}"})
+                )
+                n += 1
+                await asyncio.sleep(0.02)
+
+        streaming = asyncio.create_task(stream())
+        await asyncio.sleep(0.5)
+        leader = await _leader(engine, group)
+        leader.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        await leader.wait()
+        await eventually(lambda: engine.attaches == 2 and engine.attached, timeout=10)
+        takeover = time.monotonic() - killed_at
+        assert takeover < 5, f"take-over took {takeover:.2f} s"
+        await asyncio.sleep(1)
+        stop_stream.set()
+        await streaming
+        assert engine.supersedes == 0, "no two leaders at once"
+        assert stream_results and all(r.status == 200 for r in stream_results)
+        new_leader = await _leader(engine, group)
+        assert new_leader is not leader
+
+
+async def test_sigterm_hands_over_at_once(tmp_path: Path) -> None:
+    async with DevEngine(KEY) as engine, replicas(engine, tmp_path / "lock", count=2) as group:
+        await engine.wait_attached(15)
+        leader = await _leader(engine, group)
+        leader.signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        assert await leader.wait(10) == 0
+        await eventually(lambda: engine.attaches == 2 and engine.attached, timeout=10)
+        assert time.monotonic() - stopped_at < 2.5
+        assert engine.supersedes == 0
+        assert (await _leader(engine, group)) is not leader
+
+
+async def test_a_deleted_lock_file_fences_the_leader(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    async with DevEngine(KEY) as engine, replicas(engine, lock, count=2) as group:
+        await engine.wait_attached(15)
+        leader = await _leader(engine, group)
+        lock.unlink()
+        await eventually(lambda: "lost the HA lock" in leader.output(), timeout=10)
+        await eventually(lambda: engine.attaches >= 2 and engine.attached, timeout=10)
+        assert engine.supersedes == 0, "the fenced leader closed before another dialed"
+        detaches = [event for event in engine.history if event[1] == "detached"]
+        attaches = [event for event in engine.history if event[1] == "attached"]
+        assert detaches[0][0] <= attaches[1][0], "no overlap: the old leader left first"
+        result = await engine.request({"type": "load", "model": "m", "id": "after-fence"})
+        assert result.status == 200
+
+
+async def test_file_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    path = str(tmp_path / "l")
+    first, second = FileLock(path), FileLock(path)
+    assert await first.try_acquire()
+    assert not await second.try_acquire()
+    await first.release()
+    assert await second.try_acquire()
+    watcher = asyncio.create_task(second.wait_lost())
+    await asyncio.sleep(0.1)
+    assert not watcher.done()
+    Path(path).unlink()
+    await asyncio.wait_for(watcher, 3)
+    await second.release()
+
+
+def test_lock_urls() -> None:
+    assert isinstance(lock_from_url("file:///var/run/ablo.lock"), FileLock)
+    for bad in ("file://host/x", "redis://x", "file://"):
+        with pytest.raises(ValueError):
+            lock_from_url(bad)
+    with pytest.raises(ConfigError):
+        Config(api_key=KEY, ha_lock="zookeeper://x")
