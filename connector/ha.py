@@ -4,7 +4,9 @@ The engine keeps one connector per source, so replicas must not all dial:
 with ``--ha-lock URL`` a replica dials only while it holds the lock, and the
 others wait. A backend is a :class:`LeaderLock`: try to take the lock, say
 when it was lost, give it back. ``file:///path`` (``flock``, for replicas on
-one host) is the first; others plug in through :func:`lock_from_url`.
+one host) and ``postgresql://…`` (a session advisory lock, for replicas on
+any hosts that reach the database); others plug in through
+:func:`lock_from_url`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
-from urllib.parse import unquote, urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-__all__ = ["FileLock", "LeaderLock", "lock_from_url"]
+__all__ = ["FileLock", "LeaderLock", "PostgresLock", "lock_from_url"]
 
 log = logging.getLogger("connector.ha")
 
@@ -92,12 +96,86 @@ class FileLock(LeaderLock):
             self._fd = None
 
 
+class PostgresLock(LeaderLock):
+    """A session-level advisory lock on a dedicated PostgreSQL connection.
+
+    The lock lives exactly as long as the session: a killed leader's lock is
+    released by the server when its connection drops, and a leader that
+    loses its connection (TCP keepalives and a 1 s probe notice) has lost the
+    lock. The lock key is derived from ``name`` (the URL's ``name`` query
+    parameter, default ``default``), never from the API key: give each
+    source's replica group its own name.
+    """
+
+    def __init__(self, conninfo: str, name: str, *, probe_interval: float = 1.0) -> None:
+        self._conninfo = conninfo
+        self.name = name
+        self.key = int.from_bytes(
+            hashlib.sha256(f"ablo-connector:{name}".encode()).digest()[:8], "big", signed=True
+        )
+        self.description = f"postgresql advisory lock {name!r}"
+        self._probe_interval = probe_interval
+        self.settle_delay = 0.0  # the server drops a dead session's lock itself
+        self._connection: Any = None
+
+    async def try_acquire(self) -> bool:
+        import psycopg
+
+        try:
+            connection = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=5, keepalives=1,
+                keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+                application_name="ablo-connector-ha",
+            )  # fmt: skip
+        except psycopg.Error as error:
+            raise OSError(f"cannot connect to PostgreSQL: {error}".strip()) from None
+        try:
+            cursor = await connection.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
+            row = await cursor.fetchone()
+        except psycopg.Error as error:
+            await connection.close()
+            raise OSError(f"advisory lock query failed: {error}".strip()) from None
+        if not row or not row[0]:
+            await connection.close()
+            return False
+        self._connection = connection
+        return True
+
+    async def wait_lost(self) -> None:
+        import psycopg
+
+        while self._connection is not None:
+            await asyncio.sleep(self._probe_interval)
+            try:
+                await asyncio.wait_for(
+                    self._connection.execute("SELECT 1"), self._probe_interval * 3
+                )
+            except (psycopg.Error, OSError, TimeoutError) as error:
+                log.warning("the PostgreSQL session holding the HA lock failed: %s", error)
+                return
+
+    async def release(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+
 def lock_from_url(url: str) -> LeaderLock:
     """The lock backend a ``--ha-lock`` URL names; ValueError if unknown."""
     parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        name = next((value for key, value in query if key == "name"), "default") or "default"
+        rest = urlencode([(key, value) for key, value in query if key != "name"])
+        return PostgresLock(urlunsplit(parts._replace(query=rest)), name)
     if parts.scheme == "file":
         path = unquote(parts.path)
         if not path or parts.netloc not in ("", "localhost"):
             raise ValueError(f"--ha-lock {url!r}: use file:///absolute/path")
         return FileLock(path)
-    raise ValueError(f"--ha-lock {url!r}: unsupported scheme {parts.scheme!r} (supported: file://)")
+    raise ValueError(
+        f"--ha-lock {url!r}: unsupported scheme {parts.scheme!r} (supported: file://, postgresql://)"
+    )

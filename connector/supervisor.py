@@ -193,13 +193,16 @@ class Connector:
     ) -> None:
         """Wait for the lock, serve while it is ours, fence when it is not."""
         log.info("connector starting as a replica: dialing only while holding %s", lock.description)
+        lock_error: str | None = None
         while not stopping.is_set():
             self.status.set(State.STANDBY)
             try:
                 acquired = await lock.try_acquire()
+                lock_error = None
             except OSError as error:
-                log.warning("cannot reach the HA lock %s: %s", lock.description, error)
-                acquired = False
+                if str(error) != lock_error:  # once per distinct failure, not every retry
+                    log.warning("cannot reach the HA lock %s: %s", lock.description, error)
+                lock_error, acquired = str(error), False
             if not acquired:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), self.config.ha_retry_interval)

@@ -31,3 +31,15 @@ def frame_vectors() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def signature_vectors() -> dict[str, Any]:
     return load_vectors("signatures.json")
+
+
+@pytest.fixture
+def postgres() -> Any:
+    from tests.postgres import PrivatePostgres
+
+    server = PrivatePostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

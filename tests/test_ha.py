@@ -155,3 +155,50 @@ def test_lock_urls() -> None:
             lock_from_url(bad)
     with pytest.raises(ConfigError):
         Config(api_key=KEY, ha_lock="zookeeper://x")
+
+
+@contextlib.asynccontextmanager
+async def pg_replicas(engine: DevEngine, dsn: str, count: int = 3) -> AsyncIterator[list[Process]]:
+    started = []
+    try:
+        for _ in range(count):
+            args = connector_args(
+                engine.base_url, "tests.handlers:TestSource", "--ha-lock", f"{dsn}?name=orders"
+            )
+            started.append(await Process(args, ENV).start())
+        yield started
+    finally:
+        for proc in started:
+            await proc.stop()
+
+
+async def test_postgres_lock_one_leader_and_sigkill_takeover(postgres: Any) -> None:
+    async with (
+        DevEngine(KEY, request_timeout=2, max_attempts=10) as engine,
+        pg_replicas(engine, postgres.dsn) as group,
+    ):
+        await engine.wait_attached(20)
+        await asyncio.sleep(2)
+        assert (engine.attaches, engine.supersedes) == (1, 0)
+        result = await engine.request({"type": "load", "model": "m", "id": "who"})
+        leader = next(p for p in group if p.pid == result.json()["row"]["pid"])
+        leader.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        await leader.wait()
+        await eventually(lambda: engine.attaches == 2 and engine.attached, timeout=10)
+        assert time.monotonic() - killed_at < 5
+        assert engine.supersedes == 0
+        assert (await engine.request({"type": "load", "model": "m", "id": "x"})).status == 200
+
+
+async def test_postgres_lost_means_fenced(postgres: Any) -> None:
+    async with DevEngine(KEY) as engine, pg_replicas(engine, postgres.dsn, count=2) as group:
+        await engine.wait_attached(20)
+        await asyncio.to_thread(postgres.stop, "immediate")
+        await eventually(lambda: not engine.attached, timeout=15)
+        assert any("lost the HA lock" in p.output() for p in group)
+        await asyncio.sleep(2)
+        assert not engine.attached, "nobody serves without the lock"
+        await asyncio.to_thread(postgres.start)
+        await eventually(lambda: engine.attached, timeout=20)
+        assert engine.supersedes == 0

@@ -1,0 +1,50 @@
+"""A private PostgreSQL 15 for the tests: a temp dir, a free port, stopped after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.support import free_port
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; CI runs as root.
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+class PrivatePostgres:
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="ablo-pg-"))
+        self.data = self.directory / "data"
+        self.port = free_port()
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        subprocess.run(
+            _as_postgres(["initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"]),
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+            "-c wal_level=logical -c max_replication_slots=4 -c fsync=off"
+        )
+        subprocess.run(
+            _as_postgres(["pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.directory / "log"), "-w", "start"]),
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run(
+            _as_postgres(["pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop"]),
+            check=False, capture_output=True,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)
