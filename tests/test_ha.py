@@ -57,6 +57,27 @@ async def _state(health_port: int) -> str:
     return await asyncio.to_thread(get)
 
 
+@contextlib.asynccontextmanager
+async def steady_stream(engine: DevEngine) -> AsyncIterator[list[Any]]:
+    """Requests one after another until the block ends; yields their results."""
+    results: list[Any] = []
+    done = asyncio.Event()
+
+    async def stream() -> None:
+        n = 0
+        while not done.is_set():
+            results.append(await engine.request({"type": "load", "model": "m", "id": f"s{n}"}))
+            n += 1
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(stream())
+    try:
+        yield results
+    finally:
+        done.set()
+        await task
+
+
 async def _leader(engine: DevEngine, group: list[tuple[Process, int]]) -> Process:
     result = await engine.request({"type": "load", "model": "m", "id": "who"})
     pid = result.json()["row"]["pid"]
@@ -74,30 +95,16 @@ async def test_one_replica_serves_and_a_killed_leader_is_replaced_within_5s(tmp_
         states = sorted([await _state(port) for _, port in group])
         assert states == ["ready", "standby", "standby"]
 
-        stream_results: list[Any] = []
-        stop_stream = asyncio.Event()
-
-        async def stream() -> None:
-            n = 0
-            while not stop_stream.is_set():
-                stream_results.append(
-                    await engine.request({"type": "load", "model": "m", "id": f"s{n}"})
-                )
-                n += 1
-                await asyncio.sleep(0.02)
-
-        streaming = asyncio.create_task(stream())
-        await asyncio.sleep(0.5)
-        leader = await _leader(engine, group)
-        leader.signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        await leader.wait()
-        await eventually(lambda: engine.attaches == 2 and engine.attached, timeout=10)
-        takeover = time.monotonic() - killed_at
-        assert takeover < 5, f"take-over took {takeover:.2f} s"
-        await asyncio.sleep(1)
-        stop_stream.set()
-        await streaming
+        async with steady_stream(engine) as stream_results:
+            await asyncio.sleep(0.5)
+            leader = await _leader(engine, group)
+            leader.signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await leader.wait()
+            await eventually(lambda: engine.attaches == 2 and engine.attached, timeout=10)
+            takeover = time.monotonic() - killed_at
+            assert takeover < 5, f"take-over took {takeover:.2f} s"
+            await asyncio.sleep(1)
         assert engine.supersedes == 0, "no two leaders at once"
         assert stream_results and all(r.status == 200 for r in stream_results)
         new_leader = await _leader(engine, group)
@@ -182,11 +189,15 @@ async def test_postgres_lock_one_leader_and_sigkill_takeover(postgres: Any) -> N
         assert (engine.attaches, engine.supersedes) == (1, 0)
         result = await engine.request({"type": "load", "model": "m", "id": "who"})
         leader = next(p for p in group if p.pid == result.json()["row"]["pid"])
-        leader.signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        await leader.wait()
-        await eventually(lambda: engine.attaches == 2 and engine.attached, timeout=10)
-        assert time.monotonic() - killed_at < 5
+        async with steady_stream(engine) as stream_results:
+            await asyncio.sleep(0.5)
+            leader.signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await leader.wait()
+            await eventually(lambda: engine.attaches == 2 and engine.attached, timeout=10)
+            assert time.monotonic() - killed_at < 5
+            await asyncio.sleep(0.5)
+        assert stream_results and all(r.status == 200 for r in stream_results)
         assert engine.supersedes == 0
         assert (await engine.request({"type": "load", "model": "m", "id": "x"})).status == 200
 
@@ -202,3 +213,80 @@ async def test_postgres_lost_means_fenced(postgres: Any) -> None:
         await asyncio.to_thread(postgres.start)
         await eventually(lambda: engine.attached, timeout=20)
         assert engine.supersedes == 0
+
+
+async def test_lease_lock_against_a_fake_lease_api() -> None:
+    from connector.ha import LeaseLock
+    from tests.fake_k8s import FakeLeaseAPI
+
+    api = await FakeLeaseAPI().start()
+    try:
+
+        def lease(identity: str) -> LeaseLock:
+            return LeaseLock(
+                api.url, "ns", "src", token=api.token, identity=identity,
+                lease_duration=1.0, renew_deadline=0.6, retry_period=0.2,
+            )  # fmt: skip
+
+        a, b, c = lease("a"), lease("b"), lease("c")
+        results = await asyncio.gather(a.try_acquire(), b.try_acquire(), c.try_acquire())
+        assert sorted(results) == [False, False, True], "exactly one wins a race"
+        winner = {"a": a, "b": b, "c": c}[api.holder("ns", "src") or ""]
+        others = [x for x in (a, b, c) if x is not winner]
+        watcher = asyncio.create_task(winner.wait_lost())
+        await asyncio.sleep(1.5)  # renewed past the lease duration: still ours
+        assert not watcher.done()
+        assert not await others[0].try_acquire()
+
+        await winner.release()  # explicit hand-over: free at once
+        watcher.cancel()
+        assert await others[0].try_acquire()
+        assert api.holder("ns", "src") == others[0].identity
+
+        # A holder that stops renewing (crashed) expires after the lease duration.
+        assert not await others[1].try_acquire()
+        await asyncio.sleep(1.2)
+        assert await others[1].try_acquire()
+
+        # The old holder, still believing, finds the lease written by someone
+        # else: its renewal conflicts and it counts the lock as lost.
+        await asyncio.wait_for(others[0].wait_lost(), 3)
+
+        # The API going away is a lost lock after the renew deadline.
+        holder = others[1]
+        api.down = True
+        started = time.monotonic()
+        await asyncio.wait_for(holder.wait_lost(), 3)
+        assert time.monotonic() - started <= 1.5
+        assert api.conflicts >= 2
+    finally:
+        await api.close()
+
+
+async def test_k8s_lease_replicas_take_over_after_a_kill() -> None:
+    from tests.fake_k8s import FakeLeaseAPI
+
+    api = await FakeLeaseAPI().start()
+    env = {**ENV, "ABLO_K8S_API_URL": api.url, "ABLO_K8S_TOKEN": api.token}
+    try:
+        async with DevEngine(KEY) as engine:
+            group = []
+            try:
+                for _ in range(2):
+                    args = connector_args(
+                        engine.base_url, "tests.handlers:TestSource", "--ha-lock", "k8s://ns/ablo"
+                    )
+                    group.append(await Process(args, env).start())
+                await engine.wait_attached(20)
+                await asyncio.sleep(1)
+                assert (engine.attaches, engine.supersedes) == (1, 0)
+                leader = await _leader(engine, [(p, 0) for p in group])
+                leader.signal(signal.SIGTERM)
+                assert await leader.wait(10) == 0
+                await eventually(lambda: engine.attaches == 2 and engine.attached, timeout=10)
+                assert engine.supersedes == 0
+            finally:
+                for proc in group:
+                    await proc.stop()
+    finally:
+        await api.close()

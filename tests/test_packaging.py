@@ -73,9 +73,9 @@ def test_dockerfile_lints_clean_and_runs_the_daemon_as_non_root() -> None:
     assert len(stages) == 2, "multi-stage: the final image has no build tools"
 
 
-def _manifests() -> list[dict[str, Any]]:
+def _manifests(folder: str = "") -> list[dict[str, Any]]:
     documents = []
-    for path in sorted((REPO / "deploy" / "kubernetes").glob("*.yaml")):
+    for path in sorted((REPO / "deploy" / "kubernetes" / folder).glob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
@@ -85,8 +85,34 @@ def _manifests() -> list[dict[str, Any]]:
 def test_kubernetes_manifests_validate_against_the_schemas() -> None:
     documents = _manifests()
     assert {doc["kind"] for doc in documents} >= {"Deployment", "Secret", "NetworkPolicy"}
-    for document in documents:
+    ha = _manifests("ha")
+    assert {doc["kind"] for doc in ha} >= {
+        "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    }
+    for document in documents + ha:
         kubernetes_validate.validate(document, "1.30", strict=True)
+
+
+def test_ha_variant_spreads_replicas_and_may_only_touch_its_lease() -> None:
+    ha = _manifests("ha")
+    deployment = next(doc for doc in ha if doc["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert 2 <= deployment["spec"]["replicas"] <= 3
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["topologyKey"] == "kubernetes.io/hostname"
+    env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+    assert env["ABLO_HA_LOCK"].startswith("k8s://")
+    role = next(doc for doc in ha if doc["kind"] == "Role")
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"]
+        assert set(rule["verbs"]) <= {"get", "create", "update"}
+    pdb = next(doc for doc in ha if doc["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pod["terminationGracePeriodSeconds"] > DEFAULT_GRACE
 
 
 def test_deployment_rolls_without_a_gap_and_is_locked_down() -> None:
