@@ -217,6 +217,21 @@ class DevEngine:
     async def wait_attached(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._attached.wait(), timeout)
 
+    async def _attachment(self) -> _Attachment | None:
+        """The active connector, waiting up to ``attach_timeout`` for one.
+
+        Loops because a connector can detach again between the event being
+        set and this coroutine running.
+        """
+        deadline = time.monotonic() + self.attach_timeout
+        while self._active is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._attached.wait(), remaining)
+        return self._active
+
     # --------------------------------------------------------------- handshake
 
     def _select_subprotocol(
@@ -350,14 +365,11 @@ class DevEngine:
         message_id = message_id or f"msg_{uuid.uuid4().hex}"
         per_attempt = self.request_timeout if timeout is None else timeout
         for attempt in range(1, self.max_attempts + 1):
-            try:
-                await self.wait_attached(self.attach_timeout)
-            except TimeoutError:
+            attachment = await self._attachment()
+            if attachment is None:
                 return EngineResult(
                     503, json.dumps({"error": "source_connector_not_attached"}), attempt, message_id
                 )
-            attachment = self._active
-            assert attachment is not None
             request_id = f"req_{next(self._request_ids)}"
             headers = self.sign(message_id, text)
             future: asyncio.Future[ResponseFrame | ErrorFrame] = (
@@ -403,17 +415,18 @@ class DevEngine:
 
     async def send_raw(self, raw: str | bytes) -> None:
         """Send any message, valid or not, to the attached connector (for tests)."""
-        await self.wait_attached(self.attach_timeout)
-        assert self._active is not None
-        await self._active.ws.send(raw)
+        attachment = await self._attachment()
+        if attachment is None:
+            raise TimeoutError("no connector attached")
+        await attachment.ws.send(raw)
 
     async def exchange(
         self, frame: RequestFrame | str | bytes, request_id: str, *, timeout: float = 10.0
     ) -> ResponseFrame | ErrorFrame:
         """Send one frame once (no retry) and wait for the answer to ``request_id``."""
-        await self.wait_attached(self.attach_timeout)
-        attachment = self._active
-        assert attachment is not None
+        attachment = await self._attachment()
+        if attachment is None:
+            raise TimeoutError("no connector attached")
         future: asyncio.Future[ResponseFrame | ErrorFrame] = (
             asyncio.get_running_loop().create_future()
         )
