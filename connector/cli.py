@@ -99,6 +99,18 @@ _allow_insecure_option = _setting(
     is_flag=True,
     help="Allow ws:// to a non-loopback host (the key would travel in clear).",
 )
+
+
+def _engine_ports(command: Callable[..., Any]) -> Callable[..., Any]:
+    ports = click.IntRange(0, 65535)
+    command = _setting(
+        "--api-port", type=ports, default=8788, help="Control API port (POST /v1/source/requests)."
+    )(command)
+    return _setting("--port", type=ports, default=8787, help="WebSocket port connectors dial.")(
+        command
+    )
+
+
 _open_timeout_option = _setting(
     "--open-timeout",
     "ABLO_OPEN_TIMEOUT",
@@ -319,37 +331,13 @@ def check(ctx: click.Context, api_key: str | None, api_key_file: str | None, han
 
 
 @main.command("dev-engine")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8787,
-    show_default=True,
-    help="WebSocket port connectors dial.",
+@_setting("--host", default="127.0.0.1")
+@_engine_ports
+@_setting("--api-key", "ABLO_API_KEY", default=DEV_API_KEY, help="The key connectors must present.")
+@_setting(
+    "--request-timeout", type=_SECONDS, default=10.0, help="Seconds before a request is retried."
 )
-@click.option(
-    "--api-port",
-    type=click.IntRange(0, 65535),
-    default=8788,
-    show_default=True,
-    help="Control API port (POST /v1/source/requests).",
-)
-@click.option(
-    "--api-key",
-    envvar="ABLO_API_KEY",
-    show_envvar=True,
-    default=DEV_API_KEY,
-    show_default=True,
-    help="The key connectors must present.",
-)
-@click.option(
-    "--request-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds before a request is retried.",
-)
-@click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
+@_setting("--log-level", type=LOG_LEVELS, default="info")
 def dev_engine(host: str, port: int, api_port: int, api_key: str, request_timeout: float, log_level: str) -> None:  # fmt: skip
     """Run a local engine for development and tests (no account, no cloud)."""
     from .devengine import DevEngine
@@ -527,19 +515,17 @@ def request_raw(body_json: str, engine: str) -> None:
 
 
 @main.command()
-@click.option(
+@_setting(
     "--handler",
-    "handler_spec",
+    name="handler_spec",
     default="examples.sqlite_source:SQLiteSource",
-    show_default=True,
     metavar="MODULE:ATTR",
 )
-@click.option("--port", type=click.IntRange(0, 65535), default=8787, show_default=True)
-@click.option("--api-port", type=click.IntRange(0, 65535), default=8788, show_default=True)
-@click.option(
+@_engine_ports
+@_setting(
     "--exit-after-demo", is_flag=True, help="Stop after the demo requests instead of serving on."
 )
-@click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
+@_setting("--log-level", type=LOG_LEVELS, default="info")
 def dev(handler_spec: str, port: int, api_port: int, exit_after_demo: bool, log_level: str) -> None:
     """Run a local engine and the connector together, and show a few round trips.
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import inspect
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -26,8 +26,13 @@ from typing import Any, Final, Literal, TypeAlias
 import pydantic_core
 from pydantic import ValidationError
 
-from .protocol import RequestFrame, ResponseFrame
-from .signing import SignatureError, VerifiedRequest, Verifier
+from .protocol import (
+    RequestFrame,
+    ResponseFrame,
+    describe_validation_error,
+    strict_json_loads,
+)
+from .signing import SignatureError, VerifiedRequest, Verifier, header_value
 from .source import (
     REQUEST_TYPES,
     CommitRequest,
@@ -389,7 +394,7 @@ class Dispatcher:
         operation = request.type
         model = getattr(request, "model", None)
         if self._has_authorize:
-            ctx = _with_auth(ctx, await self._call(self.source.authorize, ctx))
+            ctx = dataclasses.replace(ctx, auth=await self._call(self.source.authorize, ctx))
         if self._has_scopes:
             granted = await self._call(self.source.scopes, ctx)
             if granted is not None:
@@ -488,7 +493,7 @@ def _parse_fast(body: str) -> SourceRequest | None:
 def _parse_with_diagnosis(body: str) -> SourceRequest | HttpResponse:
     """Slow path: find out exactly what is wrong with the body."""
     try:
-        value = json.loads(body, parse_constant=_reject_constant)
+        value = strict_json_loads(body)
     except (ValueError, RecursionError):
         return _error(400, "invalid_json", "the request body is not valid JSON")
     kind = value.get("type") if isinstance(value, dict) else None
@@ -507,45 +512,18 @@ def _parse_with_diagnosis(body: str) -> SourceRequest | HttpResponse:
         return parse_source_request(value)
     except ValidationError as error:
         code = "source_commit_invalid" if kind == "commit" else "source_request_invalid"
-        return _error(400, code, _describe(error), operation=kind)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+        return _error(400, code, describe_validation_error(error, "body"), operation=kind)
 
 
 def _timestamp_offset(headers: Mapping[str, str]) -> float | None:
-    for key, value in headers.items():
-        if key.lower() == "webhook-timestamp":
-            try:
-                return float(value.strip()) - time.time()
-            except ValueError:
-                return None
-    return None
-
-
-def _with_auth(ctx: RequestContext, auth: Any) -> RequestContext:
-    return RequestContext(
-        operation=ctx.operation,
-        message_id=ctx.message_id,
-        signed_at=ctx.signed_at,
-        headers=ctx.headers,
-        request=ctx.request,
-        scope=ctx.scope,
-        auth=auth,
-        request_id=ctx.request_id,
-    )
+    try:
+        return float(header_value(headers, "webhook-timestamp")) - time.time()
+    except ValueError:
+        return None
 
 
 def _replayed(response: HttpResponse) -> HttpResponse:
-    return HttpResponse(
-        response.status,
-        response.body,
-        operation=response.operation,
-        model=response.model,
-        error=response.error,
-        replayed=True,
-    )
+    return dataclasses.replace(response, replayed=True)
 
 
 def _timeout(operation: str | None, model: str | None, elapsed: float) -> HttpResponse:
@@ -556,14 +534,6 @@ def _timeout(operation: str | None, model: str | None, elapsed: float) -> HttpRe
         operation=operation,
         model=model,
     )
-
-
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for issue in error.errors(include_url=False, include_input=False)[:5]:
-        location = ".".join(str(p) for p in issue["loc"]) or "body"
-        parts.append(f"{location}: {issue['msg']}")
-    return "; ".join(parts)
 
 
 def _row_or_none(row: Any) -> Any:

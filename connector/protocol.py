@@ -179,8 +179,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse_json(text: str) -> Any:
-    # The stdlib accepts NaN/Infinity; JSON (and the engine) does not.
+def strict_json_loads(text: str) -> Any:
+    """``json.loads`` without NaN/Infinity, which the stdlib accepts but JSON
+    (and the engine) does not. Raises ValueError or RecursionError."""
     return json.loads(text, parse_constant=_reject_constant)
 
 
@@ -208,10 +209,11 @@ def _well_formed(text: str) -> bool:
     return True
 
 
-def _describe(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError, subject: str) -> str:
+    """The first few issues as ``field: problem``, never echoing input values."""
     parts = []
     for issue in error.errors(include_url=False, include_input=False)[:5]:
-        location = ".".join(str(p) for p in issue["loc"]) or "frame"
+        location = ".".join(str(p) for p in issue["loc"]) or subject
         parts.append(f"{location}: {issue['msg']}")
     return "; ".join(parts)
 
@@ -232,14 +234,14 @@ def decode_frame(raw: str | bytes | bytearray | memoryview) -> Frame:
         except ValidationError:
             pass
     try:
-        value = _parse_json(text)
+        value = strict_json_loads(text)
     except (ValueError, RecursionError):
         raise ProtocolError("frame is not valid JSON") from None
     try:
         return _FRAME_ADAPTER.validate_python(value)
     except ValidationError as error:
         raise ProtocolError(
-            f"invalid frame: {_describe(error)}",
+            f"invalid frame: {describe_validation_error(error, 'frame')}",
             request_id=_usable_request_id(value),
         ) from None
 

@@ -64,7 +64,8 @@ class VerifiedRequest:
     signed_at: int
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
+def header_value(headers: Mapping[str, str], name: str) -> str:
+    """The trimmed value of header ``name`` (lowercase), matched case-insensitively; "" if absent."""
     value = headers.get(name)
     if value is None:
         for key, candidate in headers.items():
@@ -134,11 +135,11 @@ class Verifier:
     def verify(
         self, headers: Mapping[str, str], body: str, *, now: float | None = None
     ) -> VerifiedRequest:
-        message_id = _header(headers, "webhook-id")
+        message_id = header_value(headers, "webhook-id")
         if not message_id:
             raise SignatureError("source_id_missing", "missing webhook-id header")
 
-        raw_timestamp = _header(headers, "webhook-timestamp")
+        raw_timestamp = header_value(headers, "webhook-timestamp")
         if not raw_timestamp:
             raise SignatureError("source_timestamp_missing", "missing webhook-timestamp header")
         if not _NUMBER.fullmatch(raw_timestamp):
@@ -157,7 +158,7 @@ class Verifier:
             )
         signed_at = int(timestamp)
 
-        presented = _presented_signatures(_header(headers, "webhook-signature"))
+        presented = _presented_signatures(header_value(headers, "webhook-signature"))
         if not presented:
             raise SignatureError("source_signature_missing", "missing webhook-signature header")
 
