@@ -2,6 +2,7 @@
 #
 #   docker build -t ablo-connector .
 #   docker run --rm -e ABLO_API_KEY -e ABLO_CONNECTOR_HANDLER=mysource:MySource ablo-connector
+#   docker run --rm -e ABLO_API_KEY -e ABLO_DATABASE_URL=postgresql://… ablo-connector
 #
 # Add your handler in a derived image (FROM ablo-connector, COPY it to /app)
 # or mount it at /app. .ci/container-steps runs these same steps in a venv.
@@ -13,7 +14,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY connector ./connector
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && pip wheel --no-cache-dir --wheel-dir /wheels /wheels/ablo_connector-*.whl
+ && pip wheel --no-cache-dir --wheel-dir /wheels "$(echo /wheels/ablo_connector-*.whl)[postgres]"
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \

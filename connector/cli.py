@@ -23,9 +23,9 @@ import click
 from ._version import __version__
 from .config import Config, ConfigError, load_handler, read_api_key_file
 from .handler import DataSource
-from .logs import configure_logging
+from .logs import RedactingFormatter, configure_logging
 from .protocol import DEFAULT_BASE_URL
-from .supervisor import EX_CONFIG, Connector, run_until_signalled
+from .supervisor import EX_CONFIG, EX_UNAVAILABLE, Connector, run_until_signalled
 
 log = logging.getLogger("connector.cli")
 
@@ -91,6 +91,60 @@ def _handler_option(help_text: str) -> _Decorator:
     )
 
 
+def _database_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = _setting(
+        "--models",
+        "ABLO_MODELS",
+        name="models_path",
+        type=click.Path(dir_okay=False),
+        help="Model map (TOML): which tables serve which models. Default: every table, by name.",
+    )(command)
+    return _setting(
+        "--database-url",
+        "ABLO_DATABASE_URL",
+        metavar="URL",
+        help="Serve this database with no handler code (sqlite:///app.db, postgresql://…).",
+    )(command)
+
+
+def _build_source(
+    handler_spec: str | None,
+    database_url: str | None,
+    models_path: str | None,
+    formatter: RedactingFormatter | None = None,
+) -> DataSource:
+    """The user's handler, or the SQL adapter over ``database_url``."""
+    if handler_spec and database_url:
+        raise ConfigError("give --handler or --database-url, not both")
+    if models_path and not database_url:
+        raise ConfigError("--models needs --database-url")
+    if handler_spec:
+        return load_handler(handler_spec)
+    if not database_url:
+        raise ConfigError(
+            "say what to serve: --handler package.module:ClassName, or --database-url URL"
+        )
+    from sqlalchemy.exc import OperationalError
+
+    from .adapters.sql import ModelMap, SQLSource
+    from .adapters.sql import database_url as parse_database_url
+
+    url = parse_database_url(database_url)
+    if formatter is not None and url.password:
+        formatter.add_secret(str(url.password))
+    source = SQLSource(url, ModelMap.from_toml(models_path) if models_path else None)
+    try:
+        source.prepare()
+    except OperationalError:
+        # Not a configuration mistake: the database may be restarting. Serve
+        # anyway (requests answer 503 until it is back) instead of exiting.
+        log.warning(
+            "the database at %s is unreachable; requests answer 503 until it is back",
+            url.render_as_string(hide_password=True),
+        )
+    return source
+
+
 _base_url_option = _setting(
     "--base-url", "ABLO_BASE_URL", default=DEFAULT_BASE_URL, help="The Ablo engine to dial."
 )
@@ -144,6 +198,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @main.command()
 @_key_options
 @_handler_option("Your DataSource: a subclass, instance or factory.")
+@_database_options
 @_base_url_option
 @_setting(
     "--max-in-flight",
@@ -222,8 +277,11 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @_setting("--log-level", "ABLO_LOG_LEVEL", type=LOG_LEVELS, default="info")
 @_setting("--log-format", "ABLO_LOG_FORMAT", type=click.Choice(["text", "json"]), default="text")
 @click.pass_context
-def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, base_url: str, max_in_flight: int, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, open_timeout: float, ping_interval: float, ping_timeout: float, health_addr: str | None, ha_lock: str | None, stable_after: float, reconnect_schedule: str, log_level: str, log_format: str) -> None:  # fmt: skip
+def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, database_url: str | None, models_path: str | None, base_url: str, max_in_flight: int, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, open_timeout: float, ping_interval: float, ping_timeout: float, health_addr: str | None, ha_lock: str | None, stable_after: float, reconnect_schedule: str, log_level: str, log_format: str) -> None:  # fmt: skip
     """Dial the engine and serve your Data Source until stopped.
+
+    Serve your own handler (--handler), or tables of a database with no code
+    at all (--database-url, optionally --models).
 
     SIGTERM or SIGINT finishes in-flight requests (up to --shutdown-grace),
     then exits 0; a second signal exits at once. Exit 78: configuration or
@@ -233,10 +291,6 @@ def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handl
     try:
         key = _resolve_api_key(ctx, api_key, api_key_file)
         formatter.add_secret(key)
-        if not handler_spec:
-            _fail(
-                "a handler is required: --handler package.module:ClassName (or ABLO_CONNECTOR_HANDLER)"
-            )
         config = Config(
             api_key=key,
             base_url=base_url,
@@ -256,7 +310,7 @@ def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handl
             health_addr=health_addr or None,
             ha_lock=ha_lock or None,
         )
-        source = load_handler(handler_spec)
+        source = _build_source(handler_spec, database_url, models_path, formatter)
     except ConfigError as error:
         _fail(str(error))
     sys.exit(asyncio.run(run_until_signalled(Connector(config, source))))
@@ -277,6 +331,7 @@ def _schedule(text: str) -> tuple[float, ...]:
 @main.command()
 @_key_options
 @_handler_option("Also check that the handler imports.")
+@_database_options
 @_base_url_option
 @_allow_insecure_option
 @_open_timeout_option
@@ -286,10 +341,10 @@ def _schedule(text: str) -> tuple[float, ...]:
     help="Stop after the WebSocket upgrade (registering takes the source from a connector already serving it).",
 )
 @click.pass_context
-def check(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, base_url: str, allow_insecure: bool, open_timeout: float, no_register: bool) -> None:  # fmt: skip
+def check(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, database_url: str | None, models_path: str | None, base_url: str, allow_insecure: bool, open_timeout: float, no_register: bool) -> None:  # fmt: skip
     """Diagnose the path to the engine, one step at a time.
 
-    Checks the configuration and handler, proxy, DNS, TCP, TLS, the WebSocket
+    Checks the configuration, the handler or the database, proxy, DNS, TCP, TLS, the WebSocket
     upgrade and the echoed subprotocol, then registers and prints the source
     the engine resolved. Registering supersedes a connector already serving
     the same source: run it before starting the service, or pass --no-register.
@@ -315,6 +370,8 @@ def check(ctx: click.Context, api_key: str | None, api_key_file: str | None, han
             click.echo(
                 f"ok    handler: {handler_spec} ({type(source).__name__}: {', '.join(implemented) or 'no operations'})"
             )
+        if database_url:
+            _check_database(handler_spec, database_url, models_path)
     except ConfigError as error:
         click.echo(f"FAIL  configuration: {error}")
         sys.exit(EX_CONFIG)
@@ -325,6 +382,80 @@ def check(ctx: click.Context, api_key: str | None, api_key_file: str | None, han
         click.echo(f"      what to check: {failure.hint}")
         sys.exit(failure.exit_status)
     click.echo("all checks passed")
+
+
+def _check_database(handler_spec: str | None, database_url: str, models_path: str | None) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from .adapters.sql import ModelMap, SQLSource
+    from .adapters.sql import database_url as parse_database_url
+
+    if handler_spec:
+        raise ConfigError("give --handler or --database-url, not both")
+    url = parse_database_url(database_url)
+    source = SQLSource(url, ModelMap.from_toml(models_path) if models_path else None)
+    try:
+        models = source.prepare()
+    except OperationalError as error:
+        click.echo(f"FAIL  database: {_database_reason(error)}")
+        click.echo("      what to check: the URL's host, port, user and database; is it running?")
+        sys.exit(EX_UNAVAILABLE)
+    finally:
+        source.close()
+    served = sorted({model.name for model in models.values()})
+    click.echo(
+        f"ok    database: {url.render_as_string(hide_password=True)} "
+        f"(ledger and outbox present; models: {', '.join(served)})"
+    )
+
+
+def _database_reason(error: Exception) -> str:
+    from .adapters.sql.source import _reason
+
+    return _reason(error)
+
+
+# ---------------------------------------------------------------- migrate
+
+
+@main.command("migrate")
+@_setting(
+    "--database-url",
+    "ABLO_DATABASE_URL",
+    required=True,
+    metavar="URL",
+    help="The database to prepare (sqlite:///app.db, postgresql://…).",
+)
+def migrate_command(database_url: str) -> None:
+    """Create the idempotency ledger and the outbox (safe to run again).
+
+    Creates ablo_idempotency and ablo_outbox with the same names and columns
+    as the engine's own migrations, and adds columns an older ledger lacks.
+    Your own tables are never touched. Exit 69 when the database cannot be
+    reached, 78 for a bad URL.
+    """
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from .adapters.sql import create_database_engine, migrate
+
+    configure_logging("warning")
+    try:
+        engine = create_database_engine(database_url)
+    except ConfigError as error:
+        _fail(str(error))
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        created = migrate(engine)
+    except OperationalError as error:
+        _fail(f"cannot reach {shown}: {_database_reason(error)}", EX_UNAVAILABLE)
+    except DBAPIError as error:
+        _fail(f"migration failed on {shown}: {_database_reason(error)}", 1)
+    finally:
+        engine.dispose()
+    if created:
+        click.echo(f"{shown}: created {', '.join(created)}")
+    else:
+        click.echo(f"{shown}: ablo_idempotency and ablo_outbox already present (checked)")
 
 
 # ---------------------------------------------------------------- dev engine
@@ -513,34 +644,7 @@ def request_raw(body_json: str, engine: str) -> None:
 
 # ---------------------------------------------------------------- dev
 
-
-@main.command()
-@_setting(
-    "--handler",
-    name="handler_spec",
-    default="examples.sqlite_source:SQLiteSource",
-    metavar="MODULE:ATTR",
-)
-@_engine_ports
-@_setting(
-    "--exit-after-demo", is_flag=True, help="Stop after the demo requests instead of serving on."
-)
-@_setting("--log-level", type=LOG_LEVELS, default="info")
-def dev(handler_spec: str, port: int, api_port: int, exit_after_demo: bool, log_level: str) -> None:
-    """Run a local engine and the connector together, and show a few round trips.
-
-    Uses the SQLite example by default: no account, no cloud. While it runs,
-    try `ablo-connector request load task t1` in another terminal.
-    """
-
-    configure_logging(log_level, secrets=[DEV_API_KEY])
-    try:
-        source = load_handler(handler_spec)
-    except ConfigError as error:
-        _fail(str(error))
-    sys.exit(asyncio.run(_dev(source, port, api_port, exit_after_demo)))
-
-
+DEMO_HANDLER = "examples.sqlite_source:SQLiteSource"
 DEMO_REQUESTS: list[dict[str, Any]] = [
     {"type": "load", "model": "task", "id": "t1"},
     {"type": "list", "model": "task", "query": {"where": [["done", False]], "limit": 10}},
@@ -553,7 +657,42 @@ DEMO_REQUESTS: list[dict[str, Any]] = [
 ]
 
 
-async def _dev(source: DataSource, port: int, api_port: int, exit_after_demo: bool) -> int:
+@main.command()
+@_setting(
+    "--handler",
+    name="handler_spec",
+    metavar="MODULE:ATTR",
+    help=f"Your DataSource.  [default: {DEMO_HANDLER}]",
+)
+@_database_options
+@_engine_ports
+@_setting(
+    "--exit-after-demo", is_flag=True, help="Stop after the demo requests instead of serving on."
+)
+@_setting("--log-level", type=LOG_LEVELS, default="info")
+def dev(handler_spec: str | None, database_url: str | None, models_path: str | None, port: int, api_port: int, exit_after_demo: bool, log_level: str) -> None:  # fmt: skip
+    """Run a local engine and the connector together, and show a few round trips.
+
+    Uses the SQLite example by default: no account, no cloud. While it runs,
+    try `ablo-connector request load task t1` in another terminal. With
+    --database-url it serves your database instead (try
+    `ablo-connector request list MODEL`).
+    """
+
+    formatter = configure_logging(log_level, secrets=[DEV_API_KEY])
+    if not handler_spec and not database_url:
+        handler_spec = DEMO_HANDLER
+    try:
+        source = _build_source(handler_spec, database_url, models_path, formatter)
+    except ConfigError as error:
+        _fail(str(error))
+    demo = DEMO_REQUESTS if handler_spec == DEMO_HANDLER else []
+    sys.exit(asyncio.run(_dev(source, port, api_port, exit_after_demo, demo)))
+
+
+async def _dev(
+    source: DataSource, port: int, api_port: int, exit_after_demo: bool, demo: list[dict[str, Any]]
+) -> int:
     from .devengine import DevEngine
 
     engine = DevEngine(DEV_API_KEY, port=port, api_port=api_port)
@@ -568,14 +707,15 @@ async def _dev(source: DataSource, port: int, api_port: int, exit_after_demo: bo
     serving = asyncio.ensure_future(run_until_signalled(connector))
     try:
         await asyncio.wait_for(connector.wait_ready(), 15)
-        for body in DEMO_REQUESTS:
+        for body in demo:
             result = await engine.request(body)
             click.echo(f"\n→ {json.dumps(body)}\n← HTTP {result.status} {result.body}")
         if exit_after_demo:
             connector.stop()
         else:
+            example = "load task t1" if demo else "list MODEL"
             click.echo(
-                f"\nServing. Try: ablo-connector request load task t1 --engine {engine.api_url}"
+                f"\nServing. Try: ablo-connector request {example} --engine {engine.api_url}"
                 "\nCtrl-C to stop.",
                 err=True,
             )

@@ -14,7 +14,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect
@@ -34,11 +33,9 @@ from .protocol import (
     encode_frame,
     subprotocols_for,
 )
+from .supervisor import EX_CONFIG, EX_UNAVAILABLE
 
 __all__ = ["CheckFailed", "run_checks"]
-
-EX_UNAVAILABLE: Final = 69
-EX_CONFIG: Final = 78
 
 
 @dataclass

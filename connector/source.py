@@ -23,6 +23,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     TypeAdapter,
     model_validator,
@@ -71,13 +74,16 @@ Operator = Literal[
 OPERATORS: Final[frozenset[str]] = frozenset(Operator.__args__)  # type: ignore[attr-defined]
 OperationType = Literal["CREATE", "UPDATE", "DELETE", "ARCHIVE", "UNARCHIVE"]
 Primitive = str | int | float | bool | None
-Scalar = Annotated[Primitive, Field(union_mode="left_to_right")]
 
 MAX_CORRELATION_ID_LENGTH: Final = 255
 MAX_ECHO_PAYLOAD_BYTES: Final = 256 * 1024
 
 NonEmptyStr = Annotated[str, StringConstraints(strict=True, min_length=1)]
 StrictStr = Annotated[str, StringConstraints(strict=True)]
+# Strict members: lax parsing would turn JSON `true` into the integer 1.
+Scalar = Annotated[
+    StrictBool | StrictInt | StrictFloat | StrictStr | None, Field(union_mode="left_to_right")
+]
 
 
 class _Body(BaseModel):

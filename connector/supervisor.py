@@ -47,6 +47,7 @@ __all__ = ["EX_CONFIG", "Connector", "ReconnectPolicy", "run_until_signalled"]
 log = logging.getLogger("connector.supervisor")
 
 EX_CONFIG: Final = 78  # sysexits.h: systemd's RestartPreventExitStatus, Kubernetes shows it
+EX_UNAVAILABLE: Final = 69  # sysexits.h: the engine or the database is unreachable
 
 _AUTH_HINT: Final = (
     "check that the key is a secret key (sk_test_... or sk_live_...), that it has not been "

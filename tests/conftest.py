@@ -43,3 +43,16 @@ def postgres() -> Any:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Any:
+    """One private PostgreSQL for every test that only needs a fresh database."""
+    from tests.postgres import PrivatePostgres
+
+    server = PrivatePostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

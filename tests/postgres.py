@@ -48,3 +48,23 @@ class PrivatePostgres:
     def close(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def create_database(server: PrivatePostgres) -> str:
+    """A new empty database on ``server``; returns its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.dsn, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
+
+
+def drop_database(server: PrivatePostgres, url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(server.dsn, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -317,7 +317,19 @@ async def test_api_key_file(tmp_path: Any) -> None:
     ("args", "env", "message"),
     [
         (["run", "--handler", "tests.handlers:TestSource"], {}, "an API key is required"),
-        (["run"], ENV, "a handler is required"),
+        (["run"], ENV, "say what to serve: --handler"),
+        (
+            ["run", "--handler", "tests.handlers:TestSource", "--database-url", "sqlite:///x.db"],
+            ENV,
+            "not both",
+        ),
+        (["run", "--models", "models.toml"], ENV, "--models needs --database-url"),
+        (
+            ["run", "--database-url", "mysql://app:hunter2@db/app"],
+            ENV,
+            "unsupported database 'mysql'",
+        ),
+        (["run", "--database-url", "sqlite:///"], ENV, "in-memory SQLite"),
         (["run", "--handler", "no_such_module:X"], ENV, "cannot import handler module"),
         (["run", "--handler", "tests.handlers:Nope"], ENV, "has no attribute"),
         (["run", "--handler", "tests.handlers"], ENV, "must look like"),

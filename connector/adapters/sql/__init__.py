@@ -1,0 +1,25 @@
+"""Serve SQLite and PostgreSQL tables as an Ablo Data Source, with no handler code.
+
+    from connector.adapters.sql import ModelMap, SQLSource
+
+    source = SQLSource("postgresql://app@db/app", ModelMap.from_toml("models.toml"))
+
+or, from the command line, ``ablo-connector run --database-url URL [--models FILE]``.
+Create the ledger and outbox once with ``ablo-connector migrate --database-url URL``.
+"""
+
+from .models import ModelMap, ModelSpec, ServedModel, camel_to_snake, snake_to_camel
+from .schema import migrate
+from .source import SQLSource, create_database_engine, database_url
+
+__all__ = [
+    "ModelMap",
+    "ModelSpec",
+    "SQLSource",
+    "ServedModel",
+    "camel_to_snake",
+    "create_database_engine",
+    "database_url",
+    "migrate",
+    "snake_to_camel",
+]

@@ -1,0 +1,197 @@
+"""Which tables are served, under which model and field names?
+
+A *model map* says which table serves a model and which column serves a
+field when the default naming (camelCase field, snake_case column) does not
+fit. Everything else is reflected from the database at startup, so the map
+may be one line per model, or absent: then every table is served under its
+own name.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from ...config import ConfigError
+
+__all__ = ["ModelMap", "ModelSpec", "ServedModel", "camel_to_snake", "snake_to_camel"]
+
+LEDGER_TABLE: Final = "ablo_idempotency"
+OUTBOX_TABLE: Final = "ablo_outbox"
+INFRASTRUCTURE_TABLES: Final = frozenset({LEDGER_TABLE, OUTBOX_TABLE})
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def camel_to_snake(name: str) -> str:
+    """``dueAt`` → ``due_at``: the column a field is looked for by default."""
+    return _CAMEL_BOUNDARY.sub("_", name).lower()
+
+
+def snake_to_camel(name: str) -> str:
+    """``due_at`` → ``dueAt``: the field a reflected column is served as."""
+    head, *rest = name.split("_")
+    if not head:  # keep leading underscores: `_private` stays `_private`
+        return name
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What the operator wrote about one model; the rest is reflected."""
+
+    table: str
+    schema: str | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+    exclude: frozenset[str] = frozenset()
+
+
+_SPEC_KEYS: Final = frozenset({"table", "schema", "fields", "exclude"})
+
+
+class ModelMap(Mapping[str, ModelSpec]):
+    """Model name on the wire → :class:`ModelSpec`.
+
+    Build it from TOML (:meth:`from_toml`) or a dict (:meth:`from_dict`)::
+
+        [models.task]            # the model name on the wire
+        table = "tasks"          # default: the model name
+        exclude = ["secret"]     # optional: columns never served
+        [models.task.fields]     # optional: field = "column" overrides
+        dueAt = "due_at"
+    """
+
+    def __init__(self, specs: Mapping[str, ModelSpec]) -> None:
+        self._specs = dict(specs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, origin: str = "the model map") -> ModelMap:
+        models = data.get("models", data) if isinstance(data, Mapping) else None
+        if not isinstance(models, Mapping) or not models:
+            raise ConfigError(f"{origin} has no models (expected [models.<name>] tables)")
+        extra = set(data) - {"models"} if "models" in data else set()
+        if extra:
+            raise ConfigError(f"{origin}: unknown top-level keys {sorted(extra)}")
+        specs: dict[str, ModelSpec] = {}
+        for name, raw in models.items():
+            where = f"{origin}: model {name!r}"
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"{origin}: model names must be non-empty strings")
+            if raw is None:
+                raw = {}
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"{where} must be a table of settings")
+            unknown = set(raw) - _SPEC_KEYS
+            if unknown:
+                raise ConfigError(
+                    f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(_SPEC_KEYS)})"
+                )
+            table = raw.get("table", name)
+            schema = raw.get("schema")
+            fields = raw.get("fields", {})
+            exclude = raw.get("exclude", [])
+            if not isinstance(table, str) or not table:
+                raise ConfigError(f"{where}: table must be a non-empty string")
+            if schema is not None and (not isinstance(schema, str) or not schema):
+                raise ConfigError(f"{where}: schema must be a non-empty string")
+            if not isinstance(fields, Mapping) or not all(
+                isinstance(k, str) and k and isinstance(v, str) and v for k, v in fields.items()
+            ):
+                raise ConfigError(f"{where}: fields must map field names to column names")
+            if not isinstance(exclude, list) or not all(isinstance(c, str) for c in exclude):
+                raise ConfigError(f"{where}: exclude must be a list of column names")
+            specs[name] = ModelSpec(table, schema, dict(fields), frozenset(exclude))
+        return cls(specs)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> ModelMap:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except OSError as error:
+            raise ConfigError(f"cannot read the model map {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"the model map {path} is not valid TOML: {error}") from None
+        return cls.from_dict(data, origin=str(path))
+
+    @classmethod
+    def of_tables(cls, tables: Iterable[str]) -> ModelMap:
+        """Every table served under its own name (the default without a map)."""
+        return cls({t: ModelSpec(t) for t in tables if t not in INFRASTRUCTURE_TABLES})
+
+    def __getitem__(self, name: str) -> ModelSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Any:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __repr__(self) -> str:
+        return f"ModelMap({sorted(self._specs)})"
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """One model as reflected: its table and the field ↔ column mapping."""
+
+    name: str
+    table: sa.Table
+    columns: Mapping[str, sa.Column[Any]]  # field → column
+    fields: Mapping[str, str]  # column name → field
+
+    @property
+    def id(self) -> sa.Column[Any]:
+        return self.columns["id"]
+
+    @property
+    def archived_at(self) -> sa.Column[Any] | None:
+        return self.columns.get("archivedAt")
+
+    @property
+    def selected(self) -> list[sa.Column[Any]]:
+        return list(self.columns.values())
+
+    def row_to_fields(self, row: Mapping[Any, Any]) -> dict[str, Any]:
+        return {self.fields[key]: value for key, value in row.items() if key in self.fields}
+
+    @classmethod
+    def reflect(cls, name: str, spec: ModelSpec, table: sa.Table) -> ServedModel:
+        where = f"model {name!r} (table {table.fullname!r})"
+        by_name = {column.name: column for column in table.columns}
+        for excluded in spec.exclude:
+            if excluded not in by_name:
+                raise ConfigError(f"{where}: excluded column {excluded!r} does not exist")
+        overridden = {column_name: field for field, column_name in spec.fields.items()}
+        for field_name, column_name in spec.fields.items():
+            if column_name not in by_name:
+                raise ConfigError(
+                    f"{where}: field {field_name!r} names column {column_name!r}, which does not exist"
+                )
+            if column_name in spec.exclude:
+                raise ConfigError(f"{where}: column {column_name!r} is both mapped and excluded")
+        columns: dict[str, sa.Column[Any]] = {}
+        fields: dict[str, str] = {}
+        for column_name, column in by_name.items():
+            if column_name in spec.exclude:
+                continue
+            field_name = overridden.get(column_name, snake_to_camel(column_name))
+            if field_name in columns:
+                raise ConfigError(
+                    f"{where}: columns {columns[field_name].name!r} and {column_name!r} both serve "
+                    f"field {field_name!r}; name one in [models.{name}.fields]"
+                )
+            columns[field_name] = column
+            fields[column_name] = field_name
+        if "id" not in columns:
+            raise ConfigError(
+                f"{where} has no column for field 'id' (map one: [models.{name}.fields] id = \"...\")"
+            )
+        return cls(name, table, columns, fields)

@@ -1,0 +1,228 @@
+"""What SQL does a ``list`` query become?
+
+Field names and operators from a request only ever *select* a reflected
+column or a SQLAlchemy operator from a fixed table; nothing from the request
+is spliced into SQL text, and every value is a bound parameter.
+
+Pages use keyset pagination: the cursor holds the last row's sort value and
+id, and the next page starts strictly after it. Rows inserted meanwhile
+never shift a page, so no row repeats and none is skipped. The sort is total
+(``orderBy`` value, NULLs last, then ``id``), which makes "after" exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from ...handler import SourceError
+from ...source import Condition, ListQuery
+from .models import ServedModel
+from .values import to_column_value, to_json_value
+
+__all__ = ["ListPlan", "plan_list"]
+
+_CURSOR_VERSION: Final = 1
+
+_Comparison = Callable[[Any, Any], Any]
+_COMPARISONS: Final[dict[str, _Comparison]] = {
+    "<": lambda c, v: c < v,
+    "<=": lambda c, v: c <= v,
+    ">": lambda c, v: c > v,
+    ">=": lambda c, v: c >= v,
+    # Backslash escapes % and _ on both databases (PostgreSQL's default; SQLite
+    # has none unless told). ILIKE is lower(c) LIKE lower(v) where it is missing.
+    "LIKE": lambda c, v: c.like(v, escape="\\"),
+    "NOT LIKE": lambda c, v: c.not_like(v, escape="\\"),
+    "ILIKE": lambda c, v: c.ilike(v, escape="\\"),
+    "NOT ILIKE": lambda c, v: c.not_ilike(v, escape="\\"),
+}
+
+
+def _unknown_field(model: ServedModel, field: str, role: str) -> SourceError:
+    return SourceError(
+        "source_unknown_field",
+        f"model {model.name!r} has no field {field!r} ({role})",
+        model=model.name,
+        field=field,
+    )
+
+
+def column_for(model: ServedModel, field: str, role: str) -> sa.Column[Any]:
+    column = model.columns.get(field)
+    if column is None:
+        raise _unknown_field(model, field, role)
+    return column
+
+
+def _where_invalid(condition: Condition, why: str) -> SourceError:
+    return SourceError(
+        "source_where_invalid",
+        f"where {condition.field!r} {condition.op}: {why}",
+        field=condition.field,
+        op=condition.op,
+    )
+
+
+def condition_clause(model: ServedModel, condition: Condition) -> sa.ColumnElement[bool]:
+    """One ``where`` entry as a SQL expression, with NULL handled on purpose.
+
+    ``= null`` means IS NULL; ``!=`` and ``NOT IN`` include rows whose value
+    is NULL (they are not equal to anything given), as in the engine's own
+    in-memory semantics rather than SQL's three-valued logic.
+    """
+    column = column_for(model, condition.field, "where")
+    op, value = condition.op, condition.value
+
+    if op in ("IN", "NOT IN"):
+        if not isinstance(value, list):
+            raise _where_invalid(condition, "the value must be an array")
+        present = [to_column_value(column, condition.field, v) for v in value if v is not None]
+        has_null = len(present) != len(value)
+        if op == "IN":
+            clause = column.in_(present)
+            return sa.or_(clause, column.is_(None)) if has_null else clause
+        excluded = column.not_in(present)
+        return (
+            sa.and_(excluded, column.is_not(None))
+            if has_null
+            else sa.or_(excluded, column.is_(None))
+        )
+
+    if isinstance(value, list):
+        raise _where_invalid(condition, "an array is only allowed with IN and NOT IN")
+
+    if op in ("IS", "IS NOT"):
+        if value is not None and not isinstance(value, bool):
+            raise _where_invalid(condition, "the value must be null, true or false")
+        return column.is_(value) if op == "IS" else column.is_not(value)
+
+    if op == "=":
+        if value is None:
+            return column.is_(None)
+        return column == to_column_value(column, condition.field, value)  # type: ignore[no-any-return]
+    if op == "!=":
+        if value is None:
+            return column.is_not(None)
+        return column.is_distinct_from(to_column_value(column, condition.field, value))
+
+    if value is None:
+        raise _where_invalid(condition, "cannot compare with null (use IS or IS NOT)")
+    if op in ("LIKE", "NOT LIKE", "ILIKE", "NOT ILIKE"):
+        if not isinstance(value, str):
+            raise _where_invalid(condition, "the pattern must be a string")
+        return _COMPARISONS[op](column, value)  # type: ignore[no-any-return]
+    compare = _COMPARISONS.get(op)
+    if compare is None:  # the request model admits only known operators; belt and braces
+        raise _where_invalid(condition, "unsupported operator")
+    return compare(column, to_column_value(column, condition.field, value))  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------ cursors
+
+
+def _cursor_invalid(why: str) -> SourceError:
+    return SourceError("source_cursor_invalid", f"the list cursor is not valid: {why}")
+
+
+def encode_cursor(order_by: str | None, descending: bool, last: tuple[Any, Any]) -> str:
+    payload = {"v": _CURSOR_VERSION, "o": order_by, "d": descending, "k": list(last)}
+    text = json.dumps(payload, separators=(",", ":"), default=to_json_value)
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, order_by: str | None, descending: bool) -> tuple[Any, Any]:
+    if len(cursor) > 4096:
+        raise _cursor_invalid("too long")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _cursor_invalid("not a cursor this source issued") from None
+    if (
+        not isinstance(payload, dict)
+        or payload.get("v") != _CURSOR_VERSION
+        or not isinstance(payload.get("k"), list)
+        or len(payload["k"]) != 2
+    ):
+        raise _cursor_invalid("not a cursor this source issued")
+    if payload.get("o") != order_by or payload.get("d") is not descending:
+        raise _cursor_invalid("it was issued for a different orderBy/order")
+    value, last_id = payload["k"]
+    return value, last_id
+
+
+# ------------------------------------------------------------------ plans
+
+
+@dataclass(frozen=True, slots=True)
+class ListPlan:
+    statement: sa.Select[Any]
+    limit: int
+    order_field: str | None
+    descending: bool
+
+    def next_cursor(self, model: ServedModel, last_row: Any) -> str:
+        mapping = last_row._mapping
+        order_value = mapping[model.columns[self.order_field].name] if self.order_field else None
+        return encode_cursor(
+            self.order_field, self.descending, (order_value, mapping[model.id.name])
+        )
+
+
+def plan_list(model: ServedModel, query: ListQuery, page_size: int, max_page_size: int) -> ListPlan:
+    """The SELECT for one page (it fetches one extra row to know if more remain)."""
+    limit = min(page_size if query.limit is None else query.limit, max_page_size)
+    descending = query.order == "desc"
+    order_field = query.order_by if query.order_by not in (None, "id") else None
+    order_column = column_for(model, order_field, "orderBy") if order_field else None
+    id_column = model.id
+
+    statement = sa.select(*model.selected).where(
+        *(condition_clause(model, condition) for condition in query.where)
+    )
+
+    if query.cursor is not None:
+        value, last_id = decode_cursor(query.cursor, order_field, descending)
+        try:
+            last_id = to_column_value(id_column, "id", last_id)
+            if order_column is not None and value is not None:
+                value = to_column_value(order_column, order_field or "", value)
+        except SourceError:
+            raise _cursor_invalid("its values do not fit the columns") from None
+        statement = statement.where(_after(order_column, id_column, value, last_id, descending))
+
+    def direction(column: sa.Column[Any]) -> Any:
+        return column.desc() if descending else column.asc()
+
+    if order_column is not None:
+        statement = statement.order_by(direction(order_column).nulls_last())
+    statement = statement.order_by(direction(id_column)).limit(limit + 1)
+    return ListPlan(statement, limit, order_field, descending)
+
+
+def _after(
+    order_column: sa.Column[Any] | None,
+    id_column: sa.Column[Any],
+    value: Any,
+    last_id: Any,
+    descending: bool,
+) -> sa.ColumnElement[bool]:
+    def beyond(column: sa.Column[Any], bound: Any) -> sa.ColumnElement[bool]:
+        return (column < bound) if descending else (column > bound)  # type: ignore[no-any-return]
+
+    if order_column is None:
+        return beyond(id_column, last_id)
+    if value is None:  # already among the NULLs, which sort last
+        return sa.and_(order_column.is_(None), beyond(id_column, last_id))
+    return sa.or_(
+        beyond(order_column, value),
+        sa.and_(order_column == value, beyond(id_column, last_id)),
+        order_column.is_(None),
+    )

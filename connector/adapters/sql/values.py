@@ -1,0 +1,143 @@
+"""How does a JSON value become a column value, and back?
+
+The engine speaks JSON; a table has types. Values from a request are
+converted to the column's Python type before they are bound (so PostgreSQL
+gets a timestamp, not text that happens to look like one), and a value that
+cannot be converted is the caller's mistake (a 400), not a database error.
+Rows go back as JSON-ready values in the same form the dispatcher would
+write, so an idempotent replay returns rows equal to the first answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic_core
+import sqlalchemy as sa
+
+from ...handler import SourceError
+
+__all__ = ["ValueRejected", "to_column_value", "to_json_row", "to_json_value"]
+
+
+class ValueRejected(SourceError):
+    def __init__(self, field: str, expected: str, value: Any) -> None:
+        super().__init__(
+            "source_value_invalid",
+            f"field {field!r} expects {expected}, got {_describe(value)}",
+            field=field,
+        )
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def python_type(column: sa.Column[Any]) -> type | None:
+    try:
+        return column.type.python_type
+    except NotImplementedError:  # NullType and friends: let the database decide
+        return None
+
+
+def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
+    """``value`` (decoded JSON) as the Python type ``column`` binds."""
+    if value is None:
+        return None
+    kind = python_type(column)
+    if kind is None:
+        return json.dumps(value) if isinstance(value, dict | list) else value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueRejected(field, "a boolean", value)
+    if isinstance(value, bool) and kind in (int, float, decimal.Decimal):
+        raise ValueRejected(field, "a number", value)
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueRejected(field, "an integer", value)
+    if kind is float:
+        if isinstance(value, int | float):
+            return float(value)
+        raise ValueRejected(field, "a number", value)
+    if kind is decimal.Decimal:
+        if isinstance(value, int | float | str):
+            try:
+                return decimal.Decimal(str(value))
+            except decimal.InvalidOperation:
+                pass
+        raise ValueRejected(field, "a decimal number", value)
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ValueRejected(field, "a string", value)
+    if kind is dt.datetime:
+        return _datetime(column, field, value)
+    if kind is dt.date:
+        return _parsed(dt.date.fromisoformat, field, "an ISO date (YYYY-MM-DD)", value)
+    if kind is dt.time:
+        return _parsed(dt.time.fromisoformat, field, "an ISO time", value)
+    if kind is uuid.UUID:
+        uuid_value = _parsed(uuid.UUID, field, "a UUID", value)
+        # A PostgreSQL UUID column reflected with as_uuid=False binds strings.
+        return uuid_value if getattr(column.type, "as_uuid", True) else str(uuid_value)
+    if kind is bytes:
+        return _parsed(lambda text: base64.b64decode(text, validate=True), field, "base64", value)
+    if kind in (dict, list):
+        return value
+    return value
+
+
+def _parsed(parse: Any, field: str, expected: str, value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return parse(value)
+        except (ValueError, TypeError):
+            pass
+    raise ValueRejected(field, expected, value)
+
+
+def _datetime(column: sa.Column[Any], field: str, value: Any) -> dt.datetime:
+    if isinstance(value, bool):
+        raise ValueRejected(field, "an ISO timestamp or epoch milliseconds", value)
+    if isinstance(value, int | float):
+        try:
+            moment = dt.datetime.fromtimestamp(value / 1000, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueRejected(field, "epoch milliseconds in range", value) from None
+    else:
+        moment = _parsed(dt.datetime.fromisoformat, field, "an ISO timestamp", value)
+    if not getattr(column.type, "timezone", False) and moment.tzinfo is not None:
+        # A column without a time zone holds UTC wall time.
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment
+
+
+def to_json_value(value: Any) -> Any:
+    """A column value as the JSON-ready value the engine receives."""
+    return pydantic_core.to_jsonable_python(value, bytes_mode="base64")
+
+
+def to_json_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: to_json_value(value) for key, value in row.items()}

@@ -1,0 +1,749 @@
+"""The SQL adapter against real databases: SQLite files and a private PostgreSQL.
+
+Every request goes through the dispatcher as a signed request body, so what
+is asserted is what the engine would receive. The conformance tests run on
+both databases; WAL echo and restart tests need PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
+from connector.config import ConfigError
+from connector.handler import Dispatcher
+from connector.signing import Verifier
+from tests.helpers import API_KEY, signed_frame
+from tests.postgres import create_database, drop_database
+
+DIALECTS = ["sqlite", "postgresql"]
+
+TASKS_DDL = {
+    "sqlite": """CREATE TABLE tasks (
+        id TEXT PRIMARY KEY, title TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT 0,
+        priority INTEGER, due_at TIMESTAMP, archived_at TIMESTAMP, estimate REAL)""",
+    "postgresql": """CREATE TABLE tasks (
+        id TEXT PRIMARY KEY, title TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT false,
+        priority INTEGER, due_at TIMESTAMPTZ, archived_at TIMESTAMPTZ, estimate DOUBLE PRECISION)""",
+}
+
+MODELS = {"models": {"task": {"table": "tasks"}}}
+
+
+@pytest.fixture(params=DIALECTS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'app.db'}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = create_database(server)
+    try:
+        yield url
+    finally:
+        drop_database(server, url)
+
+
+def execute(url: str, *statements: str) -> list[Any]:
+    """Run SQL outside the adapter (as another client of the database would)."""
+    engine = create_database_engine(url)
+    try:
+        with engine.begin() as connection:
+            results = [connection.exec_driver_sql(s) for s in statements]
+            return [r.all() if r.returns_rows else None for r in results]
+    finally:
+        engine.dispose()
+
+
+def scalar(url: str, statement: str) -> Any:
+    return execute(url, statement)[0][0][0]
+
+
+@pytest.fixture
+def prepared(database_url: str) -> str:
+    execute(database_url, TASKS_DDL[sa.make_url(database_url).get_backend_name()])
+    engine = create_database_engine(database_url)
+    migrate(engine)
+    engine.dispose()
+    return database_url
+
+
+class Client:
+    """Signed request bodies in, (status, decoded body) out."""
+
+    def __init__(self, source: SQLSource) -> None:
+        self.source = source
+        self.dispatcher = Dispatcher(source, Verifier(API_KEY))
+
+    async def __call__(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        response = await self.dispatcher.handle(signed_frame(body))
+        return response.status, json.loads(response.body)
+
+    async def ok(self, body: dict[str, Any]) -> dict[str, Any]:
+        status, answer = await self(body)
+        assert status == 200, answer
+        return answer
+
+    async def commit(self, correlation_id: str, *operations: dict[str, Any], **extra: Any) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        return await self(
+            {
+                "type": "commit",
+                "correlationId": correlation_id,
+                "operations": list(operations),
+                **extra,
+            }
+        )
+
+    async def list(self, **query: Any) -> dict[str, Any]:
+        return await self.ok({"type": "list", "model": "task", "query": query})
+
+    async def events(self, cursor: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": "events"}
+        if cursor is not None:
+            body["cursor"] = cursor
+        if limit is not None:
+            body["limit"] = limit
+        return await self.ok(body)
+
+    def close(self) -> None:
+        self.dispatcher.close()
+        self.source.close()
+
+
+@pytest.fixture
+def client(prepared: str) -> Iterator[Client]:
+    c = Client(SQLSource(prepared, MODELS))
+    yield c
+    c.close()
+
+
+def create(id: str, **input: Any) -> dict[str, Any]:
+    return {"type": "CREATE", "model": "task", "id": id, "input": {"title": id.upper(), **input}}
+
+
+def update(id: str, **input: Any) -> dict[str, Any]:
+    return {"type": "UPDATE", "model": "task", "id": id, "input": input}
+
+
+def dialect_of(url: str) -> str:
+    return sa.make_url(url).get_backend_name()
+
+
+# ------------------------------------------------------------ conformance
+
+
+async def test_create_returns_the_canonical_row(client: Client) -> None:
+    status, body = await client.commit(
+        "c_create", create("t1", title="A", dueAt="2026-01-02T03:04:05Z")
+    )
+    assert status == 200
+    (row,) = body["rows"]
+    # Database defaults and every served field come back, under field names.
+    assert row["id"] == "t1" and row["title"] == "A"
+    assert row["done"] is False and row["priority"] is None and row["archivedAt"] is None
+    assert row["dueAt"].startswith("2026-01-02T03:04:05")
+
+
+async def test_load_returns_a_committed_row_and_null_for_an_unknown_id(client: Client) -> None:
+    await client.commit("c_load", create("t1", title="A"))
+    found = await client.ok({"type": "load", "model": "task", "id": "t1"})
+    assert found["row"]["title"] == "A"
+    assert await client.ok({"type": "load", "model": "task", "id": "nope"}) == {"row": None}
+
+
+async def test_list_returns_committed_rows(client: Client) -> None:
+    await client.commit("c_list", create("t1"), create("t2"))
+    page = await client.list()
+    assert sorted(row["id"] for row in page["rows"]) == ["t1", "t2"]
+    assert "nextCursor" not in page
+
+
+async def test_replay_returns_the_original_rows_without_writing(
+    client: Client, prepared: str
+) -> None:
+    operations = create("t1", title="A", priority=1)
+    first = await client.commit("c_replay", operations)
+    # Someone else changes the row; a replay must not write it back.
+    execute(prepared, "UPDATE tasks SET title = 'changed elsewhere' WHERE id = 't1'")
+    second = await client.commit("c_replay", operations)
+    assert second == first
+    assert scalar(prepared, "SELECT title FROM tasks WHERE id = 't1'") == "changed elsewhere"
+    assert scalar(prepared, "SELECT COUNT(*) FROM tasks") == 1
+    assert scalar(prepared, "SELECT COUNT(*) FROM ablo_outbox") == 1
+    assert scalar(prepared, "SELECT COUNT(*) FROM ablo_idempotency") == 1
+
+
+async def test_same_correlation_with_a_different_intent_is_a_conflict(
+    client: Client, prepared: str
+) -> None:
+    status, _ = await client.commit("c_conflict", create("t1", title="A"), intentHash="a" * 64)
+    assert status == 200
+    status, body = await client.commit("c_conflict", update("t1", title="B"), intentHash="b" * 64)
+    assert (status, body["error"]) == (409, "idempotency_conflict")
+    # Without an intentHash the hash of the operations decides, and differs too.
+    status, body = await client.commit("c_conflict", update("t1", title="B"))
+    assert (status, body["error"]) == (409, "idempotency_conflict")
+    assert scalar(prepared, "SELECT title FROM tasks WHERE id = 't1'") == "A"
+
+
+async def test_concurrent_identical_commits_apply_once(client: Client, prepared: str) -> None:
+    operations = [create("t1", title="A"), create("t2", title="B")]
+    answers = await asyncio.gather(*(client.commit("c_race", *operations) for _ in range(8)))
+    assert {status for status, _ in answers} == {200}
+    assert all(body == answers[0][1] for _, body in answers)
+    assert scalar(prepared, "SELECT COUNT(*) FROM tasks") == 2
+    assert scalar(prepared, "SELECT COUNT(*) FROM ablo_outbox WHERE correlation_id = 'c_race'") == 2
+
+
+async def test_a_later_commit_under_a_new_correlation_applies(client: Client) -> None:
+    await client.commit("c_first", create("t1", title="A"))
+    status, body = await client.commit("c_second", update("t1", title="B"))
+    assert status == 200 and body["rows"][0]["title"] == "B"
+    found = await client.ok({"type": "load", "model": "task", "id": "t1"})
+    assert found["row"]["title"] == "B"
+
+
+async def test_outbox_events_carry_correlation_and_operation_identity(client: Client) -> None:
+    operation = {**create("t1", title="A"), "transactionId": "op_1"}
+    await client.commit("c_event", operation)
+    await client.commit("c_event", operation)  # a replay appends nothing
+    events = (await client.events())["events"]
+    assert len(events) == 1
+    (event,) = events
+    assert event["id"] == "c_event:0"
+    assert (event["model"], event["entityId"], event["type"]) == ("task", "t1", "CREATE")
+    assert (event["correlationId"], event["transactionId"]) == ("c_event", "op_1")
+    assert "clientTxId" not in event
+    assert event["data"]["title"] == "A"
+    assert isinstance(event["occurredAt"], int)
+
+
+async def test_events_cursor_advances_and_drains(client: Client) -> None:
+    for n in range(5):
+        await client.commit(f"c_page_{n}", create(f"t{n}"))
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = await client.events(cursor, limit=2)
+        if not page["events"]:
+            assert page.get("nextCursor") == cursor  # drained: the position is kept
+            break
+        pages += 1
+        seen += [event["entityId"] for event in page["events"]]
+        assert page["nextCursor"] == page["events"][-1]["cursor"]
+        cursor = page["nextCursor"]
+    assert pages == 3
+    assert seen == [f"t{n}" for n in range(5)]
+    # A new event appears after the cursor, once.
+    await client.commit("c_page_late", create("late"))
+    assert [e["entityId"] for e in (await client.events(cursor))["events"]] == ["late"]
+
+
+async def test_a_failing_operation_rolls_back_the_whole_commit(
+    client: Client, prepared: str
+) -> None:
+    status, body = await client.commit("c_atomic", create("t1"), update("missing", title="x"))
+    assert (status, body["error"]) == (404, "source_row_not_found")
+    assert scalar(prepared, "SELECT COUNT(*) FROM tasks") == 0
+    assert scalar(prepared, "SELECT COUNT(*) FROM ablo_outbox") == 0
+    assert scalar(prepared, "SELECT COUNT(*) FROM ablo_idempotency") == 0
+    # Nothing was recorded, so the same correlation may run once it can succeed.
+    status, _ = await client.commit("c_atomic", create("t1"))
+    assert status == 200
+
+
+async def test_archive_unarchive_and_delete(client: Client, prepared: str) -> None:
+    await client.commit("c_a1", create("t1"))
+    _, archived = await client.commit("c_a2", {"type": "ARCHIVE", "model": "task", "id": "t1"})
+    assert archived["rows"][0]["archivedAt"] is not None
+    _, restored = await client.commit("c_a3", {"type": "UNARCHIVE", "model": "task", "id": "t1"})
+    assert restored["rows"][0]["archivedAt"] is None
+    _, deleted = await client.commit("c_a4", {"type": "DELETE", "model": "task", "id": "t1"})
+    assert deleted["rows"][0]["id"] == "t1"
+    assert scalar(prepared, "SELECT COUNT(*) FROM tasks") == 0
+    # Deleting what is gone is done; its event carries no data.
+    status, gone = await client.commit("c_a5", {"type": "DELETE", "model": "task", "id": "t1"})
+    assert (status, gone["rows"]) == (200, [{"id": "t1"}])
+    types = [e["type"] for e in (await client.events())["events"]]
+    assert types == ["CREATE", "ARCHIVE", "UNARCHIVE", "DELETE", "DELETE"]
+    assert "data" not in (await client.events())["events"][-1]
+
+
+async def test_write_errors_are_specific(client: Client) -> None:
+    await client.commit("c_e1", create("t1"))
+    cases = [
+        (create("t1"), 409, "source_constraint_violation"),  # duplicate primary key
+        ({"type": "CREATE", "model": "task", "id": "t2", "input": {}}, 409, "source_constraint_violation"),  # NOT NULL title
+        (update("t1", nope=1), 400, "source_unknown_field"),
+        (update("t1", priority="high"), 400, "source_value_invalid"),
+        (update("t1", done="yes"), 400, "source_value_invalid"),
+        (update("t1", dueAt="tomorrow"), 400, "source_value_invalid"),
+        ({"type": "UPDATE", "model": "ghost", "id": "t1", "input": {}}, 400, "source_unknown_model"),
+        ({"type": "UPDATE", "model": "task", "input": {"title": "x"}}, 400, "source_operation_id_required"),
+    ]  # fmt: skip
+    for n, (operation, status, code) in enumerate(cases):
+        got_status, body = await client.commit(f"c_err_{n}", operation)
+        assert (got_status, body["error"]) == (status, code), operation
+        assert "SELECT" not in body.get("message", ""), "SQL text must not leak into answers"
+
+
+async def test_sqlite_refuses_a_wal_echo(tmp_path: Path) -> None:
+    prepared = f"sqlite:///{tmp_path / 'echo.db'}"
+    execute(prepared, TASKS_DDL["sqlite"])
+    migrate(engine := create_database_engine(prepared))
+    engine.dispose()
+    client = Client(SQLSource(prepared, MODELS))
+    status, body = await client.commit(
+        "c_echo", create("t1"), intentHash="c" * 64, echo={"kind": "postgres-wal", "payload": "p"}
+    )
+    client.close()
+    assert (status, body["error"]) == (409, "source_commit_echo_not_supported")
+    assert scalar(prepared, "SELECT COUNT(*) FROM tasks") == 0
+
+
+async def test_expired_and_legacy_ledger_rows_are_not_replayed(
+    client: Client, prepared: str
+) -> None:
+    await client.commit("c_old", create("t1"))
+    await client.commit("c_legacy", create("t2"))
+    execute(
+        prepared,
+        "UPDATE ablo_idempotency SET expires_at = '2000-01-01 00:00:00' WHERE client_tx_id = 'c_old'",
+        "UPDATE ablo_idempotency SET request_hash = NULL WHERE client_tx_id = 'c_legacy'",
+    )
+    status, body = await client.commit("c_old", create("t1"))
+    assert (status, body["error"]) == (409, "idempotency_key_expired")
+    status, body = await client.commit("c_legacy", create("t2"))
+    assert (status, body["error"]) == (409, "idempotency_conflict")
+
+
+# ------------------------------------------------------------ list queries
+
+ROWS = [
+    {"id": "a", "title": "Alpha", "priority": 3, "done": False},
+    {"id": "b", "title": "alpha beta", "priority": 1, "done": True},
+    {"id": "c", "title": "Gamma", "priority": None, "done": False},
+    {"id": "d", "title": "delta_1%", "priority": 2, "done": True},
+    {"id": "e", "title": "Epsilon", "priority": 3, "done": False},
+]
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ([["priority", 3]], "ae"),
+        ([["priority", "=", None]], "c"),
+        ([["priority", "!=", 3]], "bcd"),  # NULL is "not 3"
+        ([["priority", "!=", None]], "abde"),
+        ([["priority", "<", 3]], "bd"),
+        ([["priority", "<=", 2]], "bd"),
+        ([["priority", ">", 1]], "ade"),
+        ([["priority", ">=", 3]], "ae"),
+        ([["priority", "IN", [1, 2]]], "bd"),
+        ([["priority", "IN", [1, None]]], "bc"),
+        ([["priority", "IN", []]], ""),
+        ([["priority", "NOT IN", [1, 2]]], "ace"),
+        ([["priority", "NOT IN", [3, None]]], "bd"),
+        ([["priority", "IS", None]], "c"),
+        ([["priority", "IS NOT", None]], "abde"),
+        ([["done", "IS", True]], "bd"),
+        ([["title", "LIKE", "alpha%"]], "b"),  # case-sensitive on both databases
+        ([["title", "NOT LIKE", "%A%"]], "bcde"),
+        ([["title", "ILIKE", "alpha%"]], "ab"),
+        ([["title", "NOT ILIKE", "%A%"]], "e"),
+        ([["title", "LIKE", "delta\\_1\\%"]], "d"),
+        ([["done", False], ["priority", ">", 2]], "ae"),
+        ([{"field": "title", "op": "ILIKE", "value": "%ta%"}], "bd"),
+    ],
+)
+async def test_where_operators(client: Client, where: list[Any], expected: str) -> None:
+    await client.commit(
+        "c_rows", *(create(r["id"], **{k: v for k, v in r.items() if k != "id"}) for r in ROWS)
+    )
+    page = await client.list(where=where)
+    assert "".join(sorted(row["id"] for row in page["rows"])) == expected
+
+
+async def test_where_mistakes_are_400s(client: Client) -> None:
+    cases = [
+        ([["nope", 1]], "source_unknown_field"),
+        ([["priority", "IN", 1]], "source_where_invalid"),
+        ([["priority", "<", None]], "source_where_invalid"),
+        ([["priority", "=", [1]]], "source_where_invalid"),
+        ([["title", "LIKE", 5]], "source_where_invalid"),
+        ([["priority", "IS", 3]], "source_where_invalid"),
+        ([["priority", "=", "three"]], "source_value_invalid"),
+        ([["priority", "BETWEEN", 1]], "source_request_invalid"),
+    ]
+    for where, code in cases:
+        status, body = await client({"type": "list", "model": "task", "query": {"where": where}})
+        assert (status, body["error"]) == (400, code), where
+
+
+def _collect_pages(pages: list[dict[str, Any]]) -> list[str]:
+    return [row["id"] for page in pages for row in page["rows"]]
+
+
+async def _walk(client: Client, **query: Any) -> list[dict[str, Any]]:
+    pages = [await client.list(**query)]
+    while "nextCursor" in pages[-1]:
+        pages.append(await client.list(**query, cursor=pages[-1]["nextCursor"]))
+        assert len(pages) < 100, "pagination does not end"
+    return pages
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+async def test_keyset_pages_follow_the_sort_with_no_repeats_or_gaps(
+    client: Client, order: str
+) -> None:
+    priorities = [None, 1, 2, 2, 2, 3, None, 5, 1, 2, 4, 4, None, 3, 0, 2, 2, 1, 5, 3, None, 1, 0]
+    rows = [create(f"t{n:02}", priority=p) for n, p in enumerate(priorities)]
+    await client.commit("c_sorted", *rows)
+    pages = await _walk(client, orderBy="priority", order=order, limit=4)
+    ids = _collect_pages(pages)
+    assert len(pages) == 6 and all(len(p["rows"]) == 4 for p in pages[:-1])
+
+    def key(n: int) -> tuple[int, Any, int]:
+        p = priorities[n]
+        value = 0 if p is None else (p if order == "asc" else -p)
+        return (p is None, value, n if order == "asc" else -n)  # NULLs last, then id
+
+    assert ids == [f"t{n:02}" for n in sorted(range(len(priorities)), key=key)]
+
+
+async def test_pages_are_stable_under_concurrent_inserts(client: Client) -> None:
+    await client.commit("c_base", *(create(f"t{n:02}", priority=n % 4) for n in range(20)))
+    query = {"orderBy": "priority", "limit": 5}
+    first = await client.list(**query)
+    pages = [first]
+    n = 0
+    while "nextCursor" in pages[-1]:
+        # New rows land before, at and after the cursor position between pages.
+        await client.commit(f"c_ins_{n}", *(create(f"new{n}_{p}", priority=p) for p in range(4)))
+        n += 1
+        pages.append(await client.list(**query, cursor=pages[-1]["nextCursor"]))
+    ids = _collect_pages(pages)
+    assert len(ids) == len(set(ids)), "a row repeated across pages"
+    assert {f"t{n:02}" for n in range(20)} <= set(ids), "an existing row was skipped"
+
+
+async def test_limit_is_capped_and_default_order_is_by_id(prepared: str) -> None:
+    client = Client(SQLSource(prepared, MODELS, page_size=3, max_page_size=7))
+    try:
+        await client.commit("c_cap", *(create(f"t{n:02}") for n in range(10)))
+        assert len((await client.list(limit=5000))["rows"]) == 7
+        default = await client.list()
+        assert [r["id"] for r in default["rows"]] == ["t00", "t01", "t02"]
+        assert await client.list(limit=0) == {"rows": []}
+        descending = await _walk(client, order="desc")
+        assert _collect_pages(descending) == [f"t{n:02}" for n in reversed(range(10))]
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------ injection
+
+
+INJECTED = [
+    "title; DROP TABLE tasks; --",
+    'title" = title OR "1"="1',
+    "tasks.title",
+    "1=1) OR (1",
+    "Title",
+]
+
+
+async def test_injection_through_names_operators_and_values_is_refused(
+    client: Client, prepared: str
+) -> None:
+    await client.commit("c_inj", create("t1", title="A"))
+    for name in INJECTED:
+        for query in ({"where": [[name, "x"]]}, {"orderBy": name}):
+            status, body = await client({"type": "list", "model": "task", "query": query})
+            assert (status, body["error"]) == (400, "source_unknown_field"), (name, body)
+        status, body = await client.commit(f"c_{uuid.uuid4().hex}", update("t1", **{name: "x"}))
+        assert (status, body["error"]) == (400, "source_unknown_field")
+        for body_ in (
+            {"type": "load", "model": name, "id": "t1"},
+            {"type": "list", "model": name},
+        ):
+            status, answer = await client(body_)
+            assert (status, answer["error"]) == (400, "source_unknown_model")
+    status, body = await client({"type": "list", "model": "task", "query": {"where": [["title", "= 'A' OR 1=1 --", "x"]]}})  # fmt: skip
+    assert (status, body["error"]) == (400, "source_request_invalid")
+    # Values are data, never SQL.
+    for value in ["' OR '1'='1", "A'; DELETE FROM tasks; --"]:
+        page = await client.list(where=[["title", value]])
+        assert page["rows"] == []
+    found = await client.ok({"type": "load", "model": "task", "id": "t1' OR '1'='1"})
+    assert found == {"row": None}
+    assert scalar(prepared, "SELECT COUNT(*) FROM tasks") == 1
+
+
+async def test_tampered_cursors_are_refused(client: Client) -> None:
+    await client.commit("c_cur", *(create(f"t{n}", priority=n) for n in range(5)))
+    page = await client.list(orderBy="priority", limit=2)
+    genuine = page["nextCursor"]
+
+    def forge(payload: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+    bad = [
+        "not a cursor",
+        "!!!!",
+        genuine[:-3],
+        forge({"v": 1, "o": "priority", "d": False, "k": ["1; DROP TABLE tasks", "t1"]}),
+        forge({"v": 1, "o": "title; DROP TABLE tasks", "d": False, "k": [1, "t1"]}),
+        forge({"v": 2, "o": "priority", "d": False, "k": [1, "t1"]}),
+        forge([1, 2]),
+        "A" * 5000,
+    ]
+    for cursor in bad:
+        status, body = await client(
+            {
+                "type": "list",
+                "model": "task",
+                "query": {"orderBy": "priority", "limit": 2, "cursor": cursor},
+            }
+        )
+        assert (status, body["error"]) == (400, "source_cursor_invalid"), cursor
+    # A genuine cursor for another order is refused, not misread.
+    status, body = await client(
+        {"type": "list", "model": "task", "query": {"orderBy": "title", "cursor": genuine}}
+    )
+    assert (status, body["error"]) == (400, "source_cursor_invalid")
+    for cursor in ["-1", "1 OR 1=1", "\uff11\uff12", "9" * 30]:
+        status, body = await client({"type": "events", "cursor": cursor})
+        assert (status, body["error"]) == (400, "source_cursor_invalid"), cursor
+
+
+# ------------------------------------------------------------ model map and schema
+
+
+async def test_model_map_overrides_fields_and_excludes_columns(
+    prepared: str, tmp_path: Path
+) -> None:
+    execute(
+        prepared, "CREATE TABLE people (person_key TEXT PRIMARY KEY, full_name TEXT, secret TEXT)"
+    )
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models.task]\ntable = "tasks"\n\n'
+        '[models.person]\ntable = "people"\nexclude = ["secret"]\n'
+        '[models.person.fields]\nid = "person_key"\nname = "full_name"\n'
+    )
+    client = Client(SQLSource(prepared, ModelMap.from_toml(models)))
+    try:
+        status, body = await client.commit(
+            "c_people", {"type": "CREATE", "model": "person", "id": "p1", "input": {"name": "Ada"}}
+        )
+        assert (status, body["rows"]) == (200, [{"id": "p1", "name": "Ada"}])
+        status, body = await client.commit(
+            "c_secret", {"type": "UPDATE", "model": "person", "id": "p1", "input": {"secret": "x"}}
+        )
+        assert (status, body["error"]) == (400, "source_unknown_field")
+        assert scalar(prepared, "SELECT full_name FROM people WHERE person_key = 'p1'") == "Ada"
+        # The engine's clients send lower-cased model names; both resolve.
+        assert (await client.ok({"type": "load", "model": "PERSON".lower(), "id": "p1"}))["row"]
+    finally:
+        client.close()
+
+
+async def test_without_a_map_every_table_is_served_by_its_name(prepared: str) -> None:
+    execute(prepared, "CREATE TABLE notes (id TEXT PRIMARY KEY, body_text TEXT)")
+    source = SQLSource(prepared)
+    client = Client(source)
+    try:
+        assert sorted({m.name for m in source.prepare().values()}) == ["notes", "tasks"]
+        status, body = await client.commit(
+            "c_note", {"type": "CREATE", "model": "notes", "id": "n1", "input": {"bodyText": "hi"}}
+        )
+        assert (status, body["rows"]) == (200, [{"id": "n1", "bodyText": "hi"}])
+    finally:
+        client.close()
+
+
+def test_model_map_mistakes_are_config_errors(prepared: str, tmp_path: Path) -> None:
+    execute(
+        prepared,
+        "CREATE TABLE keyless (name TEXT)",
+        'CREATE TABLE twins (id TEXT, due_at TEXT, "dueAt" TEXT)',
+    )
+    cases = [
+        ({"task": {"table": "nope"}}, "table 'nope' does not exist"),
+        ({"task": {"table": "tasks", "fields": {"x": "no_column"}}}, "names column 'no_column'"),
+        ({"k": {"table": "keyless"}}, "no column for field 'id'"),
+        ({"t": {"table": "twins"}}, "both serve field 'dueAt'"),
+        ({"task": {"table": "tasks", "colour": "red"}}, "unknown keys ['colour']"),
+        ({"task": {"table": "tasks", "exclude": ["nope"]}}, "excluded column 'nope'"),
+    ]
+    for models, message in cases:
+        with pytest.raises(
+            ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+        ):
+            SQLSource(prepared, {"models": models}).prepare()
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("[models.task\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        ModelMap.from_toml(bad_toml)
+    with pytest.raises(ConfigError, match="has no models"):
+        ModelMap.from_dict({})
+
+
+def test_serving_needs_the_ledger_and_outbox(database_url: str) -> None:
+    execute(database_url, TASKS_DDL[dialect_of(database_url)])
+    with pytest.raises(ConfigError, match="no ablo_idempotency table: run `ablo-connector migrate"):
+        SQLSource(database_url, MODELS).prepare()
+
+
+def test_migrate_is_idempotent_and_uses_the_engines_names(database_url: str) -> None:
+    engine = create_database_engine(database_url)
+    try:
+        assert migrate(engine) == ["ablo_idempotency", "ablo_outbox"]
+        assert migrate(engine) == []
+        inspector = sa.inspect(engine)
+        ledger = {c["name"]: c for c in inspector.get_columns("ablo_idempotency")}
+        outbox = {c["name"]: c for c in inspector.get_columns("ablo_outbox")}
+        assert list(ledger) == [
+            "client_tx_id",
+            "response",
+            "request_hash",
+            "expires_at",
+            "created_at",
+        ]
+        assert list(outbox) == [
+            "cursor", "id", "model", "entity_id", "type", "data", "organization_id",
+            "client_tx_id", "correlation_id", "transaction_id", "occurred_at", "created_at",
+        ]  # fmt: skip
+        assert inspector.get_pk_constraint("ablo_idempotency")["constrained_columns"] == [
+            "client_tx_id"
+        ]
+        assert inspector.get_pk_constraint("ablo_outbox")["constrained_columns"] == ["cursor"]
+        if engine.dialect.name == "postgresql":
+            types = {name: str(c["type"]) for name, c in {**ledger, **outbox}.items()}
+            assert types["response"] == "JSONB" and types["data"] == "JSONB"
+            assert types["expires_at"] == "TIMESTAMP" and ledger["expires_at"]["type"].timezone
+            assert types["cursor"] == "BIGINT" and "nextval" in str(outbox["cursor"]["default"])
+    finally:
+        engine.dispose()
+
+
+def test_migrate_upgrades_an_older_postgres_ledger(postgres_server: Any) -> None:
+    url = create_database(postgres_server)
+    try:
+        # A ledger from before intent hashing and bounded retention.
+        execute(url, "CREATE TABLE ablo_idempotency (client_tx_id TEXT PRIMARY KEY, response JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())")  # fmt: skip
+        execute(url, "INSERT INTO ablo_idempotency (client_tx_id, response) VALUES ('old', '[]')")
+        engine = create_database_engine(url)
+        assert migrate(engine) == ["ablo_outbox"]
+        engine.dispose()
+        rows = execute(url, "SELECT request_hash, expires_at = 'infinity' FROM ablo_idempotency")[0]
+        assert rows == [(None, True)]
+    finally:
+        drop_database(postgres_server, url)
+
+
+def test_database_urls_are_checked_and_passwords_hidden() -> None:
+    from connector.adapters.sql import database_url
+
+    assert database_url("postgres://u:p@h/db").drivername == "postgresql+psycopg"
+    assert database_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert database_url("sqlite:///x.db").drivername == "sqlite+pysqlite"
+    for bad, message in [
+        ("mysql://u@h/db", "unsupported database 'mysql'"),
+        ("sqlite://", "in-memory SQLite"),
+        ("postgresql+psycopg2://u@h/db", "psycopg 3"),
+        ("not a url", "not valid"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            database_url(bad)
+    source = SQLSource("postgresql://app:hunter2@db.internal/app")
+    assert "hunter2" not in repr(source)
+
+
+# ------------------------------------------------------------ PostgreSQL only
+
+
+async def test_wal_echo_is_in_the_same_transaction(postgres_server: Any) -> None:
+    url = create_database(postgres_server)
+    slot = f"s_{uuid.uuid4().hex[:8]}"
+    try:
+        execute(url, TASKS_DDL["postgresql"])
+        engine = create_database_engine(url)
+        migrate(engine)
+        engine.dispose()
+        execute(url, f"SELECT pg_create_logical_replication_slot('{slot}', 'test_decoding')")
+        client = Client(SQLSource(url, MODELS))
+        payload = json.dumps({"correlationId": "c_wal", "n": "é ✓"})
+        echo = {"kind": "postgres-wal", "payload": payload}
+        try:
+            status, _ = await client.commit("c_wal", create("t1"), intentHash="d" * 64, echo=echo)
+            assert status == 200
+            await client.commit("c_wal", create("t1"), intentHash="d" * 64, echo=echo)  # replay
+            # A commit that fails rolls its echo back with it.
+            status, _ = await client.commit("c_wal_fail", create("t1"), intentHash="e" * 64, echo={"kind": "postgres-wal", "payload": "rolled back"})  # fmt: skip
+            assert status == 409
+            # Without the engine's intentHash a WAL-correlated commit is refused.
+            status, body = await client.commit("c_wal_nohash", create("t9"), echo=echo)
+            assert (status, body["error"]) == (409, "idempotency_conflict")
+        finally:
+            client.close()
+        changes = execute(
+            url, f"SELECT xid, data FROM pg_logical_slot_get_changes('{slot}', NULL, NULL)"
+        )[0]
+        messages = [(xid, data) for xid, data in changes if data.startswith("message:")]
+        assert len(messages) == 1, changes
+        xid, message = messages[0]
+        assert "transactional: 1 prefix: ablo" in message
+        assert message.endswith(f"content:{payload}")
+        same_transaction = [data for x, data in changes if x == xid]
+        assert any(
+            d.startswith("table public.tasks: INSERT:") and "'t1'" in d for d in same_transaction
+        )
+        assert any(d.startswith("table public.ablo_outbox: INSERT:") for d in same_transaction)
+        assert not any("rolled back" in data for _, data in changes)
+    finally:
+        execute(url, f"SELECT pg_drop_replication_slot('{slot}')")
+        drop_database(postgres_server, url)
+
+
+async def test_database_restart_answers_503_then_recovers(postgres: Any) -> None:
+    url = postgres.dsn
+    execute(url, TASKS_DDL["postgresql"])
+    engine = create_database_engine(url)
+    migrate(engine)
+    engine.dispose()
+    client = Client(SQLSource(url, MODELS))
+    try:
+        await client.commit("c_before", create("t1"))
+        await asyncio.to_thread(postgres.stop, "immediate")
+        status, body = await client({"type": "load", "model": "task", "id": "t1"})
+        assert (status, body["error"]) == (503, "source_database_unavailable")
+        status, body = await client.commit("c_during", create("t2"))
+        assert status == 503
+        await asyncio.to_thread(postgres.start)
+        assert (await client.ok({"type": "load", "model": "task", "id": "t1"}))["row"]["id"] == "t1"
+        status, _ = await client.commit("c_during", create("t2"))  # the engine's retry
+        assert status == 200
+    finally:
+        client.close()
+
+
+def test_sqlite_needs_nothing_but_the_standard_library(tmp_path: Path) -> None:
+    db = tmp_path / "plain.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE tasks (id TEXT PRIMARY KEY, title TEXT)")
+    engine = create_database_engine(f"sqlite:///{db}")
+    migrate(engine)
+    assert engine.dialect.driver == "pysqlite"
+    engine.dispose()

@@ -1,0 +1,166 @@
+"""The SQL adapter from the command line: migrate, check, and run against PostgreSQL.
+
+A local engine in this process, the connector as a real subprocess, and a
+private PostgreSQL: the path a user takes with no Python written.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+from connector.devengine import DevEngine
+from tests.postgres import create_database, drop_database
+from tests.support import Process, free_port, process, wait_for_port
+from tests.test_sql_adapter import TASKS_DDL, execute
+
+KEY = "sk_test_sql_cli_51c0"
+ENV = {"ABLO_API_KEY": KEY}
+PASSWORD = "pw-never-shown-7d1e"
+
+
+def with_password(url: str) -> str:
+    # The private server trusts every local user, so any password connects.
+    return url.replace("postgres@", f"postgres:{PASSWORD}@")
+
+
+async def test_migrate_creates_once_and_never_prints_the_password(postgres_server: Any) -> None:
+    url = with_password(create_database(postgres_server))
+    try:
+        async with process(["migrate", "--database-url", url]) as first:
+            assert await first.wait(30) == 0, first.output()
+            created = first.output()
+        async with process(["migrate"], {"ABLO_DATABASE_URL": url}) as second:
+            assert await second.wait(30) == 0, second.output()
+            again = second.output()
+        assert "created ablo_idempotency, ablo_outbox" in created
+        assert "already present" in again
+        assert PASSWORD not in created + again and "***" in created
+    finally:
+        drop_database(postgres_server, url)
+
+
+async def test_migrate_and_run_fail_clearly(tmp_path: Path) -> None:
+    closed = f"postgresql://app:{PASSWORD}@127.0.0.1:{free_port()}/app"
+    async with process(["migrate", "--database-url", closed]) as unreachable:
+        assert await unreachable.wait(30) == 69
+        assert "cannot reach" in unreachable.output()
+        assert PASSWORD not in unreachable.output()
+    db = tmp_path / "plain.db"
+    execute(f"sqlite:///{db}", TASKS_DDL["sqlite"])
+    async with process(["run", "--database-url", f"sqlite:///{db}"], ENV) as unprepared:
+        assert await unprepared.wait(30) == 78
+        assert "run `ablo-connector migrate --database-url ...` once" in unprepared.output()
+
+
+async def test_check_reports_the_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    execute(url, TASKS_DDL["sqlite"])
+    async with process(["migrate", "--database-url", url]) as migrate:
+        assert await migrate.wait(30) == 0
+    async with (
+        DevEngine(KEY) as engine,
+        process(["check", "--base-url", engine.base_url, "--database-url", url], ENV) as check,
+    ):
+        assert await check.wait(30) == 0, check.output()
+        assert "ok    database:" in check.output() and "models: tasks" in check.output()
+
+
+async def test_run_serves_postgres_end_to_end_and_survives_a_restart(postgres_server: Any, tmp_path: Path) -> None:  # fmt: skip
+    url = with_password(create_database(postgres_server))
+    execute(url, TASKS_DDL["postgresql"])
+    models = tmp_path / "models.toml"
+    models.write_text('[models.task]\ntable = "tasks"\n')
+    try:
+        async with process(["migrate", "--database-url", url]) as migrate:
+            assert await migrate.wait(30) == 0
+        async with DevEngine(KEY) as engine:
+            args = [
+                "run", "--base-url", engine.base_url, "--database-url", url,
+                "--models", str(models), "--log-level", "debug",
+            ]  # fmt: skip
+            connector = await Process(args, ENV).start()
+            try:
+                await engine.wait_attached(20)
+                commit = {
+                    "type": "commit",
+                    "correlationId": "e2e_1",
+                    "operations": [
+                        {"type": "CREATE", "model": "task", "id": "t1",
+                         "input": {"title": "Ship", "priority": 2}, "transactionId": "op1"},
+                        {"type": "CREATE", "model": "task", "id": "t2", "input": {"title": "Test"}},
+                    ],
+                }  # fmt: skip
+                created = await engine.request(commit)
+                assert created.status == 200, created.body
+                rows = created.json()["rows"]
+                assert [r["id"] for r in rows] == ["t1", "t2"] and rows[0]["priority"] == 2
+
+                loaded = await engine.request({"type": "load", "model": "task", "id": "t1"})
+                assert loaded.json()["row"]["title"] == "Ship"
+                listed = await engine.request(
+                    {"type": "list", "model": "task",
+                     "query": {"where": [["title", "ILIKE", "%s%"]], "orderBy": "title", "limit": 1}}
+                )  # fmt: skip
+                first_page = listed.json()
+                assert [r["id"] for r in first_page["rows"]] == ["t1"]
+                second = await engine.request(
+                    {"type": "list", "model": "task",
+                     "query": {"where": [["title", "ILIKE", "%s%"]], "orderBy": "title", "limit": 1,
+                               "cursor": first_page["nextCursor"]}}
+                )  # fmt: skip
+                assert [r["id"] for r in second.json()["rows"]] == ["t2"]
+                for op in ("UPDATE", "ARCHIVE", "DELETE"):
+                    answer = await engine.request(
+                        {"type": "commit", "correlationId": f"e2e_{op}",
+                         "operations": [{"type": op, "model": "task", "id": "t2",
+                                         "input": {"title": "Tested"} if op == "UPDATE" else {}}]}
+                    )  # fmt: skip
+                    assert answer.status == 200, (op, answer.body)
+                events = (await engine.request({"type": "events", "limit": 10})).json()
+                assert [e["type"] for e in events["events"]] == [
+                    "CREATE", "CREATE", "UPDATE", "ARCHIVE", "DELETE",
+                ]  # fmt: skip
+                assert events["events"][0]["transactionId"] == "op1"
+
+                # A connector killed mid-life and restarted replays from the ledger.
+                connector.signal(signal.SIGKILL)
+                await connector.wait(10)
+                output = connector.output()
+                connector = await Process(args, ENV).start()
+                await engine.wait_attached(20)
+                replayed = await engine.request(commit)
+                assert (replayed.status, replayed.json()["rows"]) == (200, rows)
+                count = execute(url, "SELECT COUNT(*) FROM ablo_outbox")[0][0][0]
+                assert count == 5
+            finally:
+                connector.signal(signal.SIGTERM)
+                assert await connector.wait(20) == 0
+                output += connector.output()
+                await connector.stop()
+        assert "serving 1 model(s)" in output
+        assert PASSWORD not in output and KEY not in output
+    finally:
+        drop_database(postgres_server, url)
+
+
+async def test_dev_serves_a_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'dev.db'}"
+    execute(url, TASKS_DDL["sqlite"], "INSERT INTO tasks (id, title) VALUES ('t1', 'Hello')")
+    async with process(["migrate", "--database-url", url]) as migrate:
+        assert await migrate.wait(30) == 0
+    port, api_port = free_port(), free_port()
+    async with process(
+        ["dev", "--database-url", url, "--port", str(port), "--api-port", str(api_port)]
+    ) as dev:
+        await wait_for_port(api_port, 20)
+        request = ["request", "load", "tasks", "t1", "--engine", f"http://127.0.0.1:{api_port}"]
+        for _ in range(100):
+            async with process(request) as client:
+                status = await client.wait(30)
+                answer = client.output()
+            if status == 0:
+                break
+        assert status == 0, answer + dev.output()
+        assert '"title": "Hello"' in answer
