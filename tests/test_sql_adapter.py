@@ -21,8 +21,9 @@ import sqlalchemy as sa
 
 from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
 from connector.config import ConfigError
-from connector.handler import Dispatcher
+from connector.handler import Dispatcher, RequestContext
 from connector.signing import Verifier
+from connector.source import Condition, ListPage, ListQuery
 from tests.helpers import API_KEY, signed_frame
 from tests.postgres import create_database, drop_database
 
@@ -717,6 +718,44 @@ async def test_wal_echo_is_in_the_same_transaction(postgres_server: Any) -> None
         drop_database(postgres_server, url)
 
 
+async def test_least_privilege_role_from_the_readme_is_enough(postgres_server: Any) -> None:
+    url = create_database(postgres_server)
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    try:
+        execute(url, TASKS_DDL["postgresql"])
+        engine = create_database_engine(url)
+        migrate(engine)
+        engine.dispose()
+        execute(
+            url,
+            f"CREATE ROLE {role} LOGIN",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON tasks TO {role}",
+            f"GRANT SELECT, INSERT, UPDATE ON ablo_idempotency TO {role}",
+            f"GRANT SELECT, INSERT ON ablo_outbox TO {role}",
+            f"GRANT USAGE ON SEQUENCE ablo_outbox_cursor_seq TO {role}",
+        )
+        client = Client(SQLSource(url.replace("postgres@", f"{role}@"), MODELS))
+        try:
+            echo = {"kind": "postgres-wal", "payload": "granted"}
+            status, body = await client.commit(
+                "c_role", create("t1"), intentHash="f" * 64, echo=echo
+            )
+            assert status == 200, body
+            assert (await client.commit("c_role", create("t1"), intentHash="f" * 64, echo=echo))[
+                0
+            ] == 200
+            status, _ = await client.commit(
+                "c_role_2", {"type": "DELETE", "model": "task", "id": "t1"}
+            )
+            assert status == 200
+            assert len((await client.events())["events"]) == 2
+        finally:
+            client.close()
+    finally:
+        drop_database(postgres_server, url)
+        execute(postgres_server.dsn, f"DROP ROLE IF EXISTS {role}")
+
+
 async def test_database_restart_answers_503_then_recovers(postgres: Any) -> None:
     url = postgres.dsn
     execute(url, TASKS_DDL["postgresql"])
@@ -747,3 +786,21 @@ def test_sqlite_needs_nothing_but_the_standard_library(tmp_path: Path) -> None:
     migrate(engine)
     assert engine.dialect.driver == "pysqlite"
     engine.dispose()
+
+
+async def test_a_subclass_overrides_one_operation_and_keeps_the_rest(prepared: str) -> None:
+    class OpenTasks(SQLSource):
+        """Lists only rows that are not archived; everything else is the adapter's."""
+
+        def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
+            where = [*query.where, Condition(field="archivedAt", op="IS", value=None)]
+            return super().list(model, query.model_copy(update={"where": where}), ctx)
+
+    client = Client(OpenTasks(prepared, MODELS))
+    try:
+        await client.commit("c_sub", create("t1"), create("t2"))
+        await client.commit("c_sub_archive", {"type": "ARCHIVE", "model": "task", "id": "t2"})
+        assert [row["id"] for row in (await client.list())["rows"]] == ["t1"]
+        assert (await client.ok({"type": "load", "model": "task", "id": "t2"}))["row"]["id"] == "t2"
+    finally:
+        client.close()
