@@ -804,3 +804,30 @@ async def test_a_subclass_overrides_one_operation_and_keeps_the_rest(prepared: s
         assert (await client.ok({"type": "load", "model": "task", "id": "t2"}))["row"]["id"] == "t2"
     finally:
         client.close()
+
+
+async def test_integer_ids_travel_as_strings(prepared: str) -> None:
+    execute(prepared, "CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER)")
+    client = Client(SQLSource(prepared, {"models": {"counter": {"table": "counters"}}}))
+    try:
+        operations = [
+            {"type": "CREATE", "model": "counter", "id": str(i), "input": {"n": i}}
+            for i in (7, 8, 10)
+        ]
+        status, body = await client.commit("c_int", *operations)
+        assert (status, [r["id"] for r in body["rows"]]) == (200, ["7", "8", "10"])
+        assert (await client.ok({"type": "load", "model": "counter", "id": "10"}))["row"] == {
+            "id": "10",
+            "n": 10,
+        }
+        pages = [await client.ok({"type": "list", "model": "counter", "query": {"limit": 2}})]
+        pages.append(await client.ok({"type": "list", "model": "counter", "query": {"limit": 2, "cursor": pages[0]["nextCursor"]}}))  # fmt: skip
+        assert _collect_pages(pages) == ["7", "8", "10"]  # numeric order, not text order
+        status, body = await client({"type": "load", "model": "counter", "id": "ten"})
+        assert (status, body["error"]) == (400, "source_value_invalid")
+        assert [e["entityId"] for e in (await client.events())["events"]] == ["7", "8", "10"]
+        archive = {"type": "ARCHIVE", "model": "counter", "id": "7"}
+        status, body = await client.commit("c_int_archive", archive)
+        assert (status, body["error"]) == (400, "source_archive_not_supported")
+    finally:
+        client.close()

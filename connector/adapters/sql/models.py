@@ -160,7 +160,10 @@ class ServedModel:
         return list(self.columns.values())
 
     def row_to_fields(self, row: Mapping[Any, Any]) -> dict[str, Any]:
-        return {self.fields[key]: value for key, value in row.items() if key in self.fields}
+        fields = {self.fields[key]: value for key, value in row.items() if key in self.fields}
+        if fields.get("id") is not None and not isinstance(fields["id"], str):
+            fields["id"] = str(fields["id"])  # ids are strings on the wire, whatever the column
+        return fields
 
     @classmethod
     def reflect(cls, name: str, spec: ModelSpec, table: sa.Table) -> ServedModel:

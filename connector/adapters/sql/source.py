@@ -400,13 +400,11 @@ class SQLSource(DataSource):
                 "source_operation_id_required", f"{op.type} on {op.model!r} needs an id"
             )
         key = to_column_value(served.id, "id", raw_id)
-        values = {
-            column_for(served, name, "input").name: to_column_value(
-                column_for(served, name, "input"), name, value
-            )
-            for name, value in (op.input or {}).items()
-            if name != "id"
-        }
+        values: dict[str, Any] = {}
+        for name, value in (op.input or {}).items():
+            if name != "id":  # the row id is the operation's, never rewritten
+                column = column_for(served, name, "input")
+                values[column.name] = to_column_value(column, name, value)
         table, match = served.table, served.id == key
 
         if op.type == "CREATE":
@@ -418,14 +416,14 @@ class SQLSource(DataSource):
             return found if found is not None else {"id": raw_id}
 
         if op.type in ("ARCHIVE", "UNARCHIVE"):
-            column = served.archived_at
-            if column is None:
+            archived_at = served.archived_at
+            if archived_at is None:
                 raise SourceError(
                     "source_archive_not_supported",
                     f"model {op.model!r} has no archivedAt column to {op.type.lower()}",
                     model=op.model,
                 )
-            values[column.name] = _archive_stamp(column) if op.type == "ARCHIVE" else None
+            values[archived_at.name] = _archive_stamp(archived_at) if op.type == "ARCHIVE" else None
         if values:
             found = self._returning(
                 connection, served, table.update().where(match).values(values), key

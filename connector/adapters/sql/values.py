@@ -63,6 +63,11 @@ def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
     kind = python_type(column)
     if kind is None:
         return json.dumps(value) if isinstance(value, dict | list) else value
+    if field == "id" and isinstance(value, str) and kind is int:
+        # Row ids travel as strings; an integer key column takes their number.
+        if value.isascii() and value.lstrip("-").isdigit() and len(value) < 20:
+            return int(value)
+        raise ValueRejected(field, "an integer id", value)
     if kind is bool:
         if isinstance(value, bool):
             return value
