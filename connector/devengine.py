@@ -386,6 +386,9 @@ class DevEngine:
                 await attachment.ws.send(encode_frame(frame))
                 answer = await asyncio.wait_for(future, per_attempt)
             except (ConnectionClosed, _Detached):
+                # The socket can be closed before its reader has detached it;
+                # detach now, or every retry would hit the same dead socket.
+                self._detach(attachment)
                 log.info("request %s (%s): connector dropped; retrying", request_id, message_id)
                 continue
             except TimeoutError:
