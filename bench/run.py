@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -99,13 +101,14 @@ class Engine:
         await ws.send('{"type":"ready","protocolVersion":1,"sourceId":"src_bench"}')
         self.peer = ws
         self.attached.set()
-        async for message in ws:
-            text = message if isinstance(message, str) else message.decode()
-            start = text.index('"id":"') + 6
-            request_id = text[start : text.index('"', start)]
-            entry = self.pending.pop(request_id, None)
-            if entry is not None:
-                entry[1].set_result(text)
+        with contextlib.suppress(ConnectionClosed):  # the peer is stopped at the end
+            async for message in ws:
+                text = message if isinstance(message, str) else message.decode()
+                start = text.index('"id":"') + 6
+                request_id = text[start : text.index('"', start)]
+                entry = self.pending.pop(request_id, None)
+                if entry is not None:
+                    entry[1].set_result(text)
 
     async def drive(self, frames: list[str], in_flight: int) -> tuple[list[float], int, float]:
         assert self.peer is not None
@@ -151,69 +154,75 @@ def spawn_peer(kind: str, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-async def measure_peer(kind: str, levels: list[int], rounds: int, requests: int) -> list[Result]:
-    engine = Engine()
-    results: list[Result] = []
-    async with serve(
-        engine.handler,
-        "127.0.0.1",
-        0,
-        subprotocols=["ablo.source.v1"],
-        compression=None,
-        max_size=None,
-    ) as server:
-        port = server.sockets[0].getsockname()[1]
-        peer = spawn_peer(kind, port)
-        try:
+async def one_round(engine: Engine, peer: subprocess.Popen[bytes], kind: str, level: int, count: int, tag: str) -> Result:  # fmt: skip
+    frames = presigned_frames(count, tag)
+    cpu_peer, cpu_self = proc_cpu_seconds(peer.pid), own_cpu_seconds()
+    latencies, errors, seconds = await engine.drive(frames, level)
+    latencies.sort()
+    return Result(
+        peer=kind, in_flight=level, requests=count, seconds=round(seconds, 3),
+        rps=round(count / seconds, 1),
+        p50_ms=round(percentile(latencies, 0.50), 3),
+        p95_ms=round(percentile(latencies, 0.95), 3),
+        p99_ms=round(percentile(latencies, 0.99), 3),
+        peer_cpu_percent=round(100 * (proc_cpu_seconds(peer.pid) - cpu_peer) / seconds, 1),
+        generator_cpu_percent=round(100 * (own_cpu_seconds() - cpu_self) / seconds, 1),
+        peer_peak_rss_mib=round(proc_status(peer.pid, "VmHWM") / 1024, 1),
+        errors=errors,
+    )  # fmt: skip
+
+
+def median(samples: list[Result], key: str) -> Result:
+    ordered = sorted(samples, key=lambda r: getattr(r, key))
+    return ordered[len(ordered) // 2]
+
+
+async def measure(levels: list[int], rounds: int, requests: int) -> list[Result]:
+    """Both peers attached at once; every round runs the echo peer, then the
+    connector, so drift in the machine's speed hits both alike."""
+    kinds = ("echo", "connector")
+    async with contextlib.AsyncExitStack() as stack:
+        attached: dict[str, tuple[Engine, subprocess.Popen[bytes]]] = {}
+        for kind in kinds:
+            engine = Engine()
+            server = await stack.enter_async_context(
+                serve(engine.handler, "127.0.0.1", 0, subprotocols=["ablo.source.v1"],
+                      compression=None, max_size=None)
+            )  # fmt: skip
+            peer = spawn_peer(kind, server.sockets[0].getsockname()[1])
+            stack.callback(stop_peer, peer)
             await asyncio.wait_for(engine.attached.wait(), 20)
-            await engine.drive(presigned_frames(2000, f"{kind}_warm"), 16)  # warm-up
-            for level in levels:
-                count = max(2000, requests // 10) if level == 1 else requests
-                samples = []
-                for round_ in range(rounds):
-                    frames = presigned_frames(count, f"{kind}_{level}_{round_}")
-                    cpu_peer, cpu_self = proc_cpu_seconds(peer.pid), own_cpu_seconds()
-                    latencies, errors, seconds = await engine.drive(frames, level)
-                    latencies.sort()
-                    samples.append(
-                        Result(
-                            peer=kind, in_flight=level, requests=count, seconds=round(seconds, 3),
-                            rps=round(count / seconds, 1),
-                            p50_ms=round(percentile(latencies, 0.50), 3),
-                            p95_ms=round(percentile(latencies, 0.95), 3),
-                            p99_ms=round(percentile(latencies, 0.99), 3),
-                            peer_cpu_percent=round(100 * (proc_cpu_seconds(peer.pid) - cpu_peer) / seconds, 1),
-                            generator_cpu_percent=round(100 * (own_cpu_seconds() - cpu_self) / seconds, 1),
-                            peer_peak_rss_mib=round(proc_status(peer.pid, "VmHWM") / 1024, 1),
-                            errors=errors,
-                        )
-                    )  # fmt: skip
-                samples.sort(key=lambda r: r.rps)
-                results.append(samples[len(samples) // 2])
-            if kind == "connector":
-                before = proc_cpu_seconds(peer.pid)
-                await asyncio.sleep(5)
-                idle = 100 * (proc_cpu_seconds(peer.pid) - before) / 5
-                results.append(
-                    Result(
-                        kind,
-                        0,
-                        0,
-                        5.0,
-                        0,
-                        0,
-                        0,
-                        0,
-                        round(idle, 2),
-                        0,
-                        round(proc_status(peer.pid, "VmHWM") / 1024, 1),
-                        0,
+            await engine.drive(presigned_frames(2000, f"{kind}_warm"), 16)
+            attached[kind] = (engine, peer)
+
+        samples: dict[tuple[str, int], list[Result]] = {}
+        for level in levels:
+            count = max(2000, requests // 10) if level == 1 else requests
+            for round_ in range(rounds):
+                for kind in kinds:
+                    engine, peer = attached[kind]
+                    result = await one_round(
+                        engine, peer, kind, level, count, f"{kind}_{level}_{round_}"
                     )
-                )
-        finally:
-            peer.terminate()
-            peer.wait(10)
+                    samples.setdefault((kind, level), []).append(result)
+
+        results = [
+            median(samples[(kind, level)], "p50_ms" if level == 1 else "rps")
+            for kind in kinds
+            for level in levels
+        ]
+        _, connector = attached["connector"]
+        before = proc_cpu_seconds(connector.pid)
+        await asyncio.sleep(5)
+        idle = 100 * (proc_cpu_seconds(connector.pid) - before) / 5
+        peak = round(proc_status(connector.pid, "VmHWM") / 1024, 1)
+        results.append(Result("connector", 0, 0, 5.0, 0, 0, 0, 0, round(idle, 2), 0, peak, 0))
     return results
+
+
+def stop_peer(peer: subprocess.Popen[bytes]) -> None:
+    peer.terminate()
+    peer.wait(10)
 
 
 async def soak(seconds: float, in_flight: int) -> dict[str, Any]:
@@ -297,9 +306,7 @@ def main() -> None:
         print(json.dumps({"soak": asyncio.run(soak(args.soak, args.soak_in_flight))}))
         return
     levels = [int(x) for x in args.levels.split(",")]
-    results = []
-    for kind in ("echo", "connector"):
-        results += asyncio.run(measure_peer(kind, levels, args.rounds, args.requests))
+    results = asyncio.run(measure(levels, args.rounds, args.requests))
     print(table(results))
     print(json.dumps({"results": [asdict(r) for r in results], "summary": summary(results)}))
 

@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.typing import Subprotocol
 
+from ._transport import CoalescingClientConnection
 from ._version import __version__
 from .config import Config
 from .handler import Dispatcher
@@ -237,6 +238,9 @@ class Connection:
         calls already under way (see :meth:`close`).
         """
         ws = await self._open()
+        if isinstance(ws, CoalescingClientConnection):
+            in_flight = self._in_flight.tasks
+            ws.hold_writes_while(lambda: len(in_flight) > 1)
         self._ws = ws
         try:
             await self._register(ws)
@@ -269,6 +273,7 @@ class Connection:
                 max_queue=max(16, config.max_in_flight),
                 user_agent_header=config.client_name or CLIENT_NAME,
                 logger=_transport_log,
+                create_connection=CoalescingClientConnection,
             )
         except InvalidStatus as error:
             raise _rejection(error) from None

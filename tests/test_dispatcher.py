@@ -326,6 +326,46 @@ async def test_hung_handler_times_out_with_504_and_next_request_is_served() -> N
     assert await answer(d, LOAD) == (200, {"row": {"id": "t1"}})
 
 
+async def test_every_request_keeps_its_own_deadline_behind_a_slow_one() -> None:
+    class Mixed(DataSource):
+        async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+            await asyncio.sleep({"slow": 0.35, "hang": 60}.get(id, 0))
+            return {"id": id}
+
+    d = dispatcher(Mixed(), request_timeout=0.5)
+    started = time.monotonic()
+    slow = asyncio.create_task(answer(d, {**LOAD, "id": "slow"}))
+    await asyncio.sleep(0.2)
+    # Many quick requests finish while the slow one heads the deadline queue...
+    quick = await asyncio.gather(*(answer(d, {**LOAD, "id": f"q{n}"}) for n in range(500)))
+    assert all(status == 200 for status, _ in quick)
+    assert len(d._deadlines._queue) < 100, "finished deadlines pile up behind a slow request"
+    # ...a hung request behind it still gets its 504 on time, and the slow
+    # one, under its deadline, is answered.
+    hung_started = time.monotonic()
+    status, payload = await answer(d, {**LOAD, "id": "hang"})
+    assert (status, payload["error"]) == (504, "source_connector_timeout")
+    assert 0.45 < time.monotonic() - hung_started < 1.0
+    assert (await slow)[0] == 200
+    assert time.monotonic() - started < 2
+    assert len(d._deadlines._queue) == 0
+
+
+async def test_a_cancelled_request_is_not_mistaken_for_a_timeout() -> None:
+    class Hangs(DataSource):
+        async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+            await asyncio.sleep(60)
+            return {}
+
+    d = dispatcher(Hangs(), request_timeout=5)
+    task = asyncio.create_task(answer(d, LOAD))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(d._deadlines._queue) == 0
+
+
 async def test_authorize_result_reaches_the_handler_and_can_refuse() -> None:
     seen: list[Any] = []
 

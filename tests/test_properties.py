@@ -103,6 +103,29 @@ def test_sign_then_verify_round_trips(message_id: str, body: str, timestamp: int
     assert verified.signed_at == timestamp
 
 
+any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=60)
+
+
+@SETTINGS
+@given(
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40),
+    any_text.map(lambda t: t.strip() or "m"),
+    any_text,
+    st.integers(-(10**10), 2**34),
+)
+def test_verifier_agrees_with_the_standardwebhooks_signer(
+    key: str, message_id: str, body: str, timestamp: int
+) -> None:
+    # sign_request signs with the standardwebhooks package; the verifier
+    # computes the HMAC itself. Lone surrogates included.
+    headers = sign_request(key, message_id, body, timestamp)
+    verifier = Verifier(key, tolerance=10**12)
+    assert verifier.verify(headers, body, now=timestamp).signed_at == timestamp
+    with contextlib.suppress(SignatureError):
+        verifier.verify(headers, body + "x", now=timestamp)
+        raise AssertionError("a changed body verified")
+
+
 class Echo(DataSource):
     async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
         return {"id": id}
