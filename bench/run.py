@@ -6,7 +6,7 @@ each a separate process: the connector under test (``ablo-connector run``
 with a trivial handler) and a bare ``websockets`` client that answers each
 request frame without verifying or parsing it (the practical ceiling).
 
-    python bench/run.py                 # 1, 16, 64, 256 in flight, medians of 3
+    python bench/run.py                 # 1, 16, 64, 256 in flight, medians of 5 rounds
     python bench/run.py --soak 600      # 10 minutes at moderate load, RSS/fds sampled
 
 Prints a table and one JSON line. Nothing here asserts on time: targets
@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -177,7 +179,10 @@ def median(samples: list[Result], key: str) -> Result:
     return ordered[len(ordered) // 2]
 
 
-async def measure(levels: list[int], rounds: int, requests: int) -> list[Result]:
+Ratios = dict[int, dict[str, float]]
+
+
+async def measure(levels: list[int], rounds: int, requests: int) -> tuple[list[Result], Ratios]:
     """Both peers attached at once; every round runs the echo peer, then the
     connector, so drift in the machine's speed hits both alike."""
     kinds = ("echo", "connector")
@@ -186,7 +191,7 @@ async def measure(levels: list[int], rounds: int, requests: int) -> list[Result]
         for kind in kinds:
             engine = Engine()
             server = await stack.enter_async_context(
-                serve(engine.handler, "127.0.0.1", 0, subprotocols=["ablo.source.v1"],
+                serve(engine.handler, "127.0.0.1", 0, subprotocols=[Subprotocol("ablo.source.v1")],
                       compression=None, max_size=None)
             )  # fmt: skip
             peer = spawn_peer(kind, server.sockets[0].getsockname()[1])
@@ -197,7 +202,7 @@ async def measure(levels: list[int], rounds: int, requests: int) -> list[Result]
 
         samples: dict[tuple[str, int], list[Result]] = {}
         for level in levels:
-            count = max(2000, requests // 10) if level == 1 else requests
+            count = max(2000, requests // 5) if level == 1 else requests
             for round_ in range(rounds):
                 for kind in kinds:
                     engine, peer = attached[kind]
@@ -211,13 +216,32 @@ async def measure(levels: list[int], rounds: int, requests: int) -> list[Result]
             for kind in kinds
             for level in levels
         ]
+        # Rounds ran in pairs (echo, then connector, back to back); the
+        # summary uses the median of the per-pair ratios.
+        ratios = {
+            level: {
+                "rps": statistics.median(
+                    c.rps / e.rps
+                    for e, c in zip(
+                        samples[("echo", level)], samples[("connector", level)], strict=True
+                    )
+                ),
+                "p50": statistics.median(
+                    c.p50_ms / e.p50_ms
+                    for e, c in zip(
+                        samples[("echo", level)], samples[("connector", level)], strict=True
+                    )
+                ),
+            }
+            for level in levels
+        }
         _, connector = attached["connector"]
         before = proc_cpu_seconds(connector.pid)
         await asyncio.sleep(5)
         idle = 100 * (proc_cpu_seconds(connector.pid) - before) / 5
         peak = round(proc_status(connector.pid, "VmHWM") / 1024, 1)
         results.append(Result("connector", 0, 0, 5.0, 0, 0, 0, 0, round(idle, 2), 0, peak, 0))
-    return results
+    return results, ratios
 
 
 def stop_peer(peer: subprocess.Popen[bytes]) -> None:
@@ -229,7 +253,11 @@ async def soak(seconds: float, in_flight: int) -> dict[str, Any]:
     engine = Engine()
     samples = []
     async with serve(
-        engine.handler, "127.0.0.1", 0, subprotocols=["ablo.source.v1"], compression=None
+        engine.handler,
+        "127.0.0.1",
+        0,
+        subprotocols=[Subprotocol("ablo.source.v1")],
+        compression=None,
     ) as server:
         peer = spawn_peer("connector", server.sockets[0].getsockname()[1])
         try:
@@ -276,13 +304,13 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def summary(results: list[Result]) -> dict[str, Any]:
+def summary(results: list[Result], ratios: Ratios) -> dict[str, Any]:
     def get(peer: str, level: int) -> Result:
         return next(r for r in results if r.peer == peer and r.in_flight == level)
 
     return {
-        "throughput_ratio_at_64": round(get("connector", 64).rps / get("echo", 64).rps, 3),
-        "p50_ratio_at_1": round(get("connector", 1).p50_ms / get("echo", 1).p50_ms, 3),
+        "throughput_ratio_at_64": round(ratios[64]["rps"], 3) if 64 in ratios else None,
+        "p50_ratio_at_1": round(ratios[1]["p50"], 3) if 1 in ratios else None,
         "connector_peak_rss_mib": max(
             r.peer_peak_rss_mib for r in results if r.peer == "connector"
         ),
@@ -295,9 +323,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--levels", default="1,16,64,256")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
-        "--requests", type=int, default=20000, help="requests per round (a tenth at 1 in flight)"
+        "--requests", type=int, default=20000, help="requests per round (a fifth at 1 in flight)"
     )
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="run the soak instead")
     parser.add_argument("--soak-in-flight", type=int, default=16)
@@ -306,9 +334,11 @@ def main() -> None:
         print(json.dumps({"soak": asyncio.run(soak(args.soak, args.soak_in_flight))}))
         return
     levels = [int(x) for x in args.levels.split(",")]
-    results = asyncio.run(measure(levels, args.rounds, args.requests))
+    results, ratios = asyncio.run(measure(levels, args.rounds, args.requests))
     print(table(results))
-    print(json.dumps({"results": [asdict(r) for r in results], "summary": summary(results)}))
+    print(
+        json.dumps({"results": [asdict(r) for r in results], "summary": summary(results, ratios)})
+    )
 
 
 if __name__ == "__main__":

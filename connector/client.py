@@ -28,7 +28,7 @@ from websockets.typing import Subprotocol
 from ._transport import CoalescingClientConnection
 from ._version import __version__
 from .config import Config
-from .handler import Dispatcher
+from .handler import Dispatcher, start_eagerly
 from .protocol import (
     CONNECTOR_PROTOCOL_ERROR,
     PROTOCOL_VERSION,
@@ -240,7 +240,7 @@ class Connection:
         ws = await self._open()
         if isinstance(ws, CoalescingClientConnection):
             in_flight = self._in_flight.tasks
-            ws.hold_writes_while(lambda: len(in_flight) > 1)
+            ws.hold_writes_while(lambda: len(in_flight) > 1 or _frames_waiting(ws) > 0)
         self._ws = ws
         try:
             await self._register(ws)
@@ -406,7 +406,9 @@ class Connection:
     def _dispatch_frame(self, ws: ClientConnection, frame: Any) -> bool:
         """Act on one decoded frame; True when it took an in-flight slot."""
         if isinstance(frame, RequestFrame):
-            task = asyncio.get_running_loop().create_task(self._serve(ws, frame))
+            task = start_eagerly(self._serve(ws, frame))
+            if task is None:
+                return False  # answered already
             self._in_flight.track(task)
             return True
         if isinstance(frame, ErrorFrame):
@@ -471,6 +473,14 @@ class Connection:
             return ConnectionLost("keepalive ping timed out (half-open link)", ready_for=ready_for)
         detail = f"code {code}" + (f" ({reason})" if reason else "") if code else reason
         return ConnectionLost(f"connection closed: {detail}", ready_for=ready_for)
+
+
+def _frames_waiting(ws: ClientConnection) -> int:
+    """Frames websockets has received but the reader has not taken yet."""
+    try:
+        return len(ws.recv_messages.frames)
+    except (AttributeError, TypeError):  # another websockets version: assume some
+        return 1
 
 
 def _encoded_size(raw: str | bytes) -> int:

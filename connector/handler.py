@@ -17,8 +17,9 @@ import functools
 import inspect
 import logging
 import time
+import types
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
@@ -252,6 +253,14 @@ class _Deadline:
         self.expired = False
 
 
+# Set while a request runs eagerly on the reader's task (see start_eagerly):
+# its deadlines are collected here and given the request's own task once it
+# has one, so a timeout never cancels the reader.
+_eager_deadlines: contextvars.ContextVar[list[_Deadline] | None] = contextvars.ContextVar(
+    "ablo_eager_deadlines", default=None
+)
+
+
 class _Deadlines:
     """Cancels requests that outlive the timeout, with one timer for all of them.
 
@@ -271,7 +280,12 @@ class _Deadlines:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new event loop: forget the old one's timer
             self._loop, self._queue, self._live, self._timer = loop, deque(), 0, None
-        entry = _Deadline(loop.time() + self.timeout, asyncio.current_task())
+        eager = _eager_deadlines.get()
+        if eager is None:
+            entry = _Deadline(loop.time() + self.timeout, asyncio.current_task())
+        else:
+            entry = _Deadline(loop.time() + self.timeout, None)
+            eager.append(entry)
         self._queue.append(entry)
         self._live += 1
         if self._timer is None:
@@ -302,6 +316,51 @@ class _Deadlines:
                 entry.task.cancel()
         if queue:
             self._timer = loop.call_at(queue[0].when, self._expire)
+
+
+def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run ``coro`` now, on the caller's task, until it first has to wait.
+
+    Most requests never wait (the handler answers from memory, the response
+    is buffered): they finish here, without a task or a loop turn of their
+    own. One that does wait continues in a new task, which is returned; its
+    request deadlines move to that task. (Python 3.12's eager tasks, for 3.11.)
+    """
+    deadlines: list[_Deadline] = []
+    token = _eager_deadlines.set(deadlines)
+    try:
+        awaited = coro.send(None)
+    except StopIteration:
+        return None
+    finally:
+        _eager_deadlines.reset(token)
+    task = asyncio.get_running_loop().create_task(_resume(coro, awaited))
+    for entry in deadlines:
+        if not entry.finished:
+            entry.task = task
+    return task
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], awaited: Any) -> Generator[Any, Any, None]:
+    """Drive an already-started coroutine from inside a task: what the task
+    sends or throws goes on to ``coro``, what ``coro`` waits on goes back out."""
+    while True:
+        try:
+            value = yield awaited
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as error:
+            try:
+                awaited = coro.throw(error)
+            except StopIteration:
+                return
+        else:
+            try:
+                awaited = coro.send(value)
+            except StopIteration:
+                return
 
 
 def _overrides(source: DataSource, name: str) -> bool:
