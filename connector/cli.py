@@ -311,9 +311,24 @@ def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handl
             ha_lock=ha_lock or None,
         )
         source = _build_source(handler_spec, database_url, models_path, formatter)
+        if (
+            database_url
+            and ctx.get_parameter_source("database_url") is click.core.ParameterSource.COMMANDLINE
+            and _has_password(database_url)
+        ):
+            log.warning(
+                "the database password was given on the command line, where other local users "
+                "can see it in the process list; prefer ABLO_DATABASE_URL"
+            )
     except ConfigError as error:
         _fail(str(error))
     sys.exit(asyncio.run(run_until_signalled(Connector(config, source))))
+
+
+def _has_password(url: str) -> bool:
+    from .adapters.sql import database_url
+
+    return bool(database_url(url).password)
 
 
 def _schedule(text: str) -> tuple[float, ...]:

@@ -191,6 +191,9 @@ class _LeaderGone(Exception):
     """The first copy of a request was cancelled before it produced an answer."""
 
 
+_Kept: TypeAlias = tuple[float, int, str, str | None, str | None, str | None]
+
+
 class _ReplayCache:
     """Answers by ``webhook-id``: in flight, or finished within the window.
 
@@ -203,7 +206,9 @@ class _ReplayCache:
         self._capacity = capacity
         # A future only once a duplicate waits for it: most requests have none.
         self._running: dict[str, asyncio.Future[HttpResponse] | None] = {}
-        self._done: OrderedDict[str, tuple[float, HttpResponse]] = OrderedDict()
+        # Finished answers as flat tuples (expires, status, body, operation,
+        # model, error): at 10,000 entries every object per entry costs ~1 MiB.
+        self._done: OrderedDict[str, _Kept] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._running) + len(self._done)
@@ -215,8 +220,11 @@ class _ReplayCache:
                 waiter = self._running[key] = asyncio.get_running_loop().create_future()
             return waiter
         self._purge(time.monotonic())
-        done = self._done.get(key)
-        return None if done is None else done[1]
+        kept = self._done.get(key)
+        if kept is None:
+            return None
+        _, status, body, operation, model, error = kept
+        return HttpResponse(status, body, operation, model, error, replayed=True)
 
     def start(self, key: str) -> None:
         self._running[key] = None
@@ -231,14 +239,21 @@ class _ReplayCache:
         if waiter is not None:
             waiter.set_result(response)
         if response.status < 500 and self._capacity > 0:
-            self._done[key] = (time.monotonic() + self._window, response)
+            self._done[key] = (
+                time.monotonic() + self._window,
+                response.status,
+                response.body,
+                response.operation,
+                response.model,
+                response.error,
+            )
             while len(self._done) > self._capacity:
                 self._done.popitem(last=False)
 
     def _purge(self, now: float) -> None:
         while self._done:
-            key, (expires, _) = next(iter(self._done.items()))
-            if expires > now:
+            key, kept = next(iter(self._done.items()))
+            if kept[0] > now:
                 break
             del self._done[key]
 
@@ -447,7 +462,7 @@ class Dispatcher:
         key = verified.message_id
         known = self._replays.lookup(key)
         if isinstance(known, HttpResponse):
-            return _replayed(known)
+            return known  # built for this replay, already marked replayed
         if known is not None:
             try:
                 return _replayed(

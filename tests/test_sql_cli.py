@@ -141,6 +141,7 @@ async def test_run_serves_postgres_end_to_end_and_survives_a_restart(postgres_se
                 await connector.stop()
         assert "serving 1 model(s)" in output
         assert PASSWORD not in output and KEY not in output
+        assert "prefer ABLO_DATABASE_URL" in output  # the flag is visible in ps
     finally:
         drop_database(postgres_server, url)
 
