@@ -35,24 +35,17 @@ def signature_vectors() -> dict[str, Any]:
 
 @pytest.fixture
 def postgres() -> Any:
-    from tests.postgres import PrivatePostgres
+    """A private PostgreSQL of this test's own (it may stop and start it)."""
+    from tests.postgres import running_postgres
 
-    server = PrivatePostgres()
-    server.start()
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Any:
     """One private PostgreSQL for every test that only needs a fresh database."""
-    from tests.postgres import PrivatePostgres
+    from tests.postgres import running_postgres
 
-    server = PrivatePostgres()
-    server.start()
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.close()

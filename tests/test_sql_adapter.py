@@ -69,13 +69,18 @@ def scalar(url: str, statement: str) -> Any:
     return execute(url, statement)[0][0][0]
 
 
-@pytest.fixture
-def prepared(database_url: str) -> str:
-    execute(database_url, TASKS_DDL[sa.make_url(database_url).get_backend_name()])
-    engine = create_database_engine(database_url)
+def prepare(url: str) -> str:
+    """The tasks table plus the adapter's ledger and outbox."""
+    execute(url, TASKS_DDL[sa.make_url(url).get_backend_name()])
+    engine = create_database_engine(url)
     migrate(engine)
     engine.dispose()
-    return database_url
+    return url
+
+
+@pytest.fixture
+def prepared(database_url: str) -> str:
+    return prepare(database_url)
 
 
 class Client:
@@ -299,10 +304,7 @@ async def test_write_errors_are_specific(client: Client) -> None:
 
 
 async def test_sqlite_refuses_a_wal_echo(tmp_path: Path) -> None:
-    prepared = f"sqlite:///{tmp_path / 'echo.db'}"
-    execute(prepared, TASKS_DDL["sqlite"])
-    migrate(engine := create_database_engine(prepared))
-    engine.dispose()
+    prepared = prepare(f"sqlite:///{tmp_path / 'echo.db'}")
     client = Client(SQLSource(prepared, MODELS))
     status, body = await client.commit(
         "c_echo", create("t1"), intentHash="c" * 64, echo={"kind": "postgres-wal", "payload": "p"}
@@ -679,10 +681,7 @@ async def test_wal_echo_is_in_the_same_transaction(postgres_server: Any) -> None
     url = create_database(postgres_server)
     slot = f"s_{uuid.uuid4().hex[:8]}"
     try:
-        execute(url, TASKS_DDL["postgresql"])
-        engine = create_database_engine(url)
-        migrate(engine)
-        engine.dispose()
+        prepare(url)
         execute(url, f"SELECT pg_create_logical_replication_slot('{slot}', 'test_decoding')")
         client = Client(SQLSource(url, MODELS))
         payload = json.dumps({"correlationId": "c_wal", "n": "é ✓"})
@@ -722,10 +721,7 @@ async def test_least_privilege_role_from_the_readme_is_enough(postgres_server: A
     url = create_database(postgres_server)
     role = f"app_{uuid.uuid4().hex[:8]}"
     try:
-        execute(url, TASKS_DDL["postgresql"])
-        engine = create_database_engine(url)
-        migrate(engine)
-        engine.dispose()
+        prepare(url)
         execute(
             url,
             f"CREATE ROLE {role} LOGIN",
@@ -757,11 +753,7 @@ async def test_least_privilege_role_from_the_readme_is_enough(postgres_server: A
 
 
 async def test_database_restart_answers_503_then_recovers(postgres: Any) -> None:
-    url = postgres.dsn
-    execute(url, TASKS_DDL["postgresql"])
-    engine = create_database_engine(url)
-    migrate(engine)
-    engine.dispose()
+    url = prepare(postgres.dsn)
     client = Client(SQLSource(url, MODELS))
     try:
         await client.commit("c_before", create("t1"))
