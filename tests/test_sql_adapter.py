@@ -717,6 +717,39 @@ async def test_wal_echo_is_in_the_same_transaction(postgres_server: Any) -> None
         drop_database(postgres_server, url)
 
 
+async def test_outbox_cursors_follow_commit_order(postgres_server: Any) -> None:
+    from connector.adapters.sql.source import OUTBOX_LOCK
+
+    url = prepare(create_database(postgres_server))
+    client = Client(SQLSource(url, MODELS))
+    engine = create_database_engine(url)
+    try:
+        with engine.connect() as other:
+            # Another writer's commit is in flight: it holds the outbox lock and
+            # has drawn its cursor, but has not committed.
+            in_flight = other.begin()
+            other.execute(sa.select(sa.func.pg_advisory_xact_lock(OUTBOX_LOCK)))
+            other.exec_driver_sql(
+                "INSERT INTO ablo_outbox (id, model, entity_id, type) "
+                "VALUES ('other:0', 'task', 'x', 'CREATE')"
+            )
+            later = asyncio.create_task(client.commit("c_later", create("t1")))
+            await asyncio.sleep(0.5)
+            # The later commit waits instead of publishing a cursor beyond an
+            # uncommitted one, so a reader cannot skip past it.
+            assert not later.done()
+            assert (await client.events())["events"] == []
+            in_flight.commit()
+        assert (await later)[0] == 200
+        events = (await client.events())["events"]
+        assert [e["id"] for e in events] == ["other:0", "c_later:0"]
+        assert int(events[0]["cursor"]) < int(events[1]["cursor"])
+    finally:
+        client.close()
+        engine.dispose()
+        drop_database(postgres_server, url)
+
+
 async def test_least_privilege_role_from_the_readme_is_enough(postgres_server: Any) -> None:
     url = create_database(postgres_server)
     role = f"app_{uuid.uuid4().hex[:8]}"

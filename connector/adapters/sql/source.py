@@ -40,6 +40,9 @@ __all__ = ["SQLSource", "create_database_engine", "database_url"]
 log = logging.getLogger("connector.sql")
 
 ECHO_PREFIX: Final = "ablo"
+# The transaction-scoped advisory lock that orders outbox writes by commit
+# (an arbitrary constant: the bytes of "abloOutb" as a signed 64-bit integer).
+OUTBOX_LOCK: Final = int.from_bytes(b"abloOutb", "big", signed=True)
 LEDGER_RETENTION: Final = dt.timedelta(days=30)
 
 
@@ -310,24 +313,35 @@ class SQLSource(DataSource):
         with _database_errors(), self._write_engine.begin() as connection:
             if not self._reserve(connection, key, intent):
                 return CommitResult(rows=self._replay(connection, key, intent))
+            rows = [
+                self._apply(connection, served, op)
+                for op, served in zip(commit.operations, models, strict=True)
+            ]
+            if connection.dialect.name == "postgresql":
+                # Cursors come from a sequence when the row is inserted, not
+                # when the transaction commits: without this lock a reader
+                # could see cursor 8 committed while 7 is still in flight,
+                # move past it, and never see 7. Held from here to COMMIT
+                # only (the row changes above stay concurrent).
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(OUTBOX_LOCK)))
             occurred_at = _now_ms()
-            rows: list[dict[str, Any]] = []
-            for index, (op, served) in enumerate(zip(commit.operations, models, strict=True)):
-                row = self._apply(connection, served, op)
-                rows.append(row)
-                connection.execute(
-                    outbox.insert().values(
-                        id=f"{key}:{index}",
-                        model=op.model,
-                        entity_id=str(row.get("id", "")),
-                        type=op.type,
-                        data=None if op.type == "DELETE" else row,
-                        organization_id=organization,
-                        correlation_id=key,
-                        transaction_id=op.transaction_id,
-                        occurred_at=occurred_at,
-                    )
-                )
+            connection.execute(
+                outbox.insert(),
+                [
+                    {
+                        "id": f"{key}:{index}",
+                        "model": op.model,
+                        "entity_id": str(row.get("id", "")),
+                        "type": op.type,
+                        "data": None if op.type == "DELETE" else row,
+                        "organization_id": organization,
+                        "correlation_id": key,
+                        "transaction_id": op.transaction_id,
+                        "occurred_at": occurred_at,
+                    }
+                    for index, (op, row) in enumerate(zip(commit.operations, rows, strict=True))
+                ],
+            )
             connection.execute(
                 ledger.update().where(ledger.c.client_tx_id == key).values(response=rows)
             )
