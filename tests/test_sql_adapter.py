@@ -750,6 +750,50 @@ async def test_outbox_cursors_follow_commit_order(postgres_server: Any) -> None:
         drop_database(postgres_server, url)
 
 
+async def test_types_json_lacks_are_served_in_a_json_form(postgres_server: Any) -> None:
+    url = prepare(create_database(postgres_server))
+    execute(
+        url,
+        "CREATE TABLE odd (id TEXT PRIMARY KEY, span INT4RANGE, period INTERVAL, addr INET, "
+        "tags TEXT[], doc JSONB, amount NUMERIC(10, 2))",
+        "INSERT INTO odd VALUES ('o1', '[1,5)', '90 seconds', '10.0.0.1', '{a,b}', "
+        "'{\"k\": [1, null]}', 12.50)",
+    )
+    client = Client(SQLSource(url, {"models": {"odd": {"table": "odd"}}}))
+    try:
+        row = (await client.ok({"type": "load", "model": "odd", "id": "o1"}))["row"]
+        assert row == {
+            "id": "o1", "period": "PT1M30S", "addr": "10.0.0.1",
+            "span": {"lower": 1, "upper": 5, "bounds": "[)", "empty": False},
+            "tags": ["a", "b"], "doc": {"k": [1, None]}, "amount": "12.50",
+        }  # fmt: skip
+    finally:
+        client.close()
+        drop_database(postgres_server, url)
+
+
+async def test_a_statement_past_its_timeout_is_cancelled_in_the_database(postgres_server: Any) -> None:  # fmt: skip
+    url = prepare(create_database(postgres_server))
+    client = Client(SQLSource(url, MODELS, statement_timeout=0.5))
+    engine = create_database_engine(url)
+    try:
+        await client.commit("c_t", create("t1"))
+        with engine.connect() as other:
+            holding = other.begin()
+            other.exec_driver_sql("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            started = asyncio.get_running_loop().time()
+            status, body = await client({"type": "load", "model": "task", "id": "t1"})
+            waited = asyncio.get_running_loop().time() - started
+            holding.rollback()
+        assert (status, body["error"]) == (504, "source_database_timeout")
+        assert 0.4 < waited < 3
+        assert (await client.ok({"type": "load", "model": "task", "id": "t1"}))["row"]
+    finally:
+        client.close()
+        engine.dispose()
+        drop_database(postgres_server, url)
+
+
 async def test_least_privilege_role_from_the_readme_is_enough(postgres_server: Any) -> None:
     url = create_database(postgres_server)
     role = f"app_{uuid.uuid4().hex[:8]}"
@@ -856,3 +900,13 @@ async def test_integer_ids_travel_as_strings(prepared: str) -> None:
         assert (status, body["error"]) == (400, "source_archive_not_supported")
     finally:
         client.close()
+
+
+def test_a_value_with_no_json_form_is_served_as_its_text() -> None:
+    from connector.adapters.sql.values import to_json_row
+
+    class Point:
+        def __str__(self) -> str:
+            return "(1,2)"
+
+    assert to_json_row({"at": Point(), "n": 1}) == {"at": "(1,2)", "n": 1}

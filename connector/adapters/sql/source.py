@@ -76,9 +76,19 @@ def database_url(url: str | sa.URL) -> sa.URL:
 
 
 def create_database_engine(
-    url: str | sa.URL, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 10.0
+    url: str | sa.URL,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    pool_timeout: float = 10.0,
+    statement_timeout: float | None = 30.0,
 ) -> sa.Engine:
-    """An engine with the settings the adapter relies on (see the listeners below)."""
+    """An engine with the settings the adapter relies on (see the listeners below).
+
+    ``statement_timeout`` (PostgreSQL) cancels a statement that runs longer,
+    in the database: a request past its deadline has been answered already,
+    and its query must not keep holding a connection and its locks.
+    """
     parsed = database_url(url)
     if parsed.get_backend_name() == "postgresql":
         try:
@@ -93,7 +103,15 @@ def create_database_engine(
             max_overflow=max_overflow,
             pool_timeout=pool_timeout,
             pool_pre_ping=True,  # a database restart costs one reconnect, not one failed request
-            connect_args={"connect_timeout": 10, "application_name": "ablo-connector"},
+            connect_args={
+                "connect_timeout": 10,
+                "application_name": "ablo-connector",
+                **(
+                    {"options": f"-c statement_timeout={int(statement_timeout * 1000)}"}
+                    if statement_timeout
+                    else {}
+                ),
+            },
         )
     else:
         engine = sa.create_engine(
@@ -152,11 +170,16 @@ class SQLSource(DataSource):
         page_size: int = 100,
         max_page_size: int = 1000,
         pool_size: int = 5,
+        statement_timeout: float | None = 30.0,
     ) -> None:
         if page_size < 1 or max_page_size < page_size:
             raise ConfigError("page_size must be at least 1 and at most max_page_size")
         self.engine = (
-            url if isinstance(url, sa.Engine) else create_database_engine(url, pool_size=pool_size)
+            url
+            if isinstance(url, sa.Engine)
+            else create_database_engine(
+                url, pool_size=pool_size, statement_timeout=statement_timeout
+            )
         )
         if models is not None and not isinstance(models, ModelMap):
             models = ModelMap.from_dict(models)
@@ -536,11 +559,25 @@ def _database_errors() -> Iterator[None]:
         raise SourceError("source_constraint_violation", _reason(error), status=409) from None
     except (sa_exc.DataError, sa_exc.ProgrammingError) as error:
         raise SourceError("source_query_invalid", _reason(error)) from None
-    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as error:
+    except sa_exc.OperationalError as error:
+        if getattr(error.orig, "sqlstate", None) == _QUERY_CANCELED:
+            raise SourceError(
+                "source_database_timeout",
+                "the database cancelled a statement that ran past its statement timeout",
+                status=504,
+            ) from None
         log.warning("database unavailable: %s", _reason(error))
         raise SourceError(
             "source_database_unavailable", "the database is unavailable; retry", status=503
         ) from None
+    except (sa_exc.InterfaceError, sa_exc.TimeoutError) as error:
+        log.warning("database unavailable: %s", _reason(error))
+        raise SourceError(
+            "source_database_unavailable", "the database is unavailable; retry", status=503
+        ) from None
+
+
+_QUERY_CANCELED: Final = "57014"  # PostgreSQL's statement_timeout / cancel SQLSTATE
 
 
 def _reason(error: Exception) -> str:

@@ -140,8 +140,12 @@ def _datetime(column: sa.Column[Any], field: str, value: Any) -> dt.datetime:
 
 
 def to_json_value(value: Any) -> Any:
-    """A column value as the JSON-ready value the engine receives."""
-    return pydantic_core.to_jsonable_python(value, bytes_mode="base64")
+    """A column value as the JSON-ready value the engine receives.
+
+    Types JSON has no form for (ranges, geometry, ...) are served as their
+    text, rather than failing the whole row.
+    """
+    return pydantic_core.to_jsonable_python(value, bytes_mode="base64", fallback=str)
 
 
 def to_json_row(row: Mapping[str, Any]) -> dict[str, Any]:
