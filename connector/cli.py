@@ -16,7 +16,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -26,6 +26,9 @@ from .handler import DataSource
 from .logs import RedactingFormatter, configure_logging
 from .protocol import DEFAULT_BASE_URL
 from .supervisor import EX_CONFIG, EX_UNAVAILABLE, Connector, run_until_signalled
+
+if TYPE_CHECKING:
+    from .adapters.sql import SQLSource
 
 log = logging.getLogger("connector.cli")
 
@@ -112,6 +115,8 @@ def _build_source(
     database_url: str | None,
     models_path: str | None,
     formatter: RedactingFormatter | None = None,
+    *,
+    url_on_command_line: bool = False,
 ) -> DataSource:
     """The user's handler, or the SQL adapter over ``database_url``."""
     if handler_spec and database_url:
@@ -126,23 +131,35 @@ def _build_source(
         )
     from sqlalchemy.exc import OperationalError
 
-    from .adapters.sql import ModelMap, SQLSource
-    from .adapters.sql import database_url as parse_database_url
-
-    url = parse_database_url(database_url)
-    if formatter is not None and url.password:
-        formatter.add_secret(str(url.password))
-    source = SQLSource(url, ModelMap.from_toml(models_path) if models_path else None)
+    source = _sql_source(database_url, models_path, formatter)
+    shown = source.engine.url.render_as_string(hide_password=True)
+    if url_on_command_line and source.engine.url.password:
+        log.warning(
+            "the database password was given on the command line, where other local users "
+            "can see it in the process list; prefer ABLO_DATABASE_URL"
+        )
     try:
         source.prepare()
     except OperationalError:
         # Not a configuration mistake: the database may be restarting. Serve
         # anyway (requests answer 503 until it is back) instead of exiting.
         log.warning(
-            "the database at %s is unreachable; requests answer 503 until it is back",
-            url.render_as_string(hide_password=True),
+            "the database at %s is unreachable; requests answer 503 until it is back", shown
         )
     return source
+
+
+def _sql_source(
+    database_url: str, models_path: str | None, formatter: RedactingFormatter | None = None
+) -> SQLSource:
+    """The SQL adapter for a URL and an optional model map; its password joins the redactions."""
+    from .adapters.sql import ModelMap, SQLSource
+    from .adapters.sql import database_url as parse_database_url
+
+    url = parse_database_url(database_url)
+    if formatter is not None and url.password:
+        formatter.add_secret(str(url.password))
+    return SQLSource(url, ModelMap.from_toml(models_path) if models_path else None)
 
 
 _base_url_option = _setting(
@@ -310,25 +327,14 @@ def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handl
             health_addr=health_addr or None,
             ha_lock=ha_lock or None,
         )
-        source = _build_source(handler_spec, database_url, models_path, formatter)
-        if (
-            database_url
-            and ctx.get_parameter_source("database_url") is click.core.ParameterSource.COMMANDLINE
-            and _has_password(database_url)
-        ):
-            log.warning(
-                "the database password was given on the command line, where other local users "
-                "can see it in the process list; prefer ABLO_DATABASE_URL"
-            )
+        source = _build_source(
+            handler_spec, database_url, models_path, formatter,
+            url_on_command_line=ctx.get_parameter_source("database_url")
+            is click.core.ParameterSource.COMMANDLINE,
+        )  # fmt: skip
     except ConfigError as error:
         _fail(str(error))
     sys.exit(asyncio.run(run_until_signalled(Connector(config, source))))
-
-
-def _has_password(url: str) -> bool:
-    from .adapters.sql import database_url
-
-    return bool(database_url(url).password)
 
 
 def _schedule(text: str) -> tuple[float, ...]:
@@ -402,32 +408,24 @@ def check(ctx: click.Context, api_key: str | None, api_key_file: str | None, han
 def _check_database(handler_spec: str | None, database_url: str, models_path: str | None) -> None:
     from sqlalchemy.exc import OperationalError
 
-    from .adapters.sql import ModelMap, SQLSource
-    from .adapters.sql import database_url as parse_database_url
+    from .adapters.sql import describe_database_error
 
     if handler_spec:
         raise ConfigError("give --handler or --database-url, not both")
-    url = parse_database_url(database_url)
-    source = SQLSource(url, ModelMap.from_toml(models_path) if models_path else None)
+    source = _sql_source(database_url, models_path)
     try:
         models = source.prepare()
     except OperationalError as error:
-        click.echo(f"FAIL  database: {_database_reason(error)}")
+        click.echo(f"FAIL  database: {describe_database_error(error)}")
         click.echo("      what to check: the URL's host, port, user and database; is it running?")
         sys.exit(EX_UNAVAILABLE)
     finally:
         source.close()
     served = sorted({model.name for model in models.values()})
     click.echo(
-        f"ok    database: {url.render_as_string(hide_password=True)} "
+        f"ok    database: {source.engine.url.render_as_string(hide_password=True)} "
         f"(ledger and outbox present; models: {', '.join(served)})"
     )
-
-
-def _database_reason(error: Exception) -> str:
-    from .adapters.sql.source import _reason
-
-    return _reason(error)
 
 
 # ---------------------------------------------------------------- migrate
@@ -451,7 +449,7 @@ def migrate_command(database_url: str) -> None:
     """
     from sqlalchemy.exc import DBAPIError, OperationalError
 
-    from .adapters.sql import create_database_engine, migrate
+    from .adapters.sql import create_database_engine, describe_database_error, migrate
 
     configure_logging("warning")
     try:
@@ -462,9 +460,9 @@ def migrate_command(database_url: str) -> None:
     try:
         created = migrate(engine)
     except OperationalError as error:
-        _fail(f"cannot reach {shown}: {_database_reason(error)}", EX_UNAVAILABLE)
+        _fail(f"cannot reach {shown}: {describe_database_error(error)}", EX_UNAVAILABLE)
     except DBAPIError as error:
-        _fail(f"migration failed on {shown}: {_database_reason(error)}", 1)
+        _fail(f"migration failed on {shown}: {describe_database_error(error)}", 1)
     finally:
         engine.dispose()
     if created:

@@ -10,7 +10,7 @@ Create the ledger and outbox once with ``ablo-connector migrate --database-url U
 
 from .models import ModelMap, ModelSpec, ServedModel, camel_to_snake, snake_to_camel
 from .schema import migrate
-from .source import SQLSource, create_database_engine, database_url
+from .source import SQLSource, create_database_engine, database_url, describe_database_error
 
 __all__ = [
     "ModelMap",
@@ -20,6 +20,7 @@ __all__ = [
     "camel_to_snake",
     "create_database_engine",
     "database_url",
+    "describe_database_error",
     "migrate",
     "snake_to_camel",
 ]

@@ -33,9 +33,9 @@ from ...source import CommitRequest, CommitResult, EventsPage, ListPage, ListQue
 from .models import ModelMap, ServedModel
 from .query import column_for, plan_list
 from .schema import ledger, outbox, verify_tables
-from .values import to_column_value, to_json_row
+from .values import python_type, to_column_value, to_json_row
 
-__all__ = ["SQLSource", "create_database_engine", "database_url"]
+__all__ = ["SQLSource", "create_database_engine", "database_url", "describe_database_error"]
 
 log = logging.getLogger("connector.sql")
 
@@ -251,12 +251,16 @@ class SQLSource(DataSource):
         self.engine.dispose()
 
     def _model(self, name: str) -> ServedModel:
-        with _database_errors():
-            try:
-                models = self.prepare()
-            except ConfigError as error:
-                log.error("cannot serve: %s", error)
-                raise SourceError("source_adapter_misconfigured", str(error), status=500) from None
+        models: Mapping[str, ServedModel] | None = self._models
+        if models is None:  # not reflected yet (the database was down at startup)
+            with _database_errors():
+                try:
+                    models = self.prepare()
+                except ConfigError as error:
+                    log.error("cannot serve: %s", error)
+                    raise SourceError(
+                        "source_adapter_misconfigured", str(error), status=500
+                    ) from None
         model = models.get(name)
         if model is None:
             raise SourceError(
@@ -514,8 +518,6 @@ def _supports_returning(connection: sa.Connection, statement: Any) -> bool:
 
 
 def _archive_stamp(column: sa.Column[Any]) -> Any:
-    from .values import python_type
-
     if python_type(column) in (int, float):
         return _now_ms()  # an epoch-milliseconds column
     return dt.datetime.now(dt.UTC)
@@ -556,9 +558,11 @@ def _database_errors() -> Iterator[None]:
     except SourceError:
         raise
     except sa_exc.IntegrityError as error:
-        raise SourceError("source_constraint_violation", _reason(error), status=409) from None
+        raise SourceError(
+            "source_constraint_violation", describe_database_error(error), status=409
+        ) from None
     except (sa_exc.DataError, sa_exc.ProgrammingError) as error:
-        raise SourceError("source_query_invalid", _reason(error)) from None
+        raise SourceError("source_query_invalid", describe_database_error(error)) from None
     except sa_exc.OperationalError as error:
         if getattr(error.orig, "sqlstate", None) == _QUERY_CANCELED:
             raise SourceError(
@@ -566,12 +570,12 @@ def _database_errors() -> Iterator[None]:
                 "the database cancelled a statement that ran past its statement timeout",
                 status=504,
             ) from None
-        log.warning("database unavailable: %s", _reason(error))
+        log.warning("database unavailable: %s", describe_database_error(error))
         raise SourceError(
             "source_database_unavailable", "the database is unavailable; retry", status=503
         ) from None
     except (sa_exc.InterfaceError, sa_exc.TimeoutError) as error:
-        log.warning("database unavailable: %s", _reason(error))
+        log.warning("database unavailable: %s", describe_database_error(error))
         raise SourceError(
             "source_database_unavailable", "the database is unavailable; retry", status=503
         ) from None
@@ -580,7 +584,7 @@ def _database_errors() -> Iterator[None]:
 _QUERY_CANCELED: Final = "57014"  # PostgreSQL's statement_timeout / cancel SQLSTATE
 
 
-def _reason(error: Exception) -> str:
+def describe_database_error(error: Exception) -> str:
     """The database's own one-line reason, without the SQL or bound values."""
     original = getattr(error, "orig", None)
     diag = getattr(original, "diag", None)
