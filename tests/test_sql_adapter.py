@@ -542,13 +542,13 @@ async def test_model_map_overrides_fields_and_excludes_columns(
     models = tmp_path / "models.toml"
     models.write_text(
         '[models.task]\ntable = "tasks"\n\n'
-        '[models.person]\ntable = "people"\nexclude = ["secret"]\n'
-        '[models.person.fields]\nid = "person_key"\nname = "full_name"\n'
+        '[models.Person]\ntable = "people"\nexclude = ["secret"]\n'
+        '[models.Person.fields]\nid = "person_key"\nname = "full_name"\n'
     )
     client = Client(SQLSource(prepared, ModelMap.from_toml(models)))
     try:
         status, body = await client.commit(
-            "c_people", {"type": "CREATE", "model": "person", "id": "p1", "input": {"name": "Ada"}}
+            "c_people", {"type": "CREATE", "model": "Person", "id": "p1", "input": {"name": "Ada"}}
         )
         assert (status, body["rows"]) == (200, [{"id": "p1", "name": "Ada"}])
         status, body = await client.commit(
@@ -557,7 +557,9 @@ async def test_model_map_overrides_fields_and_excludes_columns(
         assert (status, body["error"]) == (400, "source_unknown_field")
         assert scalar(prepared, "SELECT full_name FROM people WHERE person_key = 'p1'") == "Ada"
         # The engine's clients send lower-cased model names; both resolve.
-        assert (await client.ok({"type": "load", "model": "PERSON".lower(), "id": "p1"}))["row"]
+        assert (await client.ok({"type": "load", "model": "person", "id": "p1"}))["row"][
+            "name"
+        ] == "Ada"
     finally:
         client.close()
 
