@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +9,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def vectors_dir() -> Path:
-    """The engine's reference vectors: ``../shared/vectors`` beside the repo."""
-    override = os.environ.get("ABLO_VECTORS_DIR")
-    path = Path(override) if override else REPO.parent / "shared" / "vectors"
-    if not path.is_dir():
-        raise RuntimeError(f"test vectors not found at {path} (set ABLO_VECTORS_DIR)")
-    return path
+VECTORS = Path(__file__).resolve().parent / "vectors"
 
 
 def load_vectors(name: str) -> dict[str, Any]:
-    return json.loads((vectors_dir() / name).read_text(encoding="utf-8"))
+    """One of the engine's reference vector files, kept in ``tests/vectors/``."""
+    return json.loads((VECTORS / name).read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="session")
