@@ -36,8 +36,8 @@ from websockets.typing import Subprotocol
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from connector.protocol import RequestFrame, encode_frame  # noqa: E402
-from connector.signing import sign_request  # noqa: E402
+from connector.wire.frames import RequestFrame, encode_frame  # noqa: E402
+from connector.wire.signing import sign_request  # noqa: E402
 
 KEY = "sk_test_bench_0123456789"
 BODY = json.dumps({"type": "load", "model": "task", "id": "t1"}, separators=(",", ":"))

@@ -1,14 +1,25 @@
-"""Small builders shared by the tests."""
+"""What the tests share: request builders, and real processes and sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
+import os
+import signal
+import socket
+import sys
+import tempfile
 import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
-from connector.protocol import RequestFrame
-from connector.signing import sign_request
+from connector import Answer, Dispatcher
+from connector.wire.frames import RequestFrame
+from connector.wire.signing import sign_request
+from tests.conftest import REPO
 
 API_KEY = "sk_test_helpers_0123456789abcdef"
 _ids = itertools.count(1)
@@ -37,3 +48,110 @@ def signed_frame(
         headers=headers,
         body=text,
     )
+
+
+async def dispatch_frame(dispatcher: Dispatcher, frame: RequestFrame) -> Answer:
+    """What the connection does with one request frame: the dispatcher's answer."""
+    return await dispatcher.dispatch(frame.method, frame.headers, frame.body, request_id=frame.id)
+
+
+# ------------------------------------------------ processes and sockets
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_for_port(port: int, timeout: float = 10.0) -> float:
+    """Wait until something accepts on ``port``; returns the monotonic time it did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {port}") from None
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        return time.monotonic()
+
+
+async def eventually(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+class Process:
+    """A CLI subprocess with its output captured to files (no pipe to fill)."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.args = [sys.executable, "-m", "connector", *args]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._dir = tempfile.TemporaryDirectory()
+        self.stdout_path = Path(self._dir.name) / "stdout"
+        self.stderr_path = Path(self._dir.name) / "stderr"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> Process:
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.args,
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=err,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signum)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
+
+    def output(self) -> str:
+        return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(
+            errors="replace"
+        )
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGKILL)
+            await self.wait()
+        self._dir.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def process(args: Sequence[str], env: dict[str, str] | None = None) -> AsyncIterator[Process]:
+    proc = await Process(args, env).start()
+    try:
+        yield proc
+    finally:
+        await proc.stop()
+
+
+def connector_args(base_url: str, handler: str, *extra: str) -> list[str]:
+    return ["run", "--base-url", base_url, "--handler", handler, *extra]

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import free_port
+from tests.helpers import free_port
 
 
 def _as_postgres(args: list[str]) -> list[str]:

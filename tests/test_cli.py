@@ -1,316 +1,20 @@
-"""The CLI as real processes: start, serve, kill, freeze, restart, stop."""
+"""The command line: flags, environment, help, exit codes, and one line per mistake.
+
+Each command runs as a real process, so what is asserted is what an
+operator sees: the exit status, the output, and never a traceback or a key.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import signal
-import time
-import urllib.error
-import urllib.request
-from collections.abc import AsyncIterator
-from typing import Any
+import re
+from pathlib import Path
 
 import pytest
 
-from connector.devengine import DevEngine
-from tests.support import Process, connector_args, eventually, free_port, process, wait_for_port
+from tests.helpers import free_port, process
 
 KEY = "sk_test_cli_9d1e44b7c2"
 ENV = {"ABLO_API_KEY": KEY}
-
-
-def _http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-class EngineProcess:
-    """``ablo-connector dev-engine`` in its own process."""
-
-    def __init__(self, port: int, api_port: int, *extra: str) -> None:
-        self.port, self.api_port = port, api_port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.args = [
-            "dev-engine",
-            "--port",
-            str(port),
-            "--api-port",
-            str(api_port),
-            "--api-key",
-            KEY,
-            *extra,
-        ]
-        self.process: Process | None = None
-
-    async def start(self) -> float:
-        self.process = await Process(self.args).start()
-        await wait_for_port(self.api_port)
-        return await wait_for_port(self.port)
-
-    async def status(self) -> dict[str, Any]:
-        _, payload = await asyncio.to_thread(_http, f"http://127.0.0.1:{self.api_port}/v1/status")
-        return dict(payload)
-
-    async def request(self, body: dict[str, Any]) -> tuple[int, Any]:
-        return await asyncio.to_thread(
-            _http, f"http://127.0.0.1:{self.api_port}/v1/source/requests", body
-        )
-
-    async def wait_attached(self, timeout: float = 10.0) -> float:
-        deadline = time.monotonic() + timeout
-        while not (await self.status())["attached"]:
-            if time.monotonic() > deadline:
-                raise AssertionError("no connector attached")
-            await asyncio.sleep(0.02)
-        return time.monotonic()
-
-    async def stop(self) -> None:
-        if self.process is not None:
-            await self.process.stop()
-
-
-@contextlib.asynccontextmanager
-async def engine_process(*extra: str) -> AsyncIterator[EngineProcess]:
-    engine = EngineProcess(free_port(), free_port(), *extra)
-    await engine.start()
-    try:
-        yield engine
-    finally:
-        await engine.stop()
-
-
-async def test_readme_flow_dev_engine_run_and_request(tmp_path: Any) -> None:
-    env = {**ENV, "ABLO_EXAMPLE_DB": str(tmp_path / "readme.db")}
-    async with (
-        engine_process() as engine,
-        process(
-            connector_args(engine.base_url, "examples.sqlite_source:SQLiteSource"), env
-        ) as connector,
-    ):
-        await engine.wait_attached()
-        api = f"http://127.0.0.1:{engine.api_port}"
-        async with process(["request", "load", "task", "t1", "--engine", api]) as cli:
-            assert await cli.wait() == 0, cli.output()
-            assert '"title": "Try ablo-connector"' in cli.output()
-        async with process(
-            ["request", "commit", "update", "task", "t1", '{"done": true}', "--engine", api]
-        ) as cli:
-            assert await cli.wait() == 0, cli.output()
-        async with process(
-            ["request", "list", "task", "--where", "done=true", "--engine", api]
-        ) as cli:
-            assert await cli.wait() == 0
-            assert cli.output().count('"id"') == 2
-        async with process(["request", "events", "--engine", api]) as cli:
-            assert await cli.wait() == 0
-            assert '"type": "UPDATE"' in cli.output()
-        connector.signal(signal.SIGTERM)
-        assert await connector.wait() == 0
-        assert "ready: serving source src_dev" in connector.output()
-
-
-async def test_engine_killed_and_restarted_the_connector_is_back_within_2s() -> None:
-    engine = EngineProcess(free_port(), free_port())
-    await engine.start()
-    try:
-        async with process(
-            connector_args(engine.base_url, "tests.handlers:TestSource", "--stable-after", "1"), ENV
-        ) as connector:
-            await engine.wait_attached()
-            await asyncio.sleep(1.2)
-            assert engine.process is not None
-            engine.process.signal(signal.SIGKILL)
-            await engine.process.wait()
-            back = await engine.start()
-            ready = await engine.wait_attached(timeout=10)
-            assert ready - back <= 2.0, f"ready {ready - back:.2f} s after the engine came back"
-            status, payload = await engine.request({"type": "load", "model": "m", "id": "after"})
-            assert (status, payload["row"]["id"]) == (200, "after")
-            assert connector.returncode is None
-    finally:
-        await engine.stop()
-
-
-async def test_frozen_engine_is_detected_by_keepalive_and_replaced() -> None:
-    async with engine_process() as engine, process(
-        connector_args(
-            engine.base_url, "tests.handlers:TestSource",
-            "--ping-interval", "0.5", "--ping-timeout", "0.5", "--open-timeout", "2",
-        ),
-        ENV,
-    ) as connector:  # fmt: skip
-        await engine.wait_attached()
-        assert engine.process is not None
-        engine.process.signal(signal.SIGSTOP)
-        await eventually(lambda: "keepalive ping timed out" in connector.output(), timeout=10)
-        engine.process.signal(signal.SIGCONT)
-        await eventually(lambda: connector.output().count("ready: serving source") >= 2, timeout=15)
-        status, payload = await engine.request({"type": "load", "model": "m", "id": "thawed"})
-        assert (status, payload["row"]["id"]) == (200, "thawed")
-        assert (await engine.status())["attaches"] >= 2
-
-
-async def test_sigterm_lets_a_running_handler_answer_then_exits_0() -> None:
-    async with (
-        DevEngine(KEY) as engine,
-        process(connector_args(engine.base_url, "tests.handlers:TestSource"), ENV) as connector,
-    ):
-        await engine.wait_attached(10)
-        pending = asyncio.create_task(
-            engine.request({"type": "load", "model": "m", "id": "sleep:2"})
-        )
-        await asyncio.sleep(0.5)
-        connector.signal(signal.SIGTERM)
-        result = await pending
-        assert (result.status, result.attempts) == (200, 1)
-        assert await connector.wait(10) == 0
-        assert "draining 1 in-flight request" in connector.output()
-
-
-async def test_a_second_signal_exits_at_once() -> None:
-    async with (
-        DevEngine(KEY) as engine,
-        process(connector_args(engine.base_url, "tests.handlers:TestSource"), ENV) as connector,
-    ):
-        await engine.wait_attached(10)
-        pending = asyncio.create_task(
-            engine.request({"type": "load", "model": "m", "id": "hang"}, timeout=1)
-        )
-        await asyncio.sleep(0.3)
-        connector.signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        started = time.monotonic()
-        connector.signal(signal.SIGTERM)
-        assert await connector.wait(5) == 1
-        assert time.monotonic() - started < 3
-        pending.cancel()
-
-
-async def test_wrong_key_with_exit_on_auth_failure_exits_78_without_the_key() -> None:
-    wrong = "sk_test_wrong_0e7d6c5b4a"
-    async with (
-        DevEngine(KEY) as engine,
-        process(
-            connector_args(engine.base_url, "tests.handlers:TestSource", "--exit-on-auth-failure"),
-            {"ABLO_API_KEY": wrong},
-        ) as connector,
-    ):
-        assert await connector.wait(15) == 78
-        output = connector.output()
-        assert "HTTP 401 (source_connector_unauthenticated)" in output
-        assert "revoked" in output
-        assert wrong not in output and KEY not in output
-
-
-async def test_wrong_key_without_the_flag_keeps_trying_slowly() -> None:
-    async with (
-        DevEngine(KEY) as engine,
-        process(
-            connector_args(
-                engine.base_url, "tests.handlers:TestSource", "--reconnect-schedule", "0,1"
-            ),
-            {"ABLO_API_KEY": "sk_test_wrong_again_11"},
-        ) as connector,
-    ):
-        await asyncio.sleep(3.5)
-        assert connector.returncode is None
-        assert 3 <= engine.rejected_handshakes <= 5
-
-
-async def test_supersede_between_processes_then_a_clean_rolling_stop() -> None:
-    async with (
-        DevEngine(KEY) as engine,
-        process(connector_args(engine.base_url, "tests.handlers:TestSource"), ENV) as old,
-    ):
-        await engine.wait_attached(10)
-        async with process(
-            connector_args(engine.base_url, "tests.handlers:TestSource"), ENV
-        ) as new:
-            await eventually(lambda: engine.supersedes == 1, timeout=10)
-            await eventually(
-                lambda: "superseded: a newer connector took this source" in old.output()
-            )
-            await asyncio.sleep(10)
-            assert (engine.attaches, engine.supersedes) == (2, 1), "no steal-back"
-            result = await engine.request({"type": "load", "model": "m", "id": "who"})
-            assert result.json()["row"]["pid"] == new.pid
-            old.signal(signal.SIGTERM)
-            assert await old.wait(10) == 0
-            assert engine.attached
-
-
-async def test_no_log_line_at_any_level_contains_the_key() -> None:
-    async with (
-        DevEngine(KEY) as engine,
-        process(
-            connector_args(
-                engine.base_url,
-                "tests.handlers:TestSource",
-                "--log-level",
-                "debug",
-                "--request-timeout",
-                "0.5",
-            ),
-            ENV,
-        ) as connector,
-    ):
-        await engine.wait_attached(10)
-        for request_id in ("ok", "boom", "hang"):
-            await engine.request({"type": "load", "model": "m", "id": request_id})
-        await engine.request({"type": "nonsense"})
-        await engine.send_raw("garbage")
-        connector.signal(signal.SIGTERM)
-        assert await connector.wait(10) == 0
-        output = connector.output()
-    assert "request req_" in output and "-> 500 source_connector_handler_error" in output
-    assert "handler raised" in output
-    assert "[redacted]" in output  # the handler's own message carried the key
-    assert KEY not in output
-
-
-async def test_key_on_the_command_line_draws_a_warning_but_is_never_printed() -> None:
-    async with (
-        DevEngine(KEY) as engine,
-        process(
-            [
-                "run",
-                "--base-url",
-                engine.base_url,
-                "--handler",
-                "tests.handlers:TestSource",
-                "--api-key",
-                KEY,
-            ]
-        ) as connector,
-    ):
-        await engine.wait_attached(10)
-        connector.signal(signal.SIGTERM)
-        assert await connector.wait(10) == 0
-        assert "visible" in connector.output() or "can see it" in connector.output()
-        assert KEY not in connector.output()
-
-
-async def test_api_key_file(tmp_path: Any) -> None:
-    key_file = tmp_path / "key"
-    key_file.write_text(KEY + "\n")
-    async with (
-        DevEngine(KEY) as engine,
-        process(
-            connector_args(
-                engine.base_url, "tests.handlers:TestSource", "--api-key-file", str(key_file)
-            )
-        ) as connector,
-    ):
-        await engine.wait_attached(10)
-        connector.signal(signal.SIGTERM)
-        assert await connector.wait(10) == 0
 
 
 @pytest.mark.parametrize(
@@ -373,59 +77,231 @@ async def test_help_and_version() -> None:
         assert "0.1.0" in cli.output()
 
 
-async def _connect_proxy(port_holder: list[int], tunnels: list[str]) -> asyncio.Server:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        target = head.split(b" ")[1].decode()
-        tunnels.append(target)
-        host, _, port = target.rpartition(":")
-        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port_holder.append(server.sockets[0].getsockname()[1])
-    return server
-
-
-async def test_serves_through_an_http_connect_proxy_from_the_environment() -> None:
-    tunnels: list[str] = []
-    ports: list[int] = []
-    proxy = await _connect_proxy(ports, tunnels)
-    try:
-        proxy_env = {**ENV, "https_proxy": f"http://127.0.0.1:{ports[0]}", "no_proxy": ""}
-        async with (
-            DevEngine(KEY) as engine,
-            process(connector_args(engine.base_url, "tests.handlers:TestSource"), proxy_env),
-        ):
-            await engine.wait_attached(10)
-            result = await engine.request({"type": "load", "model": "m", "id": "via-proxy"})
-            assert result.status == 200
-            assert tunnels == [f"127.0.0.1:{engine.port}"]
-        bypass_env = {**proxy_env, "no_proxy": "127.0.0.1"}
-        async with (
-            DevEngine(KEY) as engine,
-            process(connector_args(engine.base_url, "tests.handlers:TestSource"), bypass_env),
-        ):
-            await engine.wait_attached(10)
-            assert len(tunnels) == 1, "no_proxy must bypass the proxy"
-    finally:
-        proxy.close()
-
-
-async def test_dev_command_shows_round_trips(tmp_path: Any) -> None:
-    env = {"ABLO_EXAMPLE_DB": str(tmp_path / "dev.db")}
+async def test_dev_command_shows_round_trips_on_a_fresh_demo_database() -> None:
     args = ["dev", "--exit-after-demo", "--port", str(free_port()), "--api-port", str(free_port())]
-    async with process(args, env) as cli:
-        assert await cli.wait(30) == 0, cli.output()
+    outputs = []
+    for _ in range(2):  # the second run starts from the same rows, not the first run's
+        async with process(args) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+            outputs.append(cli.output())
+    for output in outputs:
+        assert output.count("← HTTP 200") == 4
+        assert '"title":"Write the connector\'s README","done":false' in output
+        assert '"done":true' in output  # the demo commit's answer
+        database = re.search(r"demo database: (\S+)", output)
+        assert database is not None and not Path(database.group(1)).exists()
+
+
+BROKEN_MODULES = {
+    "broken_syntax.py": "from connector import DataSource\n\nclass Source(DataSource)\n    pass\n",
+    "broken_import.py": "import no_such_package_for_ablo\n",
+    "broken_init.py": (
+        "from connector import DataSource\n\n"
+        "class Source(DataSource):\n"
+        "    def __init__(self):\n"
+        "        raise RuntimeError('cannot open the pool')\n"
+    ),
+}
+
+
+@pytest.fixture
+def broken_modules(tmp_path: Path) -> dict[str, str]:
+    for name, text in BROKEN_MODULES.items():
+        (tmp_path / name).write_text(text)
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        (
+            "./tests/handlers.py:TestSource",
+            "names a file; give its module instead, e.g. 'tests.handlers:TestSource'",
+        ),
+        ("broken_syntax:Source", "has a syntax error at "),
+        ("broken_import:Source", "imports 'no_such_package_for_ablo', which is not installed (at "),
+        ("broken_init:Source", "failed to start: RuntimeError: cannot open the pool (at "),
+    ],
+)
+async def test_a_broken_handler_module_is_one_line_naming_file_and_line(
+    broken_modules: dict[str, str], handler: str, message: str
+) -> None:
+    async with process(["run", "--handler", handler], {**ENV, **broken_modules}) as cli:
+        assert await cli.wait() == 78
         output = cli.output()
-    assert output.count("← HTTP 200") == 4
-    assert '"title":"Try ablo-connector"' in output
+    assert message in output, output
+    if "(at " in message or "syntax" in message:
+        assert re.search(r"broken_\w+\.py(, line|\", line| line) ?\d+|line \d+", output), output
+    assert "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1, output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--base-url", "http://127.0.0.1:99999"], "has a port outside 1-65535"),
+        (
+            ["--base-url", "https://api.example.com/v1/source/listen"],
+            "already ends in /v1/source/listen: give the engine's base URL (e.g. https://api.example.com)",
+        ),
+        (["--api-key", 'sk_test_"quoted"'], "cannot travel in a WebSocket subprotocol"),
+        (["--api-key", "sk_test_a,b"], "cannot travel in a WebSocket subprotocol"),
+        (["--api-key", "sk_test_a\\b"], "cannot travel in a WebSocket subprotocol"),
+        (["--health-addr", "9464"], "is not HOST:PORT"),
+    ],
+)
+async def test_start_up_mistakes_exit_78_at_once(extra: list[str], message: str) -> None:
+    args = ["run", "--handler", "tests.handlers:TestSource", *extra]
+    async with process(args, ENV) as cli:
+        assert await cli.wait(15) == 78
+        output = cli.output()
+    assert message in output, output
+    assert "Traceback" not in output
+
+
+async def test_check_refuses_a_base_url_with_a_bad_port() -> None:
+    async with process(["check", "--base-url", "http://127.0.0.1:99999"], ENV) as cli:
+        assert await cli.wait(15) == 78
+        output = cli.output()
+    assert "FAIL  configuration: base URL 'http://127.0.0.1:99999' has a port outside" in output
+    assert "Traceback" not in output
+
+
+async def test_dev_with_its_ports_taken_is_one_line_and_78() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["dev", "--exit-after-demo", "--port", str(port), "--api-port", str(free_port())]
+        async with process(args) as cli:
+            assert await cli.wait(30) == 78
+            output = cli.output()
+    assert f"cannot listen on 127.0.0.1:{port}" in output and "--port/--api-port" in output
+    assert "Traceback" not in output
+
+
+async def test_not_both_names_where_the_key_came_from(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    key_file.chmod(0o600)
+    args = ["run", "--handler", "tests.handlers:TestSource", "--api-key-file", str(key_file)]
+    async with process(args, ENV) as cli:
+        assert await cli.wait() == 78
+        assert "give ABLO_API_KEY or --api-key-file, not both" in cli.output()
+    args = ["run", "--handler", "tests.handlers:TestSource", "--api-key", KEY]
+    async with process(args, {"ABLO_API_KEY_FILE": str(key_file)}) as cli:
+        assert await cli.wait() == 78
+        assert "give --api-key or ABLO_API_KEY_FILE, not both" in cli.output()
+
+
+async def test_a_key_file_others_can_read_draws_a_warning(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    key_file.chmod(0o644)
+    args = ["check", "--api-key-file", str(key_file), "--base-url", "http://127.0.0.1:1"]
+    async with process(args) as cli:
+        await cli.wait(30)
+        output = cli.output()
+    assert f"the API key file {key_file} is readable by other users (mode 644)" in output
+    assert f"chmod 600 {key_file}" in output
+    assert KEY not in output
+
+
+async def test_env_file_is_read_before_the_environment_which_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / "connector.env"
+    env_file.write_text(
+        "# as in /etc/ablo-connector/ablo-connector.env\n"
+        "ABLO_CONNECTOR_HANDLER=tests.handlers:TestSource\n"
+        "export ABLO_BASE_URL='http://10.9.9.9:8787'\n"
+        'ABLO_API_KEY="sk_test_from_the_file"\n'
+    )
+    # From the file alone: the handler and the base URL are read (and the URL refused).
+    async with process(["run", "--env-file", str(env_file)], {"ABLO_API_KEY": ""}) as cli:
+        assert await cli.wait() == 78
+        assert "refusing to send the API key in clear text to 10.9.9.9" in cli.output()
+    # The environment wins over the file; ABLO_ENV_FILE names the file.
+    async with process(
+        ["check", "--no-register"],
+        {**ENV, "ABLO_ENV_FILE": str(env_file), "ABLO_BASE_URL": "http://127.0.0.1:1"},
+    ) as cli:
+        assert await cli.wait(30) == 69
+        output = cli.output()
+    assert "ok    configuration: ws://127.0.0.1:1/v1/source/listen" in output
+    assert f"{len(KEY)} characters" in output  # the environment's key, not the file's
+    bad = tmp_path / "bad.env"
+    bad.write_text("THIS IS NOT AN ASSIGNMENT\n")
+    async with process(["run", "--env-file", str(bad)], ENV) as cli:
+        assert await cli.wait() == 78
+        assert f"{bad}, line 1: expected NAME=value" in cli.output()
+
+
+async def test_run_help_is_grouped_and_every_setting_shows_its_default() -> None:
+    from connector import Config
+
+    async with process(["run", "--help"]) as cli:
+        assert await cli.wait() == 0
+        text = cli.output()
+    sections = ["What to serve:", "The engine:", "Limits:", "Operations:", "Logging:"]
+    assert [text.index(s) for s in sections] == sorted(text.index(s) for s in sections)
+    config = Config(api_key=KEY)
+    for flag, value in {
+        "--max-in-flight": config.max_in_flight,
+        "--request-timeout": config.request_timeout,
+        "--shutdown-grace": config.shutdown_grace,
+        "--max-message-size": config.max_message_size,
+    }.items():
+        block = text[text.index(f"  {flag} ") :]
+        assert f"default: {value}" in " ".join(block[:400].split()), flag
+    flat = " ".join(text.split())
+    assert "k8s://" in flat and "json: one JSON object per line" in flat
+    assert text.startswith("Usage: ablo-connector run [OPTIONS]")
+
+
+async def test_version_says_where_it_is_installed_from() -> None:
+    import connector
+
+    async with process(["--version"]) as cli:
+        assert await cli.wait() == 0
+        output = cli.output()
+    assert output.startswith(f"ablo-connector {connector.__version__} (")
+    assert str(Path(connector.__file__).parent) in output
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("class Source(DataSource):\n    pass\n", "overrides none of load, list, commit, events"),
+        (
+            "class Source(DataSource):\n"
+            "    def list(self, model, query, ctx):\n        return []\n"
+            "    def lod(self, model, id, ctx):\n        return None\n",
+            "method 'lod' matches no operation; did you mean 'load'?",
+        ),
+        (
+            "class Source(DataSource):\n    def events(self, query, ctx):\n        return []\n",
+            "cannot be called as events(cursor, limit, ctx)",
+        ),
+    ],
+)
+async def test_check_finds_a_handler_that_cannot_serve(
+    tmp_path: Path, source: str, problem: str
+) -> None:
+    (tmp_path / "mistaken.py").write_text("from connector import DataSource\n\n" + source)
+    args = ["check", "--handler", "mistaken:Source"]
+    async with process(args, {"PYTHONPATH": str(tmp_path), "ABLO_API_KEY": ""}) as cli:
+        assert await cli.wait() == 78
+        output = cli.output()
+    assert "FAIL  handler: " in output and problem in output, output
+    assert "all checks passed" not in output
+
+
+async def test_check_with_only_a_handler_needs_no_key() -> None:
+    async with process(
+        ["check", "--handler", "tests.handlers:TestSource"], {"ABLO_API_KEY": ""}
+    ) as cli:
+        assert await cli.wait() == 0
+        output = cli.output()
+    assert "ok    handler: tests.handlers:TestSource (TestSource: load, list)" in output
+    assert "skip  engine: no API key" in output and "all checks passed" in output

@@ -26,8 +26,8 @@ from connector import (
     RequestContext,
     SourceError,
 )
-from connector.signing import Verifier, sign_request
-from tests.helpers import API_KEY, signed_frame
+from connector.wire.signing import Verifier, sign_request
+from tests.helpers import API_KEY, dispatch_frame, signed_frame
 
 LOAD = {"type": "load", "model": "task", "id": "t1"}
 LIST = {"type": "list", "model": "task", "query": {"where": [["done", False]], "limit": 5}}
@@ -84,8 +84,7 @@ def dispatcher(source: DataSource, **kwargs: Any) -> Dispatcher:
 
 async def answer(d: Dispatcher, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
     frame = signed_frame(body, **kwargs)
-    response = await d.handle(frame)
-    assert response.id == frame.id
+    response = await dispatch_frame(d, frame)
     return response.status, json.loads(response.body)
 
 
@@ -413,7 +412,7 @@ async def test_context_carries_verified_identity_scope_and_headers() -> None:
         {**LOAD, "scope": {"participantId": "p1", "requiredSyncGroups": ["g"]}},
         message_id="msg_ctx",
     )
-    await dispatcher(Capture()).handle(frame)
+    await dispatch_frame(dispatcher(Capture()), frame)
     (ctx,) = captured
     assert ctx.message_id == "msg_ctx"
     assert ctx.operation == "load"
@@ -442,9 +441,9 @@ async def test_concurrent_replays_share_one_handler_run() -> None:
     source = Counting(delay=0.2)
     d = dispatcher(source)
     frames = [signed_frame(COMMIT, message_id="msg_dup", request_id=f"r{i}") for i in range(10)]
-    responses = await asyncio.gather(*(d.handle(f) for f in frames))
+    responses = await asyncio.gather(*(dispatch_frame(d, f) for f in frames))
     assert source.runs == 1
-    assert {r.id for r in responses} == {f"r{i}" for i in range(10)}
+    assert sorted(r.replayed for r in responses) == [False] + [True] * 9
     assert {r.body for r in responses} == {
         json.dumps({"rows": [{"run": 1}]}, separators=(",", ":"))
     }

@@ -7,10 +7,10 @@ import contextlib
 import json
 from typing import Any
 
-from connector import DataSource, RequestContext
-from connector._transport import _CoalescingTransport
-from connector.handler import Dispatcher, HttpResponse, start_eagerly
-from connector.signing import Verifier
+from connector import Answer, DataSource, Dispatcher, RequestContext
+from connector.daemon.transport import _CoalescingTransport
+from connector.serve.deadlines import start_eagerly
+from connector.wire.signing import Verifier
 from tests.helpers import API_KEY, signed_frame
 
 LOAD = {"type": "load", "model": "task", "id": "t1"}
@@ -70,7 +70,7 @@ async def test_a_request_started_eagerly_times_out_on_its_own_task() -> None:
             return {"id": id}
 
     dispatcher = Dispatcher(Mixed(), Verifier(API_KEY), request_timeout=0.3)
-    answers: list[HttpResponse] = []
+    answers: list[Answer] = []
 
     async def serve(body: dict[str, Any]) -> None:
         frame = signed_frame(body)

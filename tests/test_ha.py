@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from connector.config import Config, ConfigError
-from connector.devengine import DevEngine
-from connector.ha import FileLock, lock_from_url
-from tests.support import Process, connector_args, eventually, free_port
+from connector import Config, ConfigError, Connector, DataSource
+from connector.daemon.ha import FileLock, lock_from_url
+from connector.dev.engine import DevEngine
+from tests.helpers import Process, connector_args, eventually, free_port
 
 KEY = "sk_test_ha_2f9d1c"
 ENV = {"ABLO_API_KEY": KEY}
@@ -161,8 +161,8 @@ def test_lock_urls() -> None:
     for bad in ("file://host/x", "redis://x", "file://"):
         with pytest.raises(ValueError):
             lock_from_url(bad)
-    with pytest.raises(ConfigError):
-        Config(api_key=KEY, ha_lock="zookeeper://x")
+    with pytest.raises(ConfigError, match="unsupported scheme 'zookeeper'"):
+        Connector(Config(api_key=KEY, ha_lock="zookeeper://x"), DataSource())
 
 
 @contextlib.asynccontextmanager
@@ -217,7 +217,7 @@ async def test_postgres_lost_means_fenced(postgres: Any) -> None:
 
 
 async def test_lease_lock_against_a_fake_lease_api() -> None:
-    from connector.ha import LeaseLock
+    from connector.daemon.ha import LeaseLock
     from tests.fake_k8s import FakeLeaseAPI
 
     api = await FakeLeaseAPI().start()

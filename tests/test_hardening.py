@@ -9,8 +9,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from connector.devengine import DevEngine
-from tests.support import connector_args, process
+from connector.dev.engine import DevEngine
+from tests.helpers import connector_args, process
 
 KEY = "sk_test_hardening_4b8e"
 ENV = {"ABLO_API_KEY": KEY}

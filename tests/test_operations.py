@@ -11,13 +11,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from connector.config import Config
-from connector.devengine import DevEngine
-from connector.protocol import RequestFrame
-from connector.signing import sign_request
-from connector.supervisor import Connector
+from connector import Config
+from connector.daemon.supervisor import Connector
+from connector.dev.engine import DevEngine
+from connector.wire.frames import RequestFrame
+from connector.wire.signing import sign_request
 from tests.handlers import TestSource
-from tests.support import connector_args, eventually, free_port, process
+from tests.helpers import connector_args, eventually, free_port, process
 
 KEY = "sk_test_ops_71c3a0e5"
 ENV = {"ABLO_API_KEY": KEY}
@@ -236,14 +236,3 @@ async def test_json_logs_and_a_quiet_idle_connector() -> None:
     records = [json.loads(line) for line in lines]
     assert all({"time", "level", "logger", "message"} <= record.keys() for record in records)
     assert any(r["message"].startswith("ready: serving source src_dev") for r in records)
-
-
-def test_config_rejects_a_bad_health_address() -> None:
-    from connector.config import ConfigError
-
-    try:
-        Config(api_key=KEY, health_addr="9464")
-    except ConfigError as error:
-        assert "HOST:PORT" in str(error)
-    else:
-        raise AssertionError("accepted a health address without a host")

@@ -11,7 +11,7 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
-from connector.config import Config
+from connector import Config
 from tests.conftest import REPO
 
 DEFAULT_GRACE = Config(api_key="sk_test_x").shutdown_grace

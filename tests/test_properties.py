@@ -10,10 +10,24 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector import DataSource, Dispatcher, RequestContext
-from connector.protocol import ProtocolError, RequestFrame, decode_frame, encode_frame
-from connector.signing import SignatureError, Verifier, sign_request, verify_request
-from tests.helpers import API_KEY
+from connector import (
+    DataSource,
+    Dispatcher,
+    ProtocolError,
+    RequestContext,
+    SignatureError,
+    Verifier,
+    sign_request,
+    verify_request,
+)
+from connector.wire.frames import (
+    RequestFrame,
+    ResponseFrame,
+    decode_frame,
+    encode_frame,
+    encode_response,
+)
+from tests.helpers import API_KEY, dispatch_frame
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -156,8 +170,9 @@ def test_dispatch_always_answers_with_a_documented_status(body: str, signed: boo
     headers = sign_request(API_KEY, "msg_prop", body) if signed else {}
     frame = RequestFrame(id="req_prop", url="u", headers=headers, body=body)
     dispatcher = Dispatcher(Echo(), Verifier(API_KEY), replay_capacity=0)
-    response = asyncio.run(dispatcher.handle(frame))
-    assert response.id == "req_prop"
+    response = asyncio.run(dispatch_frame(dispatcher, frame))
+    sent = decode_frame(encode_response(frame.id, response.status, response.body))
+    assert isinstance(sent, ResponseFrame) and sent.id == "req_prop"
     assert response.status in {200, 400, 401, 404}
     payload = json.loads(response.body)
     if response.status != 200:

@@ -19,12 +19,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from connector import ConfigError, Dispatcher, RequestContext
 from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
-from connector.config import ConfigError
-from connector.handler import Dispatcher, RequestContext
-from connector.signing import Verifier
-from connector.source import Condition, ListPage, ListQuery
-from tests.helpers import API_KEY, signed_frame
+from connector.wire.bodies import Condition, ListPage, ListQuery
+from connector.wire.signing import Verifier
+from tests.helpers import API_KEY, dispatch_frame, signed_frame
 from tests.postgres import create_database, drop_database
 
 DIALECTS = ["sqlite", "postgresql"]
@@ -91,7 +90,7 @@ class Client:
         self.dispatcher = Dispatcher(source, Verifier(API_KEY))
 
     async def __call__(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        response = await self.dispatcher.handle(signed_frame(body))
+        response = await dispatch_frame(self.dispatcher, signed_frame(body))
         return response.status, json.loads(response.body)
 
     async def ok(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -10,9 +10,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from connector.devengine import DevEngine
+from connector.dev.engine import DevEngine
+from tests.helpers import Process, free_port, process, wait_for_port
 from tests.postgres import create_database, drop_database
-from tests.support import Process, free_port, process, wait_for_port
 from tests.test_sql_adapter import TASKS_DDL, execute
 
 KEY = "sk_test_sql_cli_51c0"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from connector.protocol import ProtocolError, decode_frame, encode_frame
-from connector.signing import SignatureError, sign_request, verify_request
+from connector import ProtocolError, SignatureError, sign_request, verify_request
+from connector.wire.frames import decode_frame, encode_frame
 from tests.conftest import load_vectors
 
 FRAMES = load_vectors("frames.json")["frames"]

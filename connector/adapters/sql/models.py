@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from ...config import ConfigError
+from ...errors import ConfigError
 
 __all__ = ["ModelMap", "ModelSpec", "ServedModel", "camel_to_snake", "snake_to_camel"]
 

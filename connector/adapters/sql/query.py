@@ -21,8 +21,8 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from ...handler import SourceError
-from ...source import Condition, ListQuery
+from ...errors import SourceError
+from ...wire.bodies import Condition, ListQuery
 from .models import ServedModel
 from .values import to_column_value, to_json_value
 

@@ -13,7 +13,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from .models import LEDGER_TABLE, OUTBOX_TABLE
 
 __all__ = ["ledger", "migrate", "migration_statements", "outbox", "verify_tables"]

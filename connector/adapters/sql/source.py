@@ -27,9 +27,9 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ...config import ConfigError
-from ...handler import DataSource, RequestContext, SourceError
-from ...source import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
+from ...errors import ConfigError, SourceError
+from ...serve.datasource import DataSource, RequestContext
+from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
 from .models import ModelMap, ServedModel
 from .query import column_for, plan_list
 from .schema import ledger, outbox, verify_tables

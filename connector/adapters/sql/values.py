@@ -21,7 +21,7 @@ from typing import Any
 import pydantic_core
 import sqlalchemy as sa
 
-from ...handler import SourceError
+from ...errors import SourceError
 
 __all__ = ["ValueRejected", "to_column_value", "to_json_row", "to_json_value"]
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics for one connector.
+"""What has it done? Prometheus metrics for one connector.
 
 Every series is prefixed ``ablo_connector_``, carries its unit in its name,
 and has bounded labels: operation, HTTP status, failure code or outcome;
@@ -14,14 +14,13 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import Enum as EnumMetric
 
-from ._version import __version__
-from .handler import HttpResponse
-from .status import ConnectorStatus, Observer, State
+from .._version import __version__
+from ..wire.bodies import OPERATIONS
+from .status import AnsweredRequest, ConnectorStatus, Observer, State
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-_OPERATIONS: Final = frozenset({"load", "list", "commit", "events"})
 _DURATION_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0,
 )  # fmt: skip
@@ -29,6 +28,8 @@ _DURATION_BUCKETS: Final = (
 
 class Metrics(Observer):
     """Counts requests, connection attempts and rejections; renders them."""
+
+    content_type: Final = CONTENT_TYPE
 
     def __init__(self, status: ConnectorStatus) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -115,8 +116,8 @@ class Metrics(Observer):
 
     _status_was_ready = False
 
-    def request_done(self, response: HttpResponse, seconds: float) -> None:
-        operation = response.operation if response.operation in _OPERATIONS else "none"
+    def request_done(self, response: AnsweredRequest, seconds: float) -> None:
+        operation = response.operation if response.operation in OPERATIONS else "none"
         self._requests.labels(operation, str(response.status)).inc()
         self._duration.labels(operation).observe(seconds)
         if response.replayed:

@@ -3,8 +3,9 @@
 :class:`Connector` is the embedding API: ``await Connector(config,
 source).run()`` dials, serves and reconnects until :meth:`Connector.stop` is
 called or the task is cancelled. :class:`ReconnectPolicy` decides how long to
-wait after each kind of failure; ``tenacity`` runs the loop.
-:func:`run_until_signalled` adds the daemon's signal handling on top.
+wait after each kind of failure; ``tenacity`` runs the loop. With an HA lock
+the connector dials only while it holds the lock. Signals are the daemon's
+business: see :mod:`.signals`.
 """
 
 from __future__ import annotations
@@ -14,40 +15,36 @@ import contextlib
 import functools
 import logging
 import random
-import signal
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from .client import (
+from ..errors import (
     AuthenticationFailed,
+    ConfigError,
     ConnectFailure,
-    Connection,
     ConnectionLost,
     HandshakeRejected,
-    InFlight,
     ProtocolMismatch,
     RateLimited,
     Superseded,
 )
-from .config import Config, ConfigError
+from ..ops.status import ConnectorStatus, Observer, State
+from ..ops.systemd import SystemdNotifier
+from ..serve.datasource import DataSource
+from ..serve.dispatcher import Dispatcher
+from ..wire.signing import Verifier
+from .config import Config
+from .connection import Connection, InFlight
 from .ha import LeaderLock, lock_from_url
-from .handler import DataSource, Dispatcher
-from .signing import Verifier
-from .status import ConnectorStatus, Observer, State
-from .systemd import SystemdNotifier
 
 if TYPE_CHECKING:
-    from .health import HealthServer
-    from .metrics import Metrics
+    from ..ops.health import HealthServer
+    from ..ops.metrics import Metrics
 
-__all__ = ["EX_CONFIG", "Connector", "ReconnectPolicy", "run_until_signalled"]
+__all__ = ["Connector", "ReconnectPolicy"]
 
 log = logging.getLogger("connector.supervisor")
-
-EX_CONFIG: Final = 78  # sysexits.h: systemd's RestartPreventExitStatus, Kubernetes shows it
-EX_UNAVAILABLE: Final = 69  # sysexits.h: the engine or the database is unreachable
 
 _AUTH_HINT: Final = (
     "check that the key is a secret key (sk_test_... or sk_live_...), that it has not been "
@@ -112,7 +109,7 @@ class Connector:
         if observer is None and config.health_addr is not None:
             # Imported here: prometheus-client costs memory a connector
             # without a health endpoint should not pay.
-            from .metrics import Metrics
+            from ..ops.metrics import Metrics
 
             observer = self.metrics = Metrics(self.status)
         self.observer = observer or Observer()
@@ -127,7 +124,7 @@ class Connector:
         self.policy = ReconnectPolicy(config)
         self._stopping: asyncio.Event | None = None
         self._leave = asyncio.Event()  # ends the current serving phase (stop, or lock lost)
-        self._lock = lock_from_url(config.ha_lock) if config.ha_lock else None
+        self._lock = _lock(config.ha_lock) if config.ha_lock else None
         self._in_flight: InFlight | None = None
         self._last_failure_code: str | None = None
 
@@ -348,7 +345,7 @@ class Connector:
 
     async def _start_services(self) -> None:
         if self.config.health_addr is not None:
-            from .health import HealthServer
+            from ..ops.health import HealthServer
 
             self.health = HealthServer(self.status, self.metrics, self.config.health_addr)
             try:
@@ -372,6 +369,13 @@ class Connector:
         log.info("connector stopped")
 
 
+def _lock(url: str) -> LeaderLock:
+    try:
+        return lock_from_url(url)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _set_event(event: asyncio.Event, _: object) -> None:
     event.set()
 
@@ -388,46 +392,3 @@ def _outcome(error: BaseException | None) -> str:
     if isinstance(error, HandshakeRejected):
         return "rejected"
     return "failed"
-
-
-@contextlib.contextmanager
-def _signal_handlers(connector: Connector) -> Iterator[list[int]]:
-    loop = asyncio.get_running_loop()
-    received: list[int] = []
-
-    def handle(signum: int) -> None:
-        received.append(signum)
-        name = signal.Signals(signum).name
-        if len(received) == 1:
-            log.info("%s received: finishing in-flight requests, then exiting", name)
-            connector.stop()
-        else:
-            log.warning("%s received again: exiting now", name)
-            connector.stop(force=True)
-
-    installed = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(signum, handle, signum)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
-            pass
-    try:
-        yield received
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-
-
-async def run_until_signalled(connector: Connector) -> int:
-    """Run ``connector`` as a daemon: SIGTERM/SIGINT drain and exit 0; a
-    second signal abandons in-flight work and exits 1. Returns the exit status."""
-    with _signal_handlers(connector) as received:
-        try:
-            await connector.run()
-        except AuthenticationFailed:
-            return EX_CONFIG
-        except ConfigError as error:
-            log.error("%s", error)
-            return EX_CONFIG
-    return 1 if len(received) > 1 else 0

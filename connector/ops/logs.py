@@ -13,12 +13,13 @@ import logging
 import sys
 import time
 from collections.abc import Iterable
-from typing import Final, Literal
+from typing import Literal
+
+from .._redact import REDACTED
 
 __all__ = ["LogFormat", "RedactingFormatter", "configure_logging"]
 
 LogFormat = Literal["text", "json"]
-REDACTED: Final = "[redacted]"
 
 
 class _JsonFormatter(logging.Formatter):

@@ -4,9 +4,9 @@ The engine keeps one connector per source, so replicas must not all dial:
 with ``--ha-lock URL`` a replica dials only while it holds the lock, and the
 others wait. A backend is a :class:`LeaderLock`: try to take the lock, say
 when it was lost, give it back. ``file:///path`` (``flock``, for replicas on
-one host) and ``postgresql://…`` (a session advisory lock, for replicas on
-any hosts that reach the database); others plug in through
-:func:`lock_from_url`.
+one host), ``postgresql://…`` (a session advisory lock, for replicas on
+any hosts that reach the database) and ``k8s://namespace/lease`` (a
+Kubernetes Lease); others plug in through :func:`lock_from_url`.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def lock_from_url(url: str) -> LeaderLock:
             raise ValueError(f"--ha-lock {url!r}: use file:///absolute/path")
         return FileLock(path)
     raise ValueError(
-        f"--ha-lock {url!r}: unsupported scheme {parts.scheme!r} (supported: file://, postgresql://)"
+        f"--ha-lock {url!r}: unsupported scheme {parts.scheme!r} (supported: file://, postgresql://, k8s://)"
     )
 
 

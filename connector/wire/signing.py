@@ -22,14 +22,14 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Final, Literal, NamedTuple
+from typing import Final, NamedTuple
 
 from standardwebhooks.webhooks import Webhook
 
+from ..errors import SignatureError
+
 __all__ = [
     "DEFAULT_TOLERANCE",
-    "SignatureError",
-    "SignatureErrorCode",
     "VerifiedRequest",
     "Verifier",
     "sign_request",
@@ -38,30 +38,12 @@ __all__ = [
 
 DEFAULT_TOLERANCE: Final = 300.0
 
-SignatureErrorCode = Literal[
-    "source_id_missing",
-    "source_timestamp_missing",
-    "source_timestamp_invalid",
-    "source_timestamp_expired",
-    "source_signature_missing",
-    "source_signature_invalid",
-]
-
 # A plain decimal number, as Standard Webhooks timestamps are written; no
 # hex, underscores, NaN or infinities (which float() would take).
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 # The seconds a calendar date can name (years 1 to 9999), as the signers accept.
 _FIRST_SECOND: Final = -62135596800
 _LAST_SECOND: Final = 253402300799
-
-
-class SignatureError(Exception):
-    """A request failed verification; ``code`` names the first check it failed."""
-
-    def __init__(self, code: SignatureErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code: SignatureErrorCode = code
-        self.message = message
 
 
 class VerifiedRequest(NamedTuple):
@@ -97,7 +79,11 @@ def _sign(signer: Webhook, message_id: str, when: datetime, body: str) -> str:
     except UnicodeEncodeError:
         # A lone surrogate (from a JSON "\ud800" escape) cannot be encoded; the
         # engine's TextEncoder signs U+FFFD in its place, so do the same.
-        return signer.sign(msg_id=_well_formed(message_id), timestamp=when, data=_well_formed(body))
+        return signer.sign(
+            msg_id=_replace_lone_surrogates(message_id),
+            timestamp=when,
+            data=_replace_lone_surrogates(body),
+        )
 
 
 def _expected_signature(keyed: hmac.HMAC, message_id: str, signed_at: int, body: str) -> bytes:
@@ -110,13 +96,13 @@ def _expected_signature(keyed: hmac.HMAC, message_id: str, signed_at: int, body:
         payload = f"{message_id}.{signed_at}.{body}".encode()
     except UnicodeEncodeError:
         # Lone surrogates: sign U+FFFD in their place, as the engine does.
-        payload = f"{_well_formed(message_id)}.{signed_at}.{_well_formed(body)}".encode()
+        payload = f"{_replace_lone_surrogates(message_id)}.{signed_at}.{_replace_lone_surrogates(body)}".encode()
     mac = keyed.copy()
     mac.update(payload)
     return b"v1," + base64.b64encode(mac.digest())
 
 
-def _well_formed(text: str) -> str:
+def _replace_lone_surrogates(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 

@@ -1,7 +1,8 @@
 """Where is the connector now? A small, observable record of its state.
 
 The connection and the supervisor write it; health checks, metrics, systemd
-notifications and embedding programs read it or subscribe to changes.
+notifications and embedding programs read it or subscribe to changes. An
+:class:`Observer` hears of each request and connection attempt as it ends.
 """
 
 from __future__ import annotations
@@ -11,12 +12,9 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .handler import HttpResponse
-
-__all__ = ["ConnectorStatus", "Observer", "State"]
+__all__ = ["AnsweredRequest", "ConnectorStatus", "Observer", "State"]
 
 
 class State(enum.StrEnum):
@@ -30,6 +28,19 @@ class State(enum.StrEnum):
     STOPPED = "stopped"
 
 
+class AnsweredRequest(Protocol):
+    """What an observer learns of one answered request (the dispatcher's ``Answer``)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def operation(self) -> str | None: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def replayed(self) -> bool: ...
+
+
 class Observer:
     """Hooks for counting what happens; the defaults do nothing.
 
@@ -37,7 +48,7 @@ class Observer:
     request path, so an implementation must be cheap and must not block.
     """
 
-    def request_done(self, response: HttpResponse, seconds: float) -> None:
+    def request_done(self, response: AnsweredRequest, seconds: float) -> None:
         """One request answered (any status)."""
 
     def frame_rejected(self, reason: str) -> None:

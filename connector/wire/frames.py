@@ -1,4 +1,4 @@
-"""What is on the wire: the ``ablo.source.v1`` frames and connection constants.
+"""What is on the wire? The ``ablo.source.v1`` frames and connection constants.
 
 Pure data and functions, no I/O. Every frame is one JSON text message with a
 ``type`` discriminator; :func:`decode_frame` turns a raw message into one of
@@ -13,20 +13,19 @@ and a binary message is read as UTF-8 with a leading BOM dropped.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 import pydantic_core
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     StringConstraints,
     TypeAdapter,
     ValidationError,
 )
-from pydantic.alias_generators import to_camel
+
+from ..errors import ProtocolError
+from .strict_json import WireModel, describe_validation_error, loads, validate_fast
 
 __all__ = [
     "BEARER_PREFIX",
@@ -37,7 +36,6 @@ __all__ = [
     "SUBPROTOCOL",
     "ErrorFrame",
     "Frame",
-    "ProtocolError",
     "ReadyFrame",
     "RegisterFrame",
     "RequestFrame",
@@ -54,27 +52,12 @@ LISTEN_PATH: Final = "/v1/source/listen"
 SUBPROTOCOL: Final = "ablo.source.v1"
 BEARER_PREFIX: Final = "ablo.bearer."
 DEFAULT_BASE_URL: Final = "https://api.abloatai.com"
-CONNECTOR_PROTOCOL_ERROR: Final = "source_connector_protocol_error"
+CONNECTOR_PROTOCOL_ERROR: Final = ProtocolError.code
 
 # The reference runs on JavaScript numbers: an int field must be a safe integer.
 _MAX_SAFE_INTEGER: Final = 2**53 - 1
 
 _T = TypeVar("_T")
-
-
-class ProtocolError(ValueError):
-    """A message that is not a valid ``ablo.source.v1`` frame.
-
-    ``request_id`` is set when the message still looked like a ``request``
-    with a usable ``id``, so the caller can fail that request at once instead
-    of leaving the engine to time it out.
-    """
-
-    code: Final = CONNECTOR_PROTOCOL_ERROR
-
-    def __init__(self, message: str, *, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
 
 
 def _reject_null(value: Any) -> Any:
@@ -108,18 +91,7 @@ EnvironmentSlug = Annotated[
 Headers = dict[WireStr, WireStr]
 
 
-class _Frame(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        frozen=True,
-        extra="ignore",
-    )
-
-
-class RegisterFrame(_Frame):
+class RegisterFrame(WireModel):
     """Connector → engine, the first frame after the socket opens."""
 
     type: Literal["register"] = "register"
@@ -127,7 +99,7 @@ class RegisterFrame(_Frame):
     client: Omittable[WireStr] = None
 
 
-class ReadyFrame(_Frame):
+class ReadyFrame(WireModel):
     """Engine → connector: registration accepted, with the source it resolved."""
 
     type: Literal["ready"] = "ready"
@@ -137,7 +109,7 @@ class ReadyFrame(_Frame):
     environment: Omittable[EnvironmentSlug] = None
 
 
-class RequestFrame(_Frame):
+class RequestFrame(WireModel):
     """Engine → connector: one signed Data Source request."""
 
     type: Literal["request"] = "request"
@@ -148,7 +120,7 @@ class RequestFrame(_Frame):
     body: WireStr
 
 
-class ResponseFrame(_Frame):
+class ResponseFrame(WireModel):
     """Connector → engine: the answer to the request with the same ``id``."""
 
     type: Literal["response"] = "response"
@@ -158,7 +130,7 @@ class ResponseFrame(_Frame):
     body: WireStr
 
 
-class ErrorFrame(_Frame):
+class ErrorFrame(WireModel):
     """Either direction: fails one request (with ``id``) or the connection."""
 
     type: Literal["error"] = "error"
@@ -175,16 +147,6 @@ Frame = Annotated[
 _FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def strict_json_loads(text: str) -> Any:
-    """``json.loads`` without NaN/Infinity, which the stdlib accepts but JSON
-    (and the engine) does not. Raises ValueError or RecursionError."""
-    return json.loads(text, parse_constant=_reject_constant)
-
-
 def _text_of(raw: str | bytes | bytearray | memoryview) -> str:
     if isinstance(raw, str):
         return raw
@@ -195,27 +157,18 @@ def _text_of(raw: str | bytes | bytearray | memoryview) -> str:
 def _usable_request_id(value: Any) -> str | None:
     if isinstance(value, dict) and value.get("type") == "request":
         frame_id = value.get("id")
-        if isinstance(frame_id, str) and frame_id and _well_formed(frame_id):
+        if isinstance(frame_id, str) and frame_id and _utf8_encodable(frame_id):
             return frame_id
     return None
 
 
-def _well_formed(text: str) -> bool:
+def _utf8_encodable(text: str) -> bool:
     # A JSON "\ud800" escape yields a lone surrogate, which no frame can carry back.
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
-
-
-def describe_validation_error(error: ValidationError, subject: str) -> str:
-    """The first few issues as ``field: problem``, never echoing input values."""
-    parts = []
-    for issue in error.errors(include_url=False, include_input=False)[:5]:
-        location = ".".join(str(p) for p in issue["loc"]) or subject
-        parts.append(f"{location}: {issue['msg']}")
-    return "; ".join(parts)
 
 
 def decode_frame(raw: str | bytes | bytearray | memoryview) -> Frame:
@@ -225,16 +178,11 @@ def decode_frame(raw: str | bytes | bytearray | memoryview) -> Frame:
     message names the offending fields but never echoes their values.
     """
     text = _text_of(raw)
-    if "NaN" not in text and "Infinity" not in text:
-        # The common case: parse and validate in one pass, in pydantic-core.
-        # The stdlib path below runs only to diagnose a failure (and for the
-        # literals JSON does not have, which pydantic's parser would accept).
-        try:
-            return _FRAME_ADAPTER.validate_json(text)
-        except ValidationError:
-            pass
+    frame = validate_fast(_FRAME_ADAPTER, text)
+    if frame is not None:
+        return frame
     try:
-        value = strict_json_loads(text)
+        value = loads(text)
     except (ValueError, RecursionError):
         raise ProtocolError("frame is not valid JSON") from None
     try:

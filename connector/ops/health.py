@@ -1,4 +1,4 @@
-"""Health, readiness and metrics over plain HTTP, for probes and Prometheus.
+"""Is it alive, is it ready? Health, readiness and metrics over plain HTTP.
 
 ``GET /healthz``: 200 while the process and its event loop answer (a
 blocked loop cannot answer at all, which is what a liveness probe needs).
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
-from . import _http
-from .metrics import CONTENT_TYPE, Metrics
+from .. import _http
 from .status import ConnectorStatus, State
+
+if TYPE_CHECKING:  # prometheus-client is imported only when metrics are served
+    from .metrics import Metrics
 
 __all__ = ["HealthServer", "parse_address"]
 
@@ -68,5 +71,7 @@ class HealthServer:
         if request.path == "/readyz":
             return _http.Reply.json(200 if status.is_ready else 503, status.as_dict())
         if request.path == "/metrics" and self._metrics is not None:
-            return _http.Reply(200, self._metrics.render(), {"Content-Type": CONTENT_TYPE})
+            return _http.Reply(
+                200, self._metrics.render(), {"Content-Type": self._metrics.content_type}
+            )
         return _http.Reply.json(404, {"error": "not_found"})

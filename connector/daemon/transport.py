@@ -1,4 +1,4 @@
-"""Responses written in one event-loop turn leave in one send.
+"""How do answers leave? Responses written in one event-loop turn leave in one send.
 
 Under load many handler tasks finish in the same turn, and websockets
 writes each response frame to the transport on its own: one ``send()``

@@ -1,4 +1,4 @@
-"""systemd's notify protocol: READY=1, STOPPING=1, STATUS= and the watchdog.
+"""What does systemd hear? The notify protocol: READY=1, STOPPING=1, STATUS=, the watchdog.
 
 A few datagrams on ``$NOTIFY_SOCKET``; no dependency. Only active when
 systemd set that variable (``Type=notify``), so it is harmless elsewhere.

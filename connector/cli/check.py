@@ -1,8 +1,10 @@
-"""``ablo-connector check``: walk the path to the engine one step at a time.
+"""Can this host serve? ``ablo-connector check``, one step at a time.
 
-Each step prints one line, ``ok`` or ``FAIL``, and a failure adds what to
-check next. The steps: configuration, handler, proxy, DNS, TCP, TLS,
-WebSocket upgrade (with the echoed subprotocol), and register/ready.
+Each step prints one line, ``ok``, ``skip`` or ``FAIL``, and a failure adds
+what to check next. The steps: configuration, handler (imports, and its
+methods can take the dispatcher's arguments) or database, proxy, DNS, TCP,
+TLS, the WebSocket upgrade with the echoed subprotocol, and register/ready,
+driven by the same session object as the daemon's own connection.
 """
 
 from __future__ import annotations
@@ -13,38 +15,23 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus, WebSocketException
-from websockets.typing import Subprotocol
+from websockets.asyncio.client import ClientConnection
 
-from .client import CLIENT_NAME, _rejection
-from .config import Config
-from .protocol import (
-    PROTOCOL_VERSION,
-    SUBPROTOCOL,
-    ErrorFrame,
-    ProtocolError,
-    ReadyFrame,
-    RegisterFrame,
-    decode_frame,
-    encode_frame,
-    subprotocols_for,
+from ..daemon.config import Config
+from ..daemon.connection import open_websocket
+from ..errors import (
+    EX_CONFIG,
+    AuthenticationFailed,
+    CheckFailed,
+    ConnectFailure,
+    RateLimited,
 )
-from .supervisor import EX_CONFIG, EX_UNAVAILABLE
+from ..wire.frames import SUBPROTOCOL
+from ..wire.session import ClientSession, Ended, Invalid, Ready
 
-__all__ = ["CheckFailed", "run_checks"]
-
-
-@dataclass
-class CheckFailed(Exception):
-    step: str
-    detail: str
-    hint: str
-    exit_status: int = EX_UNAVAILABLE
-
+__all__ = ["run_checks"]
 
 Echo = Callable[[str], None]
 
@@ -132,82 +119,54 @@ async def run_checks(config: Config, echo: Echo, *, register: bool = True) -> No
 
     started = time.monotonic()
     try:
-        ws = await connect(
-            url,
-            subprotocols=[Subprotocol(p) for p in subprotocols_for(config.api_key)],
-            compression=None,
-            open_timeout=config.open_timeout,
-            user_agent_header=CLIENT_NAME,
-        )
-    except InvalidStatus as error:
-        rejection = _rejection(error)
-        auth = rejection.status in (401, 403)
-        hint = (
-            "the key was refused: use a secret key (sk_test_… or sk_live_…) that is not revoked; "
-            "an sk_live_ key needs the source opted into the production reverse channel"
-            if auth
-            else "the engine is rate limiting connections; wait and retry"
-            if rejection.status == 429
-            else "check that --base-url points at the Ablo engine"
-        )
-        raise CheckFailed(
-            "websocket", str(rejection), hint, EX_CONFIG if auth else EX_UNAVAILABLE
-        ) from None
-    except (OSError, TimeoutError, WebSocketException) as error:
+        ws = await open_websocket(config, max_size=config.max_message_size)
+    except AuthenticationFailed as rejected:
         raise CheckFailed(
             "websocket",
-            f"upgrade failed: {error or type(error).__name__}",
-            "check --base-url, the proxy and any TLS-intercepting middlebox",
+            str(rejected),
+            "the key was refused: use a secret key (sk_test_… or sk_live_…) that is not revoked; "
+            "an sk_live_ key needs the source opted into the production reverse channel",
+            EX_CONFIG,
         ) from None
+    except RateLimited as rejected:
+        raise CheckFailed(
+            "websocket", str(rejected), "the engine is rate limiting connections; wait and retry"
+        ) from None
+    except ConnectFailure as failure:
+        hint = (
+            "check that --base-url points at the Ablo engine"
+            if getattr(failure, "status", None)
+            else "check --base-url, the proxy and any TLS-intercepting middlebox"
+        )
+        raise CheckFailed("websocket", f"upgrade failed: {failure}", hint) from None
+    session = ClientSession(max_message_size=config.max_message_size)
     try:
-        if ws.subprotocol != SUBPROTOCOL:
+        if session.accept(ws.subprotocol, url) is not None:
             raise CheckFailed(
                 "websocket",
                 f"the server did not echo {SUBPROTOCOL} (got {ws.subprotocol!r})",
                 "--base-url must point at the Ablo engine, not another WebSocket service",
             )
         echo(
-            f"ok    websocket: upgraded, subprotocol {SUBPROTOCOL} ({(time.monotonic() - started) * 1000:.0f} ms)"
+            f"ok    websocket: upgraded, subprotocol {ws.subprotocol} "
+            f"({(time.monotonic() - started) * 1000:.0f} ms)"
         )
         if not register:
             echo("skip  register: --no-register")
             return
-        await ws.send(
-            encode_frame(RegisterFrame(protocol_version=PROTOCOL_VERSION, client=CLIENT_NAME))
-        )
-        try:
-            frame = decode_frame(await asyncio.wait_for(ws.recv(), config.ready_timeout))
-        except TimeoutError:
+        await ws.send(session.register_text())
+        event = await _first_event(ws, session, config.ready_timeout)
+        if isinstance(event, Ended):
+            refused = event.failure
             raise CheckFailed(
                 "register",
-                f"no ready frame within {config.ready_timeout:g} s",
-                "the engine accepted the socket but did not register it; contact support with the time of this check",
-            ) from None
-        except ProtocolError as error:
-            raise CheckFailed(
-                "register",
-                f"the engine's answer is not a valid frame: {error}",
-                "check for a proxy that rewrites WebSocket messages",
-            ) from None
-        if isinstance(frame, ErrorFrame):
-            raise CheckFailed(
-                "register",
-                f"refused: {frame.code} {frame.message}",
-                "see the engine's error code reference",
+                str(refused),
+                "upgrade ablo-connector"
+                if refused.code == "protocol_version_mismatch"
+                else "see the engine's error code reference",
                 EX_CONFIG,
             )
-        if not isinstance(frame, ReadyFrame):
-            raise CheckFailed(
-                "register",
-                f"expected ready, got {frame.type}",
-                "the engine sent an unexpected frame",
-            )
-        if frame.protocol_version != PROTOCOL_VERSION:
-            raise CheckFailed(
-                "register",
-                f"the engine speaks protocol {frame.protocol_version}, this connector {PROTOCOL_VERSION}",
-                "upgrade ablo-connector",
-            )
+        frame = event.frame
         identity = {
             "source": frame.source_id,
             "organization": frame.organization_id,
@@ -216,6 +175,32 @@ async def run_checks(config: Config, echo: Echo, *, register: bool = True) -> No
         echo(f"ok    register: ready {json.dumps(identity)}")
     finally:
         await ws.close(1000, "connector_aborted")
+
+
+async def _first_event(
+    ws: ClientConnection, session: ClientSession, timeout: float
+) -> Ready | Ended:
+    """The session's answer to register: ready, or why not (requests are not served here)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            raw = await asyncio.wait_for(ws.recv(), max(deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            raise CheckFailed(
+                "register",
+                f"no ready frame within {timeout:g} s",
+                "the engine accepted the socket but did not register it; contact support with "
+                "the time of this check",
+            ) from None
+        event = session.receive(raw)
+        if isinstance(event, Ready | Ended):
+            return event
+        if isinstance(event, Invalid):
+            raise CheckFailed(
+                "register",
+                f"the engine's answer is not a valid frame: {event.detail}",
+                "check for a proxy that rewrites WebSocket messages",
+            )
 
 
 async def _check_tls(host: str, port: int, timeout: float, echo: Echo) -> None:

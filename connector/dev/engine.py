@@ -1,4 +1,4 @@
-"""The engine's side of ``ablo.source.v1``, for development and tests.
+"""What does the engine do? Its side of ``ablo.source.v1``, for development and tests.
 
 :class:`DevEngine` accepts connectors the way the Ablo engine does: it checks
 the bearer subprotocol (401 otherwise), echoes only ``ablo.source.v1``,
@@ -33,14 +33,15 @@ from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response as WsResponse
 from websockets.typing import Subprotocol
 
-from . import _http
-from .protocol import (
+from .. import _http
+from ..errors import ProtocolError, Superseded
+from ..wire.frames import (
     BEARER_PREFIX,
+    CONNECTOR_PROTOCOL_ERROR,
     LISTEN_PATH,
     PROTOCOL_VERSION,
     SUBPROTOCOL,
     ErrorFrame,
-    ProtocolError,
     ReadyFrame,
     RegisterFrame,
     RequestFrame,
@@ -48,13 +49,13 @@ from .protocol import (
     decode_frame,
     encode_frame,
 )
-from .signing import sign_request
+from ..wire.signing import sign_request
 
 __all__ = ["DevEngine", "EngineResult"]
 
 log = logging.getLogger("connector.devengine")
 
-SUPERSEDED = "source_connector_superseded"
+SUPERSEDED = Superseded.code
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,9 +275,7 @@ class DevEngine:
             return
         if not isinstance(frame, RegisterFrame) or frame.protocol_version != PROTOCOL_VERSION:
             await ws.send(
-                encode_frame(
-                    ErrorFrame(code="source_connector_protocol_error", message="register first")
-                )
+                encode_frame(ErrorFrame(code=CONNECTOR_PROTOCOL_ERROR, message="register first"))
             )
             await ws.close(1002, "register_required")
             return
@@ -401,7 +400,7 @@ class DevEngine:
                 )
                 continue
             if isinstance(answer, ErrorFrame):
-                status = 400 if answer.code == "source_connector_protocol_error" else 502
+                status = 400 if answer.code == CONNECTOR_PROTOCOL_ERROR else 502
                 payload = {"error": answer.code, "message": answer.message}
                 return EngineResult(status, json.dumps(payload), attempt, message_id)
             return EngineResult(answer.status, answer.body, attempt, message_id)

@@ -16,12 +16,10 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     StrictBool,
     StrictFloat,
@@ -30,9 +28,11 @@ from pydantic import (
     TypeAdapter,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
+
+from .strict_json import WireModel, validate_fast
 
 __all__ = [
+    "OPERATIONS",
     "OPERATORS",
     "CommitEcho",
     "CommitRequest",
@@ -47,13 +47,20 @@ __all__ = [
     "ListRequest",
     "LoadRequest",
     "Operation",
+    "OperationName",
     "Operator",
     "Scope",
     "SourceRequest",
     "canonical_json",
     "operations_intent_hash",
     "parse_source_request",
+    "parse_source_request_fast",
 ]
+
+# The four Data Source operations: the request body's ``type``, the handler
+# method that serves it, and the metrics label. Written here only.
+OperationName = Literal["load", "list", "commit", "events"]
+OPERATIONS: Final[tuple[OperationName, ...]] = get_args(OperationName)
 
 Operator = Literal[
     "=",
@@ -86,18 +93,7 @@ Scalar = Annotated[
 ]
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        frozen=True,
-        extra="ignore",
-    )
-
-
-class Condition(_Body):
+class Condition(WireModel):
     """One ``where`` entry. ``[field, value]`` on the wire means ``op="="``."""
 
     field: NonEmptyStr
@@ -116,8 +112,8 @@ class Condition(_Body):
         return data
 
 
-class ListQuery(_Body):
-    where: list[Condition] = []
+class ListQuery(WireModel):
+    where: list[Condition] = Field(default_factory=list)
     limit: Annotated[int, Field(ge=0)] | None = None
     order_by: StrictStr | None = None
     order: Literal["asc", "desc"] | None = None
@@ -125,7 +121,7 @@ class ListQuery(_Body):
     cursor: StrictStr | None = None
 
 
-class Scope(_Body):
+class Scope(WireModel):
     """Advisory request context the engine attaches; enforce it in the handler."""
 
     participant_id: StrictStr | None = None
@@ -136,7 +132,7 @@ class Scope(_Body):
     required_sync_groups: list[StrictStr] | None = None
 
 
-class Operation(_Body):
+class Operation(WireModel):
     type: OperationType
     model: NonEmptyStr
     id: NonEmptyStr | None = None
@@ -155,19 +151,19 @@ def _payload_within_limit(value: Any) -> Any:
     return value
 
 
-class CommitEcho(_Body):
+class CommitEcho(WireModel):
     kind: Literal["postgres-wal"]
     payload: Annotated[NonEmptyStr, BeforeValidator(_payload_within_limit)]
 
 
-class LoadRequest(_Body):
+class LoadRequest(WireModel):
     type: Literal["load"] = "load"
     model: NonEmptyStr
     id: NonEmptyStr
     scope: Scope | None = None
 
 
-class ListRequest(_Body):
+class ListRequest(WireModel):
     type: Literal["list"] = "list"
     model: NonEmptyStr
     query: ListQuery = ListQuery()
@@ -181,7 +177,7 @@ class ListRequest(_Body):
         return data
 
 
-class CommitRequest(_Body):
+class CommitRequest(WireModel):
     """A commit: every operation applies in one transaction, or none does.
 
     ``correlation_id`` is the idempotency key (``clientTxId`` is its legacy
@@ -215,7 +211,7 @@ class CommitRequest(_Body):
         return self.intent_hash or operations_intent_hash(self.operations)
 
 
-class EventsRequest(_Body):
+class EventsRequest(WireModel):
     type: Literal["events"] = "events"
     cursor: StrictStr | None = None
     limit: Annotated[int, Field(ge=0)] | None = None
@@ -227,7 +223,6 @@ SourceRequest = Annotated[
     Field(discriminator="type"),
 ]
 _REQUEST_ADAPTER: TypeAdapter[SourceRequest] = TypeAdapter(SourceRequest)
-REQUEST_TYPES: Final = frozenset({"load", "list", "commit", "events"})
 
 
 def parse_source_request(value: Any) -> SourceRequest:
@@ -235,9 +230,9 @@ def parse_source_request(value: Any) -> SourceRequest:
     return _REQUEST_ADAPTER.validate_python(value)
 
 
-def parse_source_request_json(text: str) -> SourceRequest:
-    """Parse and validate a body in one pass; raises ``pydantic.ValidationError``."""
-    return _REQUEST_ADAPTER.validate_json(text)
+def parse_source_request_fast(text: str) -> SourceRequest | None:
+    """A valid body in one parsing pass, or None (then diagnose it the slow way)."""
+    return validate_fast(_REQUEST_ADAPTER, text)
 
 
 # ---------------------------------------------------------------- answers

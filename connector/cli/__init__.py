@@ -1,0 +1,82 @@
+"""What does the operator type? The ``ablo-connector`` command.
+
+Each command only builds a :class:`~connector.daemon.config.Config` (or a
+dev engine) from flags and environment variables, hands it to the library,
+and maps the outcome to an exit status. Usage and configuration mistakes
+get one line on stderr, never a traceback.
+
+- :mod:`.run`: ``run`` and ``check``, for operators;
+- :mod:`.migrate`: ``migrate``, for the SQL adapter's tables;
+- :mod:`.dev`: ``dev``, ``dev-engine`` and ``request``, for developers;
+- :mod:`.options`: options generated from ``Config``, grouped ``--help``;
+- :mod:`.sources`: the handler or the SQL adapter to serve;
+- :mod:`.check`: the steps of ``check``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import click
+
+from .._version import __version__
+from .dev import dev, dev_engine, request
+from .migrate import migrate
+from .run import check, run
+
+__all__ = ["main"]
+
+
+def _installed_from() -> str:
+    """Where this copy came from: a wheel, a folder (editable or not), with its path."""
+    package = Path(__file__).resolve().parents[1]
+    try:
+        direct = metadata.distribution("ablo-connector").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return f"not installed, imported from {package}"
+    origin = ""
+    if direct:
+        info = json.loads(direct)
+        editable = info.get("dir_info", {}).get("editable", False)
+        origin = f"{'editable install of' if editable else 'installed from'} {info.get('url')}; "
+    return f"{origin}package at {package}"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(
+            f"ablo-connector {__version__} ({_installed_from()}; "
+            f"Python {platform.python_version()})"
+        )
+        ctx.exit()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--version",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_print_version,
+    help="Show the version and where it was installed from, then exit.",
+)
+def main() -> None:
+    """Serve an Ablo Data Source from a private network over one outbound WebSocket.
+
+    \b
+    Typical use:
+      ablo-connector run --handler mypkg.source:MySource      (key in ABLO_API_KEY)
+      ablo-connector run --database-url postgresql://…        (no handler code)
+      ablo-connector dev                                      (try it locally, no account)
+
+    \b
+    Shell completion (bash; zsh and fish alike):
+      eval "$(_ABLO_CONNECTOR_COMPLETE=bash_source ablo-connector)"
+    """
+
+
+for command in (run, check, migrate, dev, dev_engine, request):
+    main.add_command(command)

@@ -1,0 +1,358 @@
+"""``dev``, ``dev-engine`` and ``request``: what a developer types on a laptop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..daemon.config import Config
+from ..daemon.signals import run_until_signalled
+from ..daemon.supervisor import Connector
+from ..errors import EX_CONFIG, EX_FAILURE, ConfigError
+from ..ops.logs import configure_logging
+from ..serve.datasource import DataSource
+from .options import LOG_LEVELS, GroupedCommand, fail, option
+from .sources import build_source, source_options
+
+__all__ = ["DEV_API_KEY", "dev", "dev_engine", "request"]
+
+DEV_API_KEY = "sk_test_local_dev_engine"
+DEFAULT_ENGINE_API = "http://127.0.0.1:8788"
+_PORTS = click.IntRange(0, 65535)
+
+
+def _engine_ports(command: Any) -> Any:
+    command = option(
+        "--api-port", type=_PORTS, default=8788, help="Control API port (POST /v1/source/requests)."
+    )(command)
+    return option("--port", type=_PORTS, default=8787, help="WebSocket port connectors dial.")(
+        command
+    )
+
+
+def _listen_failed(host: str, port: int, api_port: int, error: OSError) -> str:
+    return (
+        f"cannot listen on {host}:{port} and {host}:{api_port}: {error.strerror} "
+        "(another dev engine running? choose other ports with --port/--api-port)"
+    )
+
+
+# ---------------------------------------------------------------- dev engine
+
+
+@click.command("dev-engine", cls=GroupedCommand)
+@option("--host", default="127.0.0.1", help="Address to listen on.")
+@_engine_ports
+@option(
+    "--api-key", env="ABLO_API_KEY", default=DEV_API_KEY, help="The key connectors must present."
+)
+@option(
+    "--request-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+    help="Seconds before a request is retried.",
+)  # fmt: skip
+@option("--log-level", group="logging", type=LOG_LEVELS, default="info", help="How much to log.")
+def dev_engine(
+    host: str, port: int, api_port: int, api_key: str, request_timeout: float, log_level: str
+) -> None:
+    """Run a local engine for development and tests (no account, no cloud)."""
+    from ..dev.engine import DevEngine
+
+    configure_logging(log_level, secrets=[api_key])
+
+    async def serve() -> None:
+        engine = DevEngine(
+            api_key, host=host, port=port, api_port=api_port, request_timeout=request_timeout
+        )
+        try:
+            await engine.start()
+        except OSError as error:
+            fail(_listen_failed(host, port, api_port, error))
+        click.echo(
+            f"dev engine ready: connectors dial --base-url {engine.base_url}; "
+            f"requests go to {engine.api_url}/v1/source/requests",
+            err=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (2, 15):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await engine.close()
+
+    asyncio.run(serve())
+
+
+# ---------------------------------------------------------------- request
+
+
+def _post(engine: str, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(
+        engine.rstrip("/") + "/v1/source/requests",
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read().decode()
+    except urllib.error.URLError as error:
+        fail(
+            f"cannot reach the engine at {engine}: {error.reason} "
+            "(is `ablo-connector dev-engine` or `ablo-connector dev` running?)",
+            EX_FAILURE,
+        )
+    try:
+        pretty = json.dumps(json.loads(text), indent=2)
+    except ValueError:
+        pretty = text
+    click.echo(f"HTTP {status}")
+    click.echo(pretty)
+    sys.exit(0 if 200 <= status < 300 else 1)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+engine_option = click.option(
+    "--engine",
+    envvar="ABLO_DEV_ENGINE",
+    show_envvar=True,
+    default=DEFAULT_ENGINE_API,
+    show_default=True,
+    help="The dev engine's control API.",
+)
+
+
+@click.group()
+def request() -> None:
+    """Send one request through a running dev engine to your connector."""
+
+
+@request.command("load")
+@click.argument("model")
+@click.argument("id")
+@engine_option
+def request_load(model: str, id: str, engine: str) -> None:
+    """Load one row: MODEL ID."""
+    _post(engine, {"type": "load", "model": model, "id": id})
+
+
+@request.command("list")
+@click.argument("model")
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Equality filter (repeatable); VALUE is JSON or a string.",
+)
+@click.option("--limit", type=click.IntRange(0))
+@click.option("--order-by")
+@click.option("--desc", is_flag=True)
+@click.option("--cursor")
+@engine_option
+def request_list(
+    model: str,
+    where: tuple[str, ...],
+    limit: int | None,
+    order_by: str | None,
+    desc: bool,
+    cursor: str | None,
+    engine: str,
+) -> None:
+    """List rows of MODEL."""
+    conditions = []
+    for item in where:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            fail(f"--where {item!r} must look like field=value", 2)
+        conditions.append([field, _parse_value(value)])
+    query: dict[str, Any] = {"where": conditions} if conditions else {}
+    if limit is not None:
+        query["limit"] = limit
+    if order_by:
+        query["orderBy"] = order_by
+        query["order"] = "desc" if desc else "asc"
+    if cursor:
+        query["cursor"] = cursor
+    _post(engine, {"type": "list", "model": model, "query": query})
+
+
+@request.command("commit")
+@click.argument(
+    "operation",
+    type=click.Choice(["create", "update", "delete", "archive", "unarchive"], case_sensitive=False),
+)
+@click.argument("model")
+@click.argument("id")
+@click.argument("input_json", required=False, default="{}", metavar="[INPUT_JSON]")
+@click.option("--correlation-id", help="Idempotency key (default: a new one).")
+@engine_option
+def request_commit(
+    operation: str,
+    model: str,
+    id: str,
+    input_json: str,
+    correlation_id: str | None,
+    engine: str,
+) -> None:
+    """Commit one operation: OPERATION MODEL ID [INPUT_JSON]."""
+    import uuid
+
+    try:
+        data = json.loads(input_json)
+    except ValueError:
+        fail('INPUT_JSON must be a JSON object, e.g. \'{"title": "x"}\'', 2)
+    if not isinstance(data, dict):
+        fail("INPUT_JSON must be a JSON object", 2)
+    op = {"type": operation.upper(), "model": model, "id": id, "input": data}
+    _post(
+        engine,
+        {
+            "type": "commit",
+            "operations": [op],
+            "correlationId": correlation_id or f"cli_{uuid.uuid4().hex}",
+        },
+    )
+
+
+@request.command("events")
+@click.option("--cursor")
+@click.option("--limit", type=click.IntRange(0))
+@engine_option
+def request_events(cursor: str | None, limit: int | None, engine: str) -> None:
+    """Read the change feed."""
+    body: dict[str, Any] = {"type": "events"}
+    if cursor:
+        body["cursor"] = cursor
+    if limit is not None:
+        body["limit"] = limit
+    _post(engine, body)
+
+
+@request.command("raw")
+@click.argument("body_json")
+@engine_option
+def request_raw(body_json: str, engine: str) -> None:
+    """Send a request body exactly as given (JSON)."""
+    try:
+        body = json.loads(body_json)
+    except ValueError:
+        fail("BODY_JSON is not valid JSON", 2)
+    _post(engine, body)
+
+
+# ---------------------------------------------------------------- dev
+
+
+@click.command(cls=GroupedCommand)
+@source_options("Serve your DataSource instead of the demo database.", env=False)
+@_engine_ports
+@option(
+    "--exit-after-demo", is_flag=True, help="Stop after the demo requests instead of serving on."
+)
+@option("--log-level", group="logging", type=LOG_LEVELS, default="info", help="How much to log.")
+def dev(
+    handler_spec: str | None,
+    database_url: str | None,
+    models_path: str | None,
+    port: int,
+    api_port: int,
+    exit_after_demo: bool,
+    log_level: str,
+) -> None:
+    """Run a local engine and the connector together, and show a few round trips.
+
+    By default it serves a demo SQLite database of tasks through the SQL
+    adapter: no account, no cloud. The database is new for each run, lives in
+    a temporary folder (its path is printed) and is removed on exit, so every
+    run starts from the same rows. While it runs, try `ablo-connector request
+    load task t1` in another terminal. With --database-url it serves your
+    database instead (try `ablo-connector request list MODEL`), with --handler
+    your own code.
+    """
+    formatter = configure_logging(log_level, secrets=[DEV_API_KEY])
+    scratch: Path | None = None
+    demo: list[dict[str, Any]] = []
+    try:
+        if not handler_spec and not database_url:
+            scratch = Path(tempfile.mkdtemp(prefix="ablo-connector-demo-"))
+            database_url = _demo_database(scratch / "demo.db")
+            demo = _demo_requests()
+        source = build_source(
+            handler_spec, database_url, models_path, add_secret=formatter.add_secret
+        )
+    except ConfigError as error:
+        fail(str(error))
+    try:
+        sys.exit(asyncio.run(_dev(source, port, api_port, exit_after_demo, demo)))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _demo_database(path: Path) -> str:
+    from ..adapters.sql import create_database_engine, migrate
+    from ..dev.demo import create_demo_database
+
+    url = create_demo_database(path)
+    engine = create_database_engine(url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"demo database: {path} (new for this run, removed on exit)", err=True)
+    return url
+
+
+def _demo_requests() -> list[dict[str, Any]]:
+    from ..dev.demo import DEMO_REQUESTS
+
+    return DEMO_REQUESTS
+
+
+async def _dev(
+    source: DataSource, port: int, api_port: int, exit_after_demo: bool, demo: list[dict[str, Any]]
+) -> int:
+    from ..dev.engine import DevEngine
+
+    engine = DevEngine(DEV_API_KEY, port=port, api_port=api_port)
+    try:
+        await engine.start()
+    except OSError as error:
+        fail(_listen_failed("127.0.0.1", port, api_port, error), EX_CONFIG)
+    connector = Connector(Config(api_key=DEV_API_KEY, base_url=engine.base_url), source)
+    serving = asyncio.ensure_future(run_until_signalled(connector))
+    try:
+        await asyncio.wait_for(connector.wait_ready(), 15)
+        for body in demo:
+            result = await engine.request(body)
+            click.echo(f"\n→ {json.dumps(body)}\n← HTTP {result.status} {result.body}")
+        if exit_after_demo:
+            connector.stop()
+        else:
+            example = "load task t1" if demo else "list MODEL"
+            click.echo(
+                f"\nServing. Try: ablo-connector request {example} --engine {engine.api_url}"
+                "\nCtrl-C to stop.",
+                err=True,
+            )
+        return await serving
+    finally:
+        await engine.close()

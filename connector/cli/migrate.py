@@ -1,0 +1,54 @@
+"""``ablo-connector migrate``: prepare a database for the SQL adapter."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import EX_FAILURE, EX_UNAVAILABLE, ConfigError
+from ..ops.logs import configure_logging
+from .options import GroupedCommand, env_file_option, fail, option
+
+__all__ = ["migrate"]
+
+
+@click.command(cls=GroupedCommand)
+@env_file_option
+@option(
+    "--database-url",
+    group="source",
+    env="ABLO_DATABASE_URL",
+    required=True,
+    metavar="URL",
+    help="The database to prepare (sqlite:///app.db, postgresql://…).",
+)
+def migrate(database_url: str) -> None:
+    """Create the idempotency ledger and the outbox (safe to run again).
+
+    Creates ablo_idempotency and ablo_outbox with the same names and columns
+    as the engine's own migrations, and adds columns an older ledger lacks.
+    Your own tables are never touched. Exit 69 when the database cannot be
+    reached, 78 for a bad URL.
+    """
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from ..adapters.sql import create_database_engine, describe_database_error
+    from ..adapters.sql import migrate as migrate_tables
+
+    configure_logging("warning")
+    try:
+        engine = create_database_engine(database_url)
+    except ConfigError as error:
+        fail(str(error))
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        created = migrate_tables(engine)
+    except OperationalError as error:
+        fail(f"cannot reach {shown}: {describe_database_error(error)}", EX_UNAVAILABLE)
+    except DBAPIError as error:
+        fail(f"migration failed on {shown}: {describe_database_error(error)}", EX_FAILURE)
+    finally:
+        engine.dispose()
+    if created:
+        click.echo(f"{shown}: created {', '.join(created)}")
+    else:
+        click.echo(f"{shown}: ablo_idempotency and ablo_outbox already present (checked)")

@@ -1,0 +1,313 @@
+"""How does a flag become a setting? Options generated from :class:`Config`.
+
+Every option of ``run`` that is a connector setting comes from a field of
+:class:`~connector.daemon.config.Config` (its default, flag, environment
+variable, help text, group and bounds), so each default is written once.
+The options that are not settings (the key, what to serve, logging) are
+declared here. ``--help`` prints options by group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final, NoReturn, TypeVar
+
+import click
+
+from ..daemon.config import Config, Group, Setting, credential_path, read_api_key_file
+from ..errors import EX_CONFIG, ConfigError
+
+__all__ = [
+    "GroupedCommand",
+    "LOG_LEVELS",
+    "config_options",
+    "fail",
+    "from_command_line",
+    "key_options",
+    "load_env_file",
+    "logging_options",
+    "option",
+    "resolve_api_key",
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+GROUP_TITLES: Final[dict[str, str]] = {
+    "source": "What to serve",
+    "engine": "The engine",
+    "limits": "Limits",
+    "operations": "Operations",
+    "logging": "Logging",
+    "other": "Other options",
+}
+LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+def fail(message: str, status: int = EX_CONFIG) -> NoReturn:
+    """One line on stderr and the exit status: how every start-up mistake ends."""
+    click.echo(f"ablo-connector: error: {message}", err=True)
+    sys.exit(status)
+
+
+class GroupedOption(click.Option):
+    """An option that says which ``--help`` section it belongs to."""
+
+    def __init__(self, *args: Any, group: str = "other", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+class GroupedCommand(click.Command):
+    """A command whose ``--help`` lists options in sections, in :data:`GROUP_TITLES` order."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "group", "other"), []).append(record)
+        for group, title in GROUP_TITLES.items():
+            if group in sections:
+                with formatter.section(title):
+                    formatter.write_dl(sections[group])
+
+
+def option(
+    *decls: str, group: str = "other", env: str | None = None, **kwargs: Any
+) -> Callable[[_F], _F]:
+    """A grouped option that names its environment variable and default in ``--help``."""
+    if env is not None:
+        kwargs.update(envvar=env, show_envvar=True)
+    kwargs.setdefault("show_default", "default" in kwargs and not kwargs.get("is_flag"))
+    return click.option(*decls, cls=GroupedOption, group=group, **kwargs)
+
+
+# ---------------------------------------------------------------- settings
+
+
+def _settings(only: set[str] | None = None) -> Iterator[tuple[dataclasses.Field[Any], Setting]]:
+    for item in dataclasses.fields(Config):
+        spec = item.metadata.get("setting")
+        if spec is not None and (only is None or item.name in only):
+            yield item, spec
+
+
+def _click_type(annotation: Any, spec: Setting) -> Any:
+    base = annotation
+    if typing.get_origin(annotation) is typing.Union or isinstance(annotation, type(int | None)):
+        base = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if base is int:
+        return click.IntRange(min=None if spec.minimum is None else int(spec.minimum))
+    if base is float:
+        return click.FloatRange(min=spec.minimum, min_open=spec.minimum_open)
+    return str
+
+
+_METAVARS: Final[dict[Any, str]] = {float: "SECONDS", int: "N"}
+
+
+def _seconds_list(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``0,1,2.5`` as a tuple of seconds."""
+    if value is None or isinstance(value, tuple):
+        return value
+    try:
+        seconds = tuple(float(part) for part in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} must be comma-separated seconds") from None
+    if any(second < 0 for second in seconds):
+        raise click.BadParameter(f"{value!r}: seconds must not be negative")
+    return seconds
+
+
+def config_options(only: set[str] | None = None) -> Callable[[_F], _F]:
+    """Options for the :class:`Config` fields that have a command-line form."""
+    hints = typing.get_type_hints(Config)
+
+    def decorate(command: _F) -> _F:
+        for item, spec in reversed(list(_settings(only))):
+            kind = hints[item.name]
+            default = item.default
+            kwargs: dict[str, Any] = {"help": spec.help, "hidden": spec.hidden}
+            if kind is bool:
+                kwargs["is_flag"] = True
+            else:
+                kwargs["type"] = _click_type(kind, spec)
+                kwargs["metavar"] = spec.metavar or _METAVARS.get(kind, "TEXT")
+                if typing.get_origin(kind) is tuple:
+                    kwargs["callback"] = _seconds_list
+                    kwargs["metavar"] = "SECONDS,..."
+                if default is not None:
+                    kwargs["default"] = (
+                        ",".join(f"{d:g}" for d in default)
+                        if isinstance(default, tuple)
+                        else default
+                    )
+            command = option(spec.flag, item.name, group=spec.group, env=spec.env, **kwargs)(
+                command
+            )
+        return command
+
+    return decorate
+
+
+def from_command_line(api_key: str, options: Mapping[str, Any]) -> Config:
+    """A :class:`Config` from the key and the values of :func:`config_options`."""
+    values = {
+        item.name: options[item.name]
+        for item, _ in _settings()
+        if item.name in options and options[item.name] not in (None, "")
+    }
+    return Config(api_key=api_key, **values)
+
+
+# ---------------------------------------------------------------- the key
+
+
+def key_options(command: _F) -> _F:
+    command = option(
+        "--api-key-file",
+        group="engine",
+        env="ABLO_API_KEY_FILE",
+        type=click.Path(dir_okay=False),
+        help="Read the key from this file (Docker secret, systemd LoadCredential=).",
+    )(command)
+    return option(
+        "--api-key",
+        group="engine",
+        env="ABLO_API_KEY",
+        help="Secret API key (sk_test_… / sk_live_…). Prefer the env var or --api-key-file.",
+    )(command)
+
+
+def _source_name(ctx: click.Context, name: str, flag: str, env: str) -> str:
+    source = ctx.get_parameter_source(name)
+    return env if source is click.core.ParameterSource.ENVIRONMENT else flag
+
+
+def resolve_api_key(
+    ctx: click.Context,
+    api_key: str | None,
+    api_key_file: str | None,
+    *,
+    warn: Callable[[str], None],
+) -> str:
+    """The key from exactly one place: flag or env, a file, or systemd's credential."""
+    if api_key and api_key_file:
+        raise ConfigError(
+            f"give {_source_name(ctx, 'api_key', '--api-key', 'ABLO_API_KEY')} or "
+            f"{_source_name(ctx, 'api_key_file', '--api-key-file', 'ABLO_API_KEY_FILE')}, not both"
+        )
+    if api_key_file:
+        return read_api_key_file(api_key_file)
+    if api_key:
+        if ctx.get_parameter_source("api_key") is click.core.ParameterSource.COMMANDLINE:
+            warn(
+                "the API key was given on the command line, where other local users can see it "
+                "in the process list; prefer ABLO_API_KEY or --api-key-file"
+            )
+        return api_key
+    found = credential_path()
+    if found is not None:
+        return read_api_key_file(found)
+    raise ConfigError(
+        "an API key is required: set ABLO_API_KEY, or pass --api-key-file (or --api-key)"
+    )
+
+
+# ---------------------------------------------------------------- logging
+
+
+def logging_options(command: _F) -> _F:
+    command = option(
+        "--log-format",
+        group="logging",
+        env="ABLO_LOG_FORMAT",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        help="text: one readable line per event; json: one JSON object per line, for a log "
+        "pipeline.",
+    )(command)
+    return option(
+        "--log-level",
+        group="logging",
+        env="ABLO_LOG_LEVEL",
+        type=LOG_LEVELS,
+        default="info",
+        help="info: connection changes and problems (an idle, healthy connector is silent); "
+        "debug: one line per request; warning/error: problems only.",
+    )(command)
+
+
+# ---------------------------------------------------------------- env file
+
+
+def load_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Set the variables of a systemd-style env file that the environment does not set.
+
+    The format is systemd's ``EnvironmentFile=``: ``NAME=value`` lines,
+    ``#`` comments, an optional ``export``, values optionally in single or
+    double quotes. Returns what it set.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read the env file {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the env file {path} is not UTF-8 text") from None
+    loaded: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        line = line.removeprefix("export ").lstrip()
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not name.replace("_", "").isalnum() or name[0].isdigit():
+            raise ConfigError(f"{path}, line {number}: expected NAME=value")
+        value = value.strip()
+        if value[:1] in ("'", '"'):
+            try:
+                parts = shlex.split(value)
+            except ValueError:
+                raise ConfigError(f"{path}, line {number}: unbalanced quotes") from None
+            value = parts[0] if parts else ""
+        if not os.environ.get(name):  # as for click, an empty variable is an unset one
+            os.environ[name] = value
+            loaded[name] = value
+    return loaded
+
+
+def _read_env_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        try:
+            load_env_file(value)
+        except ConfigError as error:
+            fail(str(error))
+    return value
+
+
+def env_file_option(command: _F) -> _F:
+    # Eager, so the file's variables are set before any other option reads
+    # the environment; the environment itself still wins.
+    return option(
+        "--env-file",
+        group="operations",
+        env="ABLO_ENV_FILE",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_read_env_file,
+        help="Read NAME=value settings from this file first (systemd EnvironmentFile= format); "
+        "variables already in the environment win.",
+    )(command)
+
+
+def group_of(settings: set[Group]) -> set[str]:
+    """The names of the :class:`Config` fields in these groups (for other commands' options)."""
+    return {item.name for item, spec in _settings() if spec.group in settings}

@@ -1,0 +1,188 @@
+"""``ablo-connector run`` and ``check``: what an operator types on a server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import click
+
+from ..daemon.signals import run_until_signalled
+from ..daemon.supervisor import Connector
+from ..errors import EX_CONFIG, EX_UNAVAILABLE, CheckFailed, ConfigError
+from ..ops.logs import configure_logging
+from .options import (
+    GroupedCommand,
+    config_options,
+    env_file_option,
+    fail,
+    from_command_line,
+    key_options,
+    logging_options,
+    option,
+    resolve_api_key,
+)
+from .sources import build_source, source_options, sql_source
+
+__all__ = ["check", "run"]
+
+log = logging.getLogger("connector.cli")
+
+
+def _from_command_line(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+
+@click.command(cls=GroupedCommand)
+@env_file_option
+@source_options("Your DataSource: a subclass, instance or factory.")
+@key_options
+@config_options()
+@logging_options
+@click.pass_context
+def run(
+    ctx: click.Context,
+    /,
+    handler_spec: str | None,
+    database_url: str | None,
+    models_path: str | None,
+    api_key: str | None,
+    api_key_file: str | None,
+    log_level: str,
+    log_format: str,
+    **settings: Any,
+) -> None:
+    """Dial the engine and serve your Data Source until stopped.
+
+    Serve your own handler (--handler), or tables of a database with no code
+    at all (--database-url, optionally --models).
+
+    SIGTERM or SIGINT finishes in-flight requests (up to --shutdown-grace),
+    then exits 0; a second signal exits at once with 1. Exit 78: a
+    configuration problem, or a rejected key with --exit-on-auth-failure.
+    """
+    formatter = configure_logging(log_level, "json" if log_format == "json" else "text")
+    try:
+        key = resolve_api_key(ctx, api_key, api_key_file, warn=log.warning)
+        formatter.add_secret(key)
+        config = from_command_line(key, settings)
+        source = build_source(
+            handler_spec,
+            database_url,
+            models_path,
+            add_secret=formatter.add_secret,
+            url_on_command_line=_from_command_line(ctx, "database_url"),
+        )
+        connector = Connector(config, source)
+    except ConfigError as error:
+        fail(str(error))
+    sys.exit(asyncio.run(run_until_signalled(connector)))
+
+
+@click.command(cls=GroupedCommand)
+@env_file_option
+@source_options("Also check that the handler imports and can serve.")
+@key_options
+@config_options(only={"base_url", "allow_insecure", "open_timeout"})
+@option(
+    "--no-register",
+    group="engine",
+    is_flag=True,
+    help="Stop after the WebSocket upgrade (registering takes the source from a connector "
+    "already serving it).",
+)
+@click.pass_context
+def check(
+    ctx: click.Context,
+    /,
+    handler_spec: str | None,
+    database_url: str | None,
+    models_path: str | None,
+    api_key: str | None,
+    api_key_file: str | None,
+    no_register: bool,
+    **settings: Any,
+) -> None:
+    """Diagnose the path to the engine, one step at a time.
+
+    Checks the configuration, the handler or the database, proxy, DNS, TCP,
+    TLS, the WebSocket upgrade and the echoed subprotocol, then registers and
+    prints the source the engine resolved. Registering supersedes a
+    connector already serving the same source: run it before starting the
+    service, or pass --no-register. Without an API key it checks only the
+    handler or the database.
+
+    Exit 0 when every step passes, 69 when the engine or the database cannot
+    be reached, 78 for a configuration or credential problem.
+    """
+    from .check import run_checks
+
+    configure_logging("warning")
+    try:
+        if handler_spec and database_url:
+            raise ConfigError("give --handler or --database-url, not both")
+        if models_path and not database_url:
+            raise ConfigError("--models needs --database-url")
+        local_only = not (api_key or api_key_file) and bool(handler_spec or database_url)
+        config = (
+            None
+            if local_only
+            else from_command_line(
+                resolve_api_key(ctx, api_key, api_key_file, warn=log.warning), settings
+            )
+        )
+        if handler_spec:
+            _check_handler(handler_spec)
+        if database_url:
+            _check_database(database_url, models_path)
+    except ConfigError as error:
+        click.echo(f"FAIL  configuration: {error}")
+        sys.exit(EX_CONFIG)
+    if config is None:
+        click.echo("skip  engine: no API key (set ABLO_API_KEY to check the path to the engine)")
+    else:
+        try:
+            asyncio.run(run_checks(config, click.echo, register=not no_register))
+        except CheckFailed as failure:
+            click.echo(f"FAIL  {failure.step}: {failure.detail}")
+            click.echo(f"      what to check: {failure.hint}")
+            sys.exit(failure.exit_status)
+    click.echo("all checks passed")
+
+
+def _check_handler(handler_spec: str) -> None:
+    from ..serve.datasource import overridden
+    from ..serve.loader import handler_problems, load_handler
+    from ..wire.bodies import OPERATIONS
+
+    source = load_handler(handler_spec)
+    problems = handler_problems(source)
+    if problems:
+        for problem in problems:
+            click.echo(f"FAIL  handler: {problem}")
+        sys.exit(EX_CONFIG)
+    implemented = [op for op in OPERATIONS if overridden(source, op)]
+    click.echo(f"ok    handler: {handler_spec} ({type(source).__name__}: {', '.join(implemented)})")
+
+
+def _check_database(database_url: str, models_path: str | None) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from ..adapters.sql import describe_database_error
+
+    source = sql_source(database_url, models_path)
+    try:
+        models = source.prepare()
+    except OperationalError as error:
+        click.echo(f"FAIL  database: {describe_database_error(error)}")
+        click.echo("      what to check: the URL's host, port, user and database; is it running?")
+        sys.exit(EX_UNAVAILABLE)
+    finally:
+        source.close()
+    served = sorted({model.name for model in models.values()})
+    click.echo(
+        f"ok    database: {source.engine.url.render_as_string(hide_password=True)} "
+        f"(ledger and outbox present; models: {', '.join(served)})"
+    )

@@ -1,0 +1,110 @@
+"""What does the connector serve? The user's handler, or the SQL adapter."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from ..errors import ConfigError
+from ..serve.datasource import DataSource
+from ..serve.loader import load_handler
+from .options import option
+
+if TYPE_CHECKING:
+    from ..adapters.sql import SQLSource
+
+__all__ = ["build_source", "source_options", "sql_source"]
+
+log = logging.getLogger("connector.cli")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def source_options(handler_help: str, *, env: bool = True) -> Callable[[_F], _F]:
+    """``--handler``, ``--database-url`` and ``--models``."""
+
+    def decorate(command: _F) -> _F:
+        command = option(
+            "--models",
+            "models_path",
+            group="source",
+            env="ABLO_MODELS" if env else None,
+            type=click.Path(dir_okay=False),
+            help="Model map (TOML): which tables serve which models. Default: every table, "
+            "by name.",
+        )(command)
+        command = option(
+            "--database-url",
+            group="source",
+            env="ABLO_DATABASE_URL" if env else None,
+            metavar="URL",
+            help="Serve this database with no handler code (sqlite:///app.db, postgresql://…).",
+        )(command)
+        return option(
+            "--handler",
+            "handler_spec",
+            group="source",
+            env="ABLO_CONNECTOR_HANDLER" if env else None,
+            metavar="MODULE:ATTR",
+            help=handler_help,
+        )(command)
+
+    return decorate
+
+
+def build_source(
+    handler_spec: str | None,
+    database_url: str | None,
+    models_path: str | None,
+    *,
+    add_secret: Callable[[str], None] = lambda _: None,
+    url_on_command_line: bool = False,
+) -> DataSource:
+    """The user's handler, or the SQL adapter over ``database_url``, ready to serve."""
+    if handler_spec and database_url:
+        raise ConfigError("give --handler or --database-url, not both")
+    if models_path and not database_url:
+        raise ConfigError("--models needs --database-url")
+    if handler_spec:
+        return load_handler(handler_spec)
+    if not database_url:
+        raise ConfigError(
+            "say what to serve: --handler package.module:ClassName, or --database-url URL"
+        )
+    from sqlalchemy.exc import OperationalError
+
+    source = sql_source(database_url, models_path, add_secret)
+    shown = source.engine.url.render_as_string(hide_password=True)
+    if url_on_command_line and source.engine.url.password:
+        log.warning(
+            "the database password was given on the command line, where other local users "
+            "can see it in the process list; prefer ABLO_DATABASE_URL"
+        )
+    try:
+        source.prepare()
+    except OperationalError:
+        # Not a configuration mistake: the database may be restarting. Serve
+        # anyway (requests answer 503 until it is back) instead of exiting.
+        log.warning(
+            "the database at %s is unreachable; requests answer 503 until it is back", shown
+        )
+    return source
+
+
+def sql_source(
+    database_url: str, models_path: str | None, add_secret: Callable[[str], None] = lambda _: None
+) -> SQLSource:
+    """The SQL adapter for a URL and an optional model map; its password joins the redactions."""
+    from .._redact import url_secrets
+    from ..adapters.sql import ModelMap, SQLSource
+    from ..adapters.sql import database_url as parse_database_url
+
+    for secret in url_secrets(database_url):
+        add_secret(secret)
+    url = parse_database_url(database_url)
+    if url.password:
+        add_secret(str(url.password))
+    return SQLSource(url, ModelMap.from_toml(models_path) if models_path else None)

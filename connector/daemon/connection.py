@@ -1,0 +1,352 @@
+"""How does one socket serve? Dial out, register, serve requests, drain.
+
+A :class:`Connection` lives for one socket. It drives a sans-I/O
+:class:`~connector.wire.session.ClientSession` with the socket's bytes:
+opens the WebSocket with the two subprotocols, checks the echoed one, sends
+``register``, waits (bounded) for ``ready``, then reads frames and serves each
+request concurrently, at most ``max_in_flight`` at a time: when every slot is
+taken it stops reading, so the socket's own flow control pushes back on the
+engine.
+
+It ends by raising a :class:`~connector.errors.ConnectFailure` that says why,
+which the supervisor turns into a reconnect decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Final
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.typing import Subprotocol
+
+from ..errors import ConnectFailure, ConnectionLost
+from ..ops.status import ConnectorStatus, Observer, State
+from ..serve.deadlines import start_eagerly
+from ..serve.dispatcher import Dispatcher
+from ..wire.frames import RequestFrame, encode_response
+from ..wire.session import (
+    CLIENT_NAME,
+    ClientSession,
+    Ended,
+    EngineError,
+    Event,
+    Ignored,
+    Invalid,
+    Ready,
+    Request,
+    closed,
+    rejection,
+    subprotocols_for,
+)
+from .config import Config
+from .transport import CoalescingClientConnection
+
+__all__ = ["Connection", "InFlight", "open_websocket"]
+
+log = logging.getLogger("connector.connection")
+request_log = logging.getLogger("connector.requests")
+
+# websockets logs handshake headers at DEBUG, and the key rides in one of
+# them; its logger is pinned to INFO so no log level can reveal it.
+_transport_log = logging.getLogger("connector.websockets")
+_transport_log.setLevel(logging.INFO)
+
+
+class InFlight:
+    """The handler calls under way, shared by every connection of a connector.
+
+    Kept across reconnects on purpose: a request still running when its
+    socket drops finishes anyway, and the engine's retry (same
+    ``webhook-id``) picks up its answer from the dispatcher's replay cache.
+    Every request takes a slot before it starts and gives it back when done.
+    """
+
+    def __init__(self, limit: int, status: ConnectorStatus) -> None:
+        self.limit = limit
+        self.slots = asyncio.Semaphore(limit)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._status = status
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Hand a started request's task (and its slot) over; the slot is released when done."""
+        self.tasks.add(task)
+        self._status.in_flight = len(self.tasks)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._status.in_flight = len(self.tasks)
+        self.slots.release()
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for running calls; cancel the rest. Returns how many."""
+        if not self.tasks:
+            return 0
+        _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        return len(pending)
+
+
+async def open_websocket(
+    config: Config, *, max_size: int | None, max_queue: int = 16, coalesce: bool = False
+) -> ClientConnection:
+    """The upgrade, with the key only in the subprotocol offer; raises a
+    :class:`~connector.errors.ConnectFailure` that says why it failed."""
+    try:
+        return await connect(
+            config.url,
+            subprotocols=[Subprotocol(p) for p in subprotocols_for(config.api_key)],
+            compression="deflate" if config.compression else None,
+            open_timeout=config.open_timeout,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+            close_timeout=5,
+            max_size=max_size,
+            max_queue=max_queue,
+            user_agent_header=CLIENT_NAME,
+            logger=_transport_log,
+            create_connection=CoalescingClientConnection if coalesce else ClientConnection,
+        )
+    except InvalidStatus as error:
+        response = error.response
+        raise rejection(response.status_code, response.headers, response.body) from None
+    except TimeoutError:
+        raise ConnectionLost(
+            f"timed out after {config.open_timeout:g} s opening {config.url}"
+        ) from None
+    except (OSError, WebSocketException) as error:
+        raise ConnectionLost(f"cannot connect to {config.url}: {_describe(error)}") from None
+
+
+class Connection:
+    """One WebSocket to the engine, from dial to close."""
+
+    def __init__(
+        self,
+        config: Config,
+        dispatcher: Dispatcher,
+        status: ConnectorStatus,
+        in_flight: InFlight,
+        observer: Observer | None = None,
+    ) -> None:
+        self._config = config
+        self._observer = observer or Observer()
+        self._dispatcher = dispatcher
+        self._status = status
+        self._in_flight = in_flight
+        self._session = ClientSession(max_message_size=config.max_message_size)
+        self._ws: ClientConnection | None = None
+        self._ready_at: float | None = None
+        self._debug = request_log.isEnabledFor(logging.DEBUG)
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def ready_for(self) -> float:
+        return 0.0 if self._ready_at is None else time.monotonic() - self._ready_at
+
+    async def run(self) -> None:
+        """Dial, register and serve until the socket ends; raises why it ended.
+
+        Cancelling ``run`` stops reading new frames at once; it does not touch
+        calls already under way (see :meth:`close`).
+        """
+        config = self._config
+        # websockets closes the connection (1009) for a message beyond its
+        # limit, so its limit is set well above ours: frames between the two
+        # are refused one by one, and the link stays up.
+        hard_limit = max(4 * config.max_message_size, config.max_message_size + 1024 * 1024)
+        ws = await open_websocket(
+            config, max_size=hard_limit, max_queue=max(16, config.max_in_flight), coalesce=True
+        )
+        if isinstance(ws, CoalescingClientConnection):
+            in_flight = self._in_flight.tasks
+            ws.hold_writes_while(lambda: len(in_flight) > 1 or _frames_waiting(ws) > 0)
+        self._ws = ws
+        try:
+            refused = self._session.accept(ws.subprotocol, config.url)
+            if refused is not None:
+                await self._end(ws, refused)
+            await ws.send(self._session.register_text())
+            await self._until_ready(ws)
+            await self._serve(ws)
+        except ConnectionClosed as error:
+            frame = error.rcvd or error.sent
+            raise closed(
+                None if frame is None else frame.code,
+                "" if frame is None else frame.reason,
+                ready_for=self.ready_for,
+            ) from None
+
+    async def close(self, code: int = 1000, reason: str = "connector_aborted") -> None:
+        if self._ws is not None:
+            try:
+                await self._ws.close(code, reason)
+            except Exception:
+                log.debug("close failed", exc_info=True)
+
+    # -------------------------------------------------------------- handshake
+
+    async def _receive(self, ws: ClientConnection) -> str | bytes:
+        """The next message, with an in-flight slot taken for it (``_handle`` gives it back).
+
+        The slot comes first: when every slot is taken, the connector stops
+        reading, and the socket's flow control pushes back on the engine.
+        """
+        slots = self._in_flight.slots
+        await slots.acquire()
+        try:
+            return await ws.recv()
+        except BaseException:
+            slots.release()
+            raise
+
+    async def _until_ready(self, ws: ClientConnection) -> None:
+        deadline = asyncio.get_running_loop().time() + self._config.ready_timeout
+        while self._session.ready is None:
+            try:
+                # A request that arrives before ready is served, so it takes a slot too.
+                async with asyncio.timeout_at(deadline):
+                    raw = await self._receive(ws)
+            except TimeoutError:
+                await self._end(ws, self._session.ready_timed_out(self._config.ready_timeout))
+            await self._handle(ws, self._session.receive(raw))
+
+    def _on_ready(self, event: Ready) -> None:
+        frame = event.frame
+        self._ready_at = time.monotonic()
+        self._observer.attempt_ended("ready")
+        status = self._status
+        status.source_id = frame.source_id
+        status.organization_id = frame.organization_id
+        status.environment = frame.environment
+        status.set(State.READY)
+        log.info(
+            "ready: serving source %s (organization %s, environment %s) via %s",
+            frame.source_id or "?",
+            frame.organization_id or "?",
+            frame.environment or "?",
+            self._config.url,
+        )
+
+    # -------------------------------------------------------------- serving
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        while True:
+            raw = await self._receive(ws)
+            await self._handle(ws, self._session.receive(raw, ready_for=self.ready_for))
+
+    async def _handle(self, ws: ClientConnection, event: Event) -> None:
+        """Act on one event; the caller took a slot, which is released unless a task keeps it."""
+        took_slot = False
+        try:
+            if isinstance(event, Request):
+                task = start_eagerly(self._answer(ws, event.frame))
+                if task is not None:
+                    self._in_flight.track(task)
+                    took_slot = True
+            elif isinstance(event, Ready):
+                self._on_ready(event)
+            elif isinstance(event, Ended):
+                await self._end(ws, event)
+            else:
+                self._report(event)
+        except ConnectFailure:
+            raise
+        except Exception:  # one bad frame must not end the connection
+            log.exception("failed to handle a frame; ignored it")
+            self._observer.frame_rejected("malformed")
+        finally:
+            if not took_slot:
+                self._in_flight.slots.release()
+
+    def _report(self, event: EngineError | Invalid | Ignored) -> None:
+        if isinstance(event, Invalid):
+            self._observer.frame_rejected(event.reason)
+            what = _REFUSED[event.reason]
+            if event.request_id is None:
+                log.warning("ignored %s: %s", what, event.detail)
+                return
+            log.warning("ignored %s: %s; failing request %s", what, event.detail, event.request_id)
+            message = event.message or event.detail
+            self._send_soon(self._session.error_text(event.request_id, message))
+        elif isinstance(event, EngineError):
+            if event.request_id is None:
+                log.error(
+                    "connection-level error from the engine: %s %s", event.code, event.message
+                )
+            else:
+                log.warning(
+                    "the engine failed request %s: %s %s",
+                    event.request_id,
+                    event.code,
+                    event.message,
+                )
+        else:
+            log.debug("ignored %s", event.detail)
+
+    async def _end(self, ws: ClientConnection, event: Ended) -> None:
+        if event.close_code is not None:
+            await ws.close(event.close_code, event.close_reason)
+        raise event.failure
+
+    async def _answer(self, ws: ClientConnection, frame: RequestFrame) -> None:
+        started = time.perf_counter()
+        answer = await self._dispatcher.dispatch(
+            frame.method, frame.headers, frame.body, request_id=frame.id
+        )
+        try:
+            await ws.send(encode_response(frame.id, answer.status, answer.body))
+        except ConnectionClosed:
+            log.warning(
+                "response to request %s lost: the connection closed first (the engine will retry)",
+                frame.id,
+            )
+        self._observer.request_done(answer, time.perf_counter() - started)
+        if self._debug:
+            request_log.debug(
+                "request %s %s %s -> %d%s in %.1f ms%s",
+                frame.id, answer.operation or "-", answer.model or "-", answer.status,
+                f" {answer.error}" if answer.error else "",
+                (time.perf_counter() - started) * 1000, " (replayed)" if answer.replayed else "",
+            )  # fmt: skip
+
+    def _send_soon(self, text: str) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+
+        async def send() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(text)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+_REFUSED: Final = {
+    "malformed": "a malformed frame",
+    "invalid_request": "an invalid request frame",
+    "oversize": "an oversize frame (--max-message-size)",
+}
+
+
+def _frames_waiting(ws: ClientConnection) -> int:
+    """Frames websockets has received but the reader has not taken yet."""
+    try:
+        return len(ws.recv_messages.frames)
+    except (AttributeError, TypeError):  # another websockets version: assume some
+        return 1
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text[:300]

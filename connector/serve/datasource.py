@@ -1,0 +1,109 @@
+"""What does a handler author write? The :class:`DataSource` API.
+
+Subclass :class:`DataSource` and override the operations you serve. Each
+method may be ``async def`` or plain ``def`` (a plain one runs in a worker
+thread, so blocking drivers never stall the connection), which is why every
+return type is a :data:`MaybeAwaitable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
+
+from ..wire.bodies import (
+    CommitRequest,
+    CommitResult,
+    Event,
+    EventsPage,
+    ListPage,
+    ListQuery,
+    OperationName,
+    Scope,
+    SourceRequest,
+)
+
+__all__ = ["DataSource", "MaybeAwaitable", "RequestContext", "Row"]
+
+_T = TypeVar("_T")
+
+#: A handler's return value: the value itself (plain ``def``), or an awaitable
+#: of it (``async def``, or a plain ``def`` that returns a coroutine).
+MaybeAwaitable: TypeAlias = _T | Awaitable[_T]
+
+#: One row as a handler returns it: a mapping of field name to JSON-ready
+#: value (``datetime``, ``Decimal``, ``UUID``, dataclasses and pydantic
+#: models are serialized for you).
+Row: TypeAlias = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a handler knows about the request it serves.
+
+    ``message_id`` (the ``webhook-id``) and ``signed_at`` are vouched for by
+    the signature; ``scope`` is the engine's advisory context; ``auth`` is
+    whatever :meth:`DataSource.authorize` returned; ``request_id`` is the
+    frame's correlation id, for logs.
+    """
+
+    operation: OperationName
+    message_id: str
+    signed_at: int
+    headers: Mapping[str, str]
+    request: SourceRequest
+    scope: Scope | None = None
+    auth: Any = None
+    request_id: str | None = None
+
+
+class DataSource:
+    """Subclass and override any of ``load``, ``list``, ``commit``, ``events``.
+
+    An operation that is not overridden answers 404
+    ``source_<operation>_not_configured``. Raise
+    :class:`~connector.SourceError` to answer with a specific status; any
+    other exception answers 500 ``source_connector_handler_error``.
+    """
+
+    def load(self, model: str, id: str, ctx: RequestContext) -> MaybeAwaitable[Row | None]:
+        """Return the row with ``id`` (a mapping), or ``None`` if absent."""
+        raise NotImplementedError
+
+    def list(
+        self, model: str, query: ListQuery, ctx: RequestContext
+    ) -> MaybeAwaitable[ListPage | Sequence[Row]]:
+        """Return a :class:`ListPage` (with ``next_cursor`` when more remain), or a list of rows."""
+        raise NotImplementedError
+
+    def commit(
+        self, commit: CommitRequest, ctx: RequestContext
+    ) -> MaybeAwaitable[CommitResult | Mapping[str, Any] | None]:
+        """Apply every operation atomically; idempotent on ``commit.correlation_id``.
+
+        Return a :class:`CommitResult` (or a mapping with ``rows``/``deltas``).
+        """
+        raise NotImplementedError
+
+    def events(
+        self, cursor: str | None, limit: int | None, ctx: RequestContext
+    ) -> MaybeAwaitable[EventsPage | Sequence[Event | Row]]:
+        """Return an :class:`EventsPage` of changes after ``cursor`` (at most ``limit``)."""
+        raise NotImplementedError
+
+    def authorize(self, ctx: RequestContext) -> MaybeAwaitable[Any]:
+        """Optional: attach business context (the returned value becomes ``ctx.auth``).
+
+        Raise :class:`~connector.SourceError` (e.g. ``status=403``) to refuse the request.
+        """
+        return None
+
+    def scopes(self, ctx: RequestContext) -> MaybeAwaitable[Iterable[str] | None]:
+        """Optional: the operations this request may use (``None`` = all)."""
+        return None
+
+
+def overridden(source: DataSource, name: str) -> bool:
+    """Whether ``source``'s class defines its own ``name`` (else the base's default)."""
+    return getattr(type(source), name, None) is not getattr(DataSource, name)

@@ -1,0 +1,323 @@
+"""Which handler method answers a request, and what does the engine get back?
+
+:class:`Dispatcher` turns one signed request into one :class:`Answer` and
+never raises: it verifies the signature, coalesces replays of the same
+``webhook-id``, parses the body, runs the source's ``authorize``/``scopes``
+hooks, routes to ``load``, ``list``, ``commit`` or ``events``, and maps every
+failure to the status and error body of ``PROTOCOL.md`` §5. It owns no
+socket; the connection feeds it requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, Final
+
+import pydantic_core
+from pydantic import ValidationError
+
+from ..errors import SignatureError, SourceError
+from ..wire.bodies import (
+    OPERATIONS,
+    CommitRequest,
+    EventsRequest,
+    ListRequest,
+    LoadRequest,
+    SourceRequest,
+    parse_source_request,
+    parse_source_request_fast,
+)
+from ..wire.signing import VerifiedRequest, Verifier, header_value
+from ..wire.strict_json import describe_validation_error, loads
+from .answer import Answer, dumps, error_answer, success_body, timeout_answer
+from .datasource import DataSource, RequestContext, overridden
+from .deadlines import Deadlines
+from .replay import FirstCopyCancelled, ReplayCache
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("connector.dispatcher")
+
+_MAX_ERROR_MESSAGE: Final = 500
+_SKEW_WARNING_INTERVAL: Final = 60.0
+
+
+class Dispatcher:
+    """Answers signed requests from one :class:`DataSource`; safe to call concurrently.
+
+    ``request_timeout`` bounds each request (504 ``source_connector_timeout``
+    past it): an ``async`` handler is cancelled; a plain ``def`` handler's
+    thread cannot be interrupted, so it finishes in the background and its
+    result is dropped.
+    """
+
+    def __init__(
+        self,
+        source: DataSource,
+        verifier: Verifier,
+        *,
+        request_timeout: float = 25.0,
+        replay_window: float | None = None,
+        replay_capacity: int = 10_000,
+        executor: Executor | None = None,
+        max_workers: int = 64,
+    ) -> None:
+        self.source = source
+        self.verifier = verifier
+        self._deadlines = Deadlines(request_timeout)
+        self._replays = ReplayCache(
+            verifier.tolerance if replay_window is None else replay_window, replay_capacity
+        )
+        self._executor = executor
+        self._max_workers = max_workers
+        self._implemented = {op: overridden(source, op) for op in OPERATIONS}
+        self._has_authorize = overridden(source, "authorize")
+        self._has_scopes = overridden(source, "scopes")
+        self._is_async: dict[str, bool] = {}
+        self._last_skew_warning = -_SKEW_WARNING_INTERVAL
+
+    def __repr__(self) -> str:
+        return f"Dispatcher(source={type(self.source).__name__}, timeout={self.request_timeout})"
+
+    @property
+    def request_timeout(self) -> float:
+        return self._deadlines.timeout
+
+    @property
+    def replay_entries(self) -> int:
+        return len(self._replays)
+
+    def close(self) -> None:
+        """Release the worker threads (waiting for none of them)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def dispatch(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        body: str,
+        *,
+        request_id: str | None = None,
+    ) -> Answer:
+        """Answer one signed request as an HTTP endpoint would. Never raises."""
+        if method != "POST":
+            return error_answer(
+                405, "method_not_allowed", f"method {method} is not allowed; use POST"
+            )
+        if not self.verifier.has_keys:
+            return error_answer(
+                401, "source_api_key_missing", "the connector has no API key to verify with"
+            )
+        try:
+            verified = self.verifier.verify(headers, body)
+        except SignatureError as error:
+            if error.code == "source_timestamp_expired":
+                self._warn_clock_skew(headers)
+            return error_answer(401, error.code, error.message)
+
+        key = verified.message_id
+        known = self._replays.lookup(key)
+        if isinstance(known, Answer):
+            return known  # built for this replay, already marked replayed
+        if known is not None:
+            try:
+                first = await asyncio.wait_for(asyncio.shield(known), self.request_timeout)
+            except TimeoutError:
+                return timeout_answer(None, None, self.request_timeout)
+            except FirstCopyCancelled:
+                return await self.dispatch(method, headers, body, request_id=request_id)
+            return dataclasses.replace(first, replayed=True)
+
+        self._replays.start(key)
+        answer: Answer | None = None
+        try:
+            answer = await self._serve(verified, headers, body, request_id)
+            return answer
+        finally:
+            self._replays.finish(key, answer)
+
+    async def _serve(
+        self,
+        verified: VerifiedRequest,
+        headers: Mapping[str, str],
+        body: str,
+        request_id: str | None,
+    ) -> Answer:
+        request = parse_source_request_fast(body)
+        if request is None or (isinstance(request, CommitRequest) and not request.correlation_id):
+            parsed = _parse_with_diagnosis(body)
+            if isinstance(parsed, Answer):
+                return parsed
+            request = parsed
+        ctx = RequestContext(
+            operation=request.type,
+            message_id=verified.message_id,
+            signed_at=verified.signed_at,
+            headers=headers,
+            request=request,
+            scope=request.scope,
+            request_id=request_id,
+        )
+        model = getattr(request, "model", None)
+        started = time.monotonic()
+        deadline = self._deadlines.enter()
+        try:
+            return await self._route(ctx, request)
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return timeout_answer(request.type, model, time.monotonic() - started)
+        except SourceError as error:
+            return Answer(
+                error.status,
+                dumps(error.body()),
+                operation=request.type,
+                model=model,
+                error=error.code,
+            )
+        except Exception as error:
+            log.error(
+                "handler raised while serving %s %s (request %s)",
+                request.type,
+                model or "-",
+                request_id or "-",
+                exc_info=True,
+            )
+            return error_answer(
+                500,
+                "source_connector_handler_error",
+                self._describe_failure(error),
+                operation=request.type,
+                model=model,
+            )
+        finally:
+            self._deadlines.leave(deadline)
+
+    async def _route(self, ctx: RequestContext, request: SourceRequest) -> Answer:
+        operation = request.type
+        model = getattr(request, "model", None)
+        if self._has_authorize:
+            ctx = dataclasses.replace(ctx, auth=await self._call(self.source.authorize, ctx))
+        if self._has_scopes:
+            granted = await self._call(self.source.scopes, ctx)
+            if granted is not None:
+                granted_list = sorted(set(granted))
+                if operation not in granted_list:
+                    return error_answer(
+                        403,
+                        "source_forbidden",
+                        f"this request may not use {operation}",
+                        operation=operation,
+                        model=model,
+                        fields={"required": operation, "granted": granted_list},
+                    )
+        if not self._implemented[operation]:
+            return error_answer(
+                404,
+                f"source_{operation}_not_configured",
+                f"the data source does not implement {operation}",
+                operation=operation,
+                model=model,
+                fields=None if model is None else {"model": model},
+            )
+
+        if isinstance(request, LoadRequest):
+            result = await self._call(self.source.load, request.model, request.id, ctx)
+        elif isinstance(request, ListRequest):
+            result = await self._call(self.source.list, request.model, request.query, ctx)
+        elif isinstance(request, CommitRequest):
+            result = await self._call(self.source.commit, request, ctx)
+        else:
+            assert isinstance(request, EventsRequest)
+            result = await self._call(self.source.events, request.cursor, request.limit, ctx)
+        try:
+            text = dumps(success_body(operation, result))
+        except pydantic_core.PydanticSerializationError as error:
+            raise TypeError(
+                f"{operation} returned a value that is not JSON-serializable: {error}"
+            ) from None
+        return Answer(200, text, operation=operation, model=model)
+
+    async def _call(self, method: Callable[..., Any], *args: Any) -> Any:
+        is_async = self._is_async.get(method.__name__)
+        if is_async is None:
+            is_async = self._is_async[method.__name__] = inspect.iscoroutinefunction(method)
+        if is_async:
+            return await method(*args)
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._max_workers, thread_name_prefix="ablo-handler"
+            )
+        call = functools.partial(contextvars.copy_context().run, method, *args)
+        result = await loop.run_in_executor(self._executor, call)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    def _describe_failure(self, error: BaseException) -> str:
+        text = str(error) or type(error).__name__
+        return self.verifier.redact(text)[:_MAX_ERROR_MESSAGE]
+
+    def _warn_clock_skew(self, headers: Mapping[str, str]) -> None:
+        now = time.monotonic()
+        if now - self._last_skew_warning < _SKEW_WARNING_INTERVAL:
+            return
+        offset = _timestamp_offset(headers)
+        if offset is None:
+            return
+        self._last_skew_warning = now
+        log.warning(
+            "requests are rejected as expired: the engine's timestamp is %+.0f s from this "
+            "host's clock (tolerance %.0f s). Every request will fail until the host clock "
+            "is fixed (check NTP / chrony / timedatectl).",
+            offset,
+            self.verifier.tolerance,
+        )
+
+
+def _parse_with_diagnosis(body: str) -> SourceRequest | Answer:
+    """The slow path: find out exactly what is wrong with the body."""
+    try:
+        value = loads(body)
+    except (ValueError, RecursionError):
+        return error_answer(400, "invalid_json", "the request body is not valid JSON")
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in OPERATIONS:
+        return error_answer(
+            400,
+            "unknown_source_request",
+            f"the body's type is not one of {', '.join(OPERATIONS)}",
+        )
+    if kind == "commit" and not (value.get("correlationId") or value.get("clientTxId")):
+        return error_answer(
+            400,
+            "source_commit_requires_correlation_id",
+            "commit requires a correlationId for idempotency",
+            operation="commit",
+        )
+    try:
+        return parse_source_request(value)
+    except ValidationError as error:
+        code = "source_commit_invalid" if kind == "commit" else "source_request_invalid"
+        return error_answer(400, code, describe_validation_error(error, "body"), operation=kind)
+
+
+def _timestamp_offset(headers: Mapping[str, str]) -> float | None:
+    try:
+        return float(header_value(headers, "webhook-timestamp")) - time.time()
+    except (ValueError, OverflowError):
+        return None
