@@ -68,7 +68,11 @@ def presigned_frames(count: int, prefix: str) -> list[str]:
         message_id = f"msg_{prefix}_{i}"
         headers = {"content-type": "application/json", **sign_request(KEY, message_id, BODY, now)}
         frame = RequestFrame(
-            id=f"r{i}", url="https://source.ablo.invalid/v1/source", headers=headers, body=BODY
+            id=f"r{i}",
+            method="POST",
+            url="https://source.ablo.invalid/v1/source",
+            headers=headers,
+            body=BODY,
         )
         frames.append(encode_frame(frame))
     return frames

@@ -13,7 +13,7 @@ import re
 from typing import Final
 from urllib.parse import unquote
 
-__all__ = ["REDACTED", "redact_url", "url_secrets"]
+__all__ = ["REDACTED", "has_password", "redact_url", "unescaped_at", "url_secrets"]
 
 REDACTED: Final = "[redacted]"
 
@@ -43,3 +43,15 @@ def redact_url(url: str) -> str:
         if sep and password:
             url = f"{match.group('scheme')}{user}:{REDACTED}@{url[match.end() :]}"
     return _QUERY_PASSWORD.sub(lambda m: m.group(1) + REDACTED, url)
+
+
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a password (in its userinfo or its query)."""
+    return bool(url_secrets(url))
+
+
+def unescaped_at(url: str) -> bool:
+    """Whether the userinfo holds a raw ``@``: parsers then split the password
+    at it and show the rest as the host, in errors and logs."""
+    match = _USERINFO.match(url)
+    return match is not None and "@" in match.group("userinfo")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 from typing import Any
 
 from connector import CommitRequest, CommitResult, DataSource, ListPage, ListQuery, RequestContext
@@ -46,3 +47,22 @@ class RecordingSource(DataSource):
 
     async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
         return {"id": id}
+
+
+class BlockingSource(DataSource):
+    """Plain ``def`` methods, run in worker threads: load ``block:N`` blocks its
+    thread for N seconds (a query without a timeout); ``big:N`` answers a row
+    of N bytes; commits answer a row of ``input.size`` bytes."""
+
+    __test__ = False
+
+    def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+        if id.startswith("block:"):
+            time.sleep(float(id.split(":", 1)[1]))
+        if id.startswith("big:"):
+            return {"id": id, "blob": "x" * int(id.split(":", 1)[1])}
+        return {"id": id, "pid": os.getpid()}
+
+    def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
+        size = int((commit.operations[0].input or {}).get("size", 0))
+        return CommitResult(rows=[{"id": commit.operations[0].id, "blob": "x" * size}])

@@ -44,6 +44,7 @@ def signed_frame(
     headers["content-type"] = "application/json"
     return RequestFrame(
         id=request_id or f"req_{n}",
+        method="POST",
         url="https://source.ablo.invalid/v1/source",
         headers=headers,
         body=text,

@@ -6,7 +6,10 @@ operator sees: the exit status, the output, and never a traceback or a key.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -305,3 +308,60 @@ async def test_check_with_only_a_handler_needs_no_key() -> None:
         output = cli.output()
     assert "ok    handler: tests.handlers:TestSource (TestSource: load, list)" in output
     assert "skip  engine: no API key" in output and "all checks passed" in output
+
+
+SECRET = "Sup3rS3cretPw"
+
+
+@pytest.mark.parametrize(
+    ("command", "url"),
+    [
+        ("run", f"postgresql://app:Pass@{SECRET}@127.0.0.1:1/app"),
+        ("check", f"postgresql://app:Pass@{SECRET}@127.0.0.1:1/app"),
+    ],
+)
+async def test_a_database_url_with_a_raw_at_sign_is_refused_without_leaking(
+    command: str, url: str
+) -> None:
+    env = ENV if command == "run" else {"ABLO_API_KEY": ""}  # check needs no key for this
+    async with process([command, "--database-url", url], env) as cli:
+        assert await cli.wait(30) == 78
+        output = cli.output()
+    assert "raw '@' before its host; percent-encode '@'" in output
+    assert SECRET not in output and "Pass" not in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    "lock",
+    [
+        f"postgresql://ha:{SECRET}@127.0.0.1:1/app?name=orders",
+        f"postgresql://ha:{SECRET}%zz@127.0.0.1:1/app?name=orders",  # a bad % escape
+        f"postgresql://ha@127.0.0.1:1/app?name=orders&password={SECRET}",
+    ],
+)
+async def test_a_lock_password_never_appears_and_the_command_line_draws_a_warning(
+    lock: str,
+) -> None:
+    args = ["run", "--handler", "tests.handlers:TestSource", "--base-url", "http://127.0.0.1:1"]
+    async with process([*args, "--ha-lock", lock], ENV) as cli:
+        await asyncio.sleep(3)  # a few lock attempts against a closed port
+        cli.signal(signal.SIGTERM)
+        assert await cli.wait(10) == 0
+        output = cli.output()
+    assert "cannot reach the HA lock" in output, output
+    assert "where other local users can see it in the process list; prefer ABLO_HA_LOCK" in output
+    assert SECRET not in output
+
+
+async def test_run_turns_core_dumps_off() -> None:
+    args = ["run", "--handler", "tests.handlers:TestSource", "--base-url", "http://127.0.0.1:1"]
+    async with process(args, ENV) as cli:
+        deadline = time.monotonic() + 10
+        while "connector starting" not in cli.output():
+            assert time.monotonic() < deadline, cli.output()
+            await asyncio.sleep(0.05)
+        limits = Path(f"/proc/{cli.pid}/limits").read_text()
+        cli.signal(signal.SIGTERM)
+        assert await cli.wait(10) == 0
+    core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"], core

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.typing import Subprotocol
 
 from connector import Config, DataSource, ListQuery, RequestContext
 from connector.daemon.supervisor import Connector
@@ -181,7 +182,7 @@ async def test_malformed_oversize_and_bad_requests_never_stop_serving(caplog: An
         await served()
 
         # Oversize: logged, failed by id, connection kept.
-        huge = RequestFrame(id="big_1", url="u", headers={}, body="x" * (200 * 1024))
+        huge = RequestFrame(id="big_1", method="POST", url="u", headers={}, body="x" * (200 * 1024))
         answer = await engine.exchange(huge, "big_1", timeout=5)
         assert answer.type == "error" and "exceeds" in answer.message
         await served()
@@ -190,7 +191,8 @@ async def test_malformed_oversize_and_bad_requests_never_stop_serving(caplog: An
         body = json.dumps({"type": "load", "model": "m", "id": "x"})
         headers = sign_request("sk_test_someone_else", "msg_forged", body)
         answer = await engine.exchange(
-            RequestFrame(id="forged_1", url="u", headers=headers, body=body), "forged_1"
+            RequestFrame(id="forged_1", method="POST", url="u", headers=headers, body=body),
+            "forged_1",
         )
         assert isinstance(answer, ResponseFrame) and answer.status == 401
         assert json.loads(answer.body)["error"] == "source_signature_invalid"
@@ -455,3 +457,87 @@ def test_list_query_type_is_what_handlers_receive() -> None:
 async def test_frames_encode_as_the_engine_expects() -> None:
     frame = decode_frame(encode_frame(ResponseFrame(id="x", status=200, body="{}")))
     assert frame == ResponseFrame(id="x", status=200, body="{}")
+
+
+async def test_requests_before_ready_take_in_flight_slots_like_any_other() -> None:
+    """The reference serves requests that arrive before ready; they must not
+    raise --max-in-flight for good (each used to release a slot it never took)."""
+    running = peak = 0
+
+    class Counting(DataSource):
+        async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.3 if id.startswith("slow") else 0.01)
+            running -= 1
+            return {"id": id}
+
+    def request(request_id: str) -> str:
+        body = json.dumps({"type": "load", "model": "m", "id": request_id})
+        headers = sign_request(KEY, f"msg_{request_id}", body)
+        return encode_frame(
+            RequestFrame(id=request_id, method="POST", url="u", headers=headers, body=body)
+        )
+
+    finished = asyncio.Event()
+    statuses: list[int] = []
+
+    async def engine(ws: ServerConnection) -> None:
+        await ws.recv()  # register
+        for i in range(20):
+            await ws.send(request(f"early{i}"))
+        for _ in range(20):
+            statuses.append(json.loads(await ws.recv())["status"])
+        await ws.send(json.dumps({"type": "ready", "protocolVersion": 1}))
+        for i in range(24):
+            await ws.send(request(f"slow{i}"))
+        for _ in range(24):
+            statuses.append(json.loads(await ws.recv())["status"])
+        finished.set()
+        await ws.wait_closed()
+
+    async with serve(
+        engine, "127.0.0.1", 0, subprotocols=[Subprotocol("ablo.source.v1")]
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connector_running(
+            f"http://127.0.0.1:{port}", Counting(), wait_ready=False, max_in_flight=4
+        ):
+            await asyncio.wait_for(finished.wait(), 20)
+    assert statuses == [200] * 44
+    assert peak == 4, f"{peak} handler calls ran at once with --max-in-flight 4"
+
+
+async def test_a_frame_too_large_to_read_closes_the_link_which_is_redialed() -> None:
+    """Up to 4x --max-message-size (at least 1 MiB more), a frame is refused alone; beyond, it
+    cannot be read without buffering it, so the link closes (1009) and is redialed."""
+    from connector.ops.status import Observer
+
+    rejected: list[str] = []
+
+    class Recording(Observer):
+        def frame_rejected(self, reason: str) -> None:
+            rejected.append(reason)
+
+    async with engine_running() as engine:
+        connector = Connector(
+            Config(api_key=KEY, base_url=engine.base_url, max_message_size=64 * 1024),
+            TestSource(),
+            observer=Recording(),
+        )
+        task = asyncio.create_task(connector.run())
+        try:
+            await engine.wait_attached(10)
+            huge = RequestFrame(
+                id="huge_1", method="POST", url="u", headers={}, body="x" * (1200 * 1024)
+            )
+            await engine.send_raw(encode_frame(huge))
+            await eventually(lambda: engine.attaches == 2, timeout=10)
+            assert rejected == ["oversize_closed"]
+            assert connector.status.last_error == "message_too_big"
+            result = await engine.request({"type": "load", "model": "m", "id": "after"})
+            assert result.status == 200
+        finally:
+            connector.stop()
+            await asyncio.wait_for(task, 10)

@@ -436,6 +436,11 @@ class Counting(DataSource):
             raise RuntimeError("transient")
         return CommitResult(rows=[{"run": self.runs}])
 
+    async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
+        self.runs += 1
+        await asyncio.sleep(self.delay)
+        return ListPage(rows=[{"run": self.runs}])
+
 
 async def test_concurrent_replays_share_one_handler_run() -> None:
     source = Counting(delay=0.2)
@@ -468,15 +473,34 @@ async def test_a_failed_answer_is_not_replayed() -> None:
     assert source.runs == 2
 
 
-async def test_replay_memory_is_bounded_by_capacity_and_window() -> None:
+async def test_kept_commit_answers_are_bounded_by_bytes_and_freed_without_traffic() -> None:
+    from connector.serve.replay import ENTRY_OVERHEAD
+
     source = Counting()
-    d = dispatcher(source, replay_capacity=5, replay_window=0.2)
+    body_size = len(json.dumps({"rows": [{"run": 20}]}, separators=(",", ":")))
+    d = dispatcher(source, replay_memory=5 * (body_size + ENTRY_OVERHEAD), replay_window=0.3)
     for i in range(20):
         await d.dispatch("POST", *_signed(COMMIT, f"msg_{i}"))
-    assert d.replay_entries == 5
-    await asyncio.sleep(0.3)
-    await d.dispatch("POST", *_signed(COMMIT, "msg_new"))
-    assert d.replay_entries == 1
+    assert d.replay_entries == 5 and d.replay_bytes <= 5 * (body_size + ENTRY_OVERHEAD)
+    again = await d.dispatch("POST", *_signed(COMMIT, "msg_19"))  # the newest is kept
+    assert again.replayed and source.runs == 20
+    await asyncio.sleep(0.5)  # no request in between: the expiry timer frees them
+    assert d.replay_entries == 0 and d.replay_bytes == 0
+
+
+async def test_read_answers_are_not_kept_but_a_running_read_is_shared() -> None:
+    source = AsyncSource()
+    d = dispatcher(source)
+    await d.dispatch("POST", *_signed(LOAD, "msg_read"))
+    assert d.replay_entries == 0
+    again = await d.dispatch("POST", *_signed(LOAD, "msg_read"))
+    assert not again.replayed and [c[0] for c in source.calls] == ["load", "load"]
+
+    slow = Counting(delay=0.2)
+    d = dispatcher(slow)
+    copies = await asyncio.gather(*(d.dispatch("POST", *_signed(LIST, "msg_l")) for _ in range(3)))
+    assert sorted(a.replayed for a in copies) == [False, True, True] and slow.runs == 1
+    assert {a.body for a in copies} == {'{"rows":[{"run":1}]}'}
 
 
 async def test_a_cancelled_first_copy_lets_the_duplicate_run() -> None:

@@ -81,6 +81,7 @@ async def test_readyz_follows_the_connection_and_metrics_count_requests() -> Non
         forged_body = json.dumps({"type": "load", "model": "m", "id": "x"})
         forged = RequestFrame(
             id="f1",
+            method="POST",
             url="u",
             headers=sign_request("sk_test_other", "msg_f", forged_body),
             body=forged_body,

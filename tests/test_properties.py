@@ -168,8 +168,8 @@ class Echo(DataSource):
 )
 def test_dispatch_always_answers_with_a_documented_status(body: str, signed: bool) -> None:
     headers = sign_request(API_KEY, "msg_prop", body) if signed else {}
-    frame = RequestFrame(id="req_prop", url="u", headers=headers, body=body)
-    dispatcher = Dispatcher(Echo(), Verifier(API_KEY), replay_capacity=0)
+    frame = RequestFrame(id="req_prop", method="POST", url="u", headers=headers, body=body)
+    dispatcher = Dispatcher(Echo(), Verifier(API_KEY), replay_memory=0)
     response = asyncio.run(dispatch_frame(dispatcher, frame))
     sent = decode_frame(encode_response(frame.id, response.status, response.body))
     assert isinstance(sent, ResponseFrame) and sent.id == "req_prop"
@@ -179,3 +179,49 @@ def test_dispatch_always_answers_with_a_documented_status(body: str, signed: boo
         assert isinstance(payload["error"], str) and payload["error"]
     if not signed:
         assert response.status == 401
+
+
+timestamps = (
+    st.integers(0, 10**6).map(str)
+    | st.integers(10**17, 10**30).map(str)
+    | st.integers(20, 6000).map(lambda n: "9" * n)  # int() refuses beyond 4,300 digits
+    | st.from_regex(r"[+-]?[0-9]{0,400}(\.[0-9]{0,40})?([eE][+-]?[0-9]{1,6})?", fullmatch=True)
+    | st.text(max_size=30)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["webhook-id", "WEBHOOK-ID", "webhook-signature", "x-other"])
+        | st.text(max_size=20),
+        st.text(max_size=60),
+        max_size=5,
+    ),
+    timestamps,
+    st.booleans(),
+)
+def test_dispatch_answers_whatever_the_headers(
+    headers: dict[str, str], timestamp: str, sign: bool
+) -> None:
+    """The headers are fuzzed too: verification never raises, every request gets an answer."""
+    body = json.dumps({"type": "load", "model": "m", "id": "1"})
+    if sign:
+        headers = {**headers, **sign_request(API_KEY, "msg_h", body)}
+    headers["webhook-timestamp"] = timestamp
+    dispatcher = Dispatcher(Echo(), Verifier(API_KEY), replay_memory=0)
+    answer = asyncio.run(dispatcher.dispatch("POST", headers, body, request_id="r"))
+    assert answer.status in {200, 401}
+    if answer.status == 401:
+        assert json.loads(answer.body)["error"].startswith("source_")
+
+
+def test_a_five_thousand_digit_timestamp_is_invalid_not_an_exception() -> None:
+    body = "{}"
+    headers = {**sign_request(API_KEY, "msg_long", body), "webhook-timestamp": "9" * 5000}
+    try:
+        verify_request(headers, body, API_KEY)
+    except SignatureError as error:
+        assert error.code == "source_timestamp_invalid"
+    else:
+        raise AssertionError("accepted a 5,000-digit timestamp")

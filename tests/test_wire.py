@@ -90,7 +90,7 @@ def test_round_trip_of_every_frame_type() -> None:
     frames = [
         RegisterFrame(client="x"),
         ReadyFrame(protocol_version=1, source_id="s", organization_id="o", environment="sandbox"),
-        RequestFrame(id="1", url="u", headers={"a": "b"}, body="é🚀"),
+        RequestFrame(id="1", method="POST", url="u", headers={"a": "b"}, body="é🚀"),
         ResponseFrame(id="1", status=201, headers={"content-type": "application/json"}, body=""),
         ErrorFrame(id="1", code="c", message=""),
     ]
@@ -247,9 +247,30 @@ def test_session_errors_before_and_after_ready() -> None:
 
 def test_session_serves_requests_even_before_ready() -> None:
     session = ClientSession(max_message_size=1024)
-    raw = json.dumps({"type": "request", "id": "r1", "url": "u", "headers": {}, "body": "{}"})
+    raw = json.dumps(
+        {"type": "request", "id": "r1", "method": "POST", "url": "u", "headers": {}, "body": "{}"}
+    )
     event = session.receive(raw)
     assert isinstance(event, Request) and event.frame.id == "r1"
+
+
+def test_a_request_without_a_method_is_refused_by_its_id() -> None:
+    # The engine's frame schema requires method: "POST"; there is no default.
+    raw = json.dumps({"type": "request", "id": "r9", "url": "u", "headers": {}, "body": "{}"})
+    event = ClientSession(max_message_size=1024).receive(raw)
+    assert isinstance(event, Invalid) and event.reason == "invalid_request"
+    assert event.request_id == "r9" and "method" in event.detail
+
+
+def test_every_frame_decode_accepts_encodes_again_even_with_lone_surrogates() -> None:
+    raw = (
+        '{"type":"request","id":"r1","method":"POST","url":"u",'
+        '"headers":{"x-note":"\\ud800"},"body":"{\\"id\\":\\"\\udfff\\"}"}'
+    )
+    frame = decode_frame(raw)
+    text = encode_frame(frame)
+    assert decode_frame(text) == frame
+    assert "\\ud800" in text and "\\udfff" in text  # written as JavaScript writes them
 
 
 def test_session_refuses_bad_frames_and_names_the_request_to_fail() -> None:

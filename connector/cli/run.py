@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -24,7 +27,7 @@ from .options import (
     option,
     resolve_api_key,
 )
-from .sources import build_source, source_options, sql_source
+from .sources import build_source, guard_url, source_options, sql_source
 
 __all__ = ["check", "run"]
 
@@ -33,6 +36,23 @@ log = logging.getLogger("connector.cli")
 
 def _from_command_line(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+
+def _no_core_dumps() -> None:
+    """A core file of a running connector holds the key (and any database password)."""
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _guard_lock_url(ctx: click.Context, url: str, add_secret: Callable[[str], None]) -> None:
+    from .._redact import has_password
+
+    guard_url(url, "--ha-lock", add_secret)
+    if _from_command_line(ctx, "ha_lock") and has_password(url):
+        log.warning(
+            "the HA lock's password was given on the command line, where other local users "
+            "can see it in the process list; prefer ABLO_HA_LOCK"
+        )
 
 
 @click.command(cls=GroupedCommand)
@@ -64,9 +84,12 @@ def run(
     configuration problem, or a rejected key with --exit-on-auth-failure.
     """
     formatter = configure_logging(log_level, "json" if log_format == "json" else "text")
+    _no_core_dumps()
     try:
         key = resolve_api_key(ctx, api_key, api_key_file, warn=log.warning)
         formatter.add_secret(key)
+        if settings.get("ha_lock"):
+            _guard_lock_url(ctx, settings["ha_lock"], formatter.add_secret)
         config = from_command_line(key, settings)
         source = build_source(
             handler_spec,
@@ -119,40 +142,42 @@ def check(
     """
     from .check import run_checks
 
-    configure_logging("warning")
+    formatter = configure_logging("warning")
+
+    def say(text: str) -> None:
+        click.echo(formatter.redact(text))
+
     try:
         if handler_spec and database_url:
             raise ConfigError("give --handler or --database-url, not both")
         if models_path and not database_url:
             raise ConfigError("--models needs --database-url")
         local_only = not (api_key or api_key_file) and bool(handler_spec or database_url)
-        config = (
-            None
-            if local_only
-            else from_command_line(
-                resolve_api_key(ctx, api_key, api_key_file, warn=log.warning), settings
-            )
-        )
+        config = None
+        if not local_only:
+            key = resolve_api_key(ctx, api_key, api_key_file, warn=log.warning)
+            formatter.add_secret(key)
+            config = from_command_line(key, settings)
         if handler_spec:
-            _check_handler(handler_spec)
+            _check_handler(handler_spec, say)
         if database_url:
-            _check_database(database_url, models_path)
+            _check_database(database_url, models_path, say, formatter.add_secret)
     except ConfigError as error:
-        click.echo(f"FAIL  configuration: {error}")
+        say(f"FAIL  configuration: {error}")
         sys.exit(EX_CONFIG)
     if config is None:
-        click.echo("skip  engine: no API key (set ABLO_API_KEY to check the path to the engine)")
+        say("skip  engine: no API key (set ABLO_API_KEY to check the path to the engine)")
     else:
         try:
-            asyncio.run(run_checks(config, click.echo, register=not no_register))
+            asyncio.run(run_checks(config, say, register=not no_register))
         except CheckFailed as failure:
-            click.echo(f"FAIL  {failure.step}: {failure.detail}")
-            click.echo(f"      what to check: {failure.hint}")
+            say(f"FAIL  {failure.step}: {failure.detail}")
+            say(f"      what to check: {failure.hint}")
             sys.exit(failure.exit_status)
-    click.echo("all checks passed")
+    say("all checks passed")
 
 
-def _check_handler(handler_spec: str) -> None:
+def _check_handler(handler_spec: str, say: Callable[[str], None]) -> None:
     from ..serve.datasource import overridden
     from ..serve.loader import handler_problems, load_handler
     from ..wire.bodies import OPERATIONS
@@ -161,28 +186,33 @@ def _check_handler(handler_spec: str) -> None:
     problems = handler_problems(source)
     if problems:
         for problem in problems:
-            click.echo(f"FAIL  handler: {problem}")
+            say(f"FAIL  handler: {problem}")
         sys.exit(EX_CONFIG)
     implemented = [op for op in OPERATIONS if overridden(source, op)]
-    click.echo(f"ok    handler: {handler_spec} ({type(source).__name__}: {', '.join(implemented)})")
+    say(f"ok    handler: {handler_spec} ({type(source).__name__}: {', '.join(implemented)})")
 
 
-def _check_database(database_url: str, models_path: str | None) -> None:
+def _check_database(
+    database_url: str,
+    models_path: str | None,
+    say: Callable[[str], None],
+    add_secret: Callable[[str], None],
+) -> None:
     from sqlalchemy.exc import OperationalError
 
     from ..adapters.sql import describe_database_error
 
-    source = sql_source(database_url, models_path)
+    source = sql_source(database_url, models_path, add_secret)
     try:
         models = source.prepare()
     except OperationalError as error:
-        click.echo(f"FAIL  database: {describe_database_error(error)}")
-        click.echo("      what to check: the URL's host, port, user and database; is it running?")
+        say(f"FAIL  database: {describe_database_error(error)}")
+        say("      what to check: the URL's host, port, user and database; is it running?")
         sys.exit(EX_UNAVAILABLE)
     finally:
         source.close()
     served = sorted({model.name for model in models.values()})
-    click.echo(
+    say(
         f"ok    database: {source.engine.url.render_as_string(hide_password=True)} "
         f"(ledger and outbox present; models: {', '.join(served)})"
     )

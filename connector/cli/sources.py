@@ -16,7 +16,7 @@ from .options import option
 if TYPE_CHECKING:
     from ..adapters.sql import SQLSource
 
-__all__ = ["build_source", "source_options", "sql_source"]
+__all__ = ["build_source", "guard_url", "source_options", "sql_source"]
 
 log = logging.getLogger("connector.cli")
 
@@ -98,13 +98,29 @@ def sql_source(
     database_url: str, models_path: str | None, add_secret: Callable[[str], None] = lambda _: None
 ) -> SQLSource:
     """The SQL adapter for a URL and an optional model map; its password joins the redactions."""
-    from .._redact import url_secrets
     from ..adapters.sql import ModelMap, SQLSource
     from ..adapters.sql import database_url as parse_database_url
 
-    for secret in url_secrets(database_url):
-        add_secret(secret)
+    guard_url(database_url, "--database-url", add_secret)
     url = parse_database_url(database_url)
     if url.password:
         add_secret(str(url.password))
     return SQLSource(url, ModelMap.from_toml(models_path) if models_path else None)
+
+
+def guard_url(url: str, flag: str, add_secret: Callable[[str], None]) -> None:
+    """Register the URL's password for redaction, and refuse one that would leak.
+
+    A raw ``@`` in a password makes every parser take the rest of it for the
+    host, which then appears in error messages: refuse it before any parser
+    sees it.
+    """
+    from .._redact import unescaped_at, url_secrets
+
+    for secret in url_secrets(url):
+        add_secret(secret)
+    if unescaped_at(url):
+        raise ConfigError(
+            f"{flag}: the URL has a raw '@' before its host; percent-encode '@' in the user "
+            "name or password as %40"
+        )

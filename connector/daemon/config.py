@@ -190,6 +190,23 @@ class Config:
         minimum=1024,
         metavar="BYTES",
     )
+    replay_memory: int = setting(
+        16 * MiB,
+        "--replay-memory",
+        "Bytes of commit answers kept to answer replays of a webhook-id without running the "
+        "handler again (0: keep none; the handler's own idempotency still holds).",
+        group="limits",
+        minimum=0,
+        metavar="BYTES",
+    )
+    spare_threads: int | None = setting(
+        None,
+        "--spare-threads",
+        "Threads that replace plain-def handler calls stuck past their deadline; once all "
+        "are stuck the connector reports itself unhealthy. Default: --max-in-flight.",
+        group="limits",
+        minimum=0,
+    )
     shutdown_grace: float = setting(
         20.0,
         "--shutdown-grace",
@@ -223,6 +240,8 @@ class Config:
         for name in ("max_in_flight", "max_message_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if self.replay_memory < 0 or (self.spare_threads or 0) < 0:
+            raise ConfigError("replay_memory and spare_threads must not be negative")
         for name in (
             "request_timeout", "signature_tolerance", "open_timeout", "ready_timeout",
             "ping_interval", "ping_timeout", "shutdown_grace", "ha_retry_interval",

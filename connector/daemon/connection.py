@@ -26,11 +26,13 @@ from websockets.typing import Subprotocol
 
 from ..errors import ConnectFailure, ConnectionLost
 from ..ops.status import ConnectorStatus, Observer, State
+from ..serve.answer import error_answer
 from ..serve.deadlines import start_eagerly
 from ..serve.dispatcher import Dispatcher
 from ..wire.frames import RequestFrame, encode_response
 from ..wire.session import (
     CLIENT_NAME,
+    TOO_BIG_CODE,
     ClientSession,
     Ended,
     EngineError,
@@ -46,7 +48,7 @@ from ..wire.session import (
 from .config import Config
 from .transport import CoalescingClientConnection
 
-__all__ = ["Connection", "InFlight", "open_websocket"]
+__all__ = ["DRAINING", "Connection", "InFlight", "open_websocket"]
 
 log = logging.getLogger("connector.connection")
 request_log = logging.getLogger("connector.requests")
@@ -55,6 +57,8 @@ request_log = logging.getLogger("connector.requests")
 # them; its logger is pinned to INFO so no log level can reveal it.
 _transport_log = logging.getLogger("connector.websockets")
 _transport_log.setLevel(logging.INFO)
+
+DRAINING: Final = "source_connector_draining"  # a retryable 503: this connector is stopping
 
 
 class InFlight:
@@ -179,11 +183,42 @@ class Connection:
             await self._serve(ws)
         except ConnectionClosed as error:
             frame = error.rcvd or error.sent
-            raise closed(
+            failure = closed(
                 None if frame is None else frame.code,
                 "" if frame is None else frame.reason,
                 ready_for=self.ready_for,
-            ) from None
+            )
+            if failure.code == TOO_BIG_CODE:
+                self._observer.frame_rejected("oversize_closed")
+            raise failure from None
+
+    async def refuse_while_draining(self) -> None:
+        """While in-flight requests finish, answer every new one 503 at once.
+
+        Run after :meth:`run` was cancelled (on SIGTERM, or when the HA lock
+        is lost) and until :meth:`close`: no new handler call starts, and the
+        engine, told ``source_connector_draining``, retries the request after
+        the reconnect instead of waiting for the socket to close.
+        """
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            while True:
+                event = self._session.receive(await ws.recv(), ready_for=self.ready_for)
+                if isinstance(event, Request):
+                    frame = event.frame
+                    answer = error_answer(
+                        503, DRAINING, "the connector is shutting down; retry the request"
+                    )
+                    await ws.send(encode_response(frame.id, answer.status, answer.body))
+                    self._observer.request_done(answer, 0.0)
+                elif isinstance(event, Ended):
+                    return
+                elif not isinstance(event, Ready):
+                    self._report(event)
+        except ConnectionClosed:
+            return
 
     async def close(self, code: int = 1000, reason: str = "connector_aborted") -> None:
         if self._ws is not None:

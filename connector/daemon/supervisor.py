@@ -119,7 +119,10 @@ class Connector:
             source,
             Verifier(config.api_key, tolerance=config.signature_tolerance),
             request_timeout=config.request_timeout,
+            replay_memory=config.replay_memory,
             max_workers=config.max_in_flight,
+            spare_threads=config.spare_threads,
+            on_threads_change=self.status.set_stuck_handlers,
         )
         self.policy = ReconnectPolicy(config)
         self._stopping: asyncio.Event | None = None
@@ -320,7 +323,13 @@ class Connector:
         serving.cancel()
         with contextlib.suppress(BaseException):
             await serving
-        await self._drain(in_flight)
+        refusing = asyncio.ensure_future(connection.refuse_while_draining())
+        try:
+            await self._drain(in_flight)
+        finally:
+            refusing.cancel()
+            with contextlib.suppress(BaseException):
+                await refusing
         await connection.close(1000, "connector_aborted")
 
     @staticmethod

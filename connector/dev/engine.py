@@ -377,6 +377,7 @@ class DevEngine:
             attachment.pending[request_id] = future
             frame = RequestFrame(
                 id=request_id,
+                method="POST",
                 url="https://source.ablo.invalid/v1/source",
                 headers=headers,
                 body=text,

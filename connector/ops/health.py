@@ -63,13 +63,17 @@ class HealthServer:
             return _http.Reply.json(405, {"error": "method_not_allowed"})
         status = self._status
         if request.path == "/healthz":
-            alive = status.state is not State.STOPPED
-            return _http.Reply.json(
-                200 if alive else 503,
-                {"status": "ok" if alive else "stopped", "state": status.state.value},
-            )
+            healthy = status.healthy
+            word = "ok" if healthy else "stopped" if status.state is State.STOPPED else "stuck"
+            body: dict[str, object] = {"status": word, "state": status.state.value}
+            if status.handlers_exhausted:
+                body["reason"] = "handler_threads_stuck"
+            return _http.Reply.json(200 if healthy else 503, body)
         if request.path == "/readyz":
-            return _http.Reply.json(200 if status.is_ready else 503, status.as_dict())
+            payload = status.as_dict()
+            if status.handlers_exhausted:
+                payload["reason"] = "handler_threads_stuck"
+            return _http.Reply.json(200 if status.serving else 503, payload)
         if request.path == "/metrics" and self._metrics is not None:
             return _http.Reply(
                 200, self._metrics.render(), {"Content-Type": self._metrics.content_type}

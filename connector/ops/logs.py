@@ -48,12 +48,15 @@ class RedactingFormatter(logging.Formatter):
         if secret and secret not in self._secrets:
             self._secrets = sorted([*self._secrets, secret], key=len, reverse=True)
 
-    def format(self, record: logging.LogRecord) -> str:
-        text = self._inner.format(record)
+    def redact(self, text: str) -> str:
+        """``text`` with every registered secret blanked (for output that is not a log line)."""
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return text
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(self._inner.format(record))
 
 
 def configure_logging(

@@ -65,6 +65,11 @@ class Metrics(Observer):
             "Handler calls under way.",
             registry=registry,
         ).set_function(lambda: status.in_flight)
+        Gauge(
+            "ablo_connector_stuck_handler_threads",
+            "Plain-def handler calls still running past their request's deadline.",
+            registry=registry,
+        ).set_function(lambda: status.stuck_handlers)
         self._requests = Counter(
             "ablo_connector_requests_total",
             "Requests answered, by operation and HTTP status.",
@@ -96,7 +101,8 @@ class Metrics(Observer):
         )
         self._rejected = Counter(
             "ablo_connector_frames_rejected_total",
-            "Frames ignored, by reason (malformed, oversize, invalid_request).",
+            "Frames refused, by reason: malformed, invalid_request, oversize (refused one by one), "
+            "oversize_closed (too large to read: the connection was closed and redialed).",
             ["reason"],
             registry=registry,
         )

@@ -52,7 +52,8 @@ class Observer:
         """One request answered (any status)."""
 
     def frame_rejected(self, reason: str) -> None:
-        """A frame was ignored: ``malformed``, ``oversize`` or ``invalid_request``."""
+        """A frame was refused: ``malformed``, ``invalid_request``, ``oversize`` or
+        ``oversize_closed`` (too large to read: the connection was closed)."""
 
     def attempt_ended(self, outcome: str) -> None:
         """A connection attempt ended: ``ready`` when it got that far, else why not."""
@@ -70,6 +71,8 @@ class ConnectorStatus:
     last_error: str | None = None
     connects: int = 0
     in_flight: int = 0
+    stuck_handlers: int = 0
+    handlers_exhausted: bool = False
     _listeners: list[Callable[[ConnectorStatus], None]] = field(default_factory=list, repr=False)
     _ready_event: asyncio.Event | None = field(default=None, repr=False)
 
@@ -80,6 +83,24 @@ class ConnectorStatus:
     @property
     def seconds_ready(self) -> float | None:
         return None if self.ready_since is None else time.monotonic() - self.ready_since
+
+    @property
+    def healthy(self) -> bool:
+        """False once every spare handler thread is stuck: only a restart frees them."""
+        return not self.handlers_exhausted and self.state is not State.STOPPED
+
+    @property
+    def serving(self) -> bool:
+        """Ready, and able to give a request a handler thread (what ``/readyz`` says)."""
+        return self.is_ready and not self.handlers_exhausted
+
+    def set_stuck_handlers(self, stuck: int, exhausted: bool) -> None:
+        changed = exhausted != self.handlers_exhausted
+        self.stuck_handlers = stuck
+        self.handlers_exhausted = exhausted
+        if changed:
+            for listener in list(self._listeners):
+                listener(self)
 
     def subscribe(self, listener: Callable[[ConnectorStatus], None]) -> None:
         self._listeners.append(listener)
@@ -120,4 +141,5 @@ class ConnectorStatus:
             "secondsReady": None if seconds is None else round(seconds, 3),
             "lastError": self.last_error,
             "inFlight": self.in_flight,
+            "stuckHandlerThreads": self.stuck_handlers,
         }

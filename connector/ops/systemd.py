@@ -63,10 +63,13 @@ class SystemdNotifier:
         status.subscribe(self._on_status)
         if self._watchdog_interval:
             self._watchdog = asyncio.get_running_loop().create_task(
-                self._pet(self._watchdog_interval)
+                self._pet(self._watchdog_interval, status)
             )
 
     def _on_status(self, status: ConnectorStatus) -> None:
+        if status.handlers_exhausted:
+            self.notify(f"STATUS=unhealthy: {status.stuck_handlers} handler threads stuck")
+            return
         if status.state is State.READY:
             text = f"STATUS=ready: serving source {status.source_id or '?'}"
             if self._ready_sent:
@@ -80,11 +83,13 @@ class SystemdNotifier:
     def stopping(self) -> None:
         self.notify("STOPPING=1", "STATUS=stopping: draining in-flight requests")
 
-    async def _pet(self, interval: float) -> None:
+    async def _pet(self, interval: float, status: ConnectorStatus) -> None:
         # Runs on the event loop: a loop that stops turning stops the pings,
-        # and systemd restarts the service.
+        # and systemd restarts the service. So does a connector whose handler
+        # threads are all stuck, which only a restart can free.
         while True:
-            self.notify("WATCHDOG=1")
+            if status.healthy:
+                self.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
     def close(self) -> None:

@@ -11,14 +11,11 @@ socket; the connection feeds it requests.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
-import functools
 import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Final
 
 import pydantic_core
@@ -41,6 +38,7 @@ from .answer import Answer, dumps, error_answer, success_body, timeout_answer
 from .datasource import DataSource, RequestContext, overridden
 from .deadlines import Deadlines
 from .replay import FirstCopyCancelled, ReplayCache
+from .workers import HandlerThreads
 
 __all__ = ["Dispatcher"]
 
@@ -55,8 +53,11 @@ class Dispatcher:
 
     ``request_timeout`` bounds each request (504 ``source_connector_timeout``
     past it): an ``async`` handler is cancelled; a plain ``def`` handler's
-    thread cannot be interrupted, so it finishes in the background and its
-    result is dropped.
+    thread cannot be interrupted, so it finishes in the background, its
+    result is dropped, and it counts as stuck until then (see
+    :mod:`.workers`: ``max_workers`` threads for calls in flight, and
+    ``spare_threads`` more to replace stuck ones). Commit answers are kept
+    for replays within ``replay_memory`` bytes (see :mod:`.replay`).
     """
 
     def __init__(
@@ -66,18 +67,22 @@ class Dispatcher:
         *,
         request_timeout: float = 25.0,
         replay_window: float | None = None,
-        replay_capacity: int = 10_000,
-        executor: Executor | None = None,
+        replay_memory: int = 16 * 1024 * 1024,
         max_workers: int = 64,
+        spare_threads: int | None = None,
+        on_threads_change: Callable[[int, bool], None] | None = None,
     ) -> None:
         self.source = source
         self.verifier = verifier
         self._deadlines = Deadlines(request_timeout)
         self._replays = ReplayCache(
-            verifier.tolerance if replay_window is None else replay_window, replay_capacity
+            verifier.tolerance if replay_window is None else replay_window, replay_memory
         )
-        self._executor = executor
-        self._max_workers = max_workers
+        self.threads = HandlerThreads(
+            max_workers,
+            max_workers if spare_threads is None else spare_threads,
+            on_change=on_threads_change,
+        )
         self._implemented = {op: overridden(source, op) for op in OPERATIONS}
         self._has_authorize = overridden(source, "authorize")
         self._has_scopes = overridden(source, "scopes")
@@ -93,13 +98,18 @@ class Dispatcher:
 
     @property
     def replay_entries(self) -> int:
+        """Requests in flight plus commit answers kept for replays."""
         return len(self._replays)
 
+    @property
+    def replay_bytes(self) -> int:
+        """What the kept commit answers cost, as counted against ``replay_memory``."""
+        return self._replays.kept_bytes
+
     def close(self) -> None:
-        """Release the worker threads (waiting for none of them)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        """Release the worker threads (waiting for none of them) and the kept answers."""
+        self.threads.close()
+        self._replays.close()
 
     async def dispatch(
         self,
@@ -257,13 +267,7 @@ class Dispatcher:
             is_async = self._is_async[method.__name__] = inspect.iscoroutinefunction(method)
         if is_async:
             return await method(*args)
-        loop = asyncio.get_running_loop()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=self._max_workers, thread_name_prefix="ablo-handler"
-            )
-        call = functools.partial(contextvars.copy_context().run, method, *args)
-        result = await loop.run_in_executor(self._executor, call)
+        result = await self.threads.call(method, *args)
         if inspect.isawaitable(result):
             return await result
         return result

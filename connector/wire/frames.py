@@ -13,6 +13,7 @@ and a binary message is read as UTF-8 with a leading BOM dropped.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 import pydantic_core
@@ -114,7 +115,7 @@ class RequestFrame(WireModel):
 
     type: Literal["request"] = "request"
     id: NonEmptyStr
-    method: Literal["POST"] = "POST"
+    method: Literal["POST"]  # required: the engine's schema has no default
     url: NonEmptyStr
     headers: Headers
     body: WireStr
@@ -195,8 +196,16 @@ def decode_frame(raw: str | bytes | bytearray | memoryview) -> Frame:
 
 
 def encode_frame(frame: Frame) -> str:
-    """Compact JSON for one frame; absent optional fields are left out."""
-    return frame.model_dump_json(exclude_none=True)
+    """Compact JSON for one frame; absent optional fields are left out.
+
+    Never raises for a frame :func:`decode_frame` accepted: a string holding
+    a lone surrogate (from a ``"\\ud800"`` escape) is written back as that
+    escape, as JavaScript's ``JSON.stringify`` does.
+    """
+    try:
+        return frame.model_dump_json(exclude_none=True)
+    except pydantic_core.PydanticSerializationError:
+        return json.dumps(frame.model_dump(exclude_none=True), separators=(",", ":"))
 
 
 def encode_response(request_id: str, status: int, body: str) -> str:

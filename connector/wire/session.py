@@ -49,6 +49,7 @@ from .frames import (
 
 __all__ = [
     "CLIENT_NAME",
+    "TOO_BIG_CODE",
     "ClientSession",
     "EngineError",
     "Ended",
@@ -64,6 +65,7 @@ __all__ = [
 
 CLIENT_NAME: Final = f"ablo-connector-python/{__version__}"
 SUPERSEDED_CODE: Final = Superseded.code
+TOO_BIG_CODE: Final = "message_too_big"
 
 _ID_IN_PREFIX = re.compile(r'"id"\s*:\s*"([^"\\]{1,256})"')
 _TYPE_REQUEST_IN_PREFIX = re.compile(r'"type"\s*:\s*"request"')
@@ -262,6 +264,16 @@ def closed(code: int | None, reason: str, *, ready_for: float) -> ConnectFailure
         return ConnectionLost("connection dropped without a close frame", ready_for=ready_for)
     if code == 1011 and "ping" in reason:
         return ConnectionLost("keepalive ping timed out (half-open link)", ready_for=ready_for)
+    if code == 1009:
+        # Beyond the transport's limit a frame cannot even be read, so the
+        # only answer is to close; the engine retries what was in flight.
+        lost = ConnectionLost(
+            "a frame too large to read (over 4 x --max-message-size, and at least 1 MiB more) closed the connection "
+            "(1009); redialing",
+            ready_for=ready_for,
+        )
+        lost.code = TOO_BIG_CODE
+        return lost
     detail = f"code {code}" + (f" ({reason})" if reason else "")
     return ConnectionLost(f"connection closed: {detail}", ready_for=ready_for)
 

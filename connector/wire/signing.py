@@ -154,9 +154,11 @@ class Verifier:
         if not raw_timestamp:
             raise SignatureError("source_timestamp_missing", "missing webhook-timestamp header")
         timestamp: float
-        if raw_timestamp.isascii() and raw_timestamp.isdigit():
+        if raw_timestamp.isascii() and raw_timestamp.isdigit() and len(raw_timestamp) <= 18:
             timestamp = int(raw_timestamp)  # what every engine sends: skip the general parser
         else:
+            # float() reads any length (5,000 digits are inf, which is not whole
+            # seconds); int() of such a string would raise instead.
             if not _NUMBER.fullmatch(raw_timestamp):
                 raise SignatureError(
                     "source_timestamp_invalid", "webhook-timestamp is not a number"
