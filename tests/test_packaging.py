@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pytest
 import yaml
 
 from connector.config import Config
@@ -17,15 +18,32 @@ from tests.conftest import REPO
 DEFAULT_GRACE = Config(api_key="sk_test_x").shutdown_grace
 
 
-def _unit() -> configparser.ConfigParser:
+UNITS = ("ablo-connector.service", "ablo-connector@.service")
+
+
+def _unit(name: str = "ablo-connector.service") -> configparser.ConfigParser:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read(REPO / "systemd" / "ablo-connector.service")
+    parser.read(REPO / "systemd" / name)
     return parser
 
 
-def test_systemd_unit_is_notify_hardened_and_outlasts_the_grace() -> None:
-    service = _unit()["Service"]
+def _directives(name: str) -> list[tuple[str, str, str]]:
+    """Every (section, key, value) of a unit in order, repeated keys included."""
+    section, found = "", []
+    for line in (REPO / "systemd" / name).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            found.append((section, key, value))
+    return found
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_systemd_unit_is_notify_hardened_and_outlasts_the_grace(name: str) -> None:
+    service = _unit(name)["Service"]
     assert service["Type"] == "notify"
     assert service["Restart"] == "on-failure"
     assert service["RestartPreventExitStatus"] == "78"
@@ -40,10 +58,30 @@ def test_systemd_unit_is_notify_hardened_and_outlasts_the_grace() -> None:
         "ProtectHome": "yes", "PrivateTmp": "yes", "CapabilityBoundingSet": "",
     }.items():  # fmt: skip
         assert service[key] == value, key
-    text = (REPO / "systemd" / "ablo-connector.service").read_text()
+    text = (REPO / "systemd" / name).read_text()
     assert "SystemCallFilter=@system-service" in text
     assert "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX" in text
     assert "ABLO_API_KEY=" not in text, "the key travels as a credential, never in the unit"
+    assert service["LimitCORE"] == "0", "a core dump would hold the key"
+
+
+def test_template_unit_runs_replicas_on_one_shared_lock() -> None:
+    service = _unit("ablo-connector@.service")["Service"]
+    command = service["ExecStart"].split()
+    assert command[:2] == ["/opt/ablo-connector/bin/ablo-connector", "run"]
+    assert command[command.index("--ha-lock") + 1] == "file:///run/ablo-connector/leader.lock"
+    assert command[command.index("--health-addr") + 1] == "127.0.0.1:%i"
+    # Every instance sees one /run/ablo-connector, as one user, and the lock
+    # outlives the instance that stops (removing it would fence the leader).
+    assert service["RuntimeDirectory"] == "ablo-connector"
+    assert service["RuntimeDirectoryPreserve"] == "yes"
+    assert service["User"] == "ablo-connector" and service["DynamicUser"] == "yes"
+    # Apart from that, the template is the single unit, line for line.
+    differs = {"Description", "ExecStart", "RuntimeDirectory", "RuntimeDirectoryMode",
+               "RuntimeDirectoryPreserve", "User"}  # fmt: skip
+    single = [d for d in _directives("ablo-connector.service") if d[1] not in differs]
+    template = [d for d in _directives("ablo-connector@.service") if d[1] not in differs]
+    assert template == single
 
 
 def test_env_example_names_real_options() -> None:
@@ -135,12 +173,14 @@ def test_deployment_rolls_without_a_gap_and_is_locked_down() -> None:
     assert "ABLO_API_KEY" not in env and env["ABLO_API_KEY_FILE"].startswith("/var/run/secrets/")
 
 
-def test_systemd_analyze_verify_when_available() -> None:
+@pytest.mark.parametrize("name", UNITS)
+def test_systemd_analyze_verify_when_available(name: str) -> None:
     # .ci/run installs the package at the unit's ExecStart path and runs this
     # check for real; here it runs wherever that install exists.
     if shutil.which("systemd-analyze") and Path("/opt/ablo-connector/bin/ablo-connector").exists():
         result = subprocess.run(
-            ["systemd-analyze", "verify", str(REPO / "systemd" / "ablo-connector.service")],
+            ["systemd-analyze", "verify", str(REPO / "systemd" / name)],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
+        assert not result.stderr.strip(), result.stderr
