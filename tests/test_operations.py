@@ -10,6 +10,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from connector import Config
 from connector.daemon.supervisor import Connector
@@ -179,6 +180,66 @@ async def test_systemd_notify_ready_watchdog_and_stopping() -> None:
                 assert sum("READY=1" in m for m in messages) == 1
         finally:
             sock.close()
+
+
+class NotifySocket:
+    """Stands in for systemd's notify socket: collects what a connector sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.messages: list[str] = []
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(self.path)
+        self._socket.setblocking(False)
+
+    def received(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self._socket.recv(4096).decode())
+            except BlockingIOError:
+                return self.messages
+
+    def count(self, line: str) -> int:
+        return sum(line in message.splitlines() for message in self.received())
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+async def test_systemd_notify_ready_from_a_standby_replica(tmp_path: Path) -> None:
+    # Under Type=notify a replica that never sends READY=1 fails its start
+    # (TimeoutStartSec) and is restarted forever: a standby must send it too.
+    lock = f"file://{tmp_path / 'leader.lock'}"
+    leader_socket = NotifySocket(tmp_path / "leader")
+    standby_socket = NotifySocket(tmp_path / "standby")
+
+    def replica(engine: DevEngine, notify: NotifySocket) -> Any:
+        args = connector_args(engine.base_url, "tests.handlers:TestSource", "--ha-lock", lock)
+        return process(args, {**ENV, "NOTIFY_SOCKET": notify.path})
+
+    serving = "STATUS=ready: serving source src_dev"
+    try:
+        async with DevEngine(KEY) as engine, replica(engine, leader_socket) as leader:
+            await engine.wait_attached(15)
+            await eventually(lambda: leader_socket.count(serving) == 1, timeout=5)
+            async with replica(engine, standby_socket):
+                await eventually(lambda: standby_socket.count("READY=1") == 1, timeout=10)
+                ready = next(m for m in standby_socket.messages if "READY=1" in m)
+                assert "STATUS=standby: another replica holds the HA lock" in ready.splitlines()
+                assert engine.attaches == 1, "the standby did not dial"
+
+                # The leader stops; the standby takes over and says so, but a
+                # started service is never told READY twice.
+                leader.signal(signal.SIGTERM)
+                assert await leader.wait(10) == 0
+                await eventually(lambda: standby_socket.count(serving) == 1, timeout=10)
+                assert engine.attaches == 2
+                assert standby_socket.count("READY=1") == 1
+        assert leader_socket.count("READY=1") == 1
+        assert leader_socket.count("STOPPING=1") == 1
+    finally:
+        leader_socket.close()
+        standby_socket.close()
 
 
 async def test_check_passes_against_the_dev_engine() -> None:

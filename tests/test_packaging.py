@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pytest
 import yaml
 
 from connector import Config
@@ -17,15 +19,32 @@ from tests.conftest import REPO
 DEFAULT_GRACE = Config(api_key="sk_test_x").shutdown_grace
 
 
-def _unit() -> configparser.ConfigParser:
+UNITS = ("ablo-connector.service", "ablo-connector@.service")
+
+
+def _unit(name: str = "ablo-connector.service") -> configparser.ConfigParser:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read(REPO / "systemd" / "ablo-connector.service")
+    parser.read(REPO / "systemd" / name)
     return parser
 
 
-def test_systemd_unit_is_notify_hardened_and_outlasts_the_grace() -> None:
-    service = _unit()["Service"]
+def _directives(name: str) -> list[tuple[str, str, str]]:
+    """Every (section, key, value) of a unit in order, repeated keys included."""
+    section, found = "", []
+    for line in (REPO / "systemd" / name).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            found.append((section, key, value))
+    return found
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_systemd_unit_is_notify_hardened_and_outlasts_the_grace(name: str) -> None:
+    service = _unit(name)["Service"]
     assert service["Type"] == "notify"
     assert service["Restart"] == "on-failure"
     assert service["RestartPreventExitStatus"] == "78"
@@ -40,10 +59,30 @@ def test_systemd_unit_is_notify_hardened_and_outlasts_the_grace() -> None:
         "ProtectHome": "yes", "PrivateTmp": "yes", "CapabilityBoundingSet": "",
     }.items():  # fmt: skip
         assert service[key] == value, key
-    text = (REPO / "systemd" / "ablo-connector.service").read_text()
+    text = (REPO / "systemd" / name).read_text()
     assert "SystemCallFilter=@system-service" in text
     assert "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX" in text
     assert "ABLO_API_KEY=" not in text, "the key travels as a credential, never in the unit"
+    assert service["LimitCORE"] == "0", "a core dump would hold the key"
+
+
+def test_template_unit_runs_replicas_on_one_shared_lock() -> None:
+    service = _unit("ablo-connector@.service")["Service"]
+    command = service["ExecStart"].split()
+    assert command[:2] == ["/opt/ablo-connector/bin/ablo-connector", "run"]
+    assert command[command.index("--ha-lock") + 1] == "file:///run/ablo-connector/leader.lock"
+    assert command[command.index("--health-addr") + 1] == "127.0.0.1:%i"
+    # Every instance sees one /run/ablo-connector, as one user, and the lock
+    # outlives the instance that stops (removing it would fence the leader).
+    assert service["RuntimeDirectory"] == "ablo-connector"
+    assert service["RuntimeDirectoryPreserve"] == "yes"
+    assert service["User"] == "ablo-connector" and service["DynamicUser"] == "yes"
+    # Apart from that, the template is the single unit, line for line.
+    differs = {"Description", "ExecStart", "RuntimeDirectory", "RuntimeDirectoryMode",
+               "RuntimeDirectoryPreserve", "User"}  # fmt: skip
+    single = [d for d in _directives("ablo-connector.service") if d[1] not in differs]
+    template = [d for d in _directives("ablo-connector@.service") if d[1] not in differs]
+    assert template == single
 
 
 def test_env_example_names_real_options() -> None:
@@ -73,19 +112,56 @@ def test_dockerfile_lints_clean_and_runs_the_daemon_as_non_root() -> None:
     assert len(stages) == 2, "multi-stage: the final image has no build tools"
 
 
-def _manifests(folder: str = "") -> list[dict[str, Any]]:
-    documents = []
-    for path in sorted((REPO / "deploy" / "kubernetes" / folder).glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return documents
+KUSTOMIZATIONS = sorted(
+    path.parent.relative_to(REPO).as_posix()
+    for path in (REPO / "deploy" / "kubernetes").rglob("kustomization.yaml")
+)
 
 
-def test_kubernetes_manifests_validate_against_the_schemas() -> None:
-    documents = _manifests()
-    assert {doc["kind"] for doc in documents} >= {"Deployment", "Secret", "NetworkPolicy"}
-    ha = _manifests("ha")
+def _kubectl() -> str:
+    """A kubectl with its built-in kustomize: ABLO_KUBECTL (what CI installs), else PATH."""
+    found = os.environ.get("ABLO_KUBECTL") or shutil.which("kubectl")
+    if not found:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide kubectl: .ci/install-kubectl DIR, then ABLO_KUBECTL")
+        pytest.skip("no kubectl here: .ci/install-kubectl DIR installs the pinned one")
+    return found
+
+
+def _render(folder: str) -> list[dict[str, Any]]:
+    """What `kubectl apply -k folder` would apply."""
+    result = subprocess.run(
+        [_kubectl(), "kustomize", str(REPO / folder)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _kind(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [doc for doc in documents if doc["kind"] == kind]
+    return found
+
+
+def test_every_kustomization_is_found() -> None:
+    assert KUSTOMIZATIONS == ["deploy/kubernetes", "deploy/kubernetes/base", "deploy/kubernetes/ha"]
+
+
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS)
+def test_kustomization_builds_and_validates_against_the_schemas(folder: str) -> None:
+    documents = _render(folder)
+    assert {"Deployment", "Service", "NetworkPolicy"} <= {doc["kind"] for doc in documents}
+    for document in documents:
+        kubernetes_validate.validate(document, "1.30", strict=True)
+
+
+def test_secret_example_validates_and_names_the_keys_the_deployment_reads() -> None:
+    (secret,) = yaml.safe_load_all((REPO / "deploy/kubernetes/secret.example.yaml").read_text())
+    kubernetes_validate.validate(secret, "1.30", strict=True)
+    assert set(secret["stringData"]) == {"api-key", "database-url"}
+
+
+def test_ha_variant_spreads_replicas_and_may_only_touch_its_lease() -> None:
+    ha = _render("deploy/kubernetes/ha")
     assert {doc["kind"] for doc in ha} >= {
         "Deployment",
         "PodDisruptionBudget",
@@ -93,30 +169,35 @@ def test_kubernetes_manifests_validate_against_the_schemas() -> None:
         "RoleBinding",
         "ServiceAccount",
     }
-    for document in documents + ha:
-        kubernetes_validate.validate(document, "1.30", strict=True)
-
-
-def test_ha_variant_spreads_replicas_and_may_only_touch_its_lease() -> None:
-    ha = _manifests("ha")
-    deployment = next(doc for doc in ha if doc["kind"] == "Deployment")
+    deployment = _kind(ha, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert 2 <= deployment["spec"]["replicas"] <= 3
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
     assert anti["topologyKey"] == "kubernetes.io/hostname"
-    env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
-    assert env["ABLO_HA_LOCK"].startswith("k8s://")
-    role = next(doc for doc in ha if doc["kind"] == "Role")
+    assert pod["serviceAccountName"] == "ablo-connector"
+    (container,) = pod["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["ABLO_HA_LOCK"]["value"].startswith("k8s://")
+    assert "secretKeyRef" in env["ABLO_DATABASE_URL"]["valueFrom"], "the base's env is kept"
+    # Standbys count as available: readiness follows /healthz, liveness too.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    role = _kind(ha, "Role")
     for rule in role["rules"]:
         assert rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"]
         assert set(rule["verbs"]) <= {"get", "create", "update"}
-    pdb = next(doc for doc in ha if doc["kind"] == "PodDisruptionBudget")
+    pdb = _kind(ha, "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pod["terminationGracePeriodSeconds"] > DEFAULT_GRACE
+    egress_ports = [
+        p["port"] for rule in _kind(ha, "NetworkPolicy")["spec"]["egress"] for p in rule["ports"]
+    ]
+    assert {53, 443, 5432, 6443} <= set(egress_ports)
 
 
 def test_deployment_rolls_without_a_gap_and_is_locked_down() -> None:
-    deployment = next(doc for doc in _manifests() if doc["kind"] == "Deployment")
+    deployment = _kind(_render("deploy/kubernetes"), "Deployment")
     spec = deployment["spec"]
     assert spec["replicas"] == 1
     assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
@@ -130,17 +211,67 @@ def test_deployment_rolls_without_a_gap_and_is_locked_down() -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
     assert {"requests", "limits"} <= container["resources"].keys()
-    env = {item["name"]: item.get("value") for item in container["env"]}
-    assert "ABLO_API_KEY" not in env and env["ABLO_API_KEY_FILE"].startswith("/var/run/secrets/")
+    env = {item["name"]: item for item in container["env"]}
+    assert "ABLO_API_KEY" not in env and env["ABLO_API_KEY_FILE"]["value"].startswith(
+        "/var/run/secrets/"
+    )
 
 
-def test_systemd_analyze_verify_when_available() -> None:
+def test_production_deployment_serves_the_database_from_the_secret_not_the_demo() -> None:
+    (container,) = _kind(_render("deploy/kubernetes"), "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["ABLO_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ablo-connector",
+        "key": "database-url",
+    }
+    assert "value" not in env["ABLO_DATABASE_URL"], "the password never sits in the manifest"
+    assert "ABLO_CONNECTOR_HANDLER" not in env and "ABLO_EXAMPLE_DB" not in env
+    assert "examples." not in yaml.safe_dump(container)
+
+
+def test_only_labelled_scraper_namespaces_reach_the_metrics_port() -> None:
+    documents = _render("deploy/kubernetes")
+    policy = _kind(documents, "NetworkPolicy")["spec"]
+    (rule,) = policy["ingress"]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"ablo-connector/metrics-scraper": "true"}}}
+    ]
+    assert rule["ports"] == [{"port": 9464, "protocol": "TCP"}]
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    # The label the policy selects is the one the README tells operators to set.
+    readme = (REPO / "README.md").read_text()
+    assert "kubectl label namespace monitoring ablo-connector/metrics-scraper=true" in readme
+
+
+def test_metrics_service_selects_the_pods_and_their_metrics_port() -> None:
+    documents = _render("deploy/kubernetes")
+    service = _kind(documents, "Service")
+    deployment = _kind(documents, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = service["spec"]["ports"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert port["targetPort"] in {p["name"] for p in container["ports"]}
+    assert (
+        port["port"] == 9464
+        and service["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    )
+    # Scrape annotations on the Service only: a scraper reading both scrapes each pod once.
+    assert "annotations" not in deployment["spec"]["template"]["metadata"]
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_systemd_analyze_verify_when_available(name: str) -> None:
     # .ci/run installs the package at the unit's ExecStart path and runs this
     # check for real; here it runs wherever that install exists.
     if shutil.which("systemd-analyze") and Path("/opt/ablo-connector/bin/ablo-connector").exists():
         result = subprocess.run(
-            ["systemd-analyze", "verify", str(REPO / "systemd" / "ablo-connector.service")],
+            ["systemd-analyze", "verify", str(REPO / "systemd" / name)],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
+        assert not result.stderr.strip(), result.stderr

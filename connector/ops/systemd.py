@@ -72,13 +72,15 @@ class SystemdNotifier:
             return
         if status.state is State.READY:
             text = f"STATUS=ready: serving source {status.source_id or '?'}"
-            if self._ready_sent:
-                self.notify(text)
-            else:
-                self._ready_sent = True
-                self.notify("READY=1", text)
         else:
-            self.notify(f"STATUS={_STATUS_TEXT.get(status.state, status.state.value)}")
+            text = f"STATUS={_STATUS_TEXT.get(status.state, status.state.value)}"
+        # A standby is started and healthy too: without READY=1 a Type=notify
+        # unit would time out its start and restart it forever.
+        if not self._ready_sent and status.state in (State.READY, State.STANDBY):
+            self._ready_sent = True
+            self.notify("READY=1", text)
+        else:
+            self.notify(text)
 
     def stopping(self) -> None:
         self.notify("STOPPING=1", "STATUS=stopping: draining in-flight requests")
