@@ -117,6 +117,7 @@ def _build_source(
     formatter: RedactingFormatter | None = None,
     *,
     url_on_command_line: bool = False,
+    pool_size: int | None = None,
 ) -> DataSource:
     """The user's handler, or the SQL adapter over ``database_url``."""
     if handler_spec and database_url:
@@ -131,7 +132,7 @@ def _build_source(
         )
     from sqlalchemy.exc import OperationalError
 
-    source = _sql_source(database_url, models_path, formatter)
+    source = _sql_source(database_url, models_path, formatter, pool_size)
     shown = source.engine.url.render_as_string(hide_password=True)
     if url_on_command_line and source.engine.url.password:
         log.warning(
@@ -150,16 +151,23 @@ def _build_source(
 
 
 def _sql_source(
-    database_url: str, models_path: str | None, formatter: RedactingFormatter | None = None
+    database_url: str,
+    models_path: str | None,
+    formatter: RedactingFormatter | None = None,
+    pool_size: int | None = None,
 ) -> SQLSource:
     """The SQL adapter for a URL and an optional model map; its password joins the redactions."""
-    from .adapters.sql import ModelMap, SQLSource
+    from .adapters.sql import DEFAULT_POOL_SIZE, ModelMap, SQLSource
     from .adapters.sql import database_url as parse_database_url
 
     url = parse_database_url(database_url)
     if formatter is not None and url.password:
         formatter.add_secret(str(url.password))
-    return SQLSource(url, ModelMap.from_toml(models_path) if models_path else None)
+    return SQLSource(
+        url,
+        ModelMap.from_toml(models_path) if models_path else None,
+        pool_size=pool_size or DEFAULT_POOL_SIZE,
+    )
 
 
 _base_url_option = _setting(
@@ -223,6 +231,12 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
     type=click.IntRange(1),
     default=64,
     help="Handler calls at once; beyond that, stop reading.",
+)
+@_setting(
+    "--pool-size",
+    "ABLO_DATABASE_POOL_SIZE",
+    type=click.IntRange(1),
+    help="Database connections the SQL adapter keeps open (with --database-url).  [default: 10]",
 )
 @_setting(
     "--request-timeout",
@@ -294,7 +308,7 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
 @_setting("--log-level", "ABLO_LOG_LEVEL", type=LOG_LEVELS, default="info")
 @_setting("--log-format", "ABLO_LOG_FORMAT", type=click.Choice(["text", "json"]), default="text")
 @click.pass_context
-def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, database_url: str | None, models_path: str | None, base_url: str, max_in_flight: int, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, open_timeout: float, ping_interval: float, ping_timeout: float, health_addr: str | None, ha_lock: str | None, stable_after: float, reconnect_schedule: str, log_level: str, log_format: str) -> None:  # fmt: skip
+def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, database_url: str | None, models_path: str | None, base_url: str, max_in_flight: int, pool_size: int | None, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, open_timeout: float, ping_interval: float, ping_timeout: float, health_addr: str | None, ha_lock: str | None, stable_after: float, reconnect_schedule: str, log_level: str, log_format: str) -> None:  # fmt: skip
     """Dial the engine and serve your Data Source until stopped.
 
     Serve your own handler (--handler), or tables of a database with no code
@@ -330,7 +344,7 @@ def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handl
         source = _build_source(
             handler_spec, database_url, models_path, formatter,
             url_on_command_line=ctx.get_parameter_source("database_url")
-            is click.core.ParameterSource.COMMANDLINE,
+            is click.core.ParameterSource.COMMANDLINE, pool_size=pool_size,
         )  # fmt: skip
     except ConfigError as error:
         _fail(str(error))
@@ -443,9 +457,10 @@ def migrate_command(database_url: str) -> None:
     """Create the idempotency ledger and the outbox (safe to run again).
 
     Creates ablo_idempotency and ablo_outbox with the same names and columns
-    as the engine's own migrations, and adds columns an older ledger lacks.
-    Your own tables are never touched. Exit 69 when the database cannot be
-    reached, 78 for a bad URL.
+    as the engine's own migrations, adds columns an older ledger or outbox
+    lacks (printing each change), then makes the check `run` makes. Your own
+    tables are never touched. Exit 69 when the database cannot be reached,
+    78 for a bad URL or a table it cannot complete.
     """
     from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -453,22 +468,23 @@ def migrate_command(database_url: str) -> None:
 
     configure_logging("warning")
     try:
-        engine = create_database_engine(database_url)
+        engine = create_database_engine(database_url, must_exist=True)
     except ConfigError as error:
         _fail(str(error))
     shown = engine.url.render_as_string(hide_password=True)
     try:
-        created = migrate(engine)
+        changes = migrate(engine)
+    except ConfigError as error:
+        _fail(f"{shown}: {error}")
     except OperationalError as error:
         _fail(f"cannot reach {shown}: {describe_database_error(error)}", EX_UNAVAILABLE)
     except DBAPIError as error:
         _fail(f"migration failed on {shown}: {describe_database_error(error)}", 1)
     finally:
         engine.dispose()
-    if created:
-        click.echo(f"{shown}: created {', '.join(created)}")
-    else:
-        click.echo(f"{shown}: ablo_idempotency and ablo_outbox already present (checked)")
+    for change in changes:
+        click.echo(f"{shown}: {change}")
+    click.echo(f"{shown}: ablo_idempotency and ablo_outbox are up to date")
 
 
 # ---------------------------------------------------------------- dev engine

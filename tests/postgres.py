@@ -1,16 +1,24 @@
-"""A private PostgreSQL 15 for the tests: a temp dir, a free port, stopped after."""
+"""A private PostgreSQL 15 for the tests and the benchmark: a temp dir, a free
+port, stopped after. Needs nothing beyond the standard library and psycopg
+(``bench/sql.py`` imports it without pytest)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import free_port
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _as_postgres(args: list[str]) -> list[str]:

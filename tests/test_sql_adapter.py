@@ -12,7 +12,7 @@ import base64
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,16 +120,16 @@ class Client:
             body["limit"] = limit
         return await self.ok(body)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.dispatcher.close()
-        self.source.close()
+        await self.source.aclose()
 
 
 @pytest.fixture
-def client(prepared: str) -> Iterator[Client]:
+async def client(prepared: str) -> AsyncIterator[Client]:
     c = Client(SQLSource(prepared, MODELS))
     yield c
-    c.close()
+    await c.close()
 
 
 def create(id: str, **input: Any) -> dict[str, Any]:
@@ -309,7 +309,7 @@ async def test_sqlite_refuses_a_wal_echo(tmp_path: Path) -> None:
     status, body = await client.commit(
         "c_echo", create("t1"), intentHash="c" * 64, echo={"kind": "postgres-wal", "payload": "p"}
     )
-    client.close()
+    await client.close()
     assert (status, body["error"]) == (409, "source_commit_echo_not_supported")
     assert scalar(prepared, "SELECT COUNT(*) FROM tasks") == 0
 
@@ -451,7 +451,7 @@ async def test_limit_is_capped_and_default_order_is_by_id(prepared: str) -> None
         descending = await _walk(client, order="desc")
         assert _collect_pages(descending) == [f"t{n:02}" for n in reversed(range(10))]
     finally:
-        client.close()
+        await client.close()
 
 
 # ------------------------------------------------------------ injection
@@ -552,16 +552,15 @@ async def test_model_map_overrides_fields_and_excludes_columns(
         )
         assert (status, body["rows"]) == (200, [{"id": "p1", "name": "Ada"}])
         status, body = await client.commit(
-            "c_secret", {"type": "UPDATE", "model": "person", "id": "p1", "input": {"secret": "x"}}
+            "c_secret", {"type": "UPDATE", "model": "Person", "id": "p1", "input": {"secret": "x"}}
         )
         assert (status, body["error"]) == (400, "source_unknown_field")
         assert scalar(prepared, "SELECT full_name FROM people WHERE person_key = 'p1'") == "Ada"
-        # The engine's clients send lower-cased model names; both resolve.
-        assert (await client.ok({"type": "load", "model": "person", "id": "p1"}))["row"][
+        assert (await client.ok({"type": "load", "model": "Person", "id": "p1"}))["row"][
             "name"
         ] == "Ada"
     finally:
-        client.close()
+        await client.close()
 
 
 async def test_without_a_map_every_table_is_served_by_its_name(prepared: str) -> None:
@@ -575,7 +574,7 @@ async def test_without_a_map_every_table_is_served_by_its_name(prepared: str) ->
         )
         assert (status, body["rows"]) == (200, [{"id": "n1", "bodyText": "hi"}])
     finally:
-        client.close()
+        await client.close()
 
 
 def test_model_map_mistakes_are_config_errors(prepared: str, tmp_path: Path) -> None:
@@ -591,6 +590,10 @@ def test_model_map_mistakes_are_config_errors(prepared: str, tmp_path: Path) -> 
         ({"t": {"table": "twins"}}, "both serve field 'dueAt'"),
         ({"task": {"table": "tasks", "colour": "red"}}, "unknown keys ['colour']"),
         ({"task": {"table": "tasks", "exclude": ["nope"]}}, "excluded column 'nope'"),
+        (
+            {"task": {"table": "tasks", "fields": {"name": "title", "label": "title"}}},
+            "fields 'name' and 'label' both map column 'title'",
+        ),
     ]
     for models, message in cases:
         with pytest.raises(
@@ -614,7 +617,7 @@ def test_serving_needs_the_ledger_and_outbox(database_url: str) -> None:
 def test_migrate_is_idempotent_and_uses_the_engines_names(database_url: str) -> None:
     engine = create_database_engine(database_url)
     try:
-        assert migrate(engine) == ["ablo_idempotency", "ablo_outbox"]
+        assert migrate(engine) == ["created table ablo_idempotency", "created table ablo_outbox"]
         assert migrate(engine) == []
         inspector = sa.inspect(engine)
         ledger = {c["name"]: c for c in inspector.get_columns("ablo_idempotency")}
@@ -643,19 +646,71 @@ def test_migrate_is_idempotent_and_uses_the_engines_names(database_url: str) -> 
         engine.dispose()
 
 
-def test_migrate_upgrades_an_older_postgres_ledger(postgres_server: Any) -> None:
-    url = create_database(postgres_server)
+OLD_TABLES = {
+    # A ledger from before intent hashing, bounded retention and created_at,
+    # and an outbox from before correlation and operation ids.
+    "postgresql": (
+        "CREATE TABLE ablo_idempotency (client_tx_id TEXT PRIMARY KEY, response JSONB NOT NULL)",
+        "CREATE TABLE ablo_outbox (cursor BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
+        "model TEXT NOT NULL, entity_id TEXT NOT NULL, type TEXT NOT NULL, data JSONB, "
+        "organization_id TEXT, client_tx_id TEXT, occurred_at BIGINT)",
+    ),
+    "sqlite": (
+        "CREATE TABLE ablo_idempotency (client_tx_id TEXT PRIMARY KEY, response JSON NOT NULL)",
+        "CREATE TABLE ablo_outbox (cursor INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL "
+        "UNIQUE, model TEXT NOT NULL, entity_id TEXT NOT NULL, type TEXT NOT NULL, data JSON, "
+        "organization_id TEXT, client_tx_id TEXT, occurred_at INTEGER)",
+    ),
+}
+
+
+async def test_migrate_upgrades_older_tables_until_run_accepts_them(database_url: str) -> None:
+    execute(
+        database_url, TASKS_DDL[dialect_of(database_url)], *OLD_TABLES[dialect_of(database_url)]
+    )
+    execute(
+        database_url, "INSERT INTO ablo_idempotency (client_tx_id, response) VALUES ('old', '[]')"
+    )
+    with pytest.raises(ConfigError, match=r"ablo_idempotency lacks columns \['request_hash'"):
+        SQLSource(database_url, MODELS).prepare()  # what run says before
+    engine = create_database_engine(database_url)
     try:
-        # A ledger from before intent hashing and bounded retention.
-        execute(url, "CREATE TABLE ablo_idempotency (client_tx_id TEXT PRIMARY KEY, response JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())")  # fmt: skip
-        execute(url, "INSERT INTO ablo_idempotency (client_tx_id, response) VALUES ('old', '[]')")
-        engine = create_database_engine(url)
-        assert migrate(engine) == ["ablo_outbox"]
-        engine.dispose()
-        rows = execute(url, "SELECT request_hash, expires_at = 'infinity' FROM ablo_idempotency")[0]
-        assert rows == [(None, True)]
+        assert migrate(engine) == [
+            "added column ablo_idempotency.request_hash",
+            "added column ablo_idempotency.expires_at",
+            "added column ablo_idempotency.created_at",
+            "added column ablo_outbox.correlation_id",
+            "added column ablo_outbox.transaction_id",
+            "added column ablo_outbox.created_at",
+        ]
+        assert migrate(engine) == []
     finally:
-        drop_database(postgres_server, url)
+        engine.dispose()
+    client = Client(SQLSource(database_url, MODELS))  # what run says after
+    try:
+        client.source.prepare()
+        status, _ = await client.commit("c_new", create("t1"))
+        assert status == 200
+        # The old row never expires, and predates intent hashing: not replayed.
+        status, body = await client.commit("old", create("t2"))
+        assert (status, body["error"]) == (409, "idempotency_conflict")
+        assert [e["correlationId"] for e in (await client.events())["events"]] == ["c_new"]
+    finally:
+        await client.close()
+
+
+def test_migrate_refuses_a_table_it_cannot_complete(database_url: str) -> None:
+    execute(database_url, "CREATE TABLE ablo_outbox (cursor INTEGER PRIMARY KEY, data TEXT)")
+    engine = create_database_engine(database_url)
+    try:
+        with pytest.raises(
+            ConfigError, match="ablo_outbox lacks column 'id', which migrate cannot add"
+        ):
+            migrate(engine)
+        # Nothing was half done: the ledger it would have created is not there.
+        assert not sa.inspect(engine).has_table("ablo_idempotency")
+    finally:
+        engine.dispose()
 
 
 def test_database_urls_are_checked_and_passwords_hidden() -> None:
@@ -699,7 +754,7 @@ async def test_wal_echo_is_in_the_same_transaction(postgres_server: Any) -> None
             status, body = await client.commit("c_wal_nohash", create("t9"), echo=echo)
             assert (status, body["error"]) == (409, "idempotency_conflict")
         finally:
-            client.close()
+            await client.close()
         changes = execute(
             url, f"SELECT xid, data FROM pg_logical_slot_get_changes('{slot}', NULL, NULL)"
         )[0]
@@ -747,7 +802,7 @@ async def test_outbox_cursors_follow_commit_order(postgres_server: Any) -> None:
         assert [e["id"] for e in events] == ["other:0", "c_later:0"]
         assert int(events[0]["cursor"]) < int(events[1]["cursor"])
     finally:
-        client.close()
+        await client.close()
         engine.dispose()
         drop_database(postgres_server, url)
 
@@ -770,7 +825,7 @@ async def test_types_json_lacks_are_served_in_a_json_form(postgres_server: Any) 
             "tags": ["a", "b"], "doc": {"k": [1, None]}, "amount": "12.50",
         }  # fmt: skip
     finally:
-        client.close()
+        await client.close()
         drop_database(postgres_server, url)
 
 
@@ -791,7 +846,7 @@ async def test_a_statement_past_its_timeout_is_cancelled_in_the_database(postgre
         assert 0.4 < waited < 3
         assert (await client.ok({"type": "load", "model": "task", "id": "t1"}))["row"]
     finally:
-        client.close()
+        await client.close()
         engine.dispose()
         drop_database(postgres_server, url)
 
@@ -825,7 +880,7 @@ async def test_least_privilege_role_from_the_readme_is_enough(postgres_server: A
             assert status == 200
             assert len((await client.events())["events"]) == 2
         finally:
-            client.close()
+            await client.close()
     finally:
         drop_database(postgres_server, url)
         execute(postgres_server.dsn, f"DROP ROLE IF EXISTS {role}")
@@ -846,7 +901,7 @@ async def test_database_restart_answers_503_then_recovers(postgres: Any) -> None
         status, _ = await client.commit("c_during", create("t2"))  # the engine's retry
         assert status == 200
     finally:
-        client.close()
+        await client.close()
 
 
 def test_sqlite_needs_nothing_but_the_standard_library(tmp_path: Path) -> None:
@@ -863,9 +918,9 @@ async def test_a_subclass_overrides_one_operation_and_keeps_the_rest(prepared: s
     class OpenTasks(SQLSource):
         """Lists only rows that are not archived; everything else is the adapter's."""
 
-        def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
+        async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
             where = [*query.where, Condition(field="archivedAt", op="IS", value=None)]
-            return super().list(model, query.model_copy(update={"where": where}), ctx)
+            return await super().list(model, query.model_copy(update={"where": where}), ctx)
 
     client = Client(OpenTasks(prepared, MODELS))
     try:
@@ -874,7 +929,7 @@ async def test_a_subclass_overrides_one_operation_and_keeps_the_rest(prepared: s
         assert [row["id"] for row in (await client.list())["rows"]] == ["t1"]
         assert (await client.ok({"type": "load", "model": "task", "id": "t2"}))["row"]["id"] == "t2"
     finally:
-        client.close()
+        await client.close()
 
 
 async def test_integer_ids_travel_as_strings(prepared: str) -> None:
@@ -901,7 +956,7 @@ async def test_integer_ids_travel_as_strings(prepared: str) -> None:
         status, body = await client.commit("c_int_archive", archive)
         assert (status, body["error"]) == (400, "source_archive_not_supported")
     finally:
-        client.close()
+        await client.close()
 
 
 def test_a_value_with_no_json_form_is_served_as_its_text() -> None:
