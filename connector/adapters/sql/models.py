@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -168,6 +168,13 @@ class ServedModel:
     @property
     def archived_at(self) -> sa.Column[Any] | None:
         return self.columns.get("archivedAt")
+
+    def values_to_fields(self, row: Sequence[Any]) -> dict[str, Any]:
+        """A row of the selected columns (in order) under field names."""
+        fields = dict(zip(self.columns, row, strict=True))
+        if fields["id"] is not None and not isinstance(fields["id"], str):
+            fields["id"] = str(fields["id"])
+        return fields
 
     def row_to_fields(self, row: Mapping[Any, Any]) -> dict[str, Any]:
         fields = {self.fields[key]: value for key, value in row.items() if key in self.fields}

@@ -30,9 +30,10 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -41,7 +42,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from ...config import ConfigError
 from ...handler import DataSource, RequestContext, SourceError
@@ -237,19 +238,119 @@ def _run_write(engine: sa.Engine, work: Callable[..., T], args: tuple[Any, ...])
         return work(connection, *args)
 
 
+@dataclass(slots=True)
+class _Compiled:
+    """A statement compiled once for the driver, with what binding and reading it takes."""
+
+    sql: str
+    defaults: dict[str, Any]
+    bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
+    columns: tuple[sa.types.TypeEngine[Any], ...]
+    # Known after the first execution (some depend on the type the driver reports).
+    result_processors: tuple[Callable[[Any], Any] | None, ...] | None = None
+    described: bool = False
+
+    def learn(self, dialect: sa.Dialect, description: Sequence[Any]) -> None:
+        processors = tuple(
+            column.dialect_impl(dialect).result_processor(dialect, described.type_code)
+            for column, described in zip(self.columns, description, strict=True)
+        )
+        self.result_processors = processors if any(p is not None for p in processors) else None
+        self.described = True
+
+
+def _process_rows(compiled: _Compiled, rows: list[Any]) -> list[Any]:
+    processors = compiled.result_processors
+    if processors is None:
+        return rows
+    return [
+        tuple(value if p is None else p(value) for p, value in zip(processors, row, strict=True))
+        for row in rows
+    ]
+
+
 class _LoopDatabase:
-    """PostgreSQL on the event loop: one greenlet per operation, no threads."""
+    """PostgreSQL on the event loop: one greenlet per operation, no threads.
+
+    Hot reads (a load by id, a page of events) skip SQLAlchemy's execution
+    layer: their statements are compiled once, and run on the pooled psycopg
+    connection directly as prepared statements. That halves the CPU a read
+    costs (see bench/sql.py); SQLAlchemy's pool still owns the connections.
+    """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._reads = engine.sync_engine
         self._writes = engine.sync_engine.execution_options(isolation_level="READ COMMITTED")
+        self._pool = engine.sync_engine.pool
+        self._dialect = engine.sync_engine.dialect
+        self._compiled: dict[sa.Select[Any], _Compiled] = {}
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         return await greenlet_spawn(_run_read, self._reads, work, args)
 
     async def write(self, work: Callable[..., T], *args: Any) -> T:
         return await greenlet_spawn(_run_write, self._writes, work, args)
+
+    def _compile(self, statement: sa.Select[Any]) -> _Compiled:
+        dialect = self._dialect
+        compiled = statement.compile(dialect=dialect)
+        binds = []
+        for name, bind in compiled.binds.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                binds.append((name, processor))
+        found = self._compiled[statement] = _Compiled(
+            compiled.string,
+            dict(compiled.params),
+            tuple(binds),
+            tuple(column.type for column in statement.selected_columns),
+        )
+        return found
+
+    async def fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
+        """The rows (tuples) of a long-lived statement, e.g. a model's load statement."""
+        compiled = self._compiled.get(statement) or self._compile(statement)
+        values = {**compiled.defaults, **params}
+        for name, processor in compiled.bind_processors:
+            values[name] = processor(values[name])
+        rows = await greenlet_spawn(self._fetch_in_greenlet, compiled, values)
+        return _process_rows(compiled, rows)
+
+    def _fetch_in_greenlet(self, compiled: _Compiled, values: dict[str, Any]) -> list[Any]:
+        # Checkout, statement and checkin in one greenlet: one switch in and
+        # out of it per await, and none per pool operation.
+        dialect = self._dialect
+        try:
+            fairy = self._pool.connect()
+        except dialect.loaded_dbapi.Error as error:
+            raise sa_exc.DBAPIError.instance(
+                None, None, error, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from None
+        try:
+            cursor = fairy.driver_connection.cursor()  # type: ignore[union-attr]
+            await_only(cursor.execute(compiled.sql, values, prepare=True))
+            rows: list[Any] = await_only(cursor.fetchall())
+            if not compiled.described:
+                compiled.learn(dialect, cursor.description)
+        except dialect.loaded_dbapi.Error as error:
+            disconnect = dialect.is_disconnect(error, fairy.dbapi_connection, None)
+            if disconnect:
+                # Every connection opened before this one is suspect too: the
+                # pool replaces them all (as SQLAlchemy's own execute does).
+                self._pool._invalidate(fairy, error)
+            else:
+                fairy.close()
+            raise sa_exc.DBAPIError.instance(
+                None, None, error, dialect.loaded_dbapi.Error,
+                connection_invalidated=disconnect, dialect=dialect,
+            ) from None  # fmt: skip
+        except BaseException:
+            # Cancelled mid-statement: the connection's state is unknown.
+            fairy.invalidate()
+            raise
+        fairy.close()
+        return rows
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -278,6 +379,9 @@ class _ThreadDatabase:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, _run_write, self._writes, work, args)
 
+    async def fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
+        return await self.read(_fetch, statement, params)
+
     async def dispose(self) -> None:
         self.forget()
 
@@ -298,6 +402,12 @@ def _select_one(connection: sa.Connection) -> None:
 
 def _load(connection: sa.Connection, served: ServedModel, key: Any) -> Any:
     return connection.execute(served.load_statement, {"ablo_id": key}).first()
+
+
+def _fetch(
+    connection: sa.Connection, statement: sa.Select[Any], params: Mapping[str, Any]
+) -> list[Any]:
+    return list(connection.execute(statement, params).all())
 
 
 def _all(connection: sa.Connection, statement: sa.Executable) -> Sequence[Any]:
@@ -551,33 +661,30 @@ class SQLSource(DataSource):
             raise _unknown_model(name, models)
         return model
 
-    async def _read(self, work: Callable[..., T], *args: Any) -> T:
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         with self._database_errors():
             try:
-                result = await self._database.read(work, *args)
+                result = await attempt()
             except sa_exc.DBAPIError as error:
                 if not error.connection_invalidated:
                     raise
                 # A pooled connection died (the server restarted, a proxy
                 # dropped it): the pool is renewed; try once on a fresh one.
-                log.info("a pooled database connection was closed; retrying on a new one")
-                result = await self._database.read(work, *args)
-        self._healthy = True
-        return result
-
-    async def _write(self, work: Callable[..., T], *args: Any) -> T:
-        with self._database_errors():
-            try:
-                result = await self._database.write(work, *args)
-            except sa_exc.DBAPIError as error:
-                if not error.connection_invalidated:
-                    raise
                 # Safe for a commit too: had the first attempt committed, the
                 # ledger would answer this one as a replay.
                 log.info("a pooled database connection was closed; retrying on a new one")
-                result = await self._database.write(work, *args)
+                result = await attempt()
         self._healthy = True
         return result
+
+    async def _read(self, work: Callable[..., T], *args: Any) -> T:
+        return await self._retrying(lambda: self._database.read(work, *args))
+
+    async def _write(self, work: Callable[..., T], *args: Any) -> T:
+        return await self._retrying(lambda: self._database.write(work, *args))
+
+    async def _fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
+        return await self._retrying(lambda: self._database.fetch(statement, params))
 
     @contextmanager
     def _database_errors(self) -> Iterator[None]:
@@ -597,8 +704,8 @@ class SQLSource(DataSource):
         served = await self._model(model)
         key = to_column_value(served.id, "id", id)
         with _answers():
-            row = await self._read(_load, served, key)
-        return None if row is None else to_json_row(served.row_to_fields(row._mapping))
+            rows = await self._fetch(served.load_statement, {"ablo_id": key})
+        return to_json_row(served.values_to_fields(rows[0])) if rows else None
 
     async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
         served = await self._model(model)
@@ -621,12 +728,9 @@ class SQLSource(DataSource):
         count = min(self.page_size if limit is None else limit, self.max_page_size)
         if count == 0:
             return EventsPage(events=[], next_cursor=cursor)
-        statement = (
-            sa.select(outbox).where(outbox.c.cursor > after).order_by(outbox.c.cursor).limit(count)
-        )
         with _answers():
-            rows = await self._read(_all, statement)
-        events = [_event(row._mapping) for row in rows]
+            rows = await self._fetch(_EVENTS, {"after": after, "count": count})
+        events = [_event(dict(zip(_OUTBOX_COLUMNS, row, strict=True))) for row in rows]
         # The last delivered cursor, or the one given: the engine always has
         # a position to resume from and never sees an event twice.
         return EventsPage(events=events, next_cursor=events[-1]["cursor"] if events else cursor)
@@ -830,6 +934,15 @@ class SQLSource(DataSource):
     ) -> dict[str, Any] | None:
         row = _load(connection, served, key)
         return None if row is None else to_json_row(served.row_to_fields(row._mapping))
+
+
+_EVENTS: Final = (
+    sa.select(outbox)
+    .where(outbox.c.cursor > sa.bindparam("after"))
+    .order_by(outbox.c.cursor)
+    .limit(sa.bindparam("count"))
+)
+_OUTBOX_COLUMNS: Final = tuple(column.name for column in outbox.columns)
 
 
 def _unknown_model(name: str, models: Mapping[str, ServedModel]) -> SourceError:
