@@ -88,3 +88,16 @@ def drop_database(server: PrivatePostgres, url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(server.dsn, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def require_password(server: PrivatePostgres, role: str, password: str) -> None:
+    """Create ``role`` and make the server ask it for its password (scram), as
+    a production server would; every other user stays trusted."""
+    import psycopg
+
+    hba = server.data / "pg_hba.conf"
+    rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+    hba.write_text(rule + hba.read_text())  # the first matching line wins
+    with psycopg.connect(server.dsn, autocommit=True) as connection:
+        connection.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        connection.execute("SELECT pg_reload_conf()")

@@ -21,11 +21,12 @@ import sqlalchemy as sa
 
 from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
 from connector.config import ConfigError
-from connector.handler import Dispatcher, RequestContext
+from connector.handler import Dispatcher, RequestContext, SourceError
+from connector.protocol import strict_json_loads
 from connector.signing import Verifier
 from connector.source import Condition, ListPage, ListQuery
 from tests.helpers import API_KEY, signed_frame
-from tests.postgres import create_database, drop_database
+from tests.postgres import create_database, drop_database, require_password
 
 DIALECTS = ["sqlite", "postgresql"]
 
@@ -967,3 +968,214 @@ def test_a_value_with_no_json_form_is_served_as_its_text() -> None:
             return "(1,2)"
 
     assert to_json_row({"at": Point(), "n": 1}) == {"at": "(1,2)", "n": 1}
+
+
+# ------------------------------------------------------------ client mistakes and limits
+
+NON_FINITE = {
+    # SQLite stores NaN as NULL, so only the infinities reach a row there.
+    "sqlite": ("9e999", "-9e999"),
+    "postgresql": ("'NaN'", "'Infinity'", "'-Infinity'"),
+}
+
+
+async def test_nan_and_infinity_are_served_as_null_and_rows_stay_updatable(
+    client: Client, prepared: str
+) -> None:
+    specials = NON_FINITE[dialect_of(prepared)]
+    execute(
+        prepared,
+        *(
+            f"INSERT INTO tasks (id, title, estimate) VALUES ('n{n}', 'odd', {value})"
+            for n, value in enumerate(specials)
+        ),
+    )
+    for n in range(len(specials)):
+        response = await client.dispatcher.handle(
+            signed_frame({"type": "load", "model": "task", "id": f"n{n}"})
+        )
+        assert strict_json_loads(response.body)["row"]["estimate"] is None
+    listed = await client.dispatcher.handle(signed_frame({"type": "list", "model": "task"}))
+    rows = strict_json_loads(listed.body)["rows"]
+    assert [row["estimate"] for row in rows] == [None] * len(specials)
+    # Another column of such a row is updated; its outbox event is valid JSON.
+    status, body = await client.commit("c_nan", update("n0", title="fixed"))
+    assert (status, body["rows"][0]["estimate"]) == (200, None)
+    events = await client.dispatcher.handle(signed_frame({"type": "events"}))
+    assert strict_json_loads(events.body)["events"][0]["data"]["estimate"] is None
+
+
+def _cursor_of(payload: str) -> str:
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def _no_sql_in(body: dict[str, Any], *values: str) -> None:
+    text = json.dumps(body)
+    for leaked in ("SELECT", "INSERT", "UPDATE ", "[SQL", "[parameters", "%(", *values):
+        assert leaked not in text, f"{leaked!r} leaked into {text}"
+
+
+async def test_client_mistakes_are_specific_400s(client: Client, prepared: str) -> None:
+    execute(
+        prepared,
+        "CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER, at TIMESTAMP)",
+        "INSERT INTO counters (id, n) VALUES (1, 1)",
+    )
+    counters = Client(SQLSource(prepared, {"models": {"counter": {"table": "counters"}}}))
+    huge = "9999999999999999999"  # past 64 bits
+    try:
+        cases: list[tuple[Client, dict[str, Any], str]] = [
+            (counters, {"type": "load", "model": "counter", "id": huge}, "source_value_invalid"),
+            (counters, {"type": "load", "model": "counter", "id": "-" + huge}, "source_value_invalid"),
+            (counters, {"type": "list", "model": "counter", "query": {"where": [["n", int(huge)]]}}, "source_value_invalid"),
+            (counters, {"type": "commit", "correlationId": "c_big", "operations": [
+                {"type": "UPDATE", "model": "counter", "id": "1", "input": {"n": int(huge)}}]}, "source_value_invalid"),
+            # Past year 9999 once converted to UTC, for a column without a time zone.
+            (counters, {"type": "commit", "correlationId": "c_late", "operations": [
+                {"type": "UPDATE", "model": "counter", "id": "1", "input": {"at": "9999-12-31T23:00:00-05:00"}}]}, "source_value_invalid"),
+            (counters, {"type": "commit", "correlationId": "c_early", "operations": [
+                {"type": "UPDATE", "model": "counter", "id": "1", "input": {"at": "0001-01-01T00:00:00+05:00"}}]}, "source_value_invalid"),
+            (client, {"type": "list", "model": "task", "query": {"cursor": _cursor_of(
+                '{"v":1,"o":null,"d":false,"k":' + "[" * 1300 + "]" * 1300 + "}")}}, "source_cursor_invalid"),
+            (client, {"type": "list", "model": "task", "query": {"cursor": _cursor_of(
+                '{"v":1,"o":null,"d":false,"k":[[[1]],"a"]}')}}, "source_cursor_invalid"),
+            (client, {"type": "list", "model": "task", "query": {
+                "where": [["priority", "!=", n] for n in range(1000)]}}, "source_where_invalid"),
+            (client, {"type": "list", "model": "task", "query": {
+                "where": [["priority", "IN", list(range(70_000))]]}}, "source_where_invalid"),
+            (client, {"type": "events", "cursor": huge}, "source_cursor_invalid"),
+        ]  # fmt: skip
+        for who, request, code in cases:
+            status, body = await who(request)
+            assert (status, body["error"]) == (400, code), (request, body)
+            _no_sql_in(body, huge)
+        # The limits stay within what each database takes: a full IN list works.
+        await client.commit("c_in", create("t1", priority=9_999))
+        page = await client.list(where=[["priority", "IN", list(range(10_000))]])
+        assert [row["id"] for row in page["rows"]] == ["t1"]
+        page = await client.list(where=[["priority", "!=", n] for n in range(64)])
+        assert [row["id"] for row in page["rows"]] == ["t1"]
+    finally:
+        await counters.close()
+
+
+async def test_database_errors_carry_no_sql_or_values(client: Client, prepared: str) -> None:
+    secret = "s3cr3t-value-4711"
+    execute(
+        prepared, "CREATE TABLE codes (id TEXT PRIMARY KEY, code VARCHAR(3) CHECK (code <> 'bad'))"
+    )
+    codes = Client(SQLSource(prepared, {"models": {"code": {"table": "codes"}}}))
+    try:
+        await codes.commit("c_code", {"type": "CREATE", "model": "code", "id": secret, "input": {"code": "ok"}})  # fmt: skip
+        failures = [
+            {
+                "type": "CREATE",
+                "model": "code",
+                "id": secret,
+                "input": {"code": "ok"},
+            },  # duplicate key
+            {"type": "UPDATE", "model": "code", "id": secret, "input": {"code": "bad"}},  # CHECK
+        ]
+        if dialect_of(prepared) == "postgresql":
+            failures.append(  # too long for VARCHAR(3): SQLite does not enforce it
+                {"type": "UPDATE", "model": "code", "id": secret, "input": {"code": secret}}
+            )
+        for n, operation in enumerate(failures):
+            status, body = await codes.commit(f"c_fail_{n}", operation)
+            assert status in (400, 409), body
+            _no_sql_in(body, secret)
+    finally:
+        await codes.close()
+
+
+async def test_postgres_input_errors_do_not_echo_the_value(postgres_server: Any) -> None:
+    url = prepare(create_database(postgres_server))
+    execute(
+        url,
+        "CREATE TYPE mood AS ENUM ('happy', 'sad')",
+        "CREATE TABLE moods (id TEXT PRIMARY KEY, mood mood)",
+    )
+    client = Client(SQLSource(url, {"models": {"mood": {"table": "moods"}}}))
+    try:
+        create_mood = {"type": "CREATE", "model": "mood", "id": "m1", "input": {"mood": "s3cr3t"}}
+        status, body = await client.commit("c_mood", create_mood)
+        assert (status, body["error"]) == (400, "source_query_invalid")
+        assert body["message"].startswith("invalid input value for enum mood")
+        _no_sql_in(body, "s3cr3t")
+    finally:
+        await client.close()
+        drop_database(postgres_server, url)
+
+
+async def test_a_model_is_served_under_its_map_name_only(prepared: str) -> None:
+    execute(prepared, "CREATE TABLE salaries (id TEXT PRIMARY KEY, amount INTEGER)")
+    execute(prepared, "INSERT INTO salaries VALUES ('s1', 100)")
+
+    class Guarded(SQLSource):
+        def authorize(self, ctx: RequestContext) -> None:
+            if getattr(ctx.request, "model", None) == "Salary":
+                raise SourceError("forbidden", "no salaries here", status=403)
+
+    client = Client(Guarded(prepared, {"models": {"Salary": {"table": "salaries"}}}))
+    try:
+        status, body = await client({"type": "load", "model": "Salary", "id": "s1"})
+        assert status == 403
+        status, body = await client({"type": "load", "model": "salary", "id": "s1"})
+        assert (status, body["error"]) == (400, "source_unknown_model"), body
+        assert "did you mean 'Salary'" in body["message"]
+    finally:
+        await client.close()
+
+
+# ------------------------------------------------------------ a database that cannot work
+
+
+async def test_a_database_that_cannot_work_is_a_configuration_error(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    password = "pw-right-9f2c"
+    role = f"r_{uuid.uuid4().hex[:8]}"
+    require_password(postgres_server, role, password)
+    base = f"127.0.0.1:{postgres_server.port}"
+    cases = [
+        (f"postgresql://{role}:wrong-pw-3e1d@{base}/postgres", "refused the login of user"),
+        (f"postgresql://{role}@{base}/postgres", "refused the login of user"),
+        (f"postgresql://nobody_{role}@{base}/postgres", "has no user"),
+        (f"postgresql://postgres@{base}/no_such_db", "database 'no_such_db' does not exist"),
+        (f"sqlite:///{tmp_path / 'missing.db'}", "does not exist"),
+    ]
+    for url, message in cases:
+        with pytest.raises(ConfigError, match=message) as raised:
+            SQLSource(url, MODELS).prepare()
+        assert "wrong-pw" not in str(raised.value) and "\n" not in str(raised.value)
+    assert not (tmp_path / "missing.db").exists()  # nothing was created either
+    # The right password is served (the ledger is missing: a config error too).
+    with pytest.raises(ConfigError, match="no ablo_idempotency table"):
+        SQLSource(f"postgresql://{role}:{password}@{base}/postgres", MODELS).prepare()
+
+
+async def test_an_unreachable_database_is_unhealthy_until_a_probe_succeeds(
+    postgres: Any,
+) -> None:
+    url = prepare(postgres.dsn).replace("postgres@", "postgres:pw-hidden-1b2c@")
+    await asyncio.to_thread(postgres.stop, "fast")
+    source = SQLSource(url, MODELS)
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            source.prepare()  # what the CLI does at start: it logs and serves on
+        assert source.healthy is False
+        assert source.last_error and "pw-hidden" not in source.last_error
+        assert await source.probe() is False
+        client = Client(source)
+        status, body = await client({"type": "load", "model": "task", "id": "t1"})
+        assert (status, body["error"]) == (503, "source_database_unavailable")
+        await asyncio.to_thread(postgres.start)
+        assert await source.probe() is True
+        assert (source.healthy, source.last_error) == (True, None)
+        assert await client.ok({"type": "load", "model": "task", "id": "t1"}) == {"row": None}
+        # A request that finds the database gone marks the source unhealthy too.
+        await asyncio.to_thread(postgres.stop, "immediate")
+        status, _ = await client({"type": "load", "model": "task", "id": "t1"})
+        assert status == 503 and source.healthy is False
+    finally:
+        await source.aclose()

@@ -7,11 +7,12 @@ private PostgreSQL: the path a user takes with no Python written.
 from __future__ import annotations
 
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
 from connector.devengine import DevEngine
-from tests.postgres import create_database, drop_database
+from tests.postgres import create_database, drop_database, require_password
 from tests.support import Process, free_port, process, wait_for_port
 from tests.test_sql_adapter import TASKS_DDL, execute
 
@@ -166,3 +167,19 @@ async def test_dev_serves_a_database(tmp_path: Path) -> None:
                 break
         assert status == 0, answer + dev.output()
         assert '"title": "Hello"' in answer
+
+
+async def test_run_refuses_a_database_that_cannot_work(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    role = f"cli_{uuid.uuid4().hex[:8]}"
+    require_password(postgres_server, role, "pw-right-0a9b")
+    wrong = f"postgresql://{role}:{PASSWORD}@127.0.0.1:{postgres_server.port}/postgres"
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    for url, message in [(wrong, "refused the login"), (missing, "does not exist")]:
+        async with process(["run", "--database-url", url], ENV) as connector:
+            assert await connector.wait(30) == 78, connector.output()
+            output = connector.output()
+        assert message in output and "Traceback" not in output
+        assert PASSWORD not in output
+    assert not (tmp_path / "missing.db").exists()
