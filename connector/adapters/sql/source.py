@@ -50,7 +50,7 @@ from ...source import CommitRequest, CommitResult, EventsPage, ListPage, ListQue
 from .models import ModelMap, ServedModel
 from .query import MAX_BOUND_VALUES, column_for, plan_list
 from .schema import ledger, outbox, verify_tables
-from .values import json_text, python_type, to_column_value, to_json_row
+from .values import json_text, python_type, to_column_value, to_json_row, to_json_value
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
@@ -716,8 +716,10 @@ class SQLSource(DataSource):
             found = await self._read(_all, plan.statement)
         page = found[: plan.limit]
         more = len(found) > plan.limit
+        fields = served.values_to_fields
         return ListPage(
-            rows=[to_json_row(served.row_to_fields(row._mapping)) for row in page],
+            # One conversion for the whole page: JSON-ready values, NaN as null.
+            rows=to_json_value([fields(row) for row in page]),
             next_cursor=plan.next_cursor(served, page[-1]) if more else None,
         )
 
@@ -913,7 +915,7 @@ class SQLSource(DataSource):
     ) -> dict[str, Any] | None:
         if _supports_returning(connection, statement):
             row = connection.execute(statement.returning(*served.selected)).first()
-            return None if row is None else to_json_row(served.row_to_fields(row._mapping))
+            return None if row is None else to_json_row(served.values_to_fields(row))
         if statement.is_delete:
             before = self._select(connection, served, key)
             connection.execute(statement)
@@ -933,7 +935,7 @@ class SQLSource(DataSource):
         self, connection: sa.Connection, served: ServedModel, key: Any
     ) -> dict[str, Any] | None:
         row = _load(connection, served, key)
-        return None if row is None else to_json_row(served.row_to_fields(row._mapping))
+        return None if row is None else to_json_row(served.values_to_fields(row))
 
 
 _EVENTS: Final = (
