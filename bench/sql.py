@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -425,6 +426,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.operations = [op for op in args.operations.split(",") if op]
+    # Stopped from outside: still stop the private PostgreSQL and the connector.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if set(args.operations) - set(OPERATIONS):
         parser.error("--operations takes load, list and commit")
     result = asyncio.run(measure(args))
