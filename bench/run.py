@@ -62,17 +62,22 @@ def own_cpu_seconds() -> float:
 
 
 def presigned_frames(count: int, prefix: str) -> list[str]:
+    return presign([BODY] * count, prefix)
+
+
+def presign(bodies: list[str], prefix: str) -> list[str]:
+    """One request frame per body, each signed with its own webhook-id."""
     now = int(time.time())
     frames = []
-    for i in range(count):
+    for i, body in enumerate(bodies):
         message_id = f"msg_{prefix}_{i}"
-        headers = {"content-type": "application/json", **sign_request(KEY, message_id, BODY, now)}
+        headers = {"content-type": "application/json", **sign_request(KEY, message_id, body, now)}
         frame = RequestFrame(
             id=f"r{i}",
             method="POST",
             url="https://source.ablo.invalid/v1/source",
             headers=headers,
-            body=BODY,
+            body=body,
         )
         frames.append(encode_frame(frame))
     return frames

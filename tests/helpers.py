@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ from connector import Answer, Dispatcher
 from connector.wire.frames import RequestFrame
 from connector.wire.signing import sign_request
 from tests.conftest import REPO
+from tests.postgres import free_port as free_port  # one definition, shared with bench/
 
 API_KEY = "sk_test_helpers_0123456789abcdef"
 _ids = itertools.count(1)
@@ -57,13 +57,6 @@ async def dispatch_frame(dispatcher: Dispatcher, frame: RequestFrame) -> Answer:
 
 
 # ------------------------------------------------ processes and sockets
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def wait_for_port(port: int, timeout: float = 10.0) -> float:
@@ -156,3 +149,30 @@ async def process(args: Sequence[str], env: dict[str, str] | None = None) -> Asy
 
 def connector_args(base_url: str, handler: str, *extra: str) -> list[str]:
     return ["run", "--base-url", base_url, "--handler", handler, *extra]
+
+
+# ------------------------------------------------ databases
+
+
+# The table the SQL adapter's tests and processes serve, on each database.
+TASKS_DDL = {
+    "sqlite": """CREATE TABLE tasks (
+        id TEXT PRIMARY KEY, title TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT 0,
+        priority INTEGER, due_at TIMESTAMP, archived_at TIMESTAMP, estimate REAL)""",
+    "postgresql": """CREATE TABLE tasks (
+        id TEXT PRIMARY KEY, title TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT false,
+        priority INTEGER, due_at TIMESTAMPTZ, archived_at TIMESTAMPTZ, estimate DOUBLE PRECISION)""",
+}
+
+
+def execute(url: str, *statements: str) -> list[Any]:
+    """Run SQL outside the adapter (as another client of the database would)."""
+    from connector.adapters.sql import create_database_engine
+
+    engine = create_database_engine(url)
+    try:
+        with engine.begin() as connection:
+            results = [connection.exec_driver_sql(s) for s in statements]
+            return [r.all() if r.returns_rows else None for r in results]
+    finally:
+        engine.dispose()

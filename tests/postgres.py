@@ -1,16 +1,24 @@
-"""A private PostgreSQL 15 for the tests: a temp dir, a free port, stopped after."""
+"""A private PostgreSQL 15 for the tests and the benchmark: a temp dir, a free
+port, stopped after. Needs nothing beyond the standard library and psycopg
+(``bench/sql.py`` imports it without pytest)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.helpers import free_port
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _as_postgres(args: list[str]) -> list[str]:
@@ -80,3 +88,16 @@ def drop_database(server: PrivatePostgres, url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(server.dsn, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def require_password(server: PrivatePostgres, role: str, password: str) -> None:
+    """Create ``role`` and make the server ask it for its password (scram), as
+    a production server would; every other user stays trusted."""
+    import psycopg
+
+    hba = server.data / "pg_hba.conf"
+    rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+    hba.write_text(rule + hba.read_text())  # the first matching line wins
+    with psycopg.connect(server.dsn, autocommit=True) as connection:
+        connection.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        connection.execute("SELECT pg_reload_conf()")

@@ -12,30 +12,22 @@ import base64
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from connector import ConfigError, Dispatcher, RequestContext
+from connector import ConfigError, Dispatcher, RequestContext, SourceError
 from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
 from connector.wire.bodies import Condition, ListPage, ListQuery
 from connector.wire.signing import Verifier
-from tests.helpers import API_KEY, dispatch_frame, signed_frame
-from tests.postgres import create_database, drop_database
+from connector.wire.strict_json import loads as strict_json_loads
+from tests.helpers import API_KEY, TASKS_DDL, dispatch_frame, execute, signed_frame
+from tests.postgres import create_database, drop_database, require_password
 
 DIALECTS = ["sqlite", "postgresql"]
-
-TASKS_DDL = {
-    "sqlite": """CREATE TABLE tasks (
-        id TEXT PRIMARY KEY, title TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT 0,
-        priority INTEGER, due_at TIMESTAMP, archived_at TIMESTAMP, estimate REAL)""",
-    "postgresql": """CREATE TABLE tasks (
-        id TEXT PRIMARY KEY, title TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT false,
-        priority INTEGER, due_at TIMESTAMPTZ, archived_at TIMESTAMPTZ, estimate DOUBLE PRECISION)""",
-}
 
 MODELS = {"models": {"task": {"table": "tasks"}}}
 
@@ -51,17 +43,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
     finally:
         drop_database(server, url)
-
-
-def execute(url: str, *statements: str) -> list[Any]:
-    """Run SQL outside the adapter (as another client of the database would)."""
-    engine = create_database_engine(url)
-    try:
-        with engine.begin() as connection:
-            results = [connection.exec_driver_sql(s) for s in statements]
-            return [r.all() if r.returns_rows else None for r in results]
-    finally:
-        engine.dispose()
 
 
 def scalar(url: str, statement: str) -> Any:
@@ -119,16 +100,16 @@ class Client:
             body["limit"] = limit
         return await self.ok(body)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.dispatcher.close()
-        self.source.close()
+        await self.source.aclose()
 
 
 @pytest.fixture
-def client(prepared: str) -> Iterator[Client]:
+async def client(prepared: str) -> AsyncIterator[Client]:
     c = Client(SQLSource(prepared, MODELS))
     yield c
-    c.close()
+    await c.close()
 
 
 def create(id: str, **input: Any) -> dict[str, Any]:
@@ -308,7 +289,7 @@ async def test_sqlite_refuses_a_wal_echo(tmp_path: Path) -> None:
     status, body = await client.commit(
         "c_echo", create("t1"), intentHash="c" * 64, echo={"kind": "postgres-wal", "payload": "p"}
     )
-    client.close()
+    await client.close()
     assert (status, body["error"]) == (409, "source_commit_echo_not_supported")
     assert scalar(prepared, "SELECT COUNT(*) FROM tasks") == 0
 
@@ -450,7 +431,7 @@ async def test_limit_is_capped_and_default_order_is_by_id(prepared: str) -> None
         descending = await _walk(client, order="desc")
         assert _collect_pages(descending) == [f"t{n:02}" for n in reversed(range(10))]
     finally:
-        client.close()
+        await client.close()
 
 
 # ------------------------------------------------------------ injection
@@ -551,16 +532,15 @@ async def test_model_map_overrides_fields_and_excludes_columns(
         )
         assert (status, body["rows"]) == (200, [{"id": "p1", "name": "Ada"}])
         status, body = await client.commit(
-            "c_secret", {"type": "UPDATE", "model": "person", "id": "p1", "input": {"secret": "x"}}
+            "c_secret", {"type": "UPDATE", "model": "Person", "id": "p1", "input": {"secret": "x"}}
         )
         assert (status, body["error"]) == (400, "source_unknown_field")
         assert scalar(prepared, "SELECT full_name FROM people WHERE person_key = 'p1'") == "Ada"
-        # The engine's clients send lower-cased model names; both resolve.
-        assert (await client.ok({"type": "load", "model": "person", "id": "p1"}))["row"][
+        assert (await client.ok({"type": "load", "model": "Person", "id": "p1"}))["row"][
             "name"
         ] == "Ada"
     finally:
-        client.close()
+        await client.close()
 
 
 async def test_without_a_map_every_table_is_served_by_its_name(prepared: str) -> None:
@@ -574,7 +554,7 @@ async def test_without_a_map_every_table_is_served_by_its_name(prepared: str) ->
         )
         assert (status, body["rows"]) == (200, [{"id": "n1", "bodyText": "hi"}])
     finally:
-        client.close()
+        await client.close()
 
 
 def test_model_map_mistakes_are_config_errors(prepared: str, tmp_path: Path) -> None:
@@ -590,6 +570,10 @@ def test_model_map_mistakes_are_config_errors(prepared: str, tmp_path: Path) -> 
         ({"t": {"table": "twins"}}, "both serve field 'dueAt'"),
         ({"task": {"table": "tasks", "colour": "red"}}, "unknown keys ['colour']"),
         ({"task": {"table": "tasks", "exclude": ["nope"]}}, "excluded column 'nope'"),
+        (
+            {"task": {"table": "tasks", "fields": {"name": "title", "label": "title"}}},
+            "fields 'name' and 'label' both map column 'title'",
+        ),
     ]
     for models, message in cases:
         with pytest.raises(
@@ -613,7 +597,7 @@ def test_serving_needs_the_ledger_and_outbox(database_url: str) -> None:
 def test_migrate_is_idempotent_and_uses_the_engines_names(database_url: str) -> None:
     engine = create_database_engine(database_url)
     try:
-        assert migrate(engine) == ["ablo_idempotency", "ablo_outbox"]
+        assert migrate(engine) == ["created table ablo_idempotency", "created table ablo_outbox"]
         assert migrate(engine) == []
         inspector = sa.inspect(engine)
         ledger = {c["name"]: c for c in inspector.get_columns("ablo_idempotency")}
@@ -642,19 +626,71 @@ def test_migrate_is_idempotent_and_uses_the_engines_names(database_url: str) -> 
         engine.dispose()
 
 
-def test_migrate_upgrades_an_older_postgres_ledger(postgres_server: Any) -> None:
-    url = create_database(postgres_server)
+OLD_TABLES = {
+    # A ledger from before intent hashing, bounded retention and created_at,
+    # and an outbox from before correlation and operation ids.
+    "postgresql": (
+        "CREATE TABLE ablo_idempotency (client_tx_id TEXT PRIMARY KEY, response JSONB NOT NULL)",
+        "CREATE TABLE ablo_outbox (cursor BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
+        "model TEXT NOT NULL, entity_id TEXT NOT NULL, type TEXT NOT NULL, data JSONB, "
+        "organization_id TEXT, client_tx_id TEXT, occurred_at BIGINT)",
+    ),
+    "sqlite": (
+        "CREATE TABLE ablo_idempotency (client_tx_id TEXT PRIMARY KEY, response JSON NOT NULL)",
+        "CREATE TABLE ablo_outbox (cursor INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL "
+        "UNIQUE, model TEXT NOT NULL, entity_id TEXT NOT NULL, type TEXT NOT NULL, data JSON, "
+        "organization_id TEXT, client_tx_id TEXT, occurred_at INTEGER)",
+    ),
+}
+
+
+async def test_migrate_upgrades_older_tables_until_run_accepts_them(database_url: str) -> None:
+    execute(
+        database_url, TASKS_DDL[dialect_of(database_url)], *OLD_TABLES[dialect_of(database_url)]
+    )
+    execute(
+        database_url, "INSERT INTO ablo_idempotency (client_tx_id, response) VALUES ('old', '[]')"
+    )
+    with pytest.raises(ConfigError, match=r"ablo_idempotency lacks columns \['request_hash'"):
+        SQLSource(database_url, MODELS).prepare()  # what run says before
+    engine = create_database_engine(database_url)
     try:
-        # A ledger from before intent hashing and bounded retention.
-        execute(url, "CREATE TABLE ablo_idempotency (client_tx_id TEXT PRIMARY KEY, response JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())")  # fmt: skip
-        execute(url, "INSERT INTO ablo_idempotency (client_tx_id, response) VALUES ('old', '[]')")
-        engine = create_database_engine(url)
-        assert migrate(engine) == ["ablo_outbox"]
-        engine.dispose()
-        rows = execute(url, "SELECT request_hash, expires_at = 'infinity' FROM ablo_idempotency")[0]
-        assert rows == [(None, True)]
+        assert migrate(engine) == [
+            "added column ablo_idempotency.request_hash",
+            "added column ablo_idempotency.expires_at",
+            "added column ablo_idempotency.created_at",
+            "added column ablo_outbox.correlation_id",
+            "added column ablo_outbox.transaction_id",
+            "added column ablo_outbox.created_at",
+        ]
+        assert migrate(engine) == []
     finally:
-        drop_database(postgres_server, url)
+        engine.dispose()
+    client = Client(SQLSource(database_url, MODELS))  # what run says after
+    try:
+        client.source.prepare()
+        status, _ = await client.commit("c_new", create("t1"))
+        assert status == 200
+        # The old row never expires, and predates intent hashing: not replayed.
+        status, body = await client.commit("old", create("t2"))
+        assert (status, body["error"]) == (409, "idempotency_conflict")
+        assert [e["correlationId"] for e in (await client.events())["events"]] == ["c_new"]
+    finally:
+        await client.close()
+
+
+def test_migrate_refuses_a_table_it_cannot_complete(database_url: str) -> None:
+    execute(database_url, "CREATE TABLE ablo_outbox (cursor INTEGER PRIMARY KEY, data TEXT)")
+    engine = create_database_engine(database_url)
+    try:
+        with pytest.raises(
+            ConfigError, match="ablo_outbox lacks column 'id', which migrate cannot add"
+        ):
+            migrate(engine)
+        # Nothing was half done: the ledger it would have created is not there.
+        assert not sa.inspect(engine).has_table("ablo_idempotency")
+    finally:
+        engine.dispose()
 
 
 def test_database_urls_are_checked_and_passwords_hidden() -> None:
@@ -698,7 +734,7 @@ async def test_wal_echo_is_in_the_same_transaction(postgres_server: Any) -> None
             status, body = await client.commit("c_wal_nohash", create("t9"), echo=echo)
             assert (status, body["error"]) == (409, "idempotency_conflict")
         finally:
-            client.close()
+            await client.close()
         changes = execute(
             url, f"SELECT xid, data FROM pg_logical_slot_get_changes('{slot}', NULL, NULL)"
         )[0]
@@ -746,7 +782,7 @@ async def test_outbox_cursors_follow_commit_order(postgres_server: Any) -> None:
         assert [e["id"] for e in events] == ["other:0", "c_later:0"]
         assert int(events[0]["cursor"]) < int(events[1]["cursor"])
     finally:
-        client.close()
+        await client.close()
         engine.dispose()
         drop_database(postgres_server, url)
 
@@ -769,7 +805,7 @@ async def test_types_json_lacks_are_served_in_a_json_form(postgres_server: Any) 
             "tags": ["a", "b"], "doc": {"k": [1, None]}, "amount": "12.50",
         }  # fmt: skip
     finally:
-        client.close()
+        await client.close()
         drop_database(postgres_server, url)
 
 
@@ -790,7 +826,7 @@ async def test_a_statement_past_its_timeout_is_cancelled_in_the_database(postgre
         assert 0.4 < waited < 3
         assert (await client.ok({"type": "load", "model": "task", "id": "t1"}))["row"]
     finally:
-        client.close()
+        await client.close()
         engine.dispose()
         drop_database(postgres_server, url)
 
@@ -824,7 +860,7 @@ async def test_least_privilege_role_from_the_readme_is_enough(postgres_server: A
             assert status == 200
             assert len((await client.events())["events"]) == 2
         finally:
-            client.close()
+            await client.close()
     finally:
         drop_database(postgres_server, url)
         execute(postgres_server.dsn, f"DROP ROLE IF EXISTS {role}")
@@ -845,7 +881,7 @@ async def test_database_restart_answers_503_then_recovers(postgres: Any) -> None
         status, _ = await client.commit("c_during", create("t2"))  # the engine's retry
         assert status == 200
     finally:
-        client.close()
+        await client.close()
 
 
 def test_sqlite_needs_nothing_but_the_standard_library(tmp_path: Path) -> None:
@@ -862,9 +898,9 @@ async def test_a_subclass_overrides_one_operation_and_keeps_the_rest(prepared: s
     class OpenTasks(SQLSource):
         """Lists only rows that are not archived; everything else is the adapter's."""
 
-        def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
+        async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
             where = [*query.where, Condition(field="archivedAt", op="IS", value=None)]
-            return super().list(model, query.model_copy(update={"where": where}), ctx)
+            return await super().list(model, query.model_copy(update={"where": where}), ctx)
 
     client = Client(OpenTasks(prepared, MODELS))
     try:
@@ -873,7 +909,7 @@ async def test_a_subclass_overrides_one_operation_and_keeps_the_rest(prepared: s
         assert [row["id"] for row in (await client.list())["rows"]] == ["t1"]
         assert (await client.ok({"type": "load", "model": "task", "id": "t2"}))["row"]["id"] == "t2"
     finally:
-        client.close()
+        await client.close()
 
 
 async def test_integer_ids_travel_as_strings(prepared: str) -> None:
@@ -900,7 +936,7 @@ async def test_integer_ids_travel_as_strings(prepared: str) -> None:
         status, body = await client.commit("c_int_archive", archive)
         assert (status, body["error"]) == (400, "source_archive_not_supported")
     finally:
-        client.close()
+        await client.close()
 
 
 def test_a_value_with_no_json_form_is_served_as_its_text() -> None:
@@ -911,3 +947,216 @@ def test_a_value_with_no_json_form_is_served_as_its_text() -> None:
             return "(1,2)"
 
     assert to_json_row({"at": Point(), "n": 1}) == {"at": "(1,2)", "n": 1}
+
+
+# ------------------------------------------------------------ client mistakes and limits
+
+NON_FINITE = {
+    # SQLite stores NaN as NULL, so only the infinities reach a row there.
+    "sqlite": ("9e999", "-9e999"),
+    "postgresql": ("'NaN'", "'Infinity'", "'-Infinity'"),
+}
+
+
+async def test_nan_and_infinity_are_served_as_null_and_rows_stay_updatable(
+    client: Client, prepared: str
+) -> None:
+    specials = NON_FINITE[dialect_of(prepared)]
+    execute(
+        prepared,
+        *(
+            f"INSERT INTO tasks (id, title, estimate) VALUES ('n{n}', 'odd', {value})"
+            for n, value in enumerate(specials)
+        ),
+    )
+    for n in range(len(specials)):
+        response = await dispatch_frame(
+            client.dispatcher, signed_frame({"type": "load", "model": "task", "id": f"n{n}"})
+        )
+        assert strict_json_loads(response.body)["row"]["estimate"] is None
+    listed = await dispatch_frame(
+        client.dispatcher, signed_frame({"type": "list", "model": "task"})
+    )
+    rows = strict_json_loads(listed.body)["rows"]
+    assert [row["estimate"] for row in rows] == [None] * len(specials)
+    # Another column of such a row is updated; its outbox event is valid JSON.
+    status, body = await client.commit("c_nan", update("n0", title="fixed"))
+    assert (status, body["rows"][0]["estimate"]) == (200, None)
+    events = await dispatch_frame(client.dispatcher, signed_frame({"type": "events"}))
+    assert strict_json_loads(events.body)["events"][0]["data"]["estimate"] is None
+
+
+def _cursor_of(payload: str) -> str:
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def _no_sql_in(body: dict[str, Any], *values: str) -> None:
+    text = json.dumps(body)
+    for leaked in ("SELECT", "INSERT", "UPDATE ", "[SQL", "[parameters", "%(", *values):
+        assert leaked not in text, f"{leaked!r} leaked into {text}"
+
+
+async def test_client_mistakes_are_specific_400s(client: Client, prepared: str) -> None:
+    execute(
+        prepared,
+        "CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER, at TIMESTAMP)",
+        "INSERT INTO counters (id, n) VALUES (1, 1)",
+    )
+    counters = Client(SQLSource(prepared, {"models": {"counter": {"table": "counters"}}}))
+    huge = "9999999999999999999"  # past 64 bits
+    try:
+        cases: list[tuple[Client, dict[str, Any], str]] = [
+            (counters, {"type": "load", "model": "counter", "id": huge}, "source_value_invalid"),
+            (counters, {"type": "load", "model": "counter", "id": "-" + huge}, "source_value_invalid"),
+            (counters, {"type": "list", "model": "counter", "query": {"where": [["n", int(huge)]]}}, "source_value_invalid"),
+            (counters, {"type": "commit", "correlationId": "c_big", "operations": [
+                {"type": "UPDATE", "model": "counter", "id": "1", "input": {"n": int(huge)}}]}, "source_value_invalid"),
+            # Past year 9999 once converted to UTC, for a column without a time zone.
+            (counters, {"type": "commit", "correlationId": "c_late", "operations": [
+                {"type": "UPDATE", "model": "counter", "id": "1", "input": {"at": "9999-12-31T23:00:00-05:00"}}]}, "source_value_invalid"),
+            (counters, {"type": "commit", "correlationId": "c_early", "operations": [
+                {"type": "UPDATE", "model": "counter", "id": "1", "input": {"at": "0001-01-01T00:00:00+05:00"}}]}, "source_value_invalid"),
+            (client, {"type": "list", "model": "task", "query": {"cursor": _cursor_of(
+                '{"v":1,"o":null,"d":false,"k":' + "[" * 1300 + "]" * 1300 + "}")}}, "source_cursor_invalid"),
+            (client, {"type": "list", "model": "task", "query": {"cursor": _cursor_of(
+                '{"v":1,"o":null,"d":false,"k":[[[1]],"a"]}')}}, "source_cursor_invalid"),
+            (client, {"type": "list", "model": "task", "query": {
+                "where": [["priority", "!=", n] for n in range(1000)]}}, "source_where_invalid"),
+            (client, {"type": "list", "model": "task", "query": {
+                "where": [["priority", "IN", list(range(70_000))]]}}, "source_where_invalid"),
+            (client, {"type": "events", "cursor": huge}, "source_cursor_invalid"),
+        ]  # fmt: skip
+        for who, request, code in cases:
+            status, body = await who(request)
+            assert (status, body["error"]) == (400, code), (request, body)
+            _no_sql_in(body, huge)
+        # The limits stay within what each database takes: a full IN list works.
+        await client.commit("c_in", create("t1", priority=9_999))
+        page = await client.list(where=[["priority", "IN", list(range(10_000))]])
+        assert [row["id"] for row in page["rows"]] == ["t1"]
+        page = await client.list(where=[["priority", "!=", n] for n in range(64)])
+        assert [row["id"] for row in page["rows"]] == ["t1"]
+    finally:
+        await counters.close()
+
+
+async def test_database_errors_carry_no_sql_or_values(client: Client, prepared: str) -> None:
+    secret = "s3cr3t-value-4711"
+    execute(
+        prepared, "CREATE TABLE codes (id TEXT PRIMARY KEY, code VARCHAR(3) CHECK (code <> 'bad'))"
+    )
+    codes = Client(SQLSource(prepared, {"models": {"code": {"table": "codes"}}}))
+    try:
+        await codes.commit("c_code", {"type": "CREATE", "model": "code", "id": secret, "input": {"code": "ok"}})  # fmt: skip
+        failures = [
+            {
+                "type": "CREATE",
+                "model": "code",
+                "id": secret,
+                "input": {"code": "ok"},
+            },  # duplicate key
+            {"type": "UPDATE", "model": "code", "id": secret, "input": {"code": "bad"}},  # CHECK
+        ]
+        if dialect_of(prepared) == "postgresql":
+            failures.append(  # too long for VARCHAR(3): SQLite does not enforce it
+                {"type": "UPDATE", "model": "code", "id": secret, "input": {"code": secret}}
+            )
+        for n, operation in enumerate(failures):
+            status, body = await codes.commit(f"c_fail_{n}", operation)
+            assert status in (400, 409), body
+            _no_sql_in(body, secret)
+    finally:
+        await codes.close()
+
+
+async def test_postgres_input_errors_do_not_echo_the_value(postgres_server: Any) -> None:
+    url = prepare(create_database(postgres_server))
+    execute(
+        url,
+        "CREATE TYPE mood AS ENUM ('happy', 'sad')",
+        "CREATE TABLE moods (id TEXT PRIMARY KEY, mood mood)",
+    )
+    client = Client(SQLSource(url, {"models": {"mood": {"table": "moods"}}}))
+    try:
+        create_mood = {"type": "CREATE", "model": "mood", "id": "m1", "input": {"mood": "s3cr3t"}}
+        status, body = await client.commit("c_mood", create_mood)
+        assert (status, body["error"]) == (400, "source_query_invalid")
+        assert body["message"].startswith("invalid input value for enum mood")
+        _no_sql_in(body, "s3cr3t")
+    finally:
+        await client.close()
+        drop_database(postgres_server, url)
+
+
+async def test_a_model_is_served_under_its_map_name_only(prepared: str) -> None:
+    execute(prepared, "CREATE TABLE salaries (id TEXT PRIMARY KEY, amount INTEGER)")
+    execute(prepared, "INSERT INTO salaries VALUES ('s1', 100)")
+
+    class Guarded(SQLSource):
+        def authorize(self, ctx: RequestContext) -> None:
+            if getattr(ctx.request, "model", None) == "Salary":
+                raise SourceError("forbidden", "no salaries here", status=403)
+
+    client = Client(Guarded(prepared, {"models": {"Salary": {"table": "salaries"}}}))
+    try:
+        status, body = await client({"type": "load", "model": "Salary", "id": "s1"})
+        assert status == 403
+        status, body = await client({"type": "load", "model": "salary", "id": "s1"})
+        assert (status, body["error"]) == (400, "source_unknown_model"), body
+        assert "did you mean 'Salary'" in body["message"]
+    finally:
+        await client.close()
+
+
+# ------------------------------------------------------------ a database that cannot work
+
+
+async def test_a_database_that_cannot_work_is_a_configuration_error(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    password = "pw-right-9f2c"
+    role = f"r_{uuid.uuid4().hex[:8]}"
+    require_password(postgres_server, role, password)
+    base = f"127.0.0.1:{postgres_server.port}"
+    cases = [
+        (f"postgresql://{role}:wrong-pw-3e1d@{base}/postgres", "refused the login of user"),
+        (f"postgresql://{role}@{base}/postgres", "refused the login of user"),
+        (f"postgresql://nobody_{role}@{base}/postgres", "has no user"),
+        (f"postgresql://postgres@{base}/no_such_db", "database 'no_such_db' does not exist"),
+        (f"sqlite:///{tmp_path / 'missing.db'}", "does not exist"),
+    ]
+    for url, message in cases:
+        with pytest.raises(ConfigError, match=message) as raised:
+            SQLSource(url, MODELS).prepare()
+        assert "wrong-pw" not in str(raised.value) and "\n" not in str(raised.value)
+    assert not (tmp_path / "missing.db").exists()  # nothing was created either
+    # The right password is served (the ledger is missing: a config error too).
+    with pytest.raises(ConfigError, match="no ablo_idempotency table"):
+        SQLSource(f"postgresql://{role}:{password}@{base}/postgres", MODELS).prepare()
+
+
+async def test_an_unreachable_database_is_unhealthy_until_a_probe_succeeds(
+    postgres: Any,
+) -> None:
+    url = prepare(postgres.dsn).replace("postgres@", "postgres:pw-hidden-1b2c@")
+    await asyncio.to_thread(postgres.stop, "fast")
+    source = SQLSource(url, MODELS)
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            source.prepare()  # what the CLI does at start: it logs and serves on
+        assert source.healthy is False
+        assert source.last_error and "pw-hidden" not in source.last_error
+        assert await source.probe() is False
+        client = Client(source)
+        status, body = await client({"type": "load", "model": "task", "id": "t1"})
+        assert (status, body["error"]) == (503, "source_database_unavailable")
+        await asyncio.to_thread(postgres.start)
+        assert await source.probe() is True
+        assert (source.healthy, source.last_error) == (True, None)
+        assert await client.ok({"type": "load", "model": "task", "id": "t1"}) == {"row": None}
+        # A request that finds the database gone marks the source unhealthy too.
+        await asyncio.to_thread(postgres.stop, "immediate")
+        status, _ = await client({"type": "load", "model": "task", "id": "t1"})
+        assert status == 503 and source.healthy is False
+    finally:
+        await source.aclose()

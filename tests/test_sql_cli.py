@@ -7,13 +7,13 @@ private PostgreSQL: the path a user takes with no Python written.
 from __future__ import annotations
 
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
 from connector.dev.engine import DevEngine
-from tests.helpers import Process, free_port, process, wait_for_port
-from tests.postgres import create_database, drop_database
-from tests.test_sql_adapter import TASKS_DDL, execute
+from tests.helpers import TASKS_DDL, Process, execute, free_port, process, wait_for_port
+from tests.postgres import create_database, drop_database, require_password
 
 KEY = "sk_test_sql_cli_51c0"
 ENV = {"ABLO_API_KEY": KEY}
@@ -34,8 +34,9 @@ async def test_migrate_creates_once_and_never_prints_the_password(postgres_serve
         async with process(["migrate"], {"ABLO_DATABASE_URL": url}) as second:
             assert await second.wait(30) == 0, second.output()
             again = second.output()
-        assert "created ablo_idempotency, ablo_outbox" in created
-        assert "already present" in again
+        assert ": created table ablo_idempotency\n" in created
+        assert ": created table ablo_outbox\n" in created
+        assert "created" not in again and "are up to date" in again
         assert PASSWORD not in created + again and "***" in created
     finally:
         drop_database(postgres_server, url)
@@ -165,3 +166,19 @@ async def test_dev_serves_a_database(tmp_path: Path) -> None:
                 break
         assert status == 0, answer + dev.output()
         assert '"title": "Hello"' in answer
+
+
+async def test_run_refuses_a_database_that_cannot_work(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    role = f"cli_{uuid.uuid4().hex[:8]}"
+    require_password(postgres_server, role, "pw-right-0a9b")
+    wrong = f"postgresql://{role}:{PASSWORD}@127.0.0.1:{postgres_server.port}/postgres"
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    for url, message in [(wrong, "refused the login"), (missing, "does not exist")]:
+        async with process(["run", "--database-url", url], ENV) as connector:
+            assert await connector.wait(30) == 78, connector.output()
+            output = connector.output()
+        assert message in output and "Traceback" not in output
+        assert PASSWORD not in output
+    assert not (tmp_path / "missing.db").exists()

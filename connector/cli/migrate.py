@@ -7,6 +7,7 @@ import click
 from ..errors import EX_FAILURE, EX_UNAVAILABLE, ConfigError
 from ..ops.logs import configure_logging
 from .options import GroupedCommand, env_file_option, fail, option
+from .sources import guard_url
 
 __all__ = ["migrate"]
 
@@ -25,30 +26,34 @@ def migrate(database_url: str) -> None:
     """Create the idempotency ledger and the outbox (safe to run again).
 
     Creates ablo_idempotency and ablo_outbox with the same names and columns
-    as the engine's own migrations, and adds columns an older ledger lacks.
-    Your own tables are never touched. Exit 69 when the database cannot be
-    reached, 78 for a bad URL.
+    as the engine's own migrations, adds columns an older ledger or outbox
+    lacks (printing each change), then makes the check `run` makes: a
+    migrate that succeeds means run accepts the database. Your own tables
+    are never touched. Exit 69 when the database cannot be reached, 78 for a
+    bad URL, a missing SQLite file or a table it cannot complete.
     """
     from sqlalchemy.exc import DBAPIError, OperationalError
 
     from ..adapters.sql import create_database_engine, describe_database_error
     from ..adapters.sql import migrate as migrate_tables
 
-    configure_logging("warning")
+    formatter = configure_logging("warning")
     try:
-        engine = create_database_engine(database_url)
+        guard_url(database_url, "--database-url", formatter.add_secret)
+        engine = create_database_engine(database_url, must_exist=True)
     except ConfigError as error:
         fail(str(error))
     shown = engine.url.render_as_string(hide_password=True)
     try:
-        created = migrate_tables(engine)
+        changes = migrate_tables(engine)
+    except ConfigError as error:
+        fail(f"{shown}: {error}")
     except OperationalError as error:
         fail(f"cannot reach {shown}: {describe_database_error(error)}", EX_UNAVAILABLE)
     except DBAPIError as error:
         fail(f"migration failed on {shown}: {describe_database_error(error)}", EX_FAILURE)
     finally:
         engine.dispose()
-    if created:
-        click.echo(f"{shown}: created {', '.join(created)}")
-    else:
-        click.echo(f"{shown}: ablo_idempotency and ablo_outbox already present (checked)")
+    for change in changes:
+        click.echo(f"{shown}: {change}")
+    click.echo(f"{shown}: ablo_idempotency and ablo_outbox are up to date")

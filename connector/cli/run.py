@@ -27,7 +27,7 @@ from .options import (
     option,
     resolve_api_key,
 )
-from .sources import build_source, guard_url, source_options, sql_source
+from .sources import build_source, guard_url, pool_size_option, source_options, sql_source
 
 __all__ = ["check", "run"]
 
@@ -58,6 +58,7 @@ def _guard_lock_url(ctx: click.Context, url: str, add_secret: Callable[[str], No
 @click.command(cls=GroupedCommand)
 @env_file_option
 @source_options("Your DataSource: a subclass, instance or factory.")
+@pool_size_option
 @key_options
 @config_options()
 @logging_options
@@ -68,6 +69,7 @@ def run(
     handler_spec: str | None,
     database_url: str | None,
     models_path: str | None,
+    pool_size: int | None,
     api_key: str | None,
     api_key_file: str | None,
     log_level: str,
@@ -97,6 +99,7 @@ def run(
             models_path,
             add_secret=formatter.add_secret,
             url_on_command_line=_from_command_line(ctx, "database_url"),
+            pool_size=pool_size,
         )
         connector = Connector(config, source)
     except ConfigError as error:

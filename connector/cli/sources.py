@@ -16,7 +16,7 @@ from .options import option
 if TYPE_CHECKING:
     from ..adapters.sql import SQLSource
 
-__all__ = ["build_source", "guard_url", "source_options", "sql_source"]
+__all__ = ["build_source", "guard_url", "pool_size_option", "source_options", "sql_source"]
 
 log = logging.getLogger("connector.cli")
 
@@ -55,6 +55,19 @@ def source_options(handler_help: str, *, env: bool = True) -> Callable[[_F], _F]
     return decorate
 
 
+def pool_size_option(command: _F) -> _F:
+    """``--pool-size``: the SQL adapter's database connections."""
+    return option(
+        "--pool-size",
+        group="source",
+        env="ABLO_DATABASE_POOL_SIZE",
+        type=click.IntRange(1),
+        metavar="N",
+        help="Database connections the SQL adapter keeps open (with --database-url).  "
+        "[default: 10]",
+    )(command)
+
+
 def build_source(
     handler_spec: str | None,
     database_url: str | None,
@@ -62,6 +75,7 @@ def build_source(
     *,
     add_secret: Callable[[str], None] = lambda _: None,
     url_on_command_line: bool = False,
+    pool_size: int | None = None,
 ) -> DataSource:
     """The user's handler, or the SQL adapter over ``database_url``, ready to serve."""
     if handler_spec and database_url:
@@ -76,7 +90,7 @@ def build_source(
         )
     from sqlalchemy.exc import OperationalError
 
-    source = sql_source(database_url, models_path, add_secret)
+    source = sql_source(database_url, models_path, add_secret, pool_size)
     shown = source.engine.url.render_as_string(hide_password=True)
     if url_on_command_line and source.engine.url.password:
         log.warning(
@@ -95,17 +109,24 @@ def build_source(
 
 
 def sql_source(
-    database_url: str, models_path: str | None, add_secret: Callable[[str], None] = lambda _: None
+    database_url: str,
+    models_path: str | None,
+    add_secret: Callable[[str], None] = lambda _: None,
+    pool_size: int | None = None,
 ) -> SQLSource:
     """The SQL adapter for a URL and an optional model map; its password joins the redactions."""
-    from ..adapters.sql import ModelMap, SQLSource
+    from ..adapters.sql import DEFAULT_POOL_SIZE, ModelMap, SQLSource
     from ..adapters.sql import database_url as parse_database_url
 
     guard_url(database_url, "--database-url", add_secret)
     url = parse_database_url(database_url)
     if url.password:
         add_secret(str(url.password))
-    return SQLSource(url, ModelMap.from_toml(models_path) if models_path else None)
+    return SQLSource(
+        url,
+        ModelMap.from_toml(models_path) if models_path else None,
+        pool_size=pool_size or DEFAULT_POOL_SIZE,
+    )
 
 
 def guard_url(url: str, flag: str, add_secret: Callable[[str], None]) -> None:

@@ -10,9 +10,16 @@ Create the ledger and outbox once with ``ablo-connector migrate --database-url U
 
 from .models import ModelMap, ModelSpec, ServedModel, camel_to_snake, snake_to_camel
 from .schema import migrate
-from .source import SQLSource, create_database_engine, database_url, describe_database_error
+from .source import (
+    DEFAULT_POOL_SIZE,
+    SQLSource,
+    create_database_engine,
+    database_url,
+    describe_database_error,
+)
 
 __all__ = [
+    "DEFAULT_POOL_SIZE",
     "ModelMap",
     "ModelSpec",
     "SQLSource",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -19,6 +19,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from ...errors import ConfigError
+from .values import INTEGER_BITS, integer_bits
 
 __all__ = ["ModelMap", "ModelSpec", "ServedModel", "camel_to_snake", "snake_to_camel"]
 
@@ -140,12 +141,25 @@ class ModelMap(Mapping[str, ModelSpec]):
 
 @dataclass(frozen=True, slots=True)
 class ServedModel:
-    """One model as reflected: its table and the field ↔ column mapping."""
+    """One model as reflected: its table and the field ↔ column mapping.
+
+    What every request needs is built once here (the selected columns, the
+    load-by-id statement), so serving a request costs dict hits and a
+    statement SQLAlchemy has already compiled, not a new query each time.
+    """
 
     name: str
     table: sa.Table
     columns: Mapping[str, sa.Column[Any]]  # field → column
     fields: Mapping[str, str]  # column name → field
+    selected: tuple[sa.Column[Any], ...] = ()
+    load_statement: sa.Select[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.selected:
+            object.__setattr__(self, "selected", tuple(self.columns.values()))
+        statement = sa.select(*self.selected).where(self.id == sa.bindparam("ablo_id")).limit(1)
+        object.__setattr__(self, "load_statement", statement)
 
     @property
     def id(self) -> sa.Column[Any]:
@@ -155,9 +169,12 @@ class ServedModel:
     def archived_at(self) -> sa.Column[Any] | None:
         return self.columns.get("archivedAt")
 
-    @property
-    def selected(self) -> list[sa.Column[Any]]:
-        return list(self.columns.values())
+    def values_to_fields(self, row: Sequence[Any]) -> dict[str, Any]:
+        """A row of the selected columns (in order) under field names."""
+        fields = dict(zip(self.columns, row, strict=True))
+        if fields["id"] is not None and not isinstance(fields["id"], str):
+            fields["id"] = str(fields["id"])
+        return fields
 
     def row_to_fields(self, row: Mapping[Any, Any]) -> dict[str, Any]:
         fields = {self.fields[key]: value for key, value in row.items() if key in self.fields}
@@ -166,13 +183,15 @@ class ServedModel:
         return fields
 
     @classmethod
-    def reflect(cls, name: str, spec: ModelSpec, table: sa.Table) -> ServedModel:
+    def reflect(
+        cls, name: str, spec: ModelSpec, table: sa.Table, dialect: str = "postgresql"
+    ) -> ServedModel:
         where = f"model {name!r} (table {table.fullname!r})"
         by_name = {column.name: column for column in table.columns}
         for excluded in spec.exclude:
             if excluded not in by_name:
                 raise ConfigError(f"{where}: excluded column {excluded!r} does not exist")
-        overridden = {column_name: field for field, column_name in spec.fields.items()}
+        overridden: dict[str, str] = {}
         for field_name, column_name in spec.fields.items():
             if column_name not in by_name:
                 raise ConfigError(
@@ -180,6 +199,13 @@ class ServedModel:
                 )
             if column_name in spec.exclude:
                 raise ConfigError(f"{where}: column {column_name!r} is both mapped and excluded")
+            if column_name in overridden:
+                # One column cannot be written under two names in one operation.
+                raise ConfigError(
+                    f"{where}: fields {overridden[column_name]!r} and {field_name!r} both map "
+                    f"column {column_name!r}; a column serves one field"
+                )
+            overridden[column_name] = field_name
         columns: dict[str, sa.Column[Any]] = {}
         fields: dict[str, str] = {}
         for column_name, column in by_name.items():
@@ -191,6 +217,8 @@ class ServedModel:
                     f"{where}: columns {columns[field_name].name!r} and {column_name!r} both serve "
                     f"field {field_name!r}; name one in [models.{name}.fields]"
                 )
+            if isinstance(column.type, sa.Integer):
+                column.info[INTEGER_BITS] = integer_bits(column.type, dialect)
             columns[field_name] = column
             fields[column_name] = field_name
         if "id" not in columns:

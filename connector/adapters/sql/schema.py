@@ -50,22 +50,6 @@ outbox: Final = sa.Table(
 )
 
 
-def _add_column_if_absent(table: str, column: str, definition: str) -> str:
-    # ADD COLUMN IF NOT EXISTS checks table ownership before existence, so a
-    # re-run against a ledger owned by another role would fail; the catalog
-    # is readable by anyone, so look there first.
-    return f"""DO $$
-DECLARE target regclass := to_regclass('{table}');
-BEGIN
-  IF target IS NOT NULL AND NOT EXISTS (
-    SELECT 1 FROM pg_attribute
-    WHERE attrelid = target AND attname = '{column}' AND attnum > 0 AND NOT attisdropped
-  ) THEN
-    EXECUTE 'ALTER TABLE {table} ADD COLUMN {column} {definition}';
-  END IF;
-END $$"""
-
-
 _POSTGRESQL: Final = (
     f"""CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
   client_tx_id TEXT PRIMARY KEY,
@@ -74,8 +58,6 @@ _POSTGRESQL: Final = (
   expires_at   TIMESTAMPTZ NOT NULL DEFAULT 'infinity',
   created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
 )""",
-    _add_column_if_absent(LEDGER_TABLE, "request_hash", "TEXT"),
-    _add_column_if_absent(LEDGER_TABLE, "expires_at", "TIMESTAMPTZ NOT NULL DEFAULT ''infinity''"),
     f"""CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (
   cursor          BIGSERIAL PRIMARY KEY,
   id              TEXT NOT NULL UNIQUE,
@@ -90,8 +72,6 @@ _POSTGRESQL: Final = (
   occurred_at     BIGINT,
   created_at      TIMESTAMPTZ NOT NULL DEFAULT now()
 )""",
-    _add_column_if_absent(OUTBOX_TABLE, "correlation_id", "TEXT"),
-    _add_column_if_absent(OUTBOX_TABLE, "transaction_id", "TEXT"),
 )
 
 # SQLite has no engine-side tooling; the same names with SQLite's types.
@@ -121,6 +101,39 @@ _SQLITE: Final = (
 )
 
 
+# What ADD COLUMN gives a column that an older table lacks. A ledger row
+# written before expires_at existed never expires (PostgreSQL) or is NULL,
+# which never counts as expired (SQLite, whose ADD COLUMN takes no
+# non-constant default). Key and identity columns are not here: a table
+# without them is not an older ledger or outbox, and migrate says so.
+_UPGRADES: Final[dict[str, dict[tuple[str, str], str]]] = {
+    "postgresql": {
+        (LEDGER_TABLE, "request_hash"): "TEXT",
+        (LEDGER_TABLE, "expires_at"): "TIMESTAMPTZ NOT NULL DEFAULT 'infinity'",
+        (LEDGER_TABLE, "created_at"): "TIMESTAMPTZ NOT NULL DEFAULT now()",
+        (OUTBOX_TABLE, "data"): "JSONB",
+        (OUTBOX_TABLE, "organization_id"): "TEXT",
+        (OUTBOX_TABLE, "client_tx_id"): "TEXT",
+        (OUTBOX_TABLE, "correlation_id"): "TEXT",
+        (OUTBOX_TABLE, "transaction_id"): "TEXT",
+        (OUTBOX_TABLE, "occurred_at"): "BIGINT",
+        (OUTBOX_TABLE, "created_at"): "TIMESTAMPTZ NOT NULL DEFAULT now()",
+    },
+    "sqlite": {
+        (LEDGER_TABLE, "request_hash"): "TEXT",
+        (LEDGER_TABLE, "expires_at"): "TIMESTAMP",
+        (LEDGER_TABLE, "created_at"): "TIMESTAMP",
+        (OUTBOX_TABLE, "data"): "JSON",
+        (OUTBOX_TABLE, "organization_id"): "TEXT",
+        (OUTBOX_TABLE, "client_tx_id"): "TEXT",
+        (OUTBOX_TABLE, "correlation_id"): "TEXT",
+        (OUTBOX_TABLE, "transaction_id"): "TEXT",
+        (OUTBOX_TABLE, "occurred_at"): "INTEGER",
+        (OUTBOX_TABLE, "created_at"): "TIMESTAMP",
+    },
+}
+
+
 def migration_statements(dialect: str) -> tuple[str, ...]:
     if dialect == "postgresql":
         return _POSTGRESQL
@@ -130,12 +143,39 @@ def migration_statements(dialect: str) -> tuple[str, ...]:
 
 
 def migrate(engine: sa.Engine) -> list[str]:
-    """Create (or complete) both tables in one transaction; returns what was missing."""
-    before = set(sa.inspect(engine).get_table_names())
+    """Create or upgrade both tables in one transaction; returns each change made.
+
+    It ends with the check ``run`` makes (:func:`verify_tables`), so a
+    migrate that returns means ``run`` accepts the database. An empty list
+    means there was nothing to do.
+    """
+    dialect = engine.dialect.name
+    creates = dict(zip((LEDGER_TABLE, OUTBOX_TABLE), migration_statements(dialect), strict=True))
+    changes: list[str] = []
     with engine.begin() as connection:
-        for statement in migration_statements(engine.dialect.name):
-            connection.exec_driver_sql(statement)
-    return [name for name in (LEDGER_TABLE, OUTBOX_TABLE) if name not in before]
+        inspector = sa.inspect(connection)
+        for table in (ledger, outbox):
+            if not inspector.has_table(table.name):
+                connection.exec_driver_sql(creates[table.name])
+                changes.append(f"created table {table.name}")
+                continue
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                definition = _UPGRADES[dialect].get((table.name, column.name))
+                if definition is None:
+                    raise ConfigError(
+                        f"{table.name} lacks column {column.name!r}, which migrate cannot add "
+                        "to an existing table: is it the adapter's table? (rename it, or drop it "
+                        "if it holds nothing you need, and run migrate again)"
+                    )
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {table.name} ADD COLUMN {column.name} {definition}"
+                )
+                changes.append(f"added column {table.name}.{column.name}")
+        verify_tables(sa.inspect(connection))
+    return changes
 
 
 def verify_tables(inspector: Any) -> None:

@@ -9,41 +9,73 @@ CONFLICT DO NOTHING``). A concurrent commit with the same ``correlationId``
 waits on that row (PostgreSQL's unique index; SQLite's write lock), then
 finds it and replays the stored answer: one database arbiter, one effect.
 
-The methods are plain ``def``: the dispatcher runs them in worker threads,
-so blocking database calls never stall the connection.
+The methods are ``async def``. On PostgreSQL a request never leaves the event
+loop: SQLAlchemy's asyncio extension drives psycopg 3's async driver, and
+each operation runs as one piece of synchronous SQLAlchemy code inside one
+greenlet (:func:`sqlalchemy.util.greenlet_spawn`), so its statements cost no
+thread and no hop between threads. SQLite's driver blocks, so there each
+operation runs in one of the source's own worker threads.
+
+Reads run in autocommit mode: one statement, one round trip, no ``BEGIN``
+or ``ROLLBACK``. Connections are not pinged when checked out; a request
+that finds its pooled connection dead retries once on a fresh one (a commit
+may, because the ledger makes it idempotent).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
-import threading
+import re
+import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Final
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from ...errors import ConfigError, SourceError
 from ...serve.datasource import DataSource, RequestContext
 from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
 from .models import ModelMap, ServedModel
-from .query import column_for, plan_list
+from .query import MAX_BOUND_VALUES, column_for, plan_list
 from .schema import ledger, outbox, verify_tables
-from .values import python_type, to_column_value, to_json_row
+from .values import json_text, python_type, to_column_value, to_json_row, to_json_value
 
-__all__ = ["SQLSource", "create_database_engine", "database_url", "describe_database_error"]
+__all__ = [
+    "DEFAULT_POOL_SIZE",
+    "SQLSource",
+    "create_database_engine",
+    "database_url",
+    "describe_database_error",
+]
 
 log = logging.getLogger("connector.sql")
+
+T = TypeVar("T")
 
 ECHO_PREFIX: Final = "ablo"
 # The transaction-scoped advisory lock that orders outbox writes by commit
 # (an arbitrary constant: the bytes of "abloOutb" as a signed 64-bit integer).
 OUTBOX_LOCK: Final = int.from_bytes(b"abloOutb", "big", signed=True)
 LEDGER_RETENTION: Final = dt.timedelta(days=30)
+# Database connections held open. On PostgreSQL more connections than this
+# bought no throughput at 64 requests in flight on a 2-core host (see
+# bench/sql.py); requests beyond it wait for a connection on the event loop.
+DEFAULT_POOL_SIZE: Final = 10
+# A connection is replaced after this long, so a server-side idle timeout or
+# a failover never meets a request first (which would then retry once).
+POOL_RECYCLE_SECONDS: Final = 1800
 
 
 def database_url(url: str | sa.URL) -> sa.URL:
@@ -75,6 +107,39 @@ def database_url(url: str | sa.URL) -> sa.URL:
     )
 
 
+def _require_psycopg() -> None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "PostgreSQL needs psycopg 3: pip install 'ablo-connector[postgres]'"
+        ) from None
+
+
+def _postgres_connect_args(statement_timeout: float | None) -> dict[str, Any]:
+    # statement_timeout cancels a statement that runs longer, in the database:
+    # a request past its deadline has been answered already, and its query
+    # must not keep holding a connection and its locks.
+    return {
+        "connect_timeout": 10,
+        "application_name": "ablo-connector",
+        **(
+            {"options": f"-c statement_timeout={int(statement_timeout * 1000)}"}
+            if statement_timeout
+            else {}
+        ),
+    }
+
+
+def _existing_sqlite_file(parsed: sa.URL) -> None:
+    path = Path(str(parsed.database))
+    if not path.is_file():
+        raise ConfigError(
+            f"the SQLite database {str(path)!r} does not exist (sqlite:///relative/path.db is "
+            "relative to the working directory; sqlite:////absolute/path.db is absolute)"
+        )
+
+
 def create_database_engine(
     url: str | sa.URL,
     *,
@@ -82,48 +147,56 @@ def create_database_engine(
     max_overflow: int = 10,
     pool_timeout: float = 10.0,
     statement_timeout: float | None = 30.0,
+    must_exist: bool = False,
 ) -> sa.Engine:
-    """An engine with the settings the adapter relies on (see the listeners below).
+    """A synchronous engine with the settings the adapter relies on.
 
-    ``statement_timeout`` (PostgreSQL) cancels a statement that runs longer,
-    in the database: a request past its deadline has been answered already,
-    and its query must not keep holding a connection and its locks.
+    ``must_exist`` refuses a SQLite file that is not there (SQLite would
+    create an empty one). :class:`SQLSource` serves PostgreSQL through an
+    asyncio engine instead; this one is for ``migrate``, scripts and tests.
     """
     parsed = database_url(url)
     if parsed.get_backend_name() == "postgresql":
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "PostgreSQL needs psycopg 3: pip install 'ablo-connector[postgres]'"
-            ) from None
-        engine = sa.create_engine(
+        _require_psycopg()
+        return sa.create_engine(
             parsed,
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_timeout=pool_timeout,
-            pool_pre_ping=True,  # a database restart costs one reconnect, not one failed request
-            connect_args={
-                "connect_timeout": 10,
-                "application_name": "ablo-connector",
-                **(
-                    {"options": f"-c statement_timeout={int(statement_timeout * 1000)}"}
-                    if statement_timeout
-                    else {}
-                ),
-            },
+            pool_pre_ping=True,  # scripts and migrate are not latency-bound
+            json_serializer=json_text,
+            connect_args=_postgres_connect_args(statement_timeout),
         )
-    else:
-        engine = sa.create_engine(
-            parsed,
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            pool_timeout=pool_timeout,
-            connect_args={"timeout": 30, "check_same_thread": False},
-        )
-        sa.event.listen(engine, "connect", _sqlite_connect)
-        sa.event.listen(engine, "begin", _sqlite_begin)
+    if must_exist:
+        _existing_sqlite_file(parsed)
+    engine = sa.create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        json_serializer=json_text,
+        connect_args={"timeout": 30, "check_same_thread": False},
+    )
+    sa.event.listen(engine, "connect", _sqlite_connect)
+    sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _create_postgres_async_engine(
+    parsed: sa.URL, pool_size: int, statement_timeout: float | None
+) -> AsyncEngine:
+    _require_psycopg()
+    return create_async_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=10.0,
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        # Reads need no transaction; writes ask for one (_LoopDatabase).
+        isolation_level="AUTOCOMMIT",
+        json_serializer=json_text,
+        connect_args=_postgres_connect_args(statement_timeout),
+    )
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -140,14 +213,211 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: sa.Connection) -> None:
+    options = connection.get_execution_options()
+    if options.get("ablo_read", False):
+        return  # one SELECT is atomic on its own: no transaction to open or end
     # A commit takes the write lock before reading the ledger, so two
     # identical commits serialize instead of both deciding to write.
-    write = connection.get_execution_options().get("ablo_write", False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get("ablo_write") else "BEGIN")
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+# ------------------------------------------------------------ how work runs
+
+
+def _run_read(engine: sa.Engine, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+    with engine.connect() as connection:
+        return work(connection, *args)
+
+
+def _run_write(engine: sa.Engine, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+    with engine.begin() as connection:
+        return work(connection, *args)
+
+
+@dataclass(slots=True)
+class _Compiled:
+    """A statement compiled once for the driver, with what binding and reading it takes."""
+
+    sql: str
+    defaults: dict[str, Any]
+    bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
+    columns: tuple[sa.types.TypeEngine[Any], ...]
+    # Known after the first execution (some depend on the type the driver reports).
+    result_processors: tuple[Callable[[Any], Any] | None, ...] | None = None
+    described: bool = False
+
+    def learn(self, dialect: sa.Dialect, description: Sequence[Any]) -> None:
+        processors = tuple(
+            column.dialect_impl(dialect).result_processor(dialect, described.type_code)
+            for column, described in zip(self.columns, description, strict=True)
+        )
+        self.result_processors = processors if any(p is not None for p in processors) else None
+        self.described = True
+
+
+def _process_rows(compiled: _Compiled, rows: list[Any]) -> list[Any]:
+    processors = compiled.result_processors
+    if processors is None:
+        return rows
+    return [
+        tuple(value if p is None else p(value) for p, value in zip(processors, row, strict=True))
+        for row in rows
+    ]
+
+
+class _LoopDatabase:
+    """PostgreSQL on the event loop: one greenlet per operation, no threads.
+
+    Hot reads (a load by id, a page of events) skip SQLAlchemy's execution
+    layer: their statements are compiled once, and run on the pooled psycopg
+    connection directly as prepared statements. That halves the CPU a read
+    costs (see bench/sql.py); SQLAlchemy's pool still owns the connections.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._reads = engine.sync_engine
+        self._writes = engine.sync_engine.execution_options(isolation_level="READ COMMITTED")
+        self._pool = engine.sync_engine.pool
+        self._dialect = engine.sync_engine.dialect
+        self._compiled: dict[sa.Select[Any], _Compiled] = {}
+
+    async def read(self, work: Callable[..., T], *args: Any) -> T:
+        return await greenlet_spawn(_run_read, self._reads, work, args)
+
+    async def write(self, work: Callable[..., T], *args: Any) -> T:
+        return await greenlet_spawn(_run_write, self._writes, work, args)
+
+    def _compile(self, statement: sa.Select[Any]) -> _Compiled:
+        dialect = self._dialect
+        compiled = statement.compile(dialect=dialect)
+        binds = []
+        for name, bind in compiled.binds.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                binds.append((name, processor))
+        found = self._compiled[statement] = _Compiled(
+            compiled.string,
+            dict(compiled.params),
+            tuple(binds),
+            tuple(column.type for column in statement.selected_columns),
+        )
+        return found
+
+    async def fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
+        """The rows (tuples) of a long-lived statement, e.g. a model's load statement."""
+        compiled = self._compiled.get(statement) or self._compile(statement)
+        values = {**compiled.defaults, **params}
+        for name, processor in compiled.bind_processors:
+            values[name] = processor(values[name])
+        rows = await greenlet_spawn(self._fetch_in_greenlet, compiled, values)
+        return _process_rows(compiled, rows)
+
+    def _fetch_in_greenlet(self, compiled: _Compiled, values: dict[str, Any]) -> list[Any]:
+        # Checkout, statement and checkin in one greenlet: one switch in and
+        # out of it per await, and none per pool operation.
+        dialect = self._dialect
+        try:
+            fairy = self._pool.connect()
+        except dialect.loaded_dbapi.Error as error:
+            raise sa_exc.DBAPIError.instance(
+                None, None, error, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from None
+        try:
+            cursor = fairy.driver_connection.cursor()  # type: ignore[union-attr]
+            await_only(cursor.execute(compiled.sql, values, prepare=True))
+            rows: list[Any] = await_only(cursor.fetchall())
+            if not compiled.described:
+                compiled.learn(dialect, cursor.description)
+        except dialect.loaded_dbapi.Error as error:
+            disconnect = dialect.is_disconnect(error, fairy.dbapi_connection, None)
+            if disconnect:
+                # Every connection opened before this one is suspect too: the
+                # pool replaces them all (as SQLAlchemy's own execute does).
+                self._pool._invalidate(fairy, error)
+            else:
+                fairy.close()
+            raise sa_exc.DBAPIError.instance(
+                None, None, error, dialect.loaded_dbapi.Error,
+                connection_invalidated=disconnect, dialect=dialect,
+            ) from None  # fmt: skip
+        except BaseException:
+            # Cancelled mid-statement: the connection's state is unknown.
+            fairy.invalidate()
+            raise
+        fairy.close()
+        return rows
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    def forget(self) -> None:
+        self.engine.sync_engine.dispose(close=False)
+
+
+class _ThreadDatabase:
+    """A blocking driver (SQLite, or an :class:`sqlalchemy.Engine` passed in):
+    each operation runs in one of the source's worker threads."""
+
+    def __init__(self, engine: sa.Engine, workers: int) -> None:
+        self.engine = engine
+        self._reads = engine.execution_options(ablo_read=True)
+        if engine.dialect.name == "postgresql":
+            self._reads = self._reads.execution_options(isolation_level="AUTOCOMMIT")
+        self._writes = engine.execution_options(ablo_write=True)
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="ablo-sql")
+
+    async def read(self, work: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _run_read, self._reads, work, args)
+
+    async def write(self, work: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _run_write, self._writes, work, args)
+
+    async def fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
+        return await self.read(_fetch, statement, params)
+
+    async def dispose(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.engine.dispose()
+
+
+_Database = _LoopDatabase | _ThreadDatabase
+
+
+# ------------------------------------------------------------ work on one connection
+
+
+def _select_one(connection: sa.Connection) -> None:
+    connection.exec_driver_sql("SELECT 1").close()
+
+
+def _load(connection: sa.Connection, served: ServedModel, key: Any) -> Any:
+    return connection.execute(served.load_statement, {"ablo_id": key}).first()
+
+
+def _fetch(
+    connection: sa.Connection, statement: sa.Select[Any], params: Mapping[str, Any]
+) -> list[Any]:
+    return list(connection.execute(statement, params).all())
+
+
+def _all(connection: sa.Connection, statement: sa.Executable) -> Sequence[Any]:
+    return connection.execute(statement).all()
+
+
+def _sqlite_variable_limit(connection: sa.Connection) -> int:
+    raw = connection.connection.dbapi_connection
+    limit: int = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[union-attr]
+    return limit
 
 
 class SQLSource(DataSource):
@@ -156,106 +426,231 @@ class SQLSource(DataSource):
     ``SQLSource("postgresql://app@db/app", models=ModelMap.from_toml("models.toml"))``
     serves the mapped tables; without ``models`` every table is served under
     its own name. Subclass it to override one operation and let the adapter
-    serve the rest (call ``super()`` to reuse it).
+    serve the rest (``return await super().list(model, query, ctx)``).
 
     Reflection happens in :meth:`prepare` (the CLI calls it at startup to
     fail fast) or, at the latest, on the first request.
+
+    Health: :attr:`healthy` is ``False`` (and :attr:`last_error` says why)
+    from the moment the database could not be reached until a request or
+    :meth:`probe` succeeds again.
+
+    ``url`` may also be an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`
+    (served on the event loop) or an :class:`~sqlalchemy.Engine` (served in
+    worker threads).
     """
 
     def __init__(
         self,
-        url: str | sa.URL | sa.Engine,
+        url: str | sa.URL | sa.Engine | AsyncEngine,
         models: ModelMap | Mapping[str, Any] | None = None,
         *,
         page_size: int = 100,
         max_page_size: int = 1000,
-        pool_size: int = 5,
+        pool_size: int = DEFAULT_POOL_SIZE,
         statement_timeout: float | None = 30.0,
     ) -> None:
         if page_size < 1 or max_page_size < page_size:
             raise ConfigError("page_size must be at least 1 and at most max_page_size")
-        self.engine = (
-            url
-            if isinstance(url, sa.Engine)
-            else create_database_engine(
-                url, pool_size=pool_size, statement_timeout=statement_timeout
-            )
-        )
+        if pool_size < 1:
+            raise ConfigError("the database pool size must be at least 1")
+        self._statement_timeout = statement_timeout
+        self._database: _Database
+        if isinstance(url, AsyncEngine):
+            self._database = _LoopDatabase(url)
+        elif isinstance(url, sa.Engine):
+            self._database = _ThreadDatabase(url, pool_size)
+        else:
+            parsed = database_url(url)
+            if parsed.get_backend_name() == "postgresql":
+                self._database = _LoopDatabase(
+                    _create_postgres_async_engine(parsed, pool_size, statement_timeout)
+                )
+            else:
+                engine = create_database_engine(
+                    parsed, pool_size=pool_size, max_overflow=0, must_exist=True
+                )
+                self._database = _ThreadDatabase(engine, pool_size)
+        self.engine: sa.Engine | AsyncEngine = self._database.engine
         if models is not None and not isinstance(models, ModelMap):
             models = ModelMap.from_dict(models)
         self.model_map = models
         self.page_size = page_size
         self.max_page_size = max_page_size
         self._models: dict[str, ServedModel] | None = None
-        self._prepare_lock = threading.Lock()
+        self._prepare_lock: asyncio.Lock | None = None
         self._can_echo = self.engine.dialect.name == "postgresql"
-        self._write_engine = self.engine.execution_options(ablo_write=True)
+        self._max_bound_values = MAX_BOUND_VALUES
+        self._healthy = True
+        self._last_error: str | None = None
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)
         return f"{type(self).__name__}({url!r})"
 
+    # ------------------------------------------------------------ health
+
+    @property
+    def healthy(self) -> bool:
+        """``False`` while the database is known to be unreachable."""
+        return self._healthy
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the database was last found unreachable (no password, no SQL), or ``None``."""
+        return self._last_error
+
+    async def probe(self) -> bool:
+        """Ask the database for ``SELECT 1`` (reflecting the models first if
+        that has not happened yet); updates :attr:`healthy` and returns it.
+
+        Never raises for a database problem: a readiness check calls it.
+        """
+        try:
+            if self._models is None:
+                await self._prepare_on_loop()
+            else:
+                await self._database.read(_select_one)
+        except ConfigError as error:
+            self._unhealthy(str(error))
+        except sa_exc.SQLAlchemyError as error:
+            self._unhealthy(describe_database_error(error))
+        else:
+            self._healthy, self._last_error = True, None
+        return self._healthy
+
+    def _unhealthy(self, reason: str) -> None:
+        self._healthy, self._last_error = False, reason
+
     # ------------------------------------------------------------ startup
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
-        """The served models, reflected on first use."""
-        return self.prepare()
+        """The served models (reflected by :meth:`prepare`; empty before)."""
+        return self._models or {}
 
     def prepare(self) -> Mapping[str, ServedModel]:
         """Reflect the mapped tables and check the ledger and outbox exist.
 
-        Raises :class:`ConfigError` for a mistake in the map or the schema and
-        ``sqlalchemy.exc.OperationalError`` when the database is unreachable.
+        Call it before the event loop runs (the CLI does, at startup). Raises
+        :class:`ConfigError` for a mistake in the map or the schema, and for
+        a database that cannot work (refused login, no such database), and
+        ``sqlalchemy.exc.OperationalError`` when the database is unreachable
+        (then :attr:`healthy` is ``False`` until a request or :meth:`probe`
+        succeeds). Inside a running event loop, use :meth:`probe` instead.
         """
         if self._models is not None:
             return self._models
-        with self._prepare_lock:
-            if self._models is None:
-                self._models = self._reflect()
-                log.info(
-                    "serving %d model(s) from %s: %s",
-                    len(self._models),
-                    self.engine.url.render_as_string(hide_password=True),
-                    ", ".join(sorted({m.name for m in self._models.values()})),
-                )
+        if isinstance(self._database, _LoopDatabase):
+            # Reflection is not latency-bound: a short-lived synchronous engine
+            # does it, so that the CLI can fail fast before the loop starts.
+            engine = sa.create_engine(
+                self.engine.url.set(drivername="postgresql+psycopg"),
+                poolclass=NullPool,
+                connect_args=_postgres_connect_args(self._statement_timeout),
+            )
+            try:
+                self._models = self._prepare_with(lambda: _run_read(engine, self._reflect, ()))
+            finally:
+                engine.dispose()
+        else:
+            reads = self._database._reads
+            self._models = self._prepare_with(lambda: _run_read(reads, self._reflect, ()))
         return self._models
 
-    def _reflect(self) -> dict[str, ServedModel]:
+    def _prepare_with(
+        self, reflect: Callable[[], dict[str, ServedModel]]
+    ) -> dict[str, ServedModel]:
+        try:
+            models = reflect()
+        except sa_exc.OperationalError as error:
+            problem = self._configuration_problem(error)
+            if problem is not None:
+                raise ConfigError(problem) from None
+            self._unhealthy(describe_database_error(error))
+            raise
+        self._log_serving(models)
+        return models
+
+    async def _prepare_on_loop(self) -> dict[str, ServedModel]:
+        if self._prepare_lock is None:
+            self._prepare_lock = asyncio.Lock()
+        async with self._prepare_lock:
+            if self._models is None:
+                models = await self._database.read(self._reflect)
+                self._log_serving(models)
+                self._models = models
+        return self._models
+
+    def _log_serving(self, models: Mapping[str, ServedModel]) -> None:
+        self._healthy, self._last_error = True, None
+        log.info(
+            "serving %d model(s) from %s: %s",
+            len(models),
+            self.engine.url.render_as_string(hide_password=True),
+            ", ".join(sorted(models)),
+        )
+
+    def _configuration_problem(self, error: sa_exc.OperationalError) -> str | None:
+        """A connection failure that waiting will not cure, as one line, or None."""
+        url = self.engine.url
+        text = str(getattr(error, "orig", None) or error)
+        user = url.username or "(the default user)"
+        if "password authentication failed" in text or "no password supplied" in text:
+            return (
+                f"the database refused the login of user {user!r}: wrong or missing password "
+                "in the database URL"
+            )
+        if re.search(r'role "[^"]*" does not exist', text):
+            return f"the database has no user {user!r}: check the user in the database URL"
+        if re.search(r'database "[^"]*" does not exist', text):
+            return (
+                f"database {url.database!r} does not exist on {url.host}:{url.port or 5432}: "
+                "create it, or fix the database URL"
+            )
+        if "no pg_hba.conf entry" in text or "authentication failed" in text:
+            return (
+                f"the database does not accept user {user!r} from this host (pg_hba.conf), "
+                "or its authentication failed"
+            )
+        return None
+
+    def _reflect(self, connection: sa.Connection) -> dict[str, ServedModel]:
         metadata = sa.MetaData()
-        with self.engine.connect() as connection:
-            inspector = sa.inspect(connection)
-            verify_tables(inspector)
-            specs = self.model_map or ModelMap.of_tables(inspector.get_table_names())
-            if not specs:
-                raise ConfigError(
-                    "the database has no tables to serve (create one, or pass --models)"
-                )
-            served: dict[str, ServedModel] = {}
-            for name, spec in specs.items():
-                try:
-                    table = sa.Table(
-                        spec.table, metadata, schema=spec.schema, autoload_with=connection
-                    )
-                except sa_exc.NoSuchTableError:
-                    where = f"{spec.schema}.{spec.table}" if spec.schema else spec.table
-                    raise ConfigError(f"model {name!r}: table {where!r} does not exist") from None
-                model = ServedModel.reflect(name, spec, table)
-                served[name] = model
-            # The engine's clients lower-case model names; answer to both.
-            for name, model in list(served.items()):
-                served.setdefault(name.lower(), model)
-            return served
+        dialect = connection.dialect.name
+        inspector = sa.inspect(connection)
+        verify_tables(inspector)
+        if dialect == "sqlite":
+            self._max_bound_values = min(MAX_BOUND_VALUES, _sqlite_variable_limit(connection) - 64)
+        specs = self.model_map or ModelMap.of_tables(inspector.get_table_names())
+        if not specs:
+            raise ConfigError("the database has no tables to serve (create one, or pass --models)")
+        served: dict[str, ServedModel] = {}
+        for name, spec in specs.items():
+            try:
+                table = sa.Table(spec.table, metadata, schema=spec.schema, autoload_with=connection)
+            except sa_exc.NoSuchTableError:
+                where = f"{spec.schema}.{spec.table}" if spec.schema else spec.table
+                raise ConfigError(f"model {name!r}: table {where!r} does not exist") from None
+            served[name] = ServedModel.reflect(name, spec, table, dialect)
+        # Served under their map names only: an alias (say, lower-cased)
+        # would reach a model past an authorize hook that checks the name.
+        return served
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Drop the pooled connections without waiting (use :meth:`aclose` in a loop)."""
+        self._database.forget()
 
-    def _model(self, name: str) -> ServedModel:
-        models: Mapping[str, ServedModel] | None = self._models
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._database.dispose()
+
+    async def _model(self, name: str) -> ServedModel:
+        models = self._models
         if models is None:  # not reflected yet (the database was down at startup)
-            with _database_errors():
+            with _answers(), self._database_errors():
                 try:
-                    models = self.prepare()
+                    models = await self._prepare_on_loop()
                 except ConfigError as error:
                     log.error("cannot serve: %s", error)
                     raise SourceError(
@@ -263,58 +658,88 @@ class SQLSource(DataSource):
                     ) from None
         model = models.get(name)
         if model is None:
-            raise SourceError(
-                "source_unknown_model",
-                f"this source serves no model {name!r}",
-                model=name,
-            )
+            raise _unknown_model(name, models)
         return model
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        with self._database_errors():
+            try:
+                result = await attempt()
+            except sa_exc.DBAPIError as error:
+                if not error.connection_invalidated:
+                    raise
+                # A pooled connection died (the server restarted, a proxy
+                # dropped it): the pool is renewed; try once on a fresh one.
+                # Safe for a commit too: had the first attempt committed, the
+                # ledger would answer this one as a replay.
+                log.info("a pooled database connection was closed; retrying on a new one")
+                result = await attempt()
+        self._healthy = True
+        return result
+
+    async def _read(self, work: Callable[..., T], *args: Any) -> T:
+        return await self._retrying(lambda: self._database.read(work, *args))
+
+    async def _write(self, work: Callable[..., T], *args: Any) -> T:
+        return await self._retrying(lambda: self._database.write(work, *args))
+
+    async def _fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
+        return await self._retrying(lambda: self._database.fetch(statement, params))
+
+    @contextmanager
+    def _database_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sa_exc.OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) != _QUERY_CANCELED:
+                self._unhealthy(describe_database_error(error))
+            raise
+        except (sa_exc.InterfaceError, sa_exc.TimeoutError) as error:
+            self._unhealthy(describe_database_error(error))
+            raise
 
     # ------------------------------------------------------------ reads
 
-    def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any] | None:
-        served = self._model(model)
+    async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any] | None:
+        served = await self._model(model)
         key = to_column_value(served.id, "id", id)
-        with _database_errors(), self.engine.connect() as connection:
-            row = connection.execute(
-                sa.select(*served.selected).where(served.id == key).limit(1)
-            ).first()
-        return None if row is None else to_json_row(served.row_to_fields(row._mapping))
+        with _answers():
+            rows = await self._fetch(served.load_statement, {"ablo_id": key})
+        return to_json_row(served.values_to_fields(rows[0])) if rows else None
 
-    def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
-        served = self._model(model)
-        plan = plan_list(served, query, self.page_size, self.max_page_size)
+    async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
+        served = await self._model(model)
+        plan = plan_list(served, query, self.page_size, self.max_page_size, self._max_bound_values)
         if plan.limit == 0:
             return ListPage(rows=[])
-        with _database_errors(), self.engine.connect() as connection:
-            found = connection.execute(plan.statement).all()
+        with _answers():
+            found = await self._read(_all, plan.statement)
         page = found[: plan.limit]
         more = len(found) > plan.limit
+        fields = served.values_to_fields
         return ListPage(
-            rows=[to_json_row(served.row_to_fields(row._mapping)) for row in page],
+            # One conversion for the whole page: JSON-ready values, NaN as null.
+            rows=to_json_value([fields(row) for row in page]),
             next_cursor=plan.next_cursor(served, page[-1]) if more else None,
         )
 
-    def events(self, cursor: str | None, limit: int | None, ctx: RequestContext) -> EventsPage:
+    async def events(
+        self, cursor: str | None, limit: int | None, ctx: RequestContext
+    ) -> EventsPage:
         after = _outbox_cursor(cursor)
         count = min(self.page_size if limit is None else limit, self.max_page_size)
         if count == 0:
             return EventsPage(events=[], next_cursor=cursor)
-        with _database_errors(), self.engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(outbox)
-                .where(outbox.c.cursor > after)
-                .order_by(outbox.c.cursor)
-                .limit(count)
-            ).all()
-        events = [_event(row._mapping) for row in rows]
+        with _answers():
+            rows = await self._fetch(_EVENTS, {"after": after, "count": count})
+        events = [_event(dict(zip(_OUTBOX_COLUMNS, row, strict=True))) for row in rows]
         # The last delivered cursor, or the one given: the engine always has
         # a position to resume from and never sees an event twice.
         return EventsPage(events=events, next_cursor=events[-1]["cursor"] if events else cursor)
 
     # ------------------------------------------------------------ commit
 
-    def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
+    async def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
         if commit.echo is not None and not self._can_echo:
             raise SourceError(
                 "source_commit_echo_not_supported",
@@ -327,69 +752,74 @@ class SQLSource(DataSource):
                 "a commit with a WAL echo must carry the engine's intentHash",
                 status=409,
             )
-        key = commit.correlation_id
-        if not key:  # the dispatcher refuses these first; direct callers too
+        if not commit.correlation_id:  # the dispatcher refuses these first; direct callers too
             raise SourceError(
                 "source_commit_requires_correlation_id", "a commit needs a correlationId"
             )
-        intent = commit.effective_intent_hash
         # Resolve every model before the transaction: a bad name costs no lock.
-        models = [self._model(op.model) for op in commit.operations]
-        organization = commit.scope.organization_id if commit.scope else None
-
-        with _database_errors(), self._write_engine.begin() as connection:
-            if not self._reserve(connection, key, intent):
-                return CommitResult(rows=self._replay(connection, key, intent))
-            rows = [
-                self._apply(connection, served, op)
-                for op, served in zip(commit.operations, models, strict=True)
-            ]
-            if connection.dialect.name == "postgresql":
-                # Cursors come from a sequence when the row is inserted, not
-                # when the transaction commits: without this lock a reader
-                # could see cursor 8 committed while 7 is still in flight,
-                # move past it, and never see 7. Held from here to COMMIT
-                # only (the row changes above stay concurrent).
-                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(OUTBOX_LOCK)))
-            occurred_at = _now_ms()
-            connection.execute(
-                outbox.insert(),
-                [
-                    {
-                        "id": f"{key}:{index}",
-                        "model": op.model,
-                        "entity_id": str(row.get("id", "")),
-                        "type": op.type,
-                        "data": None if op.type == "DELETE" else row,
-                        "organization_id": organization,
-                        "correlation_id": key,
-                        "transaction_id": op.transaction_id,
-                        "occurred_at": occurred_at,
-                    }
-                    for index, (op, row) in enumerate(zip(commit.operations, rows, strict=True))
-                ],
-            )
-            connection.execute(
-                ledger.update().where(ledger.c.client_tx_id == key).values(response=rows)
-            )
-            if commit.echo is not None:
-                connection.execute(
-                    sa.select(
-                        sa.func.pg_logical_emit_message(True, ECHO_PREFIX, commit.echo.payload)
-                    )
-                )
+        models = [await self._model(op.model) for op in commit.operations]
+        with _answers():
+            rows = await self._write(self._commit_in, commit, models)
         return CommitResult(rows=rows)
+
+    def _commit_in(
+        self, connection: sa.Connection, commit: CommitRequest, models: Sequence[ServedModel]
+    ) -> Sequence[Any]:
+        key = commit.correlation_id
+        assert key is not None
+        intent = commit.effective_intent_hash
+        organization = commit.scope.organization_id if commit.scope else None
+        if not self._reserve(connection, key, intent):
+            return self._replay(connection, key, intent)
+        rows = [
+            self._apply(connection, served, op)
+            for op, served in zip(commit.operations, models, strict=True)
+        ]
+        if connection.dialect.name == "postgresql":
+            # Cursors come from a sequence when the row is inserted, not
+            # when the transaction commits: without this lock a reader
+            # could see cursor 8 committed while 7 is still in flight,
+            # move past it, and never see 7. Held from here to COMMIT
+            # only (the row changes above stay concurrent).
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(OUTBOX_LOCK)))
+        occurred_at = _now_ms()
+        connection.execute(
+            outbox.insert(),
+            [
+                {
+                    "id": f"{key}:{index}",
+                    "model": op.model,
+                    "entity_id": str(row.get("id", "")),
+                    "type": op.type,
+                    "data": None if op.type == "DELETE" else row,
+                    "organization_id": organization,
+                    "correlation_id": key,
+                    "transaction_id": op.transaction_id,
+                    "occurred_at": occurred_at,
+                }
+                for index, (op, row) in enumerate(zip(commit.operations, rows, strict=True))
+            ],
+        )
+        connection.execute(
+            ledger.update().where(ledger.c.client_tx_id == key).values(response=rows)
+        )
+        if commit.echo is not None:
+            connection.execute(
+                sa.select(sa.func.pg_logical_emit_message(True, ECHO_PREFIX, commit.echo.payload))
+            )
+        return rows
 
     def _reserve(self, connection: sa.Connection, key: str, intent: str) -> bool:
         insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+        now = dt.datetime.now(dt.UTC)
         statement = (
             insert(ledger)
             .values(
                 client_tx_id=key,
                 response=[],
                 request_hash=intent,
-                expires_at=dt.datetime.now(dt.UTC) + LEDGER_RETENTION,
-                created_at=dt.datetime.now(dt.UTC),
+                expires_at=now + LEDGER_RETENTION,
+                created_at=now,
             )
             .on_conflict_do_nothing(index_elements=[ledger.c.client_tx_id])
             .returning(ledger.c.client_tx_id)
@@ -485,7 +915,7 @@ class SQLSource(DataSource):
     ) -> dict[str, Any] | None:
         if _supports_returning(connection, statement):
             row = connection.execute(statement.returning(*served.selected)).first()
-            return None if row is None else to_json_row(served.row_to_fields(row._mapping))
+            return None if row is None else to_json_row(served.values_to_fields(row))
         if statement.is_delete:
             before = self._select(connection, served, key)
             connection.execute(statement)
@@ -504,8 +934,25 @@ class SQLSource(DataSource):
     def _select(
         self, connection: sa.Connection, served: ServedModel, key: Any
     ) -> dict[str, Any] | None:
-        row = connection.execute(sa.select(*served.selected).where(served.id == key)).first()
-        return None if row is None else to_json_row(served.row_to_fields(row._mapping))
+        row = _load(connection, served, key)
+        return None if row is None else to_json_row(served.values_to_fields(row))
+
+
+_EVENTS: Final = (
+    sa.select(outbox)
+    .where(outbox.c.cursor > sa.bindparam("after"))
+    .order_by(outbox.c.cursor)
+    .limit(sa.bindparam("count"))
+)
+_OUTBOX_COLUMNS: Final = tuple(column.name for column in outbox.columns)
+
+
+def _unknown_model(name: str, models: Mapping[str, ServedModel]) -> SourceError:
+    same = [served for served in models if served.lower() == name.lower()]
+    hint = f" (model names are case-sensitive: did you mean {same[0]!r}?)" if same else ""
+    return SourceError(
+        "source_unknown_model", f"this source serves no model {name!r}{hint}", model=name
+    )
 
 
 def _supports_returning(connection: sa.Connection, statement: Any) -> bool:
@@ -523,10 +970,18 @@ def _archive_stamp(column: sa.Column[Any]) -> Any:
     return dt.datetime.now(dt.UTC)
 
 
+_MAX_CURSOR: Final = (1 << 63) - 1
+
+
 def _outbox_cursor(cursor: str | None) -> int:
     if cursor is None or cursor == "":
         return 0
-    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19:
+    if (
+        not cursor.isascii()
+        or not cursor.isdigit()
+        or len(cursor) > 19
+        or int(cursor) > _MAX_CURSOR
+    ):
         raise SourceError(
             "source_cursor_invalid", "the events cursor must be a cursor this source issued"
         )
@@ -550,9 +1005,17 @@ def _event(row: Mapping[Any, Any]) -> dict[str, Any]:
     return {key: value for key, value in event.items() if value is not None}
 
 
+_QUERY_CANCELED: Final = "57014"  # PostgreSQL's statement_timeout / cancel SQLSTATE
+_UNAVAILABLE: Final = "the database is unavailable; retry"
+
+
 @contextmanager
-def _database_errors() -> Iterator[None]:
-    """Database failures as answers: the caller's mistake, a conflict, or retry later."""
+def _answers() -> Iterator[None]:
+    """Database failures as answers: the caller's mistake, a conflict, or retry later.
+
+    No answer carries SQL text or bound values: only the database's one-line
+    reason, with any quoted input removed.
+    """
     try:
         yield
     except SourceError:
@@ -571,17 +1034,31 @@ def _database_errors() -> Iterator[None]:
                 status=504,
             ) from None
         log.warning("database unavailable: %s", describe_database_error(error))
-        raise SourceError(
-            "source_database_unavailable", "the database is unavailable; retry", status=503
-        ) from None
+        raise SourceError("source_database_unavailable", _UNAVAILABLE, status=503) from None
     except (sa_exc.InterfaceError, sa_exc.TimeoutError) as error:
         log.warning("database unavailable: %s", describe_database_error(error))
+        raise SourceError("source_database_unavailable", _UNAVAILABLE, status=503) from None
+    except sa_exc.DBAPIError as error:
+        log.error("database error: %s", describe_database_error(error))
         raise SourceError(
-            "source_database_unavailable", "the database is unavailable; retry", status=503
+            "source_database_error", "the database failed this request", status=500
+        ) from None
+    except sa_exc.StatementError as error:
+        # A value the driver could not bind (e.g. an integer past 64 bits).
+        log.warning("a value could not be bound: %s", type(error.orig).__name__)
+        raise SourceError(
+            "source_value_invalid", "a value does not fit its column's type"
+        ) from None
+    except sa_exc.SQLAlchemyError as error:
+        log.error("the SQL adapter failed: %s", type(error).__name__, exc_info=True)
+        raise SourceError(
+            "source_adapter_error", "the SQL adapter failed this request", status=500
         ) from None
 
 
-_QUERY_CANCELED: Final = "57014"  # PostgreSQL's statement_timeout / cancel SQLSTATE
+# PostgreSQL repeats rejected input in quotes ('invalid input syntax for
+# type integer: "abc"'): the caller's own value, but a bound value all the same.
+_QUOTED_INPUT = re.compile(r':\s*"[^"]*"?\s*$')
 
 
 def describe_database_error(error: Exception) -> str:
@@ -590,6 +1067,6 @@ def describe_database_error(error: Exception) -> str:
     diag = getattr(original, "diag", None)
     primary = getattr(diag, "message_primary", None)
     if primary:
-        return str(primary)
+        return _QUOTED_INPUT.sub("", str(primary))[:300]
     text = str(original if original is not None else error)
     return text.splitlines()[0][:300] if text else type(error).__name__

@@ -16,14 +16,27 @@ import decimal
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import pydantic_core
 import sqlalchemy as sa
 
 from ...errors import SourceError
 
-__all__ = ["ValueRejected", "to_column_value", "to_json_row", "to_json_value"]
+__all__ = [
+    "INTEGER_BITS",
+    "ValueRejected",
+    "integer_bits",
+    "json_text",
+    "to_column_value",
+    "to_json_row",
+    "to_json_value",
+]
+
+# Where a column's integer width is kept once reflected (``Column.info``):
+# the bound check below costs one dict hit, and a value past it is the
+# caller's mistake (400), not an overflow inside the driver.
+INTEGER_BITS: Final = "ablo_integer_bits"
 
 
 class ValueRejected(SourceError):
@@ -56,6 +69,23 @@ def python_type(column: sa.Column[Any]) -> type | None:
         return None
 
 
+def integer_bits(column_type: sa.types.TypeEngine[Any], dialect: str) -> int:
+    """How many bits an integer column holds on ``dialect``."""
+    if isinstance(column_type, sa.SmallInteger):
+        return 16
+    if isinstance(column_type, sa.BigInteger) or dialect != "postgresql":
+        return 64  # SQLite stores every INTEGER in 64 bits
+    return 32
+
+
+def _in_range(column: sa.Column[Any], field: str, value: int) -> int:
+    bits = column.info.get(INTEGER_BITS, 64)
+    limit = 1 << (bits - 1)
+    if -limit <= value < limit:
+        return value
+    raise ValueRejected(field, f"an integer within {bits}-bit range", value)
+
+
 def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
     """``value`` (decoded JSON) as the Python type ``column`` binds."""
     if value is None:
@@ -65,8 +95,8 @@ def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
         return json.dumps(value) if isinstance(value, dict | list) else value
     if field == "id" and isinstance(value, str) and kind is int:
         # Row ids travel as strings; an integer key column takes their number.
-        if value.isascii() and value.lstrip("-").isdigit() and len(value) < 20:
-            return int(value)
+        if value.isascii() and value.lstrip("-").isdigit() and len(value) < 21:
+            return _in_range(column, field, int(value))
         raise ValueRejected(field, "an integer id", value)
     if kind is bool:
         if isinstance(value, bool):
@@ -78,9 +108,9 @@ def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
         raise ValueRejected(field, "a number", value)
     if kind is int:
         if isinstance(value, int):
-            return value
+            return _in_range(column, field, value)
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            return _in_range(column, field, int(value))
         raise ValueRejected(field, "an integer", value)
     if kind is float:
         if isinstance(value, int | float):
@@ -89,9 +119,12 @@ def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
     if kind is decimal.Decimal:
         if isinstance(value, int | float | str):
             try:
-                return decimal.Decimal(str(value))
+                number = decimal.Decimal(str(value))
             except decimal.InvalidOperation:
                 pass
+            else:
+                if number.is_finite():  # JSON has no NaN or Infinity
+                    return number
         raise ValueRejected(field, "a decimal number", value)
     if kind is str:
         if isinstance(value, str):
@@ -135,7 +168,10 @@ def _datetime(column: sa.Column[Any], field: str, value: Any) -> dt.datetime:
         moment = _parsed(dt.datetime.fromisoformat, field, "an ISO timestamp", value)
     if not getattr(column.type, "timezone", False) and moment.tzinfo is not None:
         # A column without a time zone holds UTC wall time.
-        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+        try:
+            moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:  # 9999-12-31T23:00-05:00 is past year 9999 in UTC
+            raise ValueRejected(field, "a timestamp within years 1 to 9999 in UTC", value) from None
     return moment
 
 
@@ -143,10 +179,22 @@ def to_json_value(value: Any) -> Any:
     """A column value as the JSON-ready value the engine receives.
 
     Types JSON has no form for (ranges, geometry, ...) are served as their
-    text, rather than failing the whole row.
+    text, rather than failing the whole row. NaN and ±Infinity become
+    ``null``, as JavaScript's ``JSON.stringify`` (the engine's) writes them:
+    a row holding one stays servable, and its outbox event valid JSON.
     """
-    return pydantic_core.to_jsonable_python(value, bytes_mode="base64", fallback=str)
+    return pydantic_core.to_jsonable_python(
+        value, bytes_mode="base64", inf_nan_mode="null", fallback=str
+    )
 
 
 def to_json_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: to_json_value(value) for key, value in row.items()}
+    result: dict[str, Any] = to_json_value(dict(row))
+    return result
+
+
+def json_text(value: Any) -> str:
+    """What the adapter writes into a ``json``/``jsonb`` column (never a bare NaN)."""
+    return pydantic_core.to_json(
+        value, bytes_mode="base64", inf_nan_mode="null", fallback=str
+    ).decode()
