@@ -289,12 +289,19 @@ def _resolve_api_key(ctx: click.Context, api_key: str | None, api_key_file: str 
     metavar="URL",
     help="Run as one of several replicas: dial only while holding this lock (file:///path).",
 )
+@_setting(
+    "--ha-lease-duration",
+    "ABLO_HA_LEASE_DURATION",
+    type=click.FloatRange(min=3.0),
+    default=15.0,
+    help="Seconds a vanished leader keeps the --ha-lock (PostgreSQL, Kubernetes) before a standby takes over.",
+)
 @_setting("--stable-after", type=click.FloatRange(min=0), default=10.0, hidden=True)
 @_setting("--reconnect-schedule", default="0,1,2,5,10,30", hidden=True)
 @_setting("--log-level", "ABLO_LOG_LEVEL", type=LOG_LEVELS, default="info")
 @_setting("--log-format", "ABLO_LOG_FORMAT", type=click.Choice(["text", "json"]), default="text")
 @click.pass_context
-def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, database_url: str | None, models_path: str | None, base_url: str, max_in_flight: int, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, open_timeout: float, ping_interval: float, ping_timeout: float, health_addr: str | None, ha_lock: str | None, stable_after: float, reconnect_schedule: str, log_level: str, log_format: str) -> None:  # fmt: skip
+def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handler_spec: str | None, database_url: str | None, models_path: str | None, base_url: str, max_in_flight: int, request_timeout: float, shutdown_grace: float, max_message_size: int, superseded_backoff: float, exit_on_auth_failure: bool, allow_insecure: bool, compression: bool, open_timeout: float, ping_interval: float, ping_timeout: float, health_addr: str | None, ha_lock: str | None, ha_lease_duration: float, stable_after: float, reconnect_schedule: str, log_level: str, log_format: str) -> None:  # fmt: skip
     """Dial the engine and serve your Data Source until stopped.
 
     Serve your own handler (--handler), or tables of a database with no code
@@ -326,6 +333,7 @@ def run(ctx: click.Context, api_key: str | None, api_key_file: str | None, handl
             reconnect_schedule=_schedule(reconnect_schedule),
             health_addr=health_addr or None,
             ha_lock=ha_lock or None,
+            ha_lease_duration=ha_lease_duration,
         )
         source = _build_source(
             handler_spec, database_url, models_path, formatter,

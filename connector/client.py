@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, NoReturn, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -55,6 +55,7 @@ __all__ = [
     "InFlight",
     "ProtocolMismatch",
     "RateLimited",
+    "ServingGate",
     "Superseded",
 ]
 
@@ -120,6 +121,16 @@ class ProtocolMismatch(ConnectFailure):
     """The engine speaks another protocol version."""
 
     code = "protocol_version_mismatch"
+
+
+class ServingGate(Protocol):
+    """May this replica serve now? The HA lock while leading (see :mod:`connector.ha`)."""
+
+    def may_serve(self) -> bool: ...
+
+    async def confirm(self) -> bool:
+        """Wait until serving may go on; False once it may not (the lock is lost)."""
+        ...
 
 
 class InFlight:
@@ -216,8 +227,11 @@ class Connection:
         status: ConnectorStatus,
         in_flight: InFlight,
         observer: Observer | None = None,
+        *,
+        gate: ServingGate | None = None,
     ) -> None:
         self._config = config
+        self._gate = gate
         self._observer = observer or Observer()
         self._dispatcher = dispatcher
         self._status = status
@@ -340,10 +354,15 @@ class Connection:
 
     async def _read_loop(self, ws: ClientConnection) -> None:
         slots = self._in_flight.slots
+        gate = self._gate
         while True:
             await slots.acquire()
             try:
                 raw = await ws.recv()
+                # The fence: checked per frame, on the clock, so a stalled or
+                # paused leader cannot serve on a lock it may have lost.
+                if gate is not None and not gate.may_serve() and not await gate.confirm():
+                    await _read_no_more()
             except BaseException:
                 slots.release()
                 raise
@@ -473,6 +492,13 @@ class Connection:
             return ConnectionLost("keepalive ping timed out (half-open link)", ready_for=ready_for)
         detail = f"code {code}" + (f" ({reason})" if reason else "") if code else reason
         return ConnectionLost(f"connection closed: {detail}", ready_for=ready_for)
+
+
+async def _read_no_more() -> NoReturn:
+    """Hold the frame in hand unanswered (the engine retries it elsewhere) and
+    read nothing more: the supervisor, told by the lock, closes this connection."""
+    await asyncio.get_running_loop().create_future()
+    raise AssertionError("unreachable")
 
 
 def _frames_waiting(ws: ClientConnection) -> int:

@@ -77,6 +77,8 @@ class Config:
     # High availability: dial only while holding this lock (file:///path)
     ha_lock: str | None = None
     ha_retry_interval: float = 0.5
+    # How long a vanished leader (host lost, cut off, frozen) keeps the lock.
+    ha_lease_duration: float = 15.0
 
     def __post_init__(self) -> None:
         if not self.api_key or not self.api_key.strip():
@@ -107,7 +109,7 @@ class Config:
             from .ha import lock_from_url
 
             try:
-                lock_from_url(self.ha_lock)
+                lock_from_url(self.ha_lock, lease_duration=self.ha_lease_duration)
             except ValueError as error:
                 raise ConfigError(str(error)) from None
         if self.health_addr is not None:
