@@ -246,6 +246,9 @@ class Connector:
                     "back to standby",
                     lock.description,
                 )
+                # The others get their turn before this replica tries again.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self.config.ha_retry_interval)
         await lock.release()  # a standby's own session, if the backend keeps one
 
     # ----------------------------------------------------------- internals
