@@ -35,6 +35,14 @@ keeps counting while a machine is suspended. This holds for every way a lock
 can be lost: the holder dies, its session is killed or the file replaced by
 someone else, its host is cut off, the database restarts.
 
+Put as "the old leader's worst-case detection plus its time to stop reading
+must end before the earliest moment another replica can hold *and use* the
+lock": the worst-case detection is S after ``c`` (the window lapses by
+itself, whether or not any message about the loss arrives), the time to stop
+reading is zero (the check is made on each frame at the moment it would be
+dispatched), and the earliest use is no sooner than ``c + S``, since the lock
+was freed after ``c`` and its taker waits S.
+
 Detection then decides only how soon an old leader lets go of its engine
 socket and how long a take-over takes, never whether two replicas overlap:
 

@@ -361,6 +361,25 @@ async def test_file_lock_refuses_a_directory_other_users_can_write(tmp_path: Pat
         await lock.try_acquire()
 
 
+async def test_daemon_exits_78_on_an_unsafe_lock_path(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    (tmp_path / "lock").symlink_to(tmp_path / "elsewhere")
+    for url, expected in (
+        (f"file://{shared}/leader.lock", "can be written by other users"),
+        (f"file://{tmp_path}/lock", "is a symbolic link"),
+    ):
+        args = connector_args("http://127.0.0.1:9", "tests.handlers:TestSource", "--ha-lock", url)
+        proc = await Process(args, ENV).start()
+        try:
+            assert await proc.wait(20) == 78
+            assert expected in proc.output()
+        finally:
+            await proc.stop()
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_lease_duration_has_a_floor() -> None:
     with pytest.raises(ConfigError, match="at least 3"):
         Config(api_key=KEY, ha_lock="k8s://ns/l", ha_lease_duration=2)
