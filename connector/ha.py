@@ -464,6 +464,17 @@ class PostgresLock(LeaderLock):
         return settings
 
     async def try_acquire(self) -> bool:
+        kept = self._connection is not None and not self._connection.closed
+        try:
+            return await self._try_lock()
+        except OSError:
+            if not kept:
+                raise
+        # The session kept since the last attempt had ended (a server restart,
+        # a standby frozen past its idle timeout): once more, on a new one.
+        return await self._try_lock()
+
+    async def _try_lock(self) -> bool:
         connection = self._connection
         if connection is None or connection.closed:
             connection = self._connection = await self._connect()
@@ -530,7 +541,7 @@ class PostgresLock(LeaderLock):
         try:
             return task.result()
         except psycopg.Error as error:
-            self._discard(connection, None)
+            self._discard(connection)
             raise OSError(_describe(error)) from None
 
     async def _check(self) -> bool:
@@ -591,17 +602,22 @@ class PostgresLock(LeaderLock):
         checking, self._checking = self._checking, None
         if connection is None:
             return
-        if was_held and (checking is None or checking.done()):
-            with contextlib.suppress(OSError):
+        pending = checking if checking is not None and not checking.done() else None
+        if was_held and pending is None:
+            try:
                 await self._query(
                     connection, "SELECT pg_advisory_unlock(%s)", (self.key,), _UNLOCK_TIMEOUT
                 )
-        self._discard(connection, checking)
+            except OSError:
+                return  # _query has discarded the connection
+        self._discard(connection, pending)
 
-    def _discard(self, connection: Any, pending: asyncio.Future[Any] | None) -> None:
-        """Close ``connection`` in the background, after shutting its socket so
-        nothing waits on the network (closing ends the session: no lock stays)."""
-        _shut(connection)
+    def _discard(self, connection: Any, pending: asyncio.Future[Any] | None = None) -> None:
+        """Close ``connection`` in the background (which ends the session, and
+        any lock with it); if a query on it still waits, shut its socket first
+        so that nothing waits on a network that may be gone."""
+        if pending is not None and not pending.done():
+            _shut(connection)
 
         async def close() -> None:
             if pending is not None and not pending.done():

@@ -158,8 +158,13 @@ async def test_file_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     await second.release()
 
 
-def test_lock_urls() -> None:
+async def test_lock_urls(monkeypatch: Any) -> None:
     assert isinstance(lock_from_url("file:///var/run/ablo.lock"), FileLock)
+    monkeypatch.delenv("ABLO_K8S_API_URL", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    in_cluster = lock_from_url("k8s:///ablo")  # valid outside a pod, usable only inside
+    with pytest.raises(OSError, match="need to run in a pod"):
+        await in_cluster.try_acquire()
     for bad in ("file://host/x", "redis://x", "file://"):
         with pytest.raises(ValueError):
             lock_from_url(bad)

@@ -113,8 +113,10 @@ class Stream:
                 await self._running
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
-        for task in self._tasks:
+        left = list(self._tasks)
+        for task in left:
             task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
 
 class Matrix:
@@ -233,8 +235,12 @@ class Matrix:
         round_.gap = max((b - a for a, b in itertools.pairwise(answered)), default=0)
         if round_.gap > round_.bound:
             round_.problems.append(f"gap {round_.gap:.2f} s exceeds the bound {round_.bound:.2f} s")
-        last = max(exchanges, key=lambda e: e.answered_at if e.connector in leader_of else 0)
-        round_.new_leader = leader_of.get(last.connector)
+        last = max(
+            (e for e in exchanges if e.connector in leader_of),
+            key=lambda e: e.answered_at,
+            default=None,
+        )
+        round_.new_leader = None if last is None else leader_of[last.connector]
         failed = [r for r in stream.results if r.status != 200]
         if failed or len(stream.results) < 10:
             round_.problems.append(
