@@ -365,3 +365,12 @@ async def test_run_turns_core_dumps_off() -> None:
         assert await cli.wait(10) == 0
     core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
     assert core.split()[4:6] == ["0", "0"], core
+
+
+async def test_a_kubernetes_lock_outside_a_pod_is_one_line_and_78() -> None:
+    args = ["run", "--handler", "tests.handlers:TestSource", "--ha-lock", "k8s://ns/ablo"]
+    env = {**ENV, "KUBERNETES_SERVICE_HOST": "", "ABLO_K8S_API_URL": ""}
+    async with process(args, env) as cli:
+        assert await cli.wait(15) == 78
+        output = cli.output()
+    assert "k8s:// locks run in a Kubernetes pod" in output and "Traceback" not in output

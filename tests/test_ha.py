@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +15,8 @@ from typing import Any
 import pytest
 
 from connector import Config, ConfigError, Connector, DataSource
-from connector.daemon.ha import FileLock, lock_from_url
+from connector.daemon import ha
+from connector.daemon.ha import FileLock, LeaderLock, PostgresLock, lock_from_url
 from connector.dev.engine import DevEngine
 from tests.helpers import Process, connector_args, eventually, free_port
 
@@ -156,8 +158,16 @@ async def test_file_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     await second.release()
 
 
-def test_lock_urls() -> None:
+async def test_lock_urls(monkeypatch: Any) -> None:
     assert isinstance(lock_from_url("file:///var/run/ablo.lock"), FileLock)
+    monkeypatch.delenv("ABLO_K8S_API_URL", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ValueError, match="k8s:// locks run in a Kubernetes pod"):
+        lock_from_url("k8s:///ablo")  # outside a pod no attempt could ever succeed
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    in_cluster = lock_from_url("k8s:///ablo")  # credentials are read when first used
+    with pytest.raises(OSError):
+        await in_cluster.try_acquire()  # no service account mounted here
     for bad in ("file://host/x", "redis://x", "file://"):
         with pytest.raises(ValueError):
             lock_from_url(bad)
@@ -178,29 +188,6 @@ async def pg_replicas(engine: DevEngine, dsn: str, count: int = 3) -> AsyncItera
     finally:
         for proc in started:
             await proc.stop()
-
-
-async def test_postgres_lock_one_leader_and_sigkill_takeover(postgres: Any) -> None:
-    async with (
-        DevEngine(KEY, request_timeout=2, max_attempts=10) as engine,
-        pg_replicas(engine, postgres.dsn) as group,
-    ):
-        await engine.wait_attached(20)
-        await asyncio.sleep(2)
-        assert (engine.attaches, engine.supersedes) == (1, 0)
-        result = await engine.request({"type": "load", "model": "m", "id": "who"})
-        leader = next(p for p in group if p.pid == result.json()["row"]["pid"])
-        async with steady_stream(engine) as stream_results:
-            await asyncio.sleep(0.5)
-            leader.signal(signal.SIGKILL)
-            killed_at = time.monotonic()
-            await leader.wait()
-            await eventually(lambda: engine.attaches == 2 and engine.attached, timeout=10)
-            assert time.monotonic() - killed_at < 5
-            await asyncio.sleep(0.5)
-        assert stream_results and all(r.status == 200 for r in stream_results)
-        assert engine.supersedes == 0
-        assert (await engine.request({"type": "load", "model": "m", "id": "x"})).status == 200
 
 
 async def test_postgres_lost_means_fenced(postgres: Any) -> None:
@@ -275,8 +262,9 @@ async def test_k8s_lease_replicas_take_over_after_a_kill() -> None:
             try:
                 for _ in range(2):
                     args = connector_args(
-                        engine.base_url, "tests.handlers:TestSource", "--ha-lock", "k8s://ns/ablo"
-                    )
+                        engine.base_url, "tests.handlers:TestSource", "--ha-lock", "k8s://ns/ablo",
+                        "--ha-lease-duration", "3",
+                    )  # fmt: skip
                     group.append(await Process(args, env).start())
                 await engine.wait_attached(20)
                 await asyncio.sleep(1)
@@ -291,3 +279,241 @@ async def test_k8s_lease_replicas_take_over_after_a_kill() -> None:
                     await proc.stop()
     finally:
         await api.close()
+
+
+# ------------------------------------------------------------ the fence window
+
+
+class _ScriptedLock(LeaderLock):
+    """A lock whose confirmations the test decides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settle_delay = 0.3
+        self.confirm_interval = 10.0  # confirms only when asked to
+        self.verdicts: list[bool | None] = []
+        self.checks = 0
+
+    async def try_acquire(self) -> bool:
+        self._took(ha._now())
+        return True
+
+    async def _check(self) -> bool | None:
+        self.checks += 1
+        return self.verdicts.pop(0)
+
+    async def release(self) -> None:
+        self._let_go()
+
+
+async def test_a_leader_serves_only_within_the_settle_delay_of_a_confirmation() -> None:
+    lock = _ScriptedLock()
+    assert await lock.try_acquire() and lock.may_serve()
+    watcher = asyncio.create_task(lock.wait_lost())
+    time.sleep(0.35)  # the event loop stalls past the window (GC, CPU starvation, SIGSTOP)
+    assert not lock.may_serve(), "a stalled leader must not serve on an old confirmation"
+    lock.verdicts.append(True)
+    assert await asyncio.wait_for(lock.confirm(), 2)
+    assert lock.may_serve() and lock.checks == 1
+    time.sleep(0.35)
+    lock.verdicts.append(False)
+    assert not await asyncio.wait_for(lock.confirm(), 2)
+    assert not lock.held and not lock.may_serve()
+    await asyncio.wait_for(watcher, 1)
+
+
+# ------------------------------------------------------------ file lock safety
+
+
+async def test_file_lock_refuses_a_symlink_and_leaves_its_target_alone(tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.write_text("keep me\n")
+    (tmp_path / "leader.lock").symlink_to(precious)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        await FileLock(str(tmp_path / "leader.lock")).try_acquire()
+    assert precious.read_text() == "keep me\n"
+    (tmp_path / "dangling.lock").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="symbolic link"):
+        await FileLock(str(tmp_path / "dangling.lock")).try_acquire()
+    assert not (tmp_path / "nowhere").exists(), "followed a dangling link to create its target"
+
+
+async def test_file_lock_never_writes_a_file_it_did_not_create(tmp_path: Path) -> None:
+    existing = tmp_path / "leader.lock"
+    existing.write_text("someone else's content\n")
+    lock = FileLock(str(existing))
+    assert await lock.try_acquire()
+    assert existing.read_text() == "someone else's content\n"
+    await lock.release()
+    os.link(existing, tmp_path / "second-name")
+    with pytest.raises(ConfigError, match="hard links"):
+        await FileLock(str(existing)).try_acquire()
+
+
+async def test_file_lock_refuses_a_directory_other_users_can_write(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for mode in (0o777, 0o770, 0o757):
+        shared.chmod(mode)
+        with pytest.raises(ConfigError, match="can be written by other users"):
+            FileLock(str(shared / "leader.lock"))
+        assert not (shared / "leader.lock").exists()
+    # Sticky and owned by this user: others cannot rename or delete our file.
+    shared.chmod(0o1777)
+    lock = FileLock(str(shared / "leader.lock"))
+    assert await lock.try_acquire()
+    await lock.release()
+    # A directory that turns unsafe later is refused at the next attempt.
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError):
+        await lock.try_acquire()
+
+
+async def test_daemon_exits_78_on_an_unsafe_lock_path(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    (tmp_path / "lock").symlink_to(tmp_path / "elsewhere")
+    for url, expected in (
+        (f"file://{shared}/leader.lock", "can be written by other users"),
+        (f"file://{tmp_path}/lock", "is a symbolic link"),
+    ):
+        args = connector_args("http://127.0.0.1:9", "tests.handlers:TestSource", "--ha-lock", url)
+        proc = await Process(args, ENV).start()
+        try:
+            assert await proc.wait(20) == 78
+            assert expected in proc.output()
+        finally:
+            await proc.stop()
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_lease_duration_has_a_floor() -> None:
+    with pytest.raises(ConfigError, match="at least 3"):
+        Config(api_key=KEY, ha_lock="k8s://ns/l", ha_lease_duration=2)
+    assert Config(api_key=KEY, ha_lock="k8s://ns/l", ha_lease_duration=3).ha_lease_duration == 3
+
+
+# ------------------------------------------------------------- Lease and clocks
+
+
+async def test_lease_expiry_is_judged_on_the_standby_clock(monkeypatch: Any) -> None:
+    """A holder whose wall clock runs 20 s slow writes renewTimes that look
+    expired to everyone else; only a lease seen unchanged for its duration,
+    on the standby's own clock, may be taken."""
+    from connector.daemon.ha import LeaseLock
+
+    from tests.fake_k8s import FakeLeaseAPI
+
+    real = ha._micro_time
+    monkeypatch.setattr(ha, "_micro_time", lambda when=None: real(time.time() - 20))
+    api = await FakeLeaseAPI().start()
+    try:
+
+        def lease(identity: str) -> LeaseLock:
+            return LeaseLock(
+                api.url, "ns", "skew", token=api.token, identity=identity,
+                lease_duration=1.0, renew_deadline=0.6, retry_period=0.2,
+            )  # fmt: skip
+
+        holder, standby = lease("slow-clock"), lease("standby")
+        assert await holder.try_acquire()
+        renewing = asyncio.create_task(holder.wait_lost())
+        until = time.monotonic() + 2.5  # two and a half lease durations of renewals
+        while time.monotonic() < until:
+            assert not await standby.try_acquire(), "took a lease its holder keeps renewing"
+            await asyncio.sleep(0.1)
+        assert not renewing.done() and holder.may_serve()
+
+        renewing.cancel()  # the holder dies: no more renewals
+        stopped = time.monotonic()
+        while not await standby.try_acquire():
+            await asyncio.sleep(0.05)
+        waited = time.monotonic() - stopped
+        assert 0.7 < waited < 2.0, f"took over {waited:.2f} s after the last renewal"
+    finally:
+        await api.close()
+
+
+# ------------------------------------------------------- PostgreSQL detection
+
+
+def _lock_name() -> str:
+    import uuid
+
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+async def test_postgres_leader_cut_off_fences_itself_and_the_server_frees_its_lock(
+    postgres_server: Any,
+) -> None:
+    from tests.tcp_proxy import FreezableProxy
+
+    proxy = await FreezableProxy(postgres_server.port).start()
+    name = _lock_name()
+    leader = PostgresLock(
+        f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres", name, lease_duration=3.0
+    )
+    standby = PostgresLock(postgres_server.dsn, name, lease_duration=3.0)
+    try:
+        assert await leader.try_acquire()
+        cursor = await leader._connection.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('idle_session_timeout',"
+            " 'tcp_user_timeout', 'tcp_keepalives_idle', 'tcp_keepalives_count') ORDER BY name"
+        )
+        assert await cursor.fetchall() == [
+            ("idle_session_timeout", "3000"),  # ms
+            ("tcp_keepalives_count", "2"),
+            ("tcp_keepalives_idle", "1"),  # s, then 2 probes 1 s apart
+            ("tcp_user_timeout", "3000"),
+        ]
+        watcher = asyncio.create_task(leader.wait_lost())
+        assert not await standby.try_acquire()
+
+        proxy.freeze()  # packets to and from the leader vanish; nothing is closed
+        frozen = time.monotonic()
+        await eventually(lambda: not leader.may_serve(), timeout=leader.settle_delay + 1)
+        await asyncio.wait_for(watcher, leader.lost_after + 2)
+        assert not leader.held
+        released = time.monotonic()
+        await leader.release()  # never waits on the network it cannot reach
+        assert time.monotonic() - released < 0.5
+
+        while not await standby.try_acquire():
+            await asyncio.sleep(0.1)
+        took = time.monotonic() - frozen
+        # The server dropped the silent session after the lease duration, not
+        # before: nobody could take the lock while the leader might serve.
+        assert 3.0 - leader.confirm_interval - 0.2 < took < 3.0 + 1.5, took
+    finally:
+        await leader.release()
+        await standby.release()
+        await proxy.close()
+
+
+async def test_postgres_leader_notices_a_killed_session_at_once(postgres_server: Any) -> None:
+    import psycopg
+
+    # Probes 5 s apart: only the watched socket can tell within a second.
+    lock = PostgresLock(
+        postgres_server.dsn, _lock_name(), lease_duration=15, probe_interval=5, settle_delay=6
+    )
+    try:
+        assert await lock.try_acquire()
+        watcher = asyncio.create_task(lock.wait_lost())
+        await asyncio.sleep(0.2)
+        async with await psycopg.AsyncConnection.connect(
+            postgres_server.dsn, autocommit=True
+        ) as db:
+            killed = time.monotonic()
+            cursor = await db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND granted AND objid = %s::oid",
+                (lock.key & 0xFFFFFFFF,),
+            )
+            assert [row[0] for row in await cursor.fetchall()] == [True]
+        await asyncio.wait_for(watcher, 3)
+        assert time.monotonic() - killed < 1.5
+        assert not lock.may_serve()
+    finally:
+        await lock.release()

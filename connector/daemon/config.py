@@ -232,6 +232,14 @@ class Config:
         group="operations",
         metavar="URL",
     )
+    ha_lease_duration: float = setting(
+        15.0,
+        "--ha-lease-duration",
+        "Seconds a vanished leader (host lost, cut off, frozen) keeps a postgresql:// or "
+        "k8s:// lock before a standby takes over.",
+        group="operations",
+        minimum=3,
+    )
     ha_retry_interval: float = 0.5
 
     def __post_init__(self) -> None:
@@ -240,6 +248,8 @@ class Config:
         for name in ("max_in_flight", "max_message_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if self.ha_lease_duration < 3:
+            raise ConfigError("ha_lease_duration must be at least 3 seconds")
         if self.replay_memory < 0 or (self.spare_threads or 0) < 0:
             raise ConfigError("replay_memory and spare_threads must not be negative")
         for name in (

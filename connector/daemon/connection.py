@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Final
+from typing import Final, NoReturn, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -48,7 +48,7 @@ from ..wire.session import (
 from .config import Config
 from .transport import CoalescingClientConnection
 
-__all__ = ["DRAINING", "Connection", "InFlight", "open_websocket"]
+__all__ = ["DRAINING", "Connection", "InFlight", "ServingGate", "open_websocket"]
 
 log = logging.getLogger("connector.connection")
 request_log = logging.getLogger("connector.requests")
@@ -59,6 +59,16 @@ _transport_log = logging.getLogger("connector.websockets")
 _transport_log.setLevel(logging.INFO)
 
 DRAINING: Final = "source_connector_draining"  # a retryable 503: this connector is stopping
+
+
+class ServingGate(Protocol):
+    """May this replica serve now? The HA lock while leading (see :mod:`.ha`)."""
+
+    def may_serve(self) -> bool: ...
+
+    async def confirm(self) -> bool:
+        """Wait until serving may go on; False once it may not (the lock is lost)."""
+        ...
 
 
 class InFlight:
@@ -140,8 +150,11 @@ class Connection:
         status: ConnectorStatus,
         in_flight: InFlight,
         observer: Observer | None = None,
+        *,
+        gate: ServingGate | None = None,
     ) -> None:
         self._config = config
+        self._gate = gate
         self._observer = observer or Observer()
         self._dispatcher = dispatcher
         self._status = status
@@ -238,7 +251,13 @@ class Connection:
         slots = self._in_flight.slots
         await slots.acquire()
         try:
-            return await ws.recv()
+            raw = await ws.recv()
+            # The fence: checked per frame, on the clock, so a stalled or
+            # paused leader cannot serve on a lock it may have lost.
+            gate = self._gate
+            if gate is not None and not gate.may_serve() and not await gate.confirm():
+                await _read_no_more()
+            return raw
         except BaseException:
             slots.release()
             raise
@@ -372,6 +391,13 @@ _REFUSED: Final = {
     "invalid_request": "an invalid request frame",
     "oversize": "an oversize frame (--max-message-size)",
 }
+
+
+async def _read_no_more() -> NoReturn:
+    """Hold the frame in hand unanswered (the engine retries it elsewhere) and
+    read nothing more: the supervisor, told by the lock, closes this connection."""
+    await asyncio.get_running_loop().create_future()
+    raise AssertionError("unreachable")
 
 
 def _frames_waiting(ws: ClientConnection) -> int:

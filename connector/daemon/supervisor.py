@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from .._redact import REDACTED, url_secrets
 from ..errors import (
     AuthenticationFailed,
     ConfigError,
@@ -127,7 +128,8 @@ class Connector:
         self.policy = ReconnectPolicy(config)
         self._stopping: asyncio.Event | None = None
         self._leave = asyncio.Event()  # ends the current serving phase (stop, or lock lost)
-        self._lock = _lock(config.ha_lock) if config.ha_lock else None
+        self._lock = _lock(config.ha_lock, config.ha_lease_duration) if config.ha_lock else None
+        self._gate: LeaderLock | None = None  # the lock, while this replica leads
         self._in_flight: InFlight | None = None
         self._last_failure_code: str | None = None
 
@@ -209,22 +211,27 @@ class Connector:
                     await asyncio.wait_for(stopping.wait(), self.config.ha_retry_interval)
                 continue
             log.info(
-                "took the HA lock %s: this replica is the leader; dialing %s",
+                "took the HA lock %s: this replica is the leader; dialing %s in %g s",
                 lock.description,
                 self.config.url,
+                lock.settle_delay,
             )
-            if lock.settle_delay:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), lock.settle_delay)
             leave = asyncio.Event()
-            lost = asyncio.ensure_future(lock.wait_lost())
+            lost = asyncio.ensure_future(lock.wait_lost())  # confirming from now on
             stopped = asyncio.ensure_future(stopping.wait())
             for watcher in (lost, stopped):
                 watcher.add_done_callback(functools.partial(_set_event, leave))
             try:
-                await self._serve_until(leave, in_flight)
+                # Any previous leader's serving window closes within the settle
+                # delay (see connector.ha); every frame is then gated on the lock.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(leave.wait(), lock.settle_delay)
+                if not leave.is_set():
+                    self._gate = lock
+                    await self._serve_until(leave, in_flight)
             finally:
-                was_lost = lost.done() and not stopping.is_set()
+                self._gate = None
+                was_lost = not stopping.is_set() and (lost.done() or not lock.held)
                 lost.cancel()
                 stopped.cancel()
                 await self._drain(in_flight)
@@ -236,6 +243,10 @@ class Connector:
                     "back to standby",
                     lock.description,
                 )
+                # The others get their turn before this replica tries again.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self.config.ha_retry_interval)
+        await lock.release()  # a standby's own session, if the backend keeps one
 
     # ----------------------------------------------------------- internals
 
@@ -303,8 +314,13 @@ class Connector:
             log.log(level, "%s; %s", failure, when)
 
     async def _connect_once(self, in_flight: InFlight, stopping: asyncio.Event) -> None:
+        gate = self._gate
+        if gate is not None and not gate.may_serve() and not await gate.confirm():
+            return  # the HA lock is lost: step down rather than dial
         self.status.set(State.CONNECTING)
-        connection = Connection(self.config, self.dispatcher, self.status, in_flight, self.observer)
+        connection = Connection(
+            self.config, self.dispatcher, self.status, in_flight, self.observer, gate=gate
+        )
         serving = asyncio.ensure_future(connection.run())
         stop_requested = asyncio.ensure_future(stopping.wait())
         try:
@@ -323,6 +339,12 @@ class Connector:
         serving.cancel()
         with contextlib.suppress(BaseException):
             await serving
+        if not self.stopping:
+            # Fenced (the HA lock is lost): read nothing more, not even to
+            # refuse it; the engine retries on the new leader.
+            await self._drain(in_flight)
+            await connection.close(1000, "connector_aborted")
+            return
         refusing = asyncio.ensure_future(connection.refuse_while_draining())
         try:
             await self._drain(in_flight)
@@ -378,11 +400,15 @@ class Connector:
         log.info("connector stopped")
 
 
-def _lock(url: str) -> LeaderLock:
+def _lock(url: str, lease_duration: float) -> LeaderLock:
     try:
-        return lock_from_url(url)
+        return lock_from_url(url, lease_duration=lease_duration)
     except ValueError as error:
-        raise ConfigError(str(error)) from None
+        # The URL may hold a password, however malformed it is.
+        message = str(error)
+        for secret in url_secrets(url):
+            message = message.replace(secret, REDACTED)
+        raise ConfigError(message) from None
 
 
 def _set_event(event: asyncio.Event, _: object) -> None:

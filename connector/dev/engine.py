@@ -51,7 +51,7 @@ from ..wire.frames import (
 )
 from ..wire.signing import sign_request
 
-__all__ = ["DevEngine", "EngineResult"]
+__all__ = ["DevEngine", "EngineResult", "Exchange"]
 
 log = logging.getLogger("connector.devengine")
 
@@ -69,6 +69,18 @@ class EngineResult:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One answer a connector sent, with when its request went out (``journal=True``)."""
+
+    request_id: str
+    connector: int  # the attachment's number, as in ``history``
+    sent_at: float  # time.monotonic() when this attempt was sent
+    answered_at: float
+    status: int
+    body: str
 
 
 @dataclass(eq=False)
@@ -111,6 +123,8 @@ class DevEngine:
         max_attempts: int = 5,
         attach_timeout: float = 30.0,
         ping_interval: float | None = 20.0,
+        spread: bool = False,
+        journal: bool = False,
     ) -> None:
         keys = [api_key] if isinstance(api_key, str) else list(api_key)
         if not keys or not all(keys):
@@ -127,6 +141,15 @@ class DevEngine:
         self.max_attempts = max_attempts
         self.attach_timeout = attach_timeout
         self.ping_interval = ping_interval
+        # spread: keep every connector that attaches (no supersede) and send
+        # requests round-robin, as an engine whose nodes each hold one might;
+        # HA tests use it so two replicas serving at once cannot hide.
+        self.spread = spread
+        # journal: every answer received, on time or late, with its send time.
+        self.journal: list[Exchange] | None = [] if journal else None
+        self._sent_at: dict[str, float] = {}
+        self._attachments: list[_Attachment] = []
+        self._turns = itertools.count()
         self.attaches = 0
         self.supersedes = 0
         self.rejected_handshakes = 0
@@ -231,6 +254,8 @@ class DevEngine:
                 return None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._attached.wait(), remaining)
+        if self.spread and len(self._attachments) > 1:
+            return self._attachments[next(self._turns) % len(self._attachments)]
         return self._active
 
     # --------------------------------------------------------------- handshake
@@ -291,10 +316,11 @@ class DevEngine:
         )
         attachment = _Attachment(number, ws)
         previous, self._active = self._active, attachment
+        self._attachments.append(attachment)
         self.attaches += 1
         self._event("attached", number)
         self._attached.set()
-        if previous is not None:
+        if previous is not None and not self.spread:
             self.supersedes += 1
             self._event("superseded", previous.number)
             task = asyncio.ensure_future(self._supersede(previous))
@@ -322,9 +348,14 @@ class DevEngine:
             if not future.done():
                 future.set_exception(_Detached())
         attachment.pending.clear()
+        if attachment in self._attachments:
+            self._attachments.remove(attachment)
+            if self.spread and self._active is not attachment:
+                self._event("detached", attachment.number)
         if self._active is attachment:
-            self._active = None
-            self._attached.clear()
+            self._active = self._attachments[-1] if self.spread and self._attachments else None
+            if self._active is None:
+                self._attached.clear()
             self._event("detached", attachment.number)
 
     def _event(self, what: str, number: int) -> None:
@@ -339,6 +370,18 @@ class DevEngine:
             return
         if isinstance(frame, ResponseFrame | ErrorFrame) and frame.id is not None:
             self.answered_ids.append(frame.id)
+            if self.journal is not None and frame.id in self._sent_at:
+                status, body = (
+                    (frame.status, frame.body)
+                    if isinstance(frame, ResponseFrame)
+                    else (0, frame.code)
+                )
+                self.journal.append(
+                    Exchange(
+                        frame.id, attachment.number, self._sent_at[frame.id], time.monotonic(),
+                        status, body,
+                    )
+                )  # fmt: skip
             future = attachment.pending.pop(frame.id, None)
             if future is not None and not future.done():
                 future.set_result(frame)
@@ -382,6 +425,8 @@ class DevEngine:
                 headers=headers,
                 body=text,
             )
+            if self.journal is not None:
+                self._sent_at[request_id] = time.monotonic()
             try:
                 await attachment.ws.send(encode_frame(frame))
                 answer = await asyncio.wait_for(future, per_attempt)
@@ -391,8 +436,10 @@ class DevEngine:
                 self._detach(attachment)
                 log.info("request %s (%s): connector dropped; retrying", request_id, message_id)
                 continue
-            except TimeoutError:
+            except (TimeoutError, asyncio.CancelledError) as error:
                 attachment.pending.pop(request_id, None)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
                 log.info(
                     "request %s (%s): no answer in %g s; retrying",
                     request_id,
