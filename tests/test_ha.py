@@ -402,7 +402,6 @@ async def test_lease_expiry_is_judged_on_the_standby_clock(monkeypatch: Any) -> 
     expired to everyone else; only a lease seen unchanged for its duration,
     on the standby's own clock, may be taken."""
     from connector.daemon.ha import LeaseLock
-
     from tests.fake_k8s import FakeLeaseAPI
 
     real = ha._micro_time

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from connector.dev.engine import DevEngine, EngineResult, Exchange
-from connector.daemon.ha import FileLock, LeaseLock, PostgresLock
 
+from connector.daemon.ha import FileLock, LeaseLock, PostgresLock
+from connector.dev.engine import DevEngine, EngineResult, Exchange
 from tests.helpers import Process, connector_args, eventually
 from tests.tcp_proxy import FreezableProxy
 

@@ -174,7 +174,7 @@ def test_the_hot_path_response_encoder_matches_the_model() -> None:
     from connector.wire.frames import encode_response
 
     for request_id, status, body in [("r1", 200, '{"row":null}'), ('é"\\', 504, "ü🚀\n\u2028")]:
-        assert encode_response(request_id, status, body) == encode_frame(
+        assert encode_response(request_id, status, body).decode() == encode_frame(
             ResponseFrame(id=request_id, status=status, body=body)
         )
 

@@ -224,7 +224,7 @@ class Connection:
                     answer = error_answer(
                         503, DRAINING, "the connector is shutting down; retry the request"
                     )
-                    await ws.send(encode_response(frame.id, answer.status, answer.body))
+                    await ws.send(encode_response(frame.id, answer.status, answer.body), text=True)
                     self._observer.request_done(answer, 0.0)
                 elif isinstance(event, Ended):
                     return
@@ -356,8 +356,10 @@ class Connection:
         answer = await self._dispatcher.dispatch(
             frame.method, frame.headers, frame.body, request_id=frame.id
         )
+        payload = encode_response(frame.id, answer.status, answer.body)
         try:
-            await ws.send(encode_response(frame.id, answer.status, answer.body))
+            if not (isinstance(ws, CoalescingClientConnection) and ws.send_text_now(payload)):
+                await ws.send(payload, text=True)
         except ConnectionClosed:
             log.warning(
                 "response to request %s lost: the connection closed first (the engine will retry)",

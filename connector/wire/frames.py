@@ -208,11 +208,12 @@ def encode_frame(frame: Frame) -> str:
         return json.dumps(frame.model_dump(exclude_none=True), separators=(",", ":"))
 
 
-def encode_response(request_id: str, status: int, body: str) -> str:
-    """``encode_frame(ResponseFrame(...))`` without building the model (hot path)."""
+def encode_response(request_id: str, status: int, body: str) -> bytes:
+    """``encode_frame(ResponseFrame(...))`` as UTF-8, without building the model
+    (hot path: the bytes go to the socket as a text frame, never decoded)."""
     return pydantic_core.to_json(
         {"type": "response", "id": request_id, "status": status, "body": body}
-    ).decode("utf-8")
+    )
 
 
 def subprotocols_for(api_key: str) -> list[str]:
