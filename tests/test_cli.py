@@ -7,11 +7,12 @@ operator sees: the exit status, the output, and never a traceback or a key.
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, process
+from tests.helpers import free_port, process, wait_for_port
 
 KEY = "sk_test_cli_9d1e44b7c2"
 ENV = {"ABLO_API_KEY": KEY}
@@ -305,3 +306,19 @@ async def test_check_with_only_a_handler_needs_no_key() -> None:
         output = cli.output()
     assert "ok    handler: tests.handlers:TestSource (TestSource: load, list)" in output
     assert "skip  engine: no API key" in output and "all checks passed" in output
+
+
+async def test_dev_sends_a_failing_handlers_exception_text() -> None:
+    """``run`` answers a handler's exception with a generic message; ``dev`` shows the detail."""
+    api_port = free_port()
+    args = ["dev", "--handler", "tests.handlers:TestSource", "--port", str(free_port()),
+            "--api-port", str(api_port)]  # fmt: skip
+    async with process(args) as dev:
+        await wait_for_port(api_port)
+        engine = f"http://127.0.0.1:{api_port}"
+        async with process(["request", "load", "task", "boom", "--engine", engine]) as request:
+            assert await request.wait(30) == 1
+            output = request.output()
+        dev.signal(signal.SIGTERM)
+        assert await dev.wait(10) == 0
+    assert "HTTP 500" in output and "database refused credentials" in output, output

@@ -147,7 +147,8 @@ class ClientSession:
         return Ended(
             ConnectionLost(
                 f"the server at {url} did not accept the {SUBPROTOCOL} subprotocol "
-                "(is the base URL an Ablo engine?)"
+                "(is the base URL an Ablo engine?)",
+                code="subprotocol",
             ),
             1002,
             "subprotocol_required",
@@ -161,7 +162,9 @@ class ClientSession:
 
     def ready_timed_out(self, seconds: float) -> Ended:
         return Ended(
-            ConnectionLost(f"no ready frame within {seconds:g} s of register"),
+            ConnectionLost(
+                f"no ready frame within {seconds:g} s of register", code="ready_timeout"
+            ),
             1002,
             "ready_timeout",
         )
@@ -209,7 +212,9 @@ class ClientSession:
                 return Ended(Superseded(message, ready_for=ready_for))
             if self.ready is None:
                 return Ended(
-                    ConnectionLost(f"the engine refused registration: {frame.code}"),
+                    ConnectionLost(
+                        f"the engine refused registration: {frame.code}", code=frame.code
+                    ),
                     1000,
                     "registration_refused",
                 )
@@ -259,11 +264,15 @@ def closed(code: int | None, reason: str, *, ready_for: float) -> ConnectFailure
     if reason == SUPERSEDED_CODE:
         return Superseded("a newer connector took this source", ready_for=ready_for)
     if code is None:
-        return ConnectionLost("connection dropped without a close frame", ready_for=ready_for)
+        return ConnectionLost(
+            "connection dropped without a close frame", ready_for=ready_for, code="dropped"
+        )
     if code == 1011 and "ping" in reason:
-        return ConnectionLost("keepalive ping timed out (half-open link)", ready_for=ready_for)
+        return ConnectionLost(
+            "keepalive ping timed out (half-open link)", ready_for=ready_for, code="ping_timeout"
+        )
     detail = f"code {code}" + (f" ({reason})" if reason else "")
-    return ConnectionLost(f"connection closed: {detail}", ready_for=ready_for)
+    return ConnectionLost(f"connection closed: {detail}", ready_for=ready_for, code="closed")
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

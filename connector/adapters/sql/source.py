@@ -250,6 +250,17 @@ class SQLSource(DataSource):
     def close(self) -> None:
         self.engine.dispose()
 
+    def probe(self) -> None:
+        """``SELECT 1``; raises ``SourceError("database_unreachable")`` while the database
+        cannot be reached (the daemon calls it every few seconds; see ``DataSource.probe``)."""
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as error:
+            raise SourceError(
+                "database_unreachable", describe_database_error(error), status=503
+            ) from None
+
     def _model(self, name: str) -> ServedModel:
         models: Mapping[str, ServedModel] | None = self._models
         if models is None:  # not reflected yet (the database was down at startup)
