@@ -102,26 +102,26 @@ class RequestTracing:
         }
         parent = self._propagator.extract(carrier) if carrier else None
         started = time.perf_counter()
+        attributes: dict[str, str | int | float | bool] = {"ablo.request_id": request_id}
+        message_id = _header(headers, "webhook-id")
+        if message_id:
+            attributes["ablo.message_id"] = message_id
+        if status.source_id:
+            attributes["ablo.source_id"] = status.source_id
         with self._tracer.start_as_current_span(
             "request",
             context=parent,
             kind=trace.SpanKind.SERVER,
+            attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            span.set_attribute("ablo.request_id", request_id)
-            message_id = _header(headers, "webhook-id")
-            if message_id:
-                span.set_attribute("ablo.message_id", message_id)
-            if status.source_id:
-                span.set_attribute("ablo.source_id", status.source_id)
             try:
                 answer = await answering
             except BaseException as error:  # cancelled while draining, most likely
                 self._failed(span, error)
                 raise
-            span.set_attribute("ablo.duration_ms", round((time.perf_counter() - started) * 1000, 3))
-            _describe(span, answer)
+            _describe(span, answer, time.perf_counter() - started)
             if answer.status >= 500:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, answer.error or ""))
 
@@ -130,9 +130,11 @@ class RequestTracing:
         """The span of one call into the source, current while it runs."""
         name = str(getattr(method, "__qualname__", None) or getattr(method, "__name__", "handler"))
         with self._tracer.start_as_current_span(
-            name, record_exception=False, set_status_on_exception=False
+            name,
+            attributes={"code.function": str(getattr(method, "__name__", name))},
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
-            span.set_attribute("code.function", getattr(method, "__name__", name))
             try:
                 yield
             except SourceError as error:  # the handler's chosen answer
@@ -159,17 +161,22 @@ class RequestTracing:
         span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, type(error).__name__))
 
 
-def _describe(span: Span, answer: _Answered) -> None:
+def _describe(span: Span, answer: _Answered, seconds: float) -> None:
+    # One call: each set_attribute takes the span's lock.
+    attributes: dict[str, str | int | float | bool] = {
+        "ablo.status": answer.status,
+        "ablo.duration_ms": round(seconds * 1000, 3),
+    }
     if answer.operation:
         span.update_name(answer.operation)
-        span.set_attribute("ablo.operation", answer.operation)
+        attributes["ablo.operation"] = answer.operation
     if answer.model:
-        span.set_attribute("ablo.model", answer.model)
-    span.set_attribute("ablo.status", answer.status)
+        attributes["ablo.model"] = answer.model
     if answer.error:
-        span.set_attribute("ablo.error_code", answer.error)
+        attributes["ablo.error_code"] = answer.error
     if answer.replayed:
-        span.set_attribute("ablo.replayed", True)
+        attributes["ablo.replayed"] = True
+    span.set_attributes(attributes)
 
 
 # ------------------------------------------------------------ configuration
