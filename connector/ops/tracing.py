@@ -24,9 +24,11 @@ it. Exception events are redacted like log lines.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -46,6 +48,7 @@ __all__ = ["RequestTracing", "enable", "request_tracing"]
 log = logging.getLogger("connector.tracing")
 
 _MAX_EXCEPTION_TEXT: Final = 4000
+_EXIT_FLUSH_SECONDS: Final = 2.0
 _OTLP_BY_PROTOCOL: Final = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
 
 
@@ -256,11 +259,23 @@ def _provider_from(environ: Mapping[str, str]) -> TracerProvider:
     resource = Resource.create({"service.version": __version__})
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "ablo-connector"}))
-    provider = SdkTracerProvider(resource=resource)
+    # The SDK's own exit handler waits for every export to finish, retries
+    # included: a collector that is down would hold a stopping connector for
+    # as long as the exporter retries. Flush for a bounded time instead; the
+    # export thread is a daemon and ends with the process.
+    provider = SdkTracerProvider(resource=resource, shutdown_on_exit=False)
     names = [n.strip() for n in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
     for name in [n for n in names if n and n != "none"] or ["otlp"]:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name, environ)))
+    atexit.register(_flush_briefly, provider)
     return provider
+
+
+def _flush_briefly(provider: Any) -> None:
+    """Export what is queued, waiting at most a moment (the SDK's flush ignores its timeout)."""
+    flushing = threading.Thread(target=provider.force_flush, name="ablo-otel-flush", daemon=True)
+    flushing.start()
+    flushing.join(_EXIT_FLUSH_SECONDS)
 
 
 def _exporter(name: str, environ: Mapping[str, str]) -> Any:
