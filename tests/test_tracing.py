@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from connector.dev.engine import DevEngine
 from connector.ops import tracing
 from connector.wire.frames import RequestFrame, ResponseFrame
 from tests.handlers import TestSource
-from tests.helpers import connector_args, eventually, process
+from tests.helpers import connector_args, eventually, free_port, process
 
 KEY = "sk_test_tracing_4d1e9a"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -208,3 +209,19 @@ async def test_the_daemon_exports_spans_as_the_otel_variables_say() -> None:
     assert request["parent_id"] == "0x" + PARENT_ID
     assert request["attributes"]["ablo.request_id"] == "r_env"
     assert request["resource"]["attributes"]["service.name"] == "orders-connector"
+
+
+async def test_a_collector_that_is_down_does_not_hold_a_stopping_connector() -> None:
+    env = {"ABLO_API_KEY": KEY, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    async with (
+        DevEngine(KEY) as engine,
+        process(connector_args(engine.base_url, "tests.handlers:TestSource"), env) as connector,
+    ):
+        await engine.wait_attached(10)
+        for _ in range(20):
+            assert (await engine.request({"type": "load", "model": "m", "id": "x"})).status == 200
+        connector.signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert await connector.wait(20) == 0
+        # The exporter retries for many seconds; the exit waits for it at most 2 s.
+        assert time.monotonic() - started < 6, connector.output()
