@@ -78,14 +78,16 @@ async def _read_request(reader: asyncio.StreamReader, max_body: int) -> Request 
     return Request(method.upper(), parts.path, parse_qs(parts.query), headers, body)
 
 
-async def _write_reply(writer: asyncio.StreamWriter, reply: Reply) -> None:
+async def _write_reply(writer: asyncio.StreamWriter, reply: Reply, *, with_body: bool) -> None:
     reason = (
         HTTPStatus(reply.status).phrase if reply.status in HTTPStatus._value2member_map_ else ""
     )
     head = [f"HTTP/1.1 {reply.status} {reason}"]
     headers = {"Content-Length": str(len(reply.body)), "Connection": "close", **reply.headers}
     head += [f"{name}: {value}" for name, value in headers.items()]
-    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body)
+    # A HEAD reply has the headers a GET would get, Content-Length included, and no body.
+    body = reply.body if with_body else b""
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
     await writer.drain()
 
 
@@ -95,15 +97,17 @@ async def start_http_server(
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             parsed = await _read_request(reader, max_body)
+            with_body = True
             if isinstance(parsed, Reply):
                 reply = parsed
             else:
+                with_body = parsed.method != "HEAD"
                 try:
                     reply = await handler(parsed)
                 except Exception:
                     log.exception("HTTP handler failed for %s %s", parsed.method, parsed.path)
                     reply = Reply.json(500, {"error": "internal_error"})
-            await _write_reply(writer, reply)
+            await _write_reply(writer, reply, with_body=with_body)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

@@ -127,13 +127,19 @@ class ConnectFailure(ConnectorError):
 
     code: str = "connection_lost"
 
-    def __init__(self, message: str, *, ready_for: float = 0.0) -> None:
+    def __init__(self, message: str, *, ready_for: float = 0.0, code: str | None = None) -> None:
         super().__init__(message)
         self.ready_for = ready_for
+        if code is not None:
+            self.code = code
 
 
 class ConnectionLost(ConnectFailure):
-    """Transient: refused, reset, DNS, 5xx, closed, ping timeout. Retry on schedule."""
+    """Transient: refused, reset, DNS, 5xx, closed, ping timeout. Retry on schedule.
+
+    ``code`` says which (``dns``, ``refused``, ``tls``, ``timeout``, ``closed``,
+    ...): it is what ``/readyz`` shows as ``lastError``.
+    """
 
 
 class HandshakeRejected(ConnectFailure):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, process
+from tests.helpers import free_port, process, wait_for_port
 
 KEY = "sk_test_cli_9d1e44b7c2"
 ENV = {"ABLO_API_KEY": KEY}
@@ -374,3 +374,19 @@ async def test_a_kubernetes_lock_outside_a_pod_is_one_line_and_78() -> None:
         assert await cli.wait(15) == 78
         output = cli.output()
     assert "k8s:// locks run in a Kubernetes pod" in output and "Traceback" not in output
+
+
+async def test_dev_sends_a_failing_handlers_exception_text() -> None:
+    """``run`` answers a handler's exception with a generic message; ``dev`` shows the detail."""
+    api_port = free_port()
+    args = ["dev", "--handler", "tests.handlers:TestSource", "--port", str(free_port()),
+            "--api-port", str(api_port)]  # fmt: skip
+    async with process(args) as dev:
+        await wait_for_port(api_port)
+        engine = f"http://127.0.0.1:{api_port}"
+        async with process(["request", "load", "task", "boom", "--engine", engine]) as request:
+            assert await request.wait(30) == 1
+            output = request.output()
+        dev.signal(signal.SIGTERM)
+        assert await dev.wait(10) == 0
+    assert "HTTP 500" in output and "database refused credentials" in output, output

@@ -260,16 +260,38 @@ async def test_legacy_client_tx_id_is_the_correlation_id() -> None:
     assert ("commit", "legacy_1") in source.calls
 
 
-async def test_handler_exception_is_500_without_the_key() -> None:
-    class Leaky(DataSource):
-        async def load(self, model: str, id: str, ctx: RequestContext) -> None:
-            raise RuntimeError(f"could not connect with password {API_KEY}")
+class Leaky(DataSource):
+    async def load(self, model: str, id: str, ctx: RequestContext) -> None:
+        raise RuntimeError(f"could not connect to db-7.internal for row {id}, password {API_KEY}")
 
-    status, payload = await answer(dispatcher(Leaky()), LOAD)
+
+async def test_handler_exception_is_a_generic_500_with_a_reference_to_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    status, payload = await answer(dispatcher(Leaky()), LOAD, request_id="req_leak")
     assert status == 500
     assert payload["error"] == "source_connector_handler_error"
+    reference = payload["reference"]
+    assert re.fullmatch(r"[0-9a-f]{12}", reference)
+    assert reference in payload["message"]
+    for detail in ("db-7.internal", "t1", API_KEY, "RuntimeError"):
+        assert detail not in json.dumps(payload), detail
+
+    # The detail stays in the local log, on the line that names the same reference.
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert reference in record.getMessage()
+    assert record.exc_info is not None and "db-7.internal" in str(record.exc_info[1])
+    assert (record.reference, record.request_id, record.operation, record.model) == (  # type: ignore[attr-defined]
+        reference, "req_leak", "load", "task",
+    )  # fmt: skip
+
+
+async def test_detailed_errors_send_the_exception_text_without_the_key() -> None:
+    status, payload = await answer(dispatcher(Leaky(), detailed_errors=True), LOAD)
+    assert (status, payload["error"]) == (500, "source_connector_handler_error")
     assert API_KEY not in payload["message"]
-    assert "could not connect" in payload["message"]
+    assert "could not connect to db-7.internal for row t1" in payload["message"]
+    assert payload["reference"]
 
 
 async def test_handler_returning_garbage_is_500() -> None:
@@ -280,7 +302,7 @@ async def test_handler_returning_garbage_is_500() -> None:
         async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
             return {"id": object()}
 
-    d = dispatcher(Wrong())
+    d = dispatcher(Wrong(), detailed_errors=True)
     status, payload = await answer(d, LIST)
     assert (status, payload["error"]) == (500, "source_connector_handler_error")
     assert "list returned int" in payload["message"]

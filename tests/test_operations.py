@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
+import logging
 import signal
 import socket
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from connector import Config
+import pytest
+
+from connector import Config, SourceError
+from connector.adapters.sql import SQLSource
+from connector.daemon.connection import open_websocket
 from connector.daemon.supervisor import Connector
 from connector.dev.engine import DevEngine
+from connector.errors import ConnectFailure
+from connector.ops import logs
+from connector.ops.logs import configure_logging
 from connector.wire.frames import RequestFrame
 from connector.wire.signing import sign_request
 from tests.handlers import TestSource
@@ -298,3 +309,304 @@ async def test_json_logs_and_a_quiet_idle_connector() -> None:
     records = [json.loads(line) for line in lines]
     assert all({"time", "level", "logger", "message"} <= record.keys() for record in records)
     assert any(r["message"].startswith("ready: serving source src_dev") for r in records)
+
+
+def _records(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+async def test_json_lines_carry_the_request_and_connection_fields() -> None:
+    port = free_port()
+    args = connector_args(
+        f"http://127.0.0.1:{port}", "tests.handlers:TestSource",
+        "--log-format", "json", "--log-level", "debug", "--request-timeout", "0.3",
+    )  # fmt: skip
+    async with process(args, {**ENV, "ABLO_API_KEY": KEY}) as connector:
+        # Nothing listens yet: each failed attempt is a WARNING naming why, and which attempt.
+        await eventually(lambda: connector.output().count('"error_code": "refused"') >= 2)
+        async with DevEngine(KEY, port=port) as engine:
+            await engine.wait_attached(15)
+            ok = await engine.request({"type": "load", "model": "task", "id": "t1"})
+            failed = await engine.request({"type": "load", "model": "task", "id": "boom"})
+            slow = await engine.request({"type": "load", "model": "task", "id": "hang"})
+            assert (ok.status, failed.status, slow.status) == (200, 500, 504)
+            connector.signal(signal.SIGTERM)
+            assert await connector.wait(10) == 0
+        output = connector.output()
+    records = _records(output)
+    assert len(records) == len(output.strip().splitlines()), "every line is one JSON object"
+    assert KEY not in output
+
+    refused = [r for r in records if r.get("error_code") == "refused"]
+    assert [r["attempt"] for r in refused[:2]] == [1, 2]
+    assert all(r["level"] == "warning" and "cannot connect" in r["message"] for r in refused)
+
+    fields = ("request_id", "message_id", "operation", "model", "status", "duration_ms")
+    by_status = {r["status"]: r for r in records if r.get("logger") == "connector.requests"}
+    served = by_status[200]
+    assert served["level"] == "debug"
+    assert {k: served[k] for k in fields[2:5]} == {
+        "operation": "load",
+        "model": "task",
+        "status": 200,
+    }
+    assert served["request_id"].startswith("req_") and served["message_id"] == ok.message_id
+    assert served["duration_ms"] >= 0 and served["error_code"] is None
+    assert served["source_id"] == "src_dev"
+
+    # A timeout is a WARNING, not a silent 504.
+    (timed_out,) = [r for r in records if r["level"] == "warning" and r.get("status") == 504]
+    assert timed_out["error_code"] == "source_connector_timeout"
+    assert timed_out["message_id"] == slow.message_id and timed_out["duration_ms"] >= 300
+    assert all(timed_out[k] is not None for k in fields) and timed_out["source_id"] == "src_dev"
+
+    # A handler's exception: an ERROR with the traceback under the reference the engine got.
+    (raised,) = [r for r in records if r["level"] == "error" and r.get("status") == 500]
+    assert raised["reference"] == failed.json()["reference"]
+    assert raised["error_code"] == "source_connector_handler_error"
+    assert raised["message_id"] == failed.message_id
+    assert "RuntimeError: database refused credentials [redacted]" in raised["exception"]
+    assert "database refused" not in failed.body, "the detail stays in the local log"
+
+
+async def test_start_up_errors_are_json_when_the_logs_are() -> None:
+    async with process(
+        ["run", "--log-format", "json", "--handler", "tests.handlers:TestSource"]
+    ) as cli:
+        assert await cli.wait(20) == 78
+        (line,) = cli.stderr_path.read_text().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "error" and record["exit_status"] == 78
+    assert record["message"].startswith("an API key is required")
+
+    env = {**ENV, "ABLO_LOG_FORMAT": "json"}
+    async with process(["run", "--max-in-flight", "many"], env) as cli:
+        assert await cli.wait(20) == 2
+        (line,) = cli.stderr_path.read_text().splitlines()
+    record = json.loads(line)
+    assert record["exit_status"] == 2 and "'many' is not a valid integer" in record["message"]
+
+
+def test_a_secret_is_redacted_in_its_json_escaped_form_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A database password may hold characters JSON escapes: " and \ and beyond ASCII.
+    password = 'Qz"x\\wördQ'
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # restored after the test
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(logs, "_installed", logs.installed_formatter())
+    stream = io.StringIO()
+    formatter = configure_logging("info", "json", secrets=[password])
+    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    logging.getLogger("connector.sql").warning(
+        "cannot connect with %s", password, extra={"detail": f"password={password}"}
+    )
+    line = stream.getvalue()
+    assert formatter.is_json and json.loads(line)["detail"] == "password=[redacted]"
+    assert line.count("[redacted]") == 2, line
+    assert "Qz" not in line and "rdQ" not in line, line
+
+
+def _head(url: str) -> tuple[int, bytes, str | None]:
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read(), response.headers["Content-Length"]
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), error.headers["Content-Length"]
+
+
+async def test_readyz_names_each_reason_and_clears_it_once_ready() -> None:
+    port = free_port()
+    config = Config(
+        api_key=KEY, base_url=f"http://127.0.0.1:{port}", health_addr="127.0.0.1:0",
+        reconnect_schedule=(0.05,),
+    )  # fmt: skip
+    connector = Connector(config, TestSource())
+    task = asyncio.create_task(connector.run())
+    try:
+        await eventually(lambda: connector.status.last_error is not None)
+        assert connector.health is not None
+        base = f"http://127.0.0.1:{connector.health.port}"
+        status, body = await get(base + "/readyz")
+        payload = json.loads(body)
+        assert (status, payload["ready"], payload["lastError"]) == (503, False, "refused")
+        assert "Connect call failed" in payload["lastErrorMessage"]
+        # HEAD: the same status and headers, no body.
+        status, head_body, length = await asyncio.to_thread(_head, base + "/readyz")
+        assert (status, head_body) == (503, b"") and int(length or 0) > 0
+
+        async with DevEngine(KEY, port=port) as engine:
+            await connector.wait_ready(10)
+            status, body = await get(base + "/readyz")
+            payload = json.loads(body)
+            assert (status, payload["lastError"], payload["lastErrorMessage"]) == (200, None, None)
+            status, text = await get(base + "/metrics")
+            assert _metric(text, "process_resident_memory_bytes") > 1e6
+            assert _metric(text, "process_open_fds") > 0
+            assert _metric(text, "process_cpu_seconds_total") > 0
+
+            # A newer connector takes the source: this one stands down, and says why.
+            newer = Connector(Config(api_key=KEY, base_url=engine.base_url), TestSource())
+            newer_task = asyncio.create_task(newer.run())
+            try:
+                await newer.wait_ready(10)
+                await eventually(lambda: connector.status.state.value == "stood_down")
+                status, body = await get(base + "/readyz")
+                payload = json.loads(body)
+                assert (status, payload["lastError"]) == (503, "source_connector_superseded")
+            finally:
+                newer.stop()
+                await asyncio.wait_for(newer_task, 10)
+    finally:
+        connector.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def _fails_with(config: Config) -> ConnectFailure:
+    try:
+        ws = await open_websocket(config, max_size=1024)
+    except ConnectFailure as failure:
+        return failure
+    await ws.close()
+    raise AssertionError("the connection opened")
+
+
+@contextlib.asynccontextmanager
+async def _tcp_server(reply: bytes | None) -> AsyncIterator[int]:
+    """A loopback server that answers every connection with ``reply`` (None: silence)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if reply is None:
+            held.append(writer)
+            return
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_each_way_a_connection_fails_has_its_own_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def config(url: str) -> Config:
+        return Config(api_key=KEY, base_url=url, open_timeout=0.5)
+
+    refused = await _fails_with(config(f"http://127.0.0.1:{free_port()}"))
+    assert refused.code == "refused"
+
+    async with _tcp_server(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as port:
+        tls = await _fails_with(config(f"https://127.0.0.1:{port}"))  # TLS to a plain server
+        assert tls.code == "tls", tls
+    async with _tcp_server(b"SSH-2.0-OpenSSH_9.6\r\n\r\n") as port:
+        assert (await _fails_with(config(f"http://127.0.0.1:{port}"))).code == "handshake"
+    async with _tcp_server(None) as port:
+        assert (await _fails_with(config(f"http://127.0.0.1:{port}"))).code == "timeout"
+
+    # DNS: no name server is asked; the resolver says the name does not exist.
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "engine.example.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    dns = await _fails_with(config("https://engine.example.invalid"))
+    assert dns.code == "dns" and "Name or service not known" in str(dns)
+
+
+class ProbedSource(TestSource):
+    """A source whose probe fails while ``down`` is set, like a database that went away."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def probe(self) -> None:
+        if self.down:
+            raise SourceError("database_unreachable", "connection refused by db.internal:5432")
+
+
+async def test_a_source_that_cannot_serve_makes_readyz_503_until_it_can() -> None:
+    source = ProbedSource()
+    async with DevEngine(KEY) as engine:
+        config = Config(
+            api_key=KEY, base_url=engine.base_url, health_addr="127.0.0.1:0", probe_interval=0.05
+        )
+        connector = Connector(config, source)
+        task = asyncio.create_task(connector.run())
+        try:
+            await connector.wait_ready(10)
+            assert connector.health is not None
+            base = f"http://127.0.0.1:{connector.health.port}"
+            await eventually(lambda: connector.status.source_healthy is True)
+            status, text = await get(base + "/metrics")
+            assert _metric(text, "ablo_connector_source_up") == 1
+
+            source.down = True
+            await eventually(lambda: connector.status.source_healthy is False)
+            status, body = await get(base + "/readyz")
+            payload = json.loads(body)
+            assert (status, payload["state"], payload["lastError"]) == (
+                503, "ready", "database_unreachable",
+            )  # fmt: skip
+            assert payload["lastErrorMessage"] == "connection refused by db.internal:5432"
+            status, text = await get(base + "/metrics")
+            assert _metric(text, "ablo_connector_source_up") == 0
+
+            source.down = False
+            await eventually(lambda: connector.status.source_healthy is True)
+            status, body = await get(base + "/readyz")
+            assert (status, json.loads(body)["lastError"]) == (200, None)
+        finally:
+            connector.stop()
+            await asyncio.wait_for(task, 10)
+
+
+async def test_the_sql_source_reports_its_database(postgres: Any) -> None:
+    """A real PostgreSQL stopped and started under a serving connector."""
+    from connector.adapters.sql import create_database_engine, migrate
+    from tests.helpers import TASKS_DDL, execute
+
+    execute(postgres.dsn, TASKS_DDL["postgresql"])
+    engine = create_database_engine(postgres.dsn)
+    migrate(engine)
+    engine.dispose()
+    source = SQLSource(postgres.dsn)
+    async with DevEngine(KEY) as engine:
+        config = Config(
+            api_key=KEY, base_url=engine.base_url, health_addr="127.0.0.1:0", probe_interval=0.2
+        )
+        connector = Connector(config, source)
+        task = asyncio.create_task(connector.run())
+        try:
+            await connector.wait_ready(10)
+            assert connector.health is not None
+            base = f"http://127.0.0.1:{connector.health.port}"
+            await eventually(lambda: connector.status.source_healthy is True)
+
+            await asyncio.to_thread(postgres.stop)
+            await eventually(lambda: connector.status.source_healthy is False)
+            status, body = await get(base + "/readyz")
+            payload = json.loads(body)
+            assert (status, payload["lastError"]) == (503, "database_unreachable")
+            # The database's own one-line reason (which depends on how it went away).
+            assert payload["lastErrorMessage"] and "SELECT" not in payload["lastErrorMessage"]
+
+            await asyncio.to_thread(postgres.start)
+            await eventually(lambda: connector.status.source_healthy is True, timeout=15)
+            assert (await get(base + "/readyz"))[0] == 200
+        finally:
+            connector.stop()
+            await asyncio.wait_for(task, 10)
+            source.close()

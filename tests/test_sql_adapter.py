@@ -1146,12 +1146,15 @@ async def test_an_unreachable_database_is_unhealthy_until_a_probe_succeeds(
             source.prepare()  # what the CLI does at start: it logs and serves on
         assert source.healthy is False
         assert source.last_error and "pw-hidden" not in source.last_error
-        assert await source.probe() is False
+        with pytest.raises(SourceError) as unreachable:
+            await source.probe()
+        assert unreachable.value.code == "database_unreachable"
+        assert "pw-hidden" not in unreachable.value.message
         client = Client(source)
         status, body = await client({"type": "load", "model": "task", "id": "t1"})
         assert (status, body["error"]) == (503, "source_database_unavailable")
         await asyncio.to_thread(postgres.start)
-        assert await source.probe() is True
+        await source.probe()
         assert (source.healthy, source.last_error) == (True, None)
         assert await client.ok({"type": "load", "model": "task", "id": "t1"}) == {"row": None}
         # A request that finds the database gone marks the source unhealthy too.

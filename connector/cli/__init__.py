@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .._version import __version__
+from ..ops.logs import json_line
 from .dev import dev, dev_engine, request
 from .migrate import migrate
+from .options import wants_json_logs
 from .run import check, run
 
 __all__ = ["main"]
@@ -54,7 +58,30 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
         ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _json_asked(argv: list[str]) -> bool:
+    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+        if flag == "--log-format=json" or (flag == "--log-format" and value == "json"):
+            return True
+    return wants_json_logs()
+
+
+class _Main(click.Group):
+    """The command group; with JSON logs, usage mistakes are JSON lines too."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as error:
+            if not _json_asked(sys.argv[1:]):
+                raise
+            click.echo(json_line(error.format_message(), exit_status=error.exit_code), err=True)
+            ctx.exit(error.exit_code)
+
+
+@click.group(
+    cls=_Main,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--version",
     is_flag=True,

@@ -337,7 +337,9 @@ async def _dev(
         await engine.start()
     except OSError as error:
         fail(_listen_failed("127.0.0.1", port, api_port, error), EX_CONFIG)
-    connector = Connector(Config(api_key=DEV_API_KEY, base_url=engine.base_url), source)
+    # Development: a failing handler's exception text goes to the engine (and `request`).
+    config = Config(api_key=DEV_API_KEY, base_url=engine.base_url, detailed_errors=True)
+    connector = Connector(config, source)
     serving = asyncio.ensure_future(run_until_signalled(connector))
     try:
         await asyncio.wait_for(connector.wait_ready(), 15)

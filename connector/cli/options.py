@@ -22,6 +22,7 @@ import click
 
 from ..daemon.config import Config, Group, Setting, credential_path, read_api_key_file
 from ..errors import EX_CONFIG, ConfigError
+from ..ops.logs import installed_formatter, json_line
 
 __all__ = [
     "GroupedCommand",
@@ -50,9 +51,30 @@ LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=
 
 
 def fail(message: str, status: int = EX_CONFIG) -> NoReturn:
-    """One line on stderr and the exit status: how every start-up mistake ends."""
-    click.echo(f"ablo-connector: error: {message}", err=True)
+    """One line on stderr and the exit status: how every start-up mistake ends.
+
+    The line is a JSON object, as the logs are, when they are JSON
+    (``--log-format json`` or ``ABLO_LOG_FORMAT=json``).
+    """
+    click.echo(error_line(message, status), err=True)
     sys.exit(status)
+
+
+def error_line(message: str, status: int) -> str:
+    """The line :func:`fail` prints (and, for a usage error, the CLI's entry point)."""
+    if wants_json_logs():
+        return json_line(message, exit_status=status)
+    return f"ablo-connector: error: {message}"
+
+
+def wants_json_logs() -> bool:
+    """Whether the logs are JSON, or will be once the options are read."""
+    formatter = installed_formatter()
+    if formatter is not None:
+        return formatter.is_json
+    ctx = click.get_current_context(silent=True)
+    chosen = ctx.params.get("log_format") if ctx is not None else None
+    return str(chosen or os.environ.get("ABLO_LOG_FORMAT", "")).strip().lower() == "json"
 
 
 class GroupedOption(click.Option):

@@ -104,6 +104,7 @@ def run(
         connector = Connector(config, source)
     except ConfigError as error:
         fail(str(error))
+    formatter.show_source_of(connector.status)
     sys.exit(asyncio.run(run_until_signalled(connector)))
 
 

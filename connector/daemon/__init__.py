@@ -5,5 +5,6 @@
 - :mod:`.supervisor`: :class:`~.supervisor.Connector`, reconnects, HA, draining;
 - :mod:`.signals`: SIGTERM/SIGINT for the daemon;
 - :mod:`.transport`: writes of one loop turn in one send;
+- :mod:`.failures`: why a connection failed, as a short reason for ``/readyz``;
 - :mod:`.ha`: leader locks for standby replicas.
 """

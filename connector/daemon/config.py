@@ -241,6 +241,14 @@ class Config:
         minimum=3,
     )
     ha_retry_interval: float = 0.5
+    detailed_errors: bool = setting(
+        False,
+        "--detailed-errors",
+        "Send a failing handler's exception text to the engine (development); by default it "
+        "gets a generic message and a reference to the local log line with the detail.",
+        group="operations",
+    )
+    probe_interval: float = 5.0
 
     def __post_init__(self) -> None:
         _check_api_key(self.api_key)
@@ -255,6 +263,7 @@ class Config:
         for name in (
             "request_timeout", "signature_tolerance", "open_timeout", "ready_timeout",
             "ping_interval", "ping_timeout", "shutdown_grace", "ha_retry_interval",
+            "probe_interval",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0")

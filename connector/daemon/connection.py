@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Final, NoReturn, Protocol
+from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -26,7 +26,7 @@ from websockets.typing import Subprotocol
 
 from ..errors import ConnectFailure, ConnectionLost
 from ..ops.status import ConnectorStatus, Observer, State
-from ..serve.answer import error_answer
+from ..serve.answer import Answer, error_answer
 from ..serve.deadlines import start_eagerly
 from ..serve.dispatcher import Dispatcher
 from ..wire.frames import RequestFrame, encode_response
@@ -45,8 +45,13 @@ from ..wire.session import (
     rejection,
     subprotocols_for,
 )
+from ..wire.signing import header_value
 from .config import Config
+from .failures import failure_reason
 from .transport import CoalescingClientConnection
+
+if TYPE_CHECKING:
+    from ..ops.tracing import RequestTracing
 
 __all__ = ["DRAINING", "Connection", "InFlight", "ServingGate", "open_websocket"]
 
@@ -134,10 +139,12 @@ async def open_websocket(
         raise rejection(response.status_code, response.headers, response.body) from None
     except TimeoutError:
         raise ConnectionLost(
-            f"timed out after {config.open_timeout:g} s opening {config.url}"
+            f"timed out after {config.open_timeout:g} s opening {config.url}", code="timeout"
         ) from None
     except (OSError, WebSocketException) as error:
-        raise ConnectionLost(f"cannot connect to {config.url}: {_describe(error)}") from None
+        raise ConnectionLost(
+            f"cannot connect to {config.url}: {_describe(error)}", code=failure_reason(error)
+        ) from None
 
 
 class Connection:
@@ -150,11 +157,13 @@ class Connection:
         status: ConnectorStatus,
         in_flight: InFlight,
         observer: Observer | None = None,
+        tracing: RequestTracing | None = None,
         *,
         gate: ServingGate | None = None,
     ) -> None:
         self._config = config
         self._gate = gate
+        self._tracing = tracing
         self._observer = observer or Observer()
         self._dispatcher = dispatcher
         self._status = status
@@ -302,7 +311,14 @@ class Connection:
         took_slot = False
         try:
             if isinstance(event, Request):
-                task = start_eagerly(self._answer(ws, event.frame))
+                frame = event.frame
+                if self._tracing is None:
+                    task = start_eagerly(self._answer(ws, frame))
+                else:  # a span is current while a request runs: it needs a task (a context) of its own
+                    traced = self._tracing.request(
+                        frame.headers, frame.id, self._answer(ws, frame), self._status
+                    )
+                    task = asyncio.get_running_loop().create_task(traced)
                 if task is not None:
                     self._in_flight.track(task)
                     took_slot = True
@@ -351,7 +367,7 @@ class Connection:
             await ws.close(event.close_code, event.close_reason)
         raise event.failure
 
-    async def _answer(self, ws: ClientConnection, frame: RequestFrame) -> None:
+    async def _answer(self, ws: ClientConnection, frame: RequestFrame) -> Answer:
         started = time.perf_counter()
         answer = await self._dispatcher.dispatch(
             frame.method, frame.headers, frame.body, request_id=frame.id
@@ -367,12 +383,22 @@ class Connection:
             )
         self._observer.request_done(answer, time.perf_counter() - started)
         if self._debug:
-            request_log.debug(
-                "request %s %s %s -> %d%s in %.1f ms%s",
-                frame.id, answer.operation or "-", answer.model or "-", answer.status,
-                f" {answer.error}" if answer.error else "",
-                (time.perf_counter() - started) * 1000, " (replayed)" if answer.replayed else "",
-            )  # fmt: skip
+            self._log_request(frame, answer, (time.perf_counter() - started) * 1000)
+        return answer
+
+    def _log_request(self, frame: RequestFrame, answer: Answer, milliseconds: float) -> None:
+        request_log.debug(
+            "request %s %s %s -> %d%s in %.1f ms%s",
+            frame.id, answer.operation or "-", answer.model or "-", answer.status,
+            f" {answer.error}" if answer.error else "", milliseconds,
+            " (replayed)" if answer.replayed else "",
+            extra={
+                "request_id": frame.id, "message_id": _message_id(frame),
+                "operation": answer.operation, "model": answer.model, "status": answer.status,
+                "duration_ms": round(milliseconds, 3), "error_code": answer.error,
+                "replayed": answer.replayed,
+            },
+        )  # fmt: skip
 
     def _send_soon(self, text: str) -> None:
         ws = self._ws
@@ -400,6 +426,10 @@ async def _read_no_more() -> NoReturn:
     read nothing more: the supervisor, told by the lock, closes this connection."""
     await asyncio.get_running_loop().create_future()
     raise AssertionError("unreachable")
+
+
+def _message_id(frame: RequestFrame) -> str | None:
+    return header_value(frame.headers, "webhook-id") or None
 
 
 def _frames_waiting(ws: ClientConnection) -> int:

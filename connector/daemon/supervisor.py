@@ -30,9 +30,11 @@ from ..errors import (
     RateLimited,
     Superseded,
 )
+from ..ops.probe import SourceProbe
 from ..ops.status import ConnectorStatus, Observer, State
 from ..ops.systemd import SystemdNotifier
-from ..serve.datasource import DataSource
+from ..ops.tracing import RequestTracing, request_tracing
+from ..serve.datasource import DataSource, overridden
 from ..serve.dispatcher import Dispatcher
 from ..wire.signing import Verifier
 from .config import Config
@@ -40,6 +42,8 @@ from .connection import Connection, InFlight
 from .ha import LeaderLock, lock_from_url
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from ..ops.health import HealthServer
     from ..ops.metrics import Metrics
 
@@ -98,10 +102,18 @@ class Connector:
     run()``. :meth:`stop` drains in-flight requests for up to
     ``shutdown_grace`` seconds and closes with 1000 ``connector_aborted``;
     ``stop(force=True)`` (or cancelling ``run``) abandons them.
+
+    Requests are traced (OpenTelemetry) with ``tracer_provider`` when given,
+    else as the ``OTEL_*`` variables say: see :mod:`connector.ops.tracing`.
     """
 
     def __init__(
-        self, config: Config, source: DataSource, *, observer: Observer | None = None
+        self,
+        config: Config,
+        source: DataSource,
+        *,
+        observer: Observer | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -116,15 +128,22 @@ class Connector:
         self.observer = observer or Observer()
         self.health: HealthServer | None = None
         self._notifier: SystemdNotifier | None = None
+        verifier = Verifier(config.api_key, tolerance=config.signature_tolerance)
+        self.tracing: RequestTracing | None = request_tracing(
+            tracer_provider, redact=verifier.redact
+        )
         self.dispatcher = Dispatcher(
             source,
-            Verifier(config.api_key, tolerance=config.signature_tolerance),
+            verifier,
             request_timeout=config.request_timeout,
             replay_memory=config.replay_memory,
             max_workers=config.max_in_flight,
             spare_threads=config.spare_threads,
             on_threads_change=self.status.set_stuck_handlers,
+            detailed_errors=config.detailed_errors,
+            call_span=None if self.tracing is None else self.tracing.handler_span,
         )
+        self._probe: SourceProbe | None = None
         self.policy = ReconnectPolicy(config)
         self._stopping: asyncio.Event | None = None
         self._leave = asyncio.Event()  # ends the current serving phase (stop, or lock lost)
@@ -277,10 +296,8 @@ class Connector:
         delay = state.upcoming_sleep
         if isinstance(failure, ConnectFailure):
             self._log_failure(failure, delay)
-            if isinstance(failure, Superseded):
-                self.status.set(State.STOOD_DOWN, error=failure.code)
-            else:
-                self.status.set(State.BACKOFF, error=failure.code)
+            now = State.STOOD_DOWN if isinstance(failure, Superseded) else State.BACKOFF
+            self.status.set(now, error=failure.code, message=str(failure))
 
     def _log_failure(self, failure: ConnectFailure, delay: float | None) -> None:
         when = (
@@ -292,26 +309,30 @@ class Connector:
         )
         repeated = failure.code == self._last_failure_code
         self._last_failure_code = failure.code
+        # The fields a log pipeline groups connection failures by.
+        said = logging.LoggerAdapter(
+            log, {"error_code": failure.code, "attempt": self.status.attempt}
+        )
         if isinstance(failure, Superseded):
-            log.error(
+            said.error(
                 "superseded: a newer connector took this source; %s "
                 "(--superseded-backoff) so the two do not steal it back and forth",
                 when,
             )
         elif isinstance(failure, AuthenticationFailed):
             if repeated:
-                log.warning("still rejected: %s; %s", failure, when)
+                said.warning("still rejected: %s; %s", failure, when)
             else:
-                log.error("%s: the API key was refused; %s. %s", failure, _AUTH_HINT, when)
+                said.error("%s: the API key was refused; %s. %s", failure, _AUTH_HINT, when)
         elif isinstance(failure, RateLimited):
-            log.warning("%s: too many connections or attempts; %s", failure, when)
+            said.warning("%s: too many connections or attempts; %s", failure, when)
         elif isinstance(failure, ProtocolMismatch):
-            log.error("%s; %s", failure, when)
+            said.error("%s; %s", failure, when)
         else:
             level = (
                 logging.INFO if failure.ready_for >= self.config.stable_after else logging.WARNING
             )
-            log.log(level, "%s; %s", failure, when)
+            said.log(level, "%s; %s", failure, when)
 
     async def _connect_once(self, in_flight: InFlight, stopping: asyncio.Event) -> None:
         gate = self._gate
@@ -319,7 +340,13 @@ class Connector:
             return  # the HA lock is lost: step down rather than dial
         self.status.set(State.CONNECTING)
         connection = Connection(
-            self.config, self.dispatcher, self.status, in_flight, self.observer, gate=gate
+            self.config,
+            self.dispatcher,
+            self.status,
+            in_flight,
+            self.observer,
+            self.tracing,
+            gate=gate,
         )
         serving = asyncio.ensure_future(connection.run())
         stop_requested = asyncio.ensure_future(stopping.wait())
@@ -388,10 +415,20 @@ class Connector:
         self._notifier = SystemdNotifier.from_environment()
         if self._notifier is not None:
             self._notifier.attach(self.status)
+        if overridden(self.source, "probe"):
+            self._probe = SourceProbe(
+                self.source.probe,
+                self.status,
+                self.config.probe_interval,
+                redact=self.dispatcher.verifier.redact,
+            )
+            self._probe.start()
 
     async def _finish(self, in_flight: InFlight) -> None:
         await self._drain(in_flight)
         self.dispatcher.close()
+        if self._probe is not None:
+            await self._probe.close()
         self.status.set(State.STOPPED)
         if self.health is not None:
             await self.health.close()

@@ -4,5 +4,7 @@
 - :mod:`.health`: ``/healthz``, ``/readyz`` and ``/metrics`` over plain HTTP;
 - :mod:`.metrics`: the Prometheus series (imported only when served);
 - :mod:`.systemd`: ``Type=notify`` readiness, status and watchdog;
-- :mod:`.logs`: logging set-up, with every secret redacted.
+- :mod:`.logs`: logging set-up (text or JSON lines), with every secret redacted;
+- :mod:`.probe`: the source's own health check, on a schedule;
+- :mod:`.tracing`: OpenTelemetry spans (the ``otel`` extra), off unless configured.
 """

@@ -2,9 +2,10 @@
 
 ``GET /healthz``: 200 while the process and its event loop answer (a
 blocked loop cannot answer at all, which is what a liveness probe needs).
-``GET /readyz``: 200 only while the connector is registered and ``ready``,
-otherwise 503; both carry a small JSON body. ``GET /metrics``: Prometheus
-text format.
+``GET /readyz``: 200 only while the connector is registered and ``ready``
+and its source's probe (if it has one) passes, otherwise 503 with the
+reason in ``lastError``; both carry a small JSON body. ``GET /metrics``:
+Prometheus text format. ``HEAD`` answers the same without a body.
 """
 
 from __future__ import annotations
@@ -70,10 +71,7 @@ class HealthServer:
                 body["reason"] = "handler_threads_stuck"
             return _http.Reply.json(200 if healthy else 503, body)
         if request.path == "/readyz":
-            payload = status.as_dict()
-            if status.handlers_exhausted:
-                payload["reason"] = "handler_threads_stuck"
-            return _http.Reply.json(200 if status.serving else 503, payload)
+            return _http.Reply.json(200 if status.serving else 503, status.as_dict())
         if request.path == "/metrics" and self._metrics is not None:
             return _http.Reply(
                 200, self._metrics.render(), {"Content-Type": self._metrics.content_type}

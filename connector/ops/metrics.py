@@ -9,10 +9,20 @@ connector, so several connectors in one process never collide.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client import Enum as EnumMetric
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from .._version import __version__
 from ..wire.bodies import OPERATIONS
@@ -106,6 +116,9 @@ class Metrics(Observer):
             ["reason"],
             registry=registry,
         )
+        # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
+        ProcessCollector(registry=registry)
+        registry.register(_SourceHealth(status))
         self._state.state(status.state.value)
         status.subscribe(self._on_status)
 
@@ -143,3 +156,23 @@ class Metrics(Observer):
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _SourceHealth(Collector):
+    """``ablo_connector_source_up``: 1 while the source's probe passes, 0 while
+    it fails; absent for a source without a probe (nothing to say)."""
+
+    def __init__(self, status: ConnectorStatus) -> None:
+        self._status = status
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())  # the series comes and goes with the probe
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        healthy = self._status.source_healthy
+        if healthy is not None:
+            yield GaugeMetricFamily(
+                "ablo_connector_source_up",
+                "Whether the source's own probe (e.g. the SQL adapter's database) passes.",
+                value=1.0 if healthy else 0.0,
+            )

@@ -68,13 +68,25 @@ class ConnectorStatus:
     organization_id: str | None = None
     environment: str | None = None
     ready_since: float | None = None
+    #: Why the connection last failed (``dns``, ``refused``, ``tls``, an engine
+    #: code, ...) and what happened, in words; cleared once ready again.
     last_error: str | None = None
+    last_error_message: str | None = None
+    #: The connection attempt under way or last made, counting from 1 since
+    #: the connector was last ready (or started).
+    attempt: int = 0
     connects: int = 0
     in_flight: int = 0
     stuck_handlers: int = 0
     handlers_exhausted: bool = False
+    #: What the source's own probe said (see ``DataSource.probe``): None until
+    #: it has run (or when the source has none), then whether it can serve.
+    source_healthy: bool | None = None
+    source_error: str | None = None
+    source_error_message: str | None = None
     _listeners: list[Callable[[ConnectorStatus], None]] = field(default_factory=list, repr=False)
     _ready_event: asyncio.Event | None = field(default=None, repr=False)
+    _attempts_restart: bool = field(default=True, repr=False)
 
     @property
     def is_ready(self) -> bool:
@@ -91,8 +103,13 @@ class ConnectorStatus:
 
     @property
     def serving(self) -> bool:
-        """Ready, and able to give a request a handler thread (what ``/readyz`` says)."""
-        return self.is_ready and not self.handlers_exhausted
+        """What ``/readyz`` says: ready, the source has not reported that it cannot
+        serve, and a request can still get a handler thread."""
+        return (
+            self.state is State.READY
+            and self.source_healthy is not False
+            and not self.handlers_exhausted
+        )
 
     def set_stuck_handlers(self, stuck: int, exhausted: bool) -> None:
         changed = exhausted != self.handlers_exhausted
@@ -105,14 +122,21 @@ class ConnectorStatus:
     def subscribe(self, listener: Callable[[ConnectorStatus], None]) -> None:
         self._listeners.append(listener)
 
-    def set(self, state: State, *, error: str | None = None) -> None:
+    def set(self, state: State, *, error: str | None = None, message: str | None = None) -> None:
         if error is not None:
             self.last_error = error
+            self.last_error_message = message
         if state is State.READY and self.state is not State.READY:
             self.ready_since = time.monotonic()
             self.connects += 1
+            self.last_error = self.last_error_message = None
         elif state is not State.READY:
             self.ready_since = None
+        if state is State.CONNECTING:
+            self.attempt = 1 if self._attempts_restart else self.attempt + 1
+            self._attempts_restart = False
+        elif state in (State.READY, State.STANDBY):
+            self._attempts_restart = True
         changed = state is not self.state
         self.state = state
         if self._ready_event is not None:
@@ -131,15 +155,35 @@ class ConnectorStatus:
                 self._ready_event.set()
         await self._ready_event.wait()
 
+    def set_source_health(self, error: str | None, message: str | None = None) -> None:
+        """Record what the source's probe said: ``error`` None means it can serve."""
+        self.source_healthy = error is None
+        self.source_error = error
+        self.source_error_message = message
+
     def as_dict(self) -> dict[str, object]:
         seconds = self.seconds_ready
-        return {
+        # The connection's failure first; once ready, the source's own.
+        error: str | None
+        message: str | None
+        if self.last_error is not None:
+            error, message = self.last_error, self.last_error_message
+        else:
+            error, message = self.source_error, self.source_error_message
+        payload: dict[str, object] = {
             "state": self.state.value,
+            "ready": self.serving,
             "sourceId": self.source_id,
             "organizationId": self.organization_id,
             "environment": self.environment,
             "secondsReady": None if seconds is None else round(seconds, 3),
-            "lastError": self.last_error,
+            "lastError": error,
+            "lastErrorMessage": message,
             "inFlight": self.in_flight,
             "stuckHandlerThreads": self.stuck_handlers,
         }
+        if self.source_healthy is not None:
+            payload["sourceHealthy"] = self.source_healthy
+        if self.handlers_exhausted:
+            payload["reason"] = "handler_threads_stuck"
+        return payload

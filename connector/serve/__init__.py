@@ -5,5 +5,7 @@
 - :mod:`.answer`: the answer and every body the engine can get;
 - :mod:`.replay`: answers kept by ``webhook-id``;
 - :mod:`.deadlines`: request timeouts, and starting requests eagerly;
+- :mod:`.workers`: the threads plain ``def`` handlers run in, and stuck calls;
+- :mod:`.failures`: what a failed request logs, and what the engine is told;
 - :mod:`.loader`: the user's ``module:attr``.
 """

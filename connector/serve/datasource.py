@@ -103,6 +103,19 @@ class DataSource:
         """Optional: the operations this request may use (``None`` = all)."""
         return None
 
+    def probe(self) -> MaybeAwaitable[None]:
+        """Optional: check that the source can serve now (its database answers, say).
+
+        When a subclass defines it, the daemon calls it every few seconds
+        (``probe_interval``), never concurrently with itself, and shows the
+        outcome on ``/readyz`` (503 while it fails) and as
+        ``ablo_connector_source_up``. Return to say it can serve; raise to
+        say why not: a :class:`~connector.SourceError`'s ``code`` names the
+        reason (``database_unreachable``) and its message the detail. It must
+        be cheap (``SELECT 1``) and finish well within a few seconds.
+        """
+        return None
+
 
 def overridden(source: DataSource, name: str) -> bool:
     """Whether ``source``'s class defines its own ``name`` (else the base's default)."""

@@ -103,7 +103,7 @@ class Deadlines:
             self._timer = loop.call_at(queue[0].when, self._expire)
 
 
-def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+def start_eagerly(coro: Coroutine[Any, Any, object]) -> asyncio.Task[None] | None:
     """Run ``coro`` now, on the caller's task, until it first has to wait.
 
     Most requests never wait (the handler answers from memory, the response
@@ -128,7 +128,7 @@ def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
 
 
 @types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], awaited: Any) -> Generator[Any, Any, None]:
+def _resume(coro: Coroutine[Any, Any, object], awaited: Any) -> Generator[Any, Any, None]:
     """Drive an already-started coroutine from inside a task: what the task
     sends or throws goes on to ``coro``, what ``coro`` waits on goes back out."""
     while True:

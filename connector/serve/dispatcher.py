@@ -16,6 +16,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Final
 
 import pydantic_core
@@ -37,6 +38,7 @@ from ..wire.strict_json import describe_validation_error, loads
 from .answer import Answer, dumps, error_answer, success_body, timeout_answer
 from .datasource import DataSource, RequestContext, overridden
 from .deadlines import Deadlines
+from .failures import handler_failed, timed_out_logged
 from .replay import FirstCopyCancelled, ReplayCache
 from .workers import HandlerThreads
 
@@ -58,6 +60,12 @@ class Dispatcher:
     :mod:`.workers`: ``max_workers`` threads for calls in flight, and
     ``spare_threads`` more to replace stuck ones). Commit answers are kept
     for replays within ``replay_memory`` bytes (see :mod:`.replay`).
+
+    A handler's exception answers 500 with a generic message and a
+    ``reference`` that the local ERROR log line (with the traceback) carries
+    too; ``detailed_errors`` sends the exception's text instead, for
+    development. ``call_span``, when given, wraps each call into the source
+    (tracing: see ``connector.ops.tracing``).
     """
 
     def __init__(
@@ -71,6 +79,8 @@ class Dispatcher:
         max_workers: int = 64,
         spare_threads: int | None = None,
         on_threads_change: Callable[[int, bool], None] | None = None,
+        detailed_errors: bool = False,
+        call_span: Callable[[Callable[..., Any]], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.source = source
         self.verifier = verifier
@@ -88,6 +98,9 @@ class Dispatcher:
         self._has_scopes = overridden(source, "scopes")
         self._is_async: dict[str, bool] = {}
         self._last_skew_warning = -_SKEW_WARNING_INTERVAL
+        self._detailed_errors = detailed_errors
+        if call_span is not None:  # chosen once, so an untraced call pays nothing
+            self._call = _within(call_span, self._call)  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"Dispatcher(source={type(self.source).__name__}, timeout={self.request_timeout})"
@@ -143,7 +156,8 @@ class Dispatcher:
             try:
                 first = await asyncio.wait_for(asyncio.shield(known), self.request_timeout)
             except TimeoutError:
-                return timeout_answer(None, None, self.request_timeout)
+                timed_out = timeout_answer(None, None, self.request_timeout)
+                return timed_out_logged(timed_out, request_id, key, self.request_timeout)
             except FirstCopyCancelled:
                 return await self.dispatch(method, headers, body, request_id=request_id)
             return dataclasses.replace(first, replayed=True)
@@ -189,30 +203,23 @@ class Dispatcher:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            return timeout_answer(request.type, model, time.monotonic() - started)
+            seconds = time.monotonic() - started
+            timed_out = timeout_answer(request.type, model, seconds)
+            return timed_out_logged(timed_out, request_id, ctx.message_id, seconds)
         except SourceError as error:
-            return Answer(
+            chosen = Answer(
                 error.status,
                 dumps(error.body()),
                 operation=request.type,
                 model=model,
                 error=error.code,
             )
+            if error.status != 504:
+                return chosen
+            return timed_out_logged(chosen, request_id, ctx.message_id, time.monotonic() - started)
         except Exception as error:
-            log.error(
-                "handler raised while serving %s %s (request %s)",
-                request.type,
-                model or "-",
-                request_id or "-",
-                exc_info=True,
-            )
-            return error_answer(
-                500,
-                "source_connector_handler_error",
-                self._describe_failure(error),
-                operation=request.type,
-                model=model,
-            )
+            detail = self._describe_failure(error) if self._detailed_errors else None
+            return handler_failed(error, ctx, model, time.monotonic() - started, detail)
         finally:
             self._deadlines.leave(deadline)
 
@@ -325,3 +332,16 @@ def _timestamp_offset(headers: Mapping[str, str]) -> float | None:
         return float(header_value(headers, "webhook-timestamp")) - time.time()
     except (ValueError, OverflowError):
         return None
+
+
+def _within(
+    span: Callable[[Callable[..., Any]], AbstractContextManager[object]],
+    call: Callable[..., Any],
+) -> Callable[..., Any]:
+    """``call``, each time inside ``span(method)``."""
+
+    async def spanned(method: Callable[..., Any], *args: Any) -> Any:
+        with span(method):
+            return await call(method, *args)
+
+    return spanned

@@ -105,6 +105,7 @@ _CALLS: dict[str, tuple[str, ...]] = {
     "events": ("cursor", "limit", "ctx"),
     "authorize": ("ctx",),
     "scopes": ("ctx",),
+    "probe": (),
 }
 
 

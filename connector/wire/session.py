@@ -149,7 +149,8 @@ class ClientSession:
         return Ended(
             ConnectionLost(
                 f"the server at {url} did not accept the {SUBPROTOCOL} subprotocol "
-                "(is the base URL an Ablo engine?)"
+                "(is the base URL an Ablo engine?)",
+                code="subprotocol",
             ),
             1002,
             "subprotocol_required",
@@ -163,7 +164,9 @@ class ClientSession:
 
     def ready_timed_out(self, seconds: float) -> Ended:
         return Ended(
-            ConnectionLost(f"no ready frame within {seconds:g} s of register"),
+            ConnectionLost(
+                f"no ready frame within {seconds:g} s of register", code="ready_timeout"
+            ),
             1002,
             "ready_timeout",
         )
@@ -211,7 +214,9 @@ class ClientSession:
                 return Ended(Superseded(message, ready_for=ready_for))
             if self.ready is None:
                 return Ended(
-                    ConnectionLost(f"the engine refused registration: {frame.code}"),
+                    ConnectionLost(
+                        f"the engine refused registration: {frame.code}", code=frame.code
+                    ),
                     1000,
                     "registration_refused",
                 )
@@ -261,21 +266,24 @@ def closed(code: int | None, reason: str, *, ready_for: float) -> ConnectFailure
     if reason == SUPERSEDED_CODE:
         return Superseded("a newer connector took this source", ready_for=ready_for)
     if code is None:
-        return ConnectionLost("connection dropped without a close frame", ready_for=ready_for)
+        return ConnectionLost(
+            "connection dropped without a close frame", ready_for=ready_for, code="dropped"
+        )
     if code == 1011 and "ping" in reason:
-        return ConnectionLost("keepalive ping timed out (half-open link)", ready_for=ready_for)
+        return ConnectionLost(
+            "keepalive ping timed out (half-open link)", ready_for=ready_for, code="ping_timeout"
+        )
     if code == 1009:
         # Beyond the transport's limit a frame cannot even be read, so the
         # only answer is to close; the engine retries what was in flight.
-        lost = ConnectionLost(
-            "a frame too large to read (over 4 x --max-message-size, and at least 1 MiB more) closed the connection "
-            "(1009); redialing",
+        return ConnectionLost(
+            "a frame too large to read (over 4 x --max-message-size, and at least 1 MiB more) "
+            "closed the connection (1009); redialing",
             ready_for=ready_for,
+            code=TOO_BIG_CODE,
         )
-        lost.code = TOO_BIG_CODE
-        return lost
     detail = f"code {code}" + (f" ({reason})" if reason else "")
-    return ConnectionLost(f"connection closed: {detail}", ready_for=ready_for)
+    return ConnectionLost(f"connection closed: {detail}", ready_for=ready_for, code="closed")
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

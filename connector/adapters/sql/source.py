@@ -500,11 +500,15 @@ class SQLSource(DataSource):
         """Why the database was last found unreachable (no password, no SQL), or ``None``."""
         return self._last_error
 
-    async def probe(self) -> bool:
+    async def probe(self) -> None:
         """Ask the database for ``SELECT 1`` (reflecting the models first if
-        that has not happened yet); updates :attr:`healthy` and returns it.
+        that has not happened yet), and update :attr:`healthy`.
 
-        Never raises for a database problem: a readiness check calls it.
+        The daemon calls it every few seconds (see ``DataSource.probe``):
+        it returns when the database can serve and raises
+        ``SourceError("database_unreachable")`` (or
+        ``"source_adapter_misconfigured"``) with the reason, never the URL's
+        password or SQL, when it cannot.
         """
         try:
             if self._models is None:
@@ -513,11 +517,13 @@ class SQLSource(DataSource):
                 await self._database.read(_select_one)
         except ConfigError as error:
             self._unhealthy(str(error))
+            raise SourceError("source_adapter_misconfigured", str(error), status=503) from None
         except sa_exc.SQLAlchemyError as error:
             self._unhealthy(describe_database_error(error))
-        else:
-            self._healthy, self._last_error = True, None
-        return self._healthy
+            raise SourceError(
+                "database_unreachable", describe_database_error(error), status=503
+            ) from None
+        self._healthy, self._last_error = True, None
 
     def _unhealthy(self, reason: str) -> None:
         self._healthy, self._last_error = False, reason

@@ -1,0 +1,116 @@
+"""Can the source serve? Its own probe, called every few seconds.
+
+A source may define ``probe()`` (see :meth:`connector.DataSource.probe`):
+the SQL adapter's runs ``SELECT 1``. :class:`SourceProbe` calls it on a
+schedule, never two at once, and records the outcome in the
+:class:`~.status.ConnectorStatus`, which ``/readyz`` and
+``ablo_connector_source_up`` show. It logs only the changes: a WARNING when
+the source stops being able to serve, an INFO line when it can again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Final
+
+from ..errors import SourceError
+from .status import ConnectorStatus
+
+__all__ = ["SourceProbe"]
+
+log = logging.getLogger("connector.probe")
+
+_MAX_MESSAGE: Final = 300
+
+
+class SourceProbe:
+    """Runs ``probe`` every ``interval`` seconds until closed.
+
+    A plain ``def`` probe runs on a thread of its own: one that hangs (a
+    database that accepts and never answers) is reported as timed out, and
+    no second call starts until it returns, so hung calls never pile up.
+    """
+
+    def __init__(
+        self,
+        probe: Callable[[], Any],
+        status: ConnectorStatus,
+        interval: float,
+        *,
+        redact: Callable[[str], str] = lambda text: text,
+    ) -> None:
+        self._probe = probe
+        self._status = status
+        self._interval = interval
+        self._redact = redact
+        self._is_async = inspect.iscoroutinefunction(probe)
+        self._executor: ThreadPoolExecutor | None = None
+        self._running: Future[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def _loop(self) -> None:
+        while True:
+            await self.check()
+            await asyncio.sleep(self._interval)
+
+    async def check(self) -> None:
+        """Call the probe once and record what it said."""
+        try:
+            await asyncio.wait_for(self._call(), self._interval)
+        except TimeoutError:
+            self._record(
+                "probe_timeout", f"the source's probe did not answer within {self._interval:g} s"
+            )
+        except SourceError as error:
+            self._record(error.code, error.message or error.code)
+        except Exception as error:
+            self._record("probe_failed", f"{type(error).__name__}: {error}")
+        else:
+            self._record(None, None)
+
+    async def _call(self) -> None:
+        if self._is_async:
+            await self._probe()
+            return
+        if self._running is None or self._running.done():
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="ablo-probe")
+            self._running = self._executor.submit(self._probe)
+        # Cancelling this wait (a timeout) leaves a call that has started running.
+        result = await asyncio.wrap_future(self._running)
+        if inspect.isawaitable(result):
+            await result
+
+    def _record(self, error: str | None, message: str | None) -> None:
+        status = self._status
+        was_healthy, was_error = status.source_healthy, status.source_error
+        if message is not None:
+            message = self._redact(message)[:_MAX_MESSAGE]
+        status.set_source_health(error, message)
+        if error is not None and error != was_error:
+            log.warning(
+                "the source cannot serve: %s: %s (/readyz answers 503 until its probe passes)",
+                error,
+                message,
+                extra={"error_code": error},
+            )
+        elif error is None and was_healthy is False:
+            log.info("the source can serve again: its probe passes")
