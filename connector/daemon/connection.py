@@ -15,10 +15,11 @@ which the supervisor turns into a reconnect decision.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Final, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -76,6 +77,43 @@ class ServingGate(Protocol):
         ...
 
 
+class Slots:
+    """At most ``limit`` requests at once; a free slot is taken without a coroutine.
+
+    (asyncio.Semaphore's ``acquire()`` is a coroutine call per request, on
+    the hottest path of the connector.)
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def take_now(self) -> bool:
+        if self.free > 0:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        while self.free == 0:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+        self.free -= 1
+
+    def give(self) -> None:
+        self.free += 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
 class InFlight:
     """The handler calls under way, shared by every connection of a connector.
 
@@ -87,20 +125,20 @@ class InFlight:
 
     def __init__(self, limit: int, status: ConnectorStatus) -> None:
         self.limit = limit
-        self.slots = asyncio.Semaphore(limit)
+        self.slots = Slots(limit)
         self.tasks: set[asyncio.Task[None]] = set()
         self._status = status
 
-    def track(self, task: asyncio.Task[None]) -> None:
+    def track(self, task: asyncio.Task[Any]) -> None:
         """Hand a started request's task (and its slot) over; the slot is released when done."""
         self.tasks.add(task)
         self._status.in_flight = len(self.tasks)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         self._status.in_flight = len(self.tasks)
-        self.slots.release()
+        self.slots.give()
 
     async def drain(self, timeout: float) -> int:
         """Wait up to ``timeout`` s for running calls; cancel the rest. Returns how many."""
@@ -258,9 +296,11 @@ class Connection:
         reading, and the socket's flow control pushes back on the engine.
         """
         slots = self._in_flight.slots
-        await slots.acquire()
+        if not slots.take_now():
+            await slots.take()
         try:
-            raw = await ws.recv()
+            # Undecoded: the frame parser reads UTF-8 bytes as they are.
+            raw = await ws.recv(decode=False)
             # The fence: checked per frame, on the clock, so a stalled or
             # paused leader cannot serve on a lock it may have lost.
             gate = self._gate
@@ -268,7 +308,7 @@ class Connection:
                 await _read_no_more()
             return raw
         except BaseException:
-            slots.release()
+            slots.give()
             raise
 
     async def _until_ready(self, ws: ClientConnection) -> None:
@@ -335,7 +375,7 @@ class Connection:
             self._observer.frame_rejected("malformed")
         finally:
             if not took_slot:
-                self._in_flight.slots.release()
+                self._in_flight.slots.give()
 
     def _report(self, event: EngineError | Invalid | Ignored) -> None:
         if isinstance(event, Invalid):

@@ -227,7 +227,7 @@ class Dispatcher:
         operation = request.type
         model = getattr(request, "model", None)
         if self._has_authorize:
-            ctx = dataclasses.replace(ctx, auth=await self._call(self.source.authorize, ctx))
+            ctx = ctx._replace(auth=await self._call(self.source.authorize, ctx))
         if self._has_scopes:
             granted = await self._call(self.source.scopes, ctx)
             if granted is not None:

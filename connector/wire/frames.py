@@ -178,10 +178,11 @@ def decode_frame(raw: str | bytes | bytearray | memoryview) -> Frame:
     Raises :class:`ProtocolError` for anything that is not a valid frame; the
     message names the offending fields but never echoes their values.
     """
-    text = _text_of(raw)
-    frame = validate_fast(_FRAME_ADAPTER, text)
+    fast = raw if isinstance(raw, str | bytes) else bytes(raw)
+    frame = validate_fast(_FRAME_ADAPTER, fast)
     if frame is not None:
         return frame
+    text = _text_of(raw)  # a BOM, invalid UTF-8, or simply invalid: diagnose on text
     try:
         value = loads(text)
     except (ValueError, RecursionError):

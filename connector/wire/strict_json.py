@@ -50,17 +50,21 @@ def loads(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
-def validate_fast(adapter: TypeAdapter[_T], text: str) -> _T | None:
+def validate_fast(adapter: TypeAdapter[_T], text: str | bytes) -> _T | None:
     """``text`` parsed and validated in one pass, or None when the slow path must decide.
 
     pydantic's parser takes the literals JSON does not have, so a text that
     may hold one always goes the slow way (rarely: only a string value that
-    contains the word).
+    contains the word). UTF-8 bytes are parsed as they are, never decoded
+    to a ``str`` first.
     """
-    if "NaN" in text or "Infinity" in text:
+    if isinstance(text, str):
+        if "NaN" in text or "Infinity" in text:
+            return None
+    elif b"NaN" in text or b"Infinity" in text:
         return None
     try:
-        return adapter.validate_json(text)
+        return adapter.validator.validate_json(text)  # type: ignore[no-any-return]
     except ValidationError:
         return None
 
