@@ -1,48 +1,75 @@
 """Secrets out of URLs, however malformed the URL is.
 
 A database or lock URL may carry a password in its userinfo
-(``postgresql://app:secret@db/app``, even with an unescaped ``@`` inside it)
-or in its query (``?password=secret``). :func:`redact_url` blanks both
-without parsing the URL strictly, so a URL too broken to parse is still
-safe to show; :func:`url_secrets` lists what to blank from any text.
+(``postgresql://app:secret@db/app``) or in its query (``?password=secret``,
+even spelled ``?%70assword=``). Parsers disagree on malformed URLs: a
+password holding ``?``, ``#`` or ``/`` ends the authority for
+:mod:`urllib.parse`, not for SQLAlchemy; a raw ``@`` in a password makes
+them take the rest of it for the host. So this module reads URLs the
+widest way any parser might: the userinfo is everything up to the ``@``
+(the last one, if several), and any query parameter whose decoded name says
+"pass" is a secret. :func:`url_secrets` lists what to blank from any text,
+:func:`redact_url` blanks it in the URL itself, and :func:`unescaped_at`
+finds the URLs that no parser reads the same way, to refuse them.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Final
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote, unquote_plus
 
 __all__ = ["REDACTED", "has_password", "redact_url", "unescaped_at", "url_secrets"]
 
 REDACTED: Final = "[redacted]"
 
-# scheme://userinfo@ — greedy up to the last "@" before the path, so a
-# password with an unescaped "@" is still wholly inside the userinfo.
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#]*)@")
-_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:password|passwd|pass|sslpassword)=)([^&#]*)")
+# scheme://userinfo@ — greedy up to the last "@", so a password with an
+# unescaped "@", "?", "#" or "/" is still wholly inside the userinfo.
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>.*)@")
+
+
+def _query(url: str) -> str:
+    """The query as the widest reading has it: after the first ``?`` past the userinfo."""
+    match = _USERINFO.match(url)
+    rest = url[match.end() :] if match else url
+    _, _, query = rest.partition("?")
+    return query.partition("#")[0]
+
+
+def _is_secret_name(name: str) -> bool:
+    return "pass" in name.lower()
 
 
 def url_secrets(url: str) -> list[str]:
-    """The secret parts of ``url`` as they appear in it, and unquoted."""
+    """The secret parts of ``url``, as they appear in it and decoded."""
     found: list[str] = []
     match = _USERINFO.match(url)
     if match:
         _, sep, password = match.group("userinfo").partition(":")
         if sep and password:
             found.append(password)
-    found.extend(m.group(2) for m in _QUERY_PASSWORD.finditer(url) if m.group(2))
-    return [variant for secret in found for variant in {secret, unquote(secret)} if variant]
+            # A reader that stops at the first "@" (SQLAlchemy) sees less of it.
+            found.extend(part for part in password.split("@") if len(part) >= 3)
+    query = _query(url)
+    for raw in query.split("&"):
+        name, sep, value = raw.partition("=")
+        if sep and value and _is_secret_name(unquote_plus(name)):
+            found.append(value)
+    found.extend(
+        value for name, value in parse_qsl(query, keep_blank_values=True) if _is_secret_name(name)
+    )
+    return sorted(
+        {variant for secret in found for variant in (secret, unquote(secret)) if variant},
+        key=len,
+        reverse=True,
+    )
 
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``[redacted]``."""
-    match = _USERINFO.match(url)
-    if match:
-        user, sep, password = match.group("userinfo").partition(":")
-        if sep and password:
-            url = f"{match.group('scheme')}{user}:{REDACTED}@{url[match.end() :]}"
-    return _QUERY_PASSWORD.sub(lambda m: m.group(1) + REDACTED, url)
+    for secret in url_secrets(url):
+        url = url.replace(secret, REDACTED)
+    return url
 
 
 def has_password(url: str) -> bool:
@@ -51,7 +78,6 @@ def has_password(url: str) -> bool:
 
 
 def unescaped_at(url: str) -> bool:
-    """Whether the userinfo holds a raw ``@``: parsers then split the password
-    at it and show the rest as the host, in errors and logs."""
-    match = _USERINFO.match(url)
-    return match is not None and "@" in match.group("userinfo")
+    """Whether the URL holds more than one raw ``@``: parsers then disagree on
+    where the password ends, and print the rest of it as the host."""
+    return url.count("@") > 1

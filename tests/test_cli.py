@@ -313,11 +313,14 @@ async def test_check_with_only_a_handler_needs_no_key() -> None:
 SECRET = "Sup3rS3cretPw"
 
 
+@pytest.mark.parametrize("command", ["run", "check", "migrate"])
 @pytest.mark.parametrize(
-    ("command", "url"),
+    "url",
     [
-        ("run", f"postgresql://app:Pass@{SECRET}@127.0.0.1:1/app"),
-        ("check", f"postgresql://app:Pass@{SECRET}@127.0.0.1:1/app"),
+        f"postgresql://app:Pass@{SECRET}@127.0.0.1:1/app",
+        f"postgresql://app:Pa?ss@{SECRET}@127.0.0.1:1/app",
+        f"postgresql://app:Pa#ss@{SECRET}@127.0.0.1:1/app",
+        f"postgresql://app:Pa/ss@{SECRET}@127.0.0.1:1/app",
     ],
 )
 async def test_a_database_url_with_a_raw_at_sign_is_refused_without_leaking(
@@ -327,8 +330,42 @@ async def test_a_database_url_with_a_raw_at_sign_is_refused_without_leaking(
     async with process([command, "--database-url", url], env) as cli:
         assert await cli.wait(30) == 78
         output = cli.output()
-    assert "raw '@' before its host; percent-encode '@'" in output
-    assert SECRET not in output and "Pass" not in output and "Traceback" not in output
+    assert "more than one '@'; percent-encode '@'" in output
+    assert SECRET not in output and "Pa" not in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://app@127.0.0.1:1/app?password={SECRET}",
+        f"postgresql://app@127.0.0.1:1/app?%70assword={SECRET}",
+        f"postgresql://app:x?{SECRET}@127.0.0.1:1/app",
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "check", "migrate"])
+async def test_a_database_password_in_any_form_never_appears(command: str, url: str) -> None:
+    args = [command, "--database-url", url]
+    if command == "run":
+        args += ["--base-url", "http://127.0.0.1:1", "--log-format", "json"]
+    async with process(args, ENV if command == "run" else {"ABLO_API_KEY": ""}) as cli:
+        if command == "run":
+            await asyncio.sleep(2)
+            cli.signal(signal.SIGTERM)
+        await cli.wait(30)
+        output = cli.output()
+    assert "127.0.0.1" in output, output  # it did talk about the database
+    assert SECRET not in output and "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("command", ["run", "check", "migrate"])
+async def test_a_database_url_with_a_bad_port_is_one_line_and_78(command: str) -> None:
+    url = f"postgresql://app:{SECRET}@127.0.0.1:port/app"
+    env = ENV if command == "run" else {"ABLO_API_KEY": ""}
+    async with process([command, "--database-url", url], env) as cli:
+        assert await cli.wait(30) == 78
+        output = cli.output()
+    assert "the database URL is not valid" in output
+    assert SECRET not in output and "Traceback" not in output
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,13 @@ def test_repr_shows_no_key_and_no_lock_password() -> None:
     assert "postgresql://ha:[redacted]@db.internal/app?name=orders" in shown
     broken = repr(Config(api_key=KEY, ha_lock="postgresql://ha:p%zz@ss@db/app"))
     assert "p%zz" not in broken and "ss@db" not in broken
+    for lock in (
+        "postgresql://app:ab?TOPSECRET@127.0.0.1:1/db",
+        "postgresql://app:ab#TOPSECRET@127.0.0.1:1/db",
+        "postgresql://app@127.0.0.1:1/db?%70assword=TOPSECRET&name=x",
+        "postgresql://app@127.0.0.1:1/db?sslpassword=TOPSECRET",
+    ):
+        assert "TOPSECRET" not in repr(Config(api_key=KEY, ha_lock=lock)), lock
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -499,7 +500,7 @@ async def test_kept_commit_answers_are_bounded_by_bytes_and_freed_without_traffi
     from connector.serve.replay import ENTRY_OVERHEAD
 
     source = Counting()
-    body_size = len(json.dumps({"rows": [{"run": 20}]}, separators=(",", ":")))
+    body_size = sys.getsizeof(json.dumps({"rows": [{"run": 20}]}, separators=(",", ":")))
     d = dispatcher(source, replay_memory=5 * (body_size + ENTRY_OVERHEAD), replay_window=0.3)
     for i in range(20):
         await d.dispatch("POST", *_signed(COMMIT, f"msg_{i}"))
@@ -508,6 +509,18 @@ async def test_kept_commit_answers_are_bounded_by_bytes_and_freed_without_traffi
     assert again.replayed and source.runs == 20
     await asyncio.sleep(0.5)  # no request in between: the expiry timer frees them
     assert d.replay_entries == 0 and d.replay_bytes == 0
+
+
+async def test_the_replay_budget_counts_what_answers_occupy_not_their_length() -> None:
+    class Wide(DataSource):
+        async def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
+            return CommitResult(rows=[{"id": "r", "text": "🚀" * 10_000}])
+
+    d = dispatcher(Wide(), replay_memory=100_000)
+    for i in range(10):
+        await d.dispatch("POST", *_signed(COMMIT, f"msg_wide_{i}"))
+    # Each answer is about 10,000 characters but 40,000 bytes of memory: two fit.
+    assert d.replay_entries == 2 and d.replay_bytes <= 100_000
 
 
 async def test_read_answers_are_not_kept_but_a_running_read_is_shared() -> None:
@@ -541,3 +554,59 @@ async def test_a_cancelled_first_copy_lets_the_duplicate_run() -> None:
 def _signed(body: Any, message_id: str) -> tuple[dict[str, str], str]:
     text = json.dumps(body)
     return sign_request(API_KEY, message_id, text), text
+
+
+class Unruly(DataSource):
+    """Raises what a handler should not, in both kinds of method."""
+
+    def __init__(self, what: BaseException) -> None:
+        self.what = what
+
+    async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+        raise self.what
+
+    def list(self, model: str, query: ListQuery, ctx: RequestContext) -> list[Any]:
+        raise self.what
+
+
+@pytest.mark.parametrize(
+    "what",
+    [SystemExit(0), SystemExit(78), KeyboardInterrupt(), asyncio.CancelledError()],
+    ids=["exit0", "exit78", "interrupt", "own-cancel"],
+)
+async def test_no_exception_a_handler_raises_escapes_the_dispatcher(what: BaseException) -> None:
+    d = dispatcher(Unruly(what))
+    for body in (LOAD, LIST):
+        status, payload = await answer(d, body)
+        assert (status, payload["error"]) == (500, "source_connector_handler_error"), body
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        SourceError("conflict", "row changed", status=409, etag=b"\xff\xfe"),
+        SourceError("conflict", "row changed", status=409, when=object()),
+        SourceError("odd", "status out of range", status=700),
+        SourceError("odd", "not an error status", status=200),
+    ],
+)
+async def test_a_source_error_that_cannot_be_sent_answers_500(error: SourceError) -> None:
+    class Raising(DataSource):
+        async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+            raise error
+
+    status, payload = await answer(dispatcher(Raising()), LOAD)
+    assert (status, payload["error"]) == (500, "source_connector_handler_error")
+
+
+async def test_a_handler_that_swallows_its_cancellation_still_answers_504() -> None:
+    class Stubborn(DataSource):
+        async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.3)  # carries on regardless
+            return {"id": id}
+
+    status, payload = await answer(dispatcher(Stubborn(), request_timeout=0.2), LOAD)
+    assert (status, payload["error"]) == (504, "source_connector_timeout")

@@ -1025,11 +1025,23 @@ async def test_client_mistakes_are_specific_400s(client: Client, prepared: str) 
             (client, {"type": "list", "model": "task", "query": {
                 "where": [["priority", "IN", list(range(70_000))]]}}, "source_where_invalid"),
             (client, {"type": "events", "cursor": huge}, "source_cursor_invalid"),
+            # A pattern too long for SQLite's LIKE, and text no database can store.
+            (client, {"type": "list", "model": "task", "query": {
+                "where": [["title", "LIKE", "%" * 60_000]]}}, "source_where_invalid"),
+            (client, {"type": "list", "model": "task", "query": {
+                "where": [["title", "\ud800"]]}}, "source_value_invalid"),
+            (client, {"type": "list", "model": "task", "query": {
+                "where": [["title", "LIKE", "a\udfffb%"]]}}, "source_value_invalid"),
+            (client, {"type": "commit", "correlationId": "c_lone", "operations": [
+                {"type": "CREATE", "model": "task", "id": "t9", "input": {"title": "\ud800"}}]},
+                "source_value_invalid"),
         ]  # fmt: skip
         for who, request, code in cases:
             status, body = await who(request)
-            assert (status, body["error"]) == (400, code), (request, body)
+            assert (status, body["error"]) == (400, code), (str(request)[:200], body)
             _no_sql_in(body, huge)
+        # None of that is the database's fault: it is still healthy.
+        assert client.source.healthy and counters.source.healthy
         # The limits stay within what each database takes: a full IN list works.
         await client.commit("c_in", create("t1", priority=9_999))
         page = await client.list(where=[["priority", "IN", list(range(10_000))]])
@@ -1069,20 +1081,38 @@ async def test_database_errors_carry_no_sql_or_values(client: Client, prepared: 
         await codes.close()
 
 
-async def test_postgres_input_errors_do_not_echo_the_value(postgres_server: Any) -> None:
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("mood", "s3cr3t"),
+        ("mood", 's3cr3t"x'),  # a quote inside the value
+        ("addr", '10.0.0.1"s3cr3t'),
+        ("price", "99999999999999999999s3cr3t"),
+        ("price", "99999999999999999999"),  # the value mid-message: out of range
+        ("flags", "s3cr3t"),
+    ],
+)
+async def test_postgres_input_errors_do_not_echo_the_value(
+    postgres_server: Any, column: str, value: str
+) -> None:
     url = prepare(create_database(postgres_server))
     execute(
         url,
         "CREATE TYPE mood AS ENUM ('happy', 'sad')",
-        "CREATE TABLE moods (id TEXT PRIMARY KEY, mood mood)",
+        "CREATE TABLE moods (id TEXT PRIMARY KEY, mood mood, addr inet, price money, flags bit(4))",
     )
     client = Client(SQLSource(url, {"models": {"mood": {"table": "moods"}}}))
     try:
-        create_mood = {"type": "CREATE", "model": "mood", "id": "m1", "input": {"mood": "s3cr3t"}}
-        status, body = await client.commit("c_mood", create_mood)
-        assert (status, body["error"]) == (400, "source_query_invalid")
-        assert body["message"].startswith("invalid input value for enum mood")
+        create = {"type": "CREATE", "model": "mood", "id": "m1", "input": {column: value}}
+        status, body = await client.commit("c_mood", create)
+        assert (status, body["error"]) == (400, "source_value_invalid")
+        assert body["message"].startswith("the database refused the request: ")
+        _no_sql_in(body, value)
         _no_sql_in(body, "s3cr3t")
+        assert "99999999999999999999" not in body["message"]
+        where = {"type": "list", "model": "mood", "query": {"where": [[column, value]]}}
+        status, body = await client(where)
+        assert status == 400 and value not in json.dumps(body) and "s3cr3t" not in json.dumps(body)
     finally:
         await client.close()
         drop_database(postgres_server, url)
@@ -1163,3 +1193,17 @@ async def test_an_unreachable_database_is_unhealthy_until_a_probe_succeeds(
         assert status == 503 and source.healthy is False
     finally:
         await source.aclose()
+
+
+async def test_a_value_too_large_for_an_index_is_the_callers_400(postgres_server: Any) -> None:
+    url = prepare(create_database(postgres_server))
+    execute(url, "CREATE UNIQUE INDEX tasks_title ON tasks (title)")
+    client = Client(SQLSource(url, MODELS))
+    try:
+        status, body = await client.commit("c_wide", create("t1", title="x" * 300_000))
+        assert (status, body["error"]) == (400, "source_value_invalid"), body
+        assert "ProgramLimitExceeded" in body["message"] and "xxxx" not in body["message"]
+        assert client.source.healthy, "the database is fine; the request was not"
+    finally:
+        await client.close()
+        drop_database(postgres_server, url)

@@ -37,7 +37,7 @@ async def test_migrate_creates_once_and_never_prints_the_password(postgres_serve
         assert ": created table ablo_idempotency\n" in created
         assert ": created table ablo_outbox\n" in created
         assert "created" not in again and "are up to date" in again
-        assert PASSWORD not in created + again and "***" in created
+        assert PASSWORD not in created + again and "[redacted]" in created
     finally:
         drop_database(postgres_server, url)
 

@@ -317,3 +317,14 @@ def test_rejections_and_closes_are_classified_from_plain_values() -> None:
     dropped = closed(None, "", ready_for=7.0)
     assert isinstance(dropped, ConnectionLost) and dropped.ready_for == 7.0
     assert "code 1001 (going away)" in str(closed(1001, "going away", ready_for=0.0))
+
+
+def test_the_intent_hash_takes_a_lone_surrogate_as_javascript_writes_it() -> None:
+    from connector.wire.bodies import Operation, canonical_json, operations_intent_hash
+
+    # What JSON.stringify({a: "x\ud800y", b: "é"}) prints in the engine's runtime.
+    assert canonical_json({"b": "é", "a": "x\ud800y"}) == '{"a":"x\\ud800y","b":"é"}'
+    operation = Operation.model_validate(
+        {"type": "CREATE", "model": "task", "id": "t1", "input": {"title": "\ud800"}}
+    )
+    assert len(operations_intent_hash([operation])) == 64

@@ -34,7 +34,7 @@ def migrate(database_url: str) -> None:
     """
     from sqlalchemy.exc import DBAPIError, OperationalError
 
-    from ..adapters.sql import create_database_engine, describe_database_error
+    from ..adapters.sql import create_database_engine, describe_database_error, shown_url
     from ..adapters.sql import migrate as migrate_tables
 
     formatter = configure_logging("warning")
@@ -43,7 +43,7 @@ def migrate(database_url: str) -> None:
         engine = create_database_engine(database_url, must_exist=True)
     except ConfigError as error:
         fail(str(error))
-    shown = engine.url.render_as_string(hide_password=True)
+    shown = shown_url(engine.url)
     try:
         changes = migrate_tables(engine)
     except ConfigError as error:

@@ -204,7 +204,7 @@ def _check_database(
 ) -> None:
     from sqlalchemy.exc import OperationalError
 
-    from ..adapters.sql import describe_database_error
+    from ..adapters.sql import describe_database_error, shown_url
 
     source = sql_source(database_url, models_path, add_secret)
     try:
@@ -217,6 +217,6 @@ def _check_database(
         source.close()
     served = sorted({model.name for model in models.values()})
     say(
-        f"ok    database: {source.engine.url.render_as_string(hide_password=True)} "
+        f"ok    database: {shown_url(source.engine.url)} "
         f"(ledger and outbox present; models: {', '.join(served)})"
     )

@@ -90,8 +90,10 @@ def build_source(
         )
     from sqlalchemy.exc import OperationalError
 
+    from ..adapters.sql import shown_url
+
     source = sql_source(database_url, models_path, add_secret, pool_size)
-    shown = source.engine.url.render_as_string(hide_password=True)
+    shown = shown_url(source.engine.url)
     if url_on_command_line and source.engine.url.password:
         log.warning(
             "the database password was given on the command line, where other local users "
@@ -142,6 +144,6 @@ def guard_url(url: str, flag: str, add_secret: Callable[[str], None]) -> None:
         add_secret(secret)
     if unescaped_at(url):
         raise ConfigError(
-            f"{flag}: the URL has a raw '@' before its host; percent-encode '@' in the user "
-            "name or password as %40"
+            f"{flag}: the URL has more than one '@'; percent-encode '@' in the user name or "
+            "password as %40"
         )

@@ -196,32 +196,60 @@ class Dispatcher:
         started = time.monotonic()
         deadline = self._deadlines.enter()
         try:
-            return await self._route(ctx, request)
-        except asyncio.CancelledError:
-            if not deadline.expired:
-                raise
+            answer = await self._route(ctx, request)
+            if deadline.expired:
+                # The handler swallowed its cancellation and answered late: the
+                # request is past its deadline all the same.
+                log.warning(
+                    "the handler of request %s ignored its cancellation at the deadline",
+                    request_id or "-",
+                )
+                raise asyncio.CancelledError
+            return answer
+        except asyncio.CancelledError as cancelled:
             task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            seconds = time.monotonic() - started
-            timed_out = timeout_answer(request.type, model, seconds)
-            return timed_out_logged(timed_out, request_id, ctx.message_id, seconds)
+            if deadline.expired:
+                if task is not None and task.cancelling():
+                    task.uncancel()
+                seconds = time.monotonic() - started
+                timed_out = timeout_answer(request.type, model, seconds)
+                return timed_out_logged(timed_out, request_id, ctx.message_id, seconds)
+            if task is not None and task.cancelling():
+                raise  # this request is being cancelled (a forced stop): let it end
+            # The handler raised CancelledError of its own (awaiting something
+            # another party cancelled): a failure like any other.
+            return self._failed(cancelled, ctx, model, started)
         except SourceError as error:
-            chosen = Answer(
-                error.status,
-                dumps(error.body()),
-                operation=request.type,
-                model=model,
-                error=error.code,
-            )
+            chosen = self._chosen(error, request.type, model)
+            if chosen is None:
+                return self._failed(error, ctx, model, started)
             if error.status != 504:
                 return chosen
             return timed_out_logged(chosen, request_id, ctx.message_id, time.monotonic() - started)
-        except Exception as error:
-            detail = self._describe_failure(error) if self._detailed_errors else None
-            return handler_failed(error, ctx, model, time.monotonic() - started, detail)
+        except BaseException as error:
+            # Nothing a handler raises may stop the connector or lose the answer.
+            return self._failed(error, ctx, model, started)
         finally:
             self._deadlines.leave(deadline)
+
+    def _failed(
+        self, error: BaseException, ctx: RequestContext, model: str | None, started: float
+    ) -> Answer:
+        detail = self._describe_failure(error) if self._detailed_errors else None
+        return handler_failed(error, ctx, model, time.monotonic() - started, detail)
+
+    @staticmethod
+    def _chosen(error: SourceError, operation: str, model: str | None) -> Answer | None:
+        """The answer a handler chose by raising ``error``, or None if it cannot be sent."""
+        if not isinstance(error.status, int) or not 400 <= error.status <= 599:
+            log.error("a SourceError's status must be 400 to 599, not %r", error.status)
+            return None
+        try:
+            body = dumps(error.body())
+        except (pydantic_core.PydanticSerializationError, TypeError, ValueError):
+            log.error("a SourceError's fields are not JSON-serializable: %s", error.code)
+            return None
+        return Answer(error.status, body, operation=operation, model=model, error=error.code)
 
     async def _route(self, ctx: RequestContext, request: SourceRequest) -> Answer:
         operation = request.type

@@ -22,6 +22,7 @@ ledger is).
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import OrderedDict
 from typing import Final, TypeAlias
@@ -33,6 +34,12 @@ __all__ = ["ENTRY_OVERHEAD", "FirstCopyCancelled", "ReplayCache"]
 # What one kept answer costs beyond its body: the key, the tuple, the dict
 # slot (measured at about 250 bytes), so a budget holds for tiny answers too.
 ENTRY_OVERHEAD: Final = 256
+
+
+def _cost(body: str) -> int:
+    # What the body occupies in memory: 1, 2 or 4 bytes a character (CPython
+    # stores a string by its widest character), not its length.
+    return sys.getsizeof(body) + ENTRY_OVERHEAD
 
 
 class FirstCopyCancelled(Exception):
@@ -98,12 +105,12 @@ class ReplayCache:
             self._keep(key, answer)
 
     def _keep(self, key: str, answer: Answer) -> None:
-        size = len(answer.body) + ENTRY_OVERHEAD
+        size = _cost(answer.body)
         if size > self.max_bytes:
             return  # larger than the whole budget: the handler's idempotency must do
         previous = self._done.pop(key, None)
         if previous is not None:
-            self.kept_bytes -= len(previous[2]) + ENTRY_OVERHEAD
+            self.kept_bytes -= _cost(previous[2])
         expires = time.monotonic() + self._window
         self._done[key] = (
             expires, answer.status, answer.body, answer.operation, answer.model, answer.error,
@@ -111,7 +118,7 @@ class ReplayCache:
         self.kept_bytes += size
         while self.kept_bytes > self.max_bytes:
             _, evicted = self._done.popitem(last=False)
-            self.kept_bytes -= len(evicted[2]) + ENTRY_OVERHEAD
+            self.kept_bytes -= _cost(evicted[2])
         loop = asyncio.get_running_loop()
         if self._timer is None or self._timer_loop is not loop:
             self._arm(loop)
@@ -133,7 +140,7 @@ class ReplayCache:
             if kept[0] > now:
                 break
             del done[key]
-            self.kept_bytes -= len(kept[2]) + ENTRY_OVERHEAD
+            self.kept_bytes -= _cost(kept[2])
         self._arm(loop)
 
     def close(self) -> None:

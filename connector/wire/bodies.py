@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal, get_args
@@ -371,6 +372,9 @@ def _js_number(value: float) -> str:
     return sign + head + exp_text
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def canonical_json(value: Any) -> str:
     """Keys sorted, no spaces, numbers and strings as JavaScript writes them.
 
@@ -384,7 +388,10 @@ def canonical_json(value: Any) -> str:
     if isinstance(value, float):
         return _js_number(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        text = json.dumps(value, ensure_ascii=False)
+        # JSON.stringify writes a lone surrogate as its escape (the text then
+        # encodes to UTF-8); json.dumps would leave the raw code point.
+        return _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
     if isinstance(value, Mapping):
         items = sorted((str(k), v) for k, v in value.items())
         return "{" + ",".join(f"{canonical_json(k)}:{canonical_json(v)}" for k, v in items) + "}"

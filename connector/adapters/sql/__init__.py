@@ -16,6 +16,7 @@ from .source import (
     create_database_engine,
     database_url,
     describe_database_error,
+    shown_url,
 )
 
 __all__ = [
@@ -29,5 +30,6 @@ __all__ = [
     "database_url",
     "describe_database_error",
     "migrate",
+    "shown_url",
     "snake_to_camel",
 ]

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from ...errors import SourceError
 from ...wire.bodies import Condition, ListQuery
 from .models import ServedModel
-from .values import to_column_value, to_json_value
+from .values import checked_text, to_column_value, to_json_value
 
 __all__ = ["MAX_BOUND_VALUES", "MAX_WHERE_CONDITIONS", "ListPlan", "plan_list"]
 
@@ -36,6 +36,9 @@ _CURSOR_VERSION: Final = 1
 # takes 10,000 (fewer on a SQLite built with a lower limit).
 MAX_WHERE_CONDITIONS: Final = 64
 MAX_BOUND_VALUES: Final = 10_000
+# A LIKE pattern's length: SQLite refuses patterns past 50,000 bytes (as "too
+# complex", which is not the request's to read); a real filter is far shorter.
+MAX_PATTERN_LENGTH: Final = 10_000
 
 _Comparison = Callable[[Any, Any], Any]
 _COMPARISONS: Final[dict[str, _Comparison]] = {
@@ -124,7 +127,9 @@ def condition_clause(model: ServedModel, condition: Condition) -> sa.ColumnEleme
     if op in ("LIKE", "NOT LIKE", "ILIKE", "NOT ILIKE"):
         if not isinstance(value, str):
             raise _where_invalid(condition, "the pattern must be a string")
-        return _COMPARISONS[op](column, value)  # type: ignore[no-any-return]
+        if len(value) > MAX_PATTERN_LENGTH:
+            raise _where_invalid(condition, f"the pattern is longer than {MAX_PATTERN_LENGTH}")
+        return _COMPARISONS[op](column, checked_text(condition.field, value))  # type: ignore[no-any-return]
     compare = _COMPARISONS.get(op)
     if compare is None:  # the request model admits only known operators; belt and braces
         raise _where_invalid(condition, "unsupported operator")

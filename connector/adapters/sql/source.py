@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from ..._redact import redact_url
 from ...errors import ConfigError, SourceError
 from ...serve.datasource import DataSource, RequestContext
 from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
@@ -54,6 +55,7 @@ from .values import json_text, python_type, to_column_value, to_json_row, to_jso
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
+    "shown_url",
     "SQLSource",
     "create_database_engine",
     "database_url",
@@ -78,11 +80,16 @@ DEFAULT_POOL_SIZE: Final = 10
 POOL_RECYCLE_SECONDS: Final = 1800
 
 
+def shown_url(url: sa.URL) -> str:
+    """The URL as an operator may see it: no password, in its userinfo or its query."""
+    return redact_url(url.render_as_string(hide_password=True))
+
+
 def database_url(url: str | sa.URL) -> sa.URL:
     """Parse a database URL, choosing psycopg 3 for ``postgresql://``/``postgres://``."""
     try:
         parsed = sa.make_url(url)
-    except sa_exc.ArgumentError:
+    except (sa_exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError(
             "the database URL is not valid (expected sqlite:///path.db or "
             "postgresql://user@host/dbname)"
@@ -485,7 +492,7 @@ class SQLSource(DataSource):
         self._last_error: str | None = None
 
     def __repr__(self) -> str:
-        url = self.engine.url.render_as_string(hide_password=True)
+        url = shown_url(self.engine.url)
         return f"{type(self).__name__}({url!r})"
 
     # ------------------------------------------------------------ health
@@ -593,7 +600,7 @@ class SQLSource(DataSource):
         log.info(
             "serving %d model(s) from %s: %s",
             len(models),
-            self.engine.url.render_as_string(hide_password=True),
+            shown_url(self.engine.url),
             ", ".join(sorted(models)),
         )
 
@@ -697,7 +704,7 @@ class SQLSource(DataSource):
         try:
             yield
         except sa_exc.OperationalError as error:
-            if getattr(error.orig, "sqlstate", None) != _QUERY_CANCELED:
+            if _refused_as(error) == "source_database_unavailable":  # not the request's fault
                 self._unhealthy(describe_database_error(error))
             raise
         except (sa_exc.InterfaceError, sa_exc.TimeoutError) as error:
@@ -1019,37 +1026,19 @@ _UNAVAILABLE: Final = "the database is unavailable; retry"
 def _answers() -> Iterator[None]:
     """Database failures as answers: the caller's mistake, a conflict, or retry later.
 
-    No answer carries SQL text or bound values: only the database's one-line
-    reason, with any quoted input removed.
+    Whether a failure is the caller's mistake is read from the SQLSTATE class
+    on PostgreSQL and from the message on SQLite. No answer carries SQL text
+    or a bound value: PostgreSQL's messages quote the rejected input, so an
+    answer names the condition and the schema objects (column, constraint,
+    type) from the error's fields instead. The full message stays in the log.
     """
     try:
         yield
     except SourceError:
         raise
-    except sa_exc.IntegrityError as error:
-        raise SourceError(
-            "source_constraint_violation", describe_database_error(error), status=409
-        ) from None
-    except (sa_exc.DataError, sa_exc.ProgrammingError) as error:
-        raise SourceError("source_query_invalid", describe_database_error(error)) from None
-    except sa_exc.OperationalError as error:
-        if getattr(error.orig, "sqlstate", None) == _QUERY_CANCELED:
-            raise SourceError(
-                "source_database_timeout",
-                "the database cancelled a statement that ran past its statement timeout",
-                status=504,
-            ) from None
-        log.warning("database unavailable: %s", describe_database_error(error))
-        raise SourceError("source_database_unavailable", _UNAVAILABLE, status=503) from None
-    except (sa_exc.InterfaceError, sa_exc.TimeoutError) as error:
-        log.warning("database unavailable: %s", describe_database_error(error))
-        raise SourceError("source_database_unavailable", _UNAVAILABLE, status=503) from None
-    except sa_exc.DBAPIError as error:
-        log.error("database error: %s", describe_database_error(error))
-        raise SourceError(
-            "source_database_error", "the database failed this request", status=500
-        ) from None
     except sa_exc.StatementError as error:
+        if isinstance(error, sa_exc.DBAPIError):
+            raise _refusal(error) from None
         # A value the driver could not bind (e.g. an integer past 64 bits).
         log.warning("a value could not be bound: %s", type(error.orig).__name__)
         raise SourceError(
@@ -1062,17 +1051,102 @@ def _answers() -> Iterator[None]:
         ) from None
 
 
-# PostgreSQL repeats rejected input in quotes ('invalid input syntax for
-# type integer: "abc"'): the caller's own value, but a bound value all the same.
-_QUOTED_INPUT = re.compile(r':\s*"[^"]*"?\s*$')
+# SQLSTATE classes (the first two characters) that are the request's fault.
+_CALLER_CLASSES: Final = {
+    "22": ("source_value_invalid", 400),  # data exception: a value the type refuses
+    "23": ("source_constraint_violation", 409),  # integrity constraint violation
+    "42": ("source_query_invalid", 400),  # a name or privilege the request asks for
+    "54": ("source_value_invalid", 400),  # program limit exceeded: too large, too long
+}
+# What SQLite says, in messages, for a request it cannot take.
+_SQLITE_CALLER: Final = (
+    ("constraint failed", "source_constraint_violation", 409),
+    ("datatype mismatch", "source_value_invalid", 400),
+    ("pattern too complex", "source_where_invalid", 400),
+    ("too many sql variables", "source_where_invalid", 400),
+    ("string or blob too big", "source_value_invalid", 400),
+    ("too many terms", "source_where_invalid", 400),
+)
+
+
+def _refused_as(error: sa_exc.DBAPIError) -> str:
+    """The error code the request gets for ``error`` (without logging it)."""
+    original = error.orig
+    sqlstate = getattr(original, "sqlstate", None)
+    if sqlstate == _QUERY_CANCELED:
+        return "source_database_timeout"
+    if sqlstate:
+        caller = _CALLER_CLASSES.get(sqlstate[:2])
+        if caller is not None:
+            return caller[0]
+    else:
+        text = str(original).lower()
+        for phrase, code, _ in _SQLITE_CALLER:
+            if phrase in text:
+                return code
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return "source_database_unavailable"
+    return "source_database_error"
+
+
+def _refusal(error: sa_exc.DBAPIError) -> SourceError:
+    original = error.orig
+    sqlstate = getattr(original, "sqlstate", None)
+    if sqlstate == _QUERY_CANCELED:
+        return SourceError(
+            "source_database_timeout",
+            "the database cancelled a statement that ran past its statement timeout",
+            status=504,
+        )
+    if sqlstate:
+        caller = _CALLER_CLASSES.get(sqlstate[:2])
+        if caller is not None:
+            log.info("the database refused a request: %s", describe_database_error(error))
+            return SourceError(caller[0], _condition(error), status=caller[1])
+    else:
+        text = str(original).lower()
+        for phrase, code, status in _SQLITE_CALLER:
+            if phrase in text:
+                log.info("the database refused a request: %s", describe_database_error(error))
+                # SQLite's messages name columns and constraints, never values.
+                return SourceError(code, str(original).splitlines()[0][:300], status=status)
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
+        log.warning("database unavailable: %s", describe_database_error(error))
+        return SourceError("source_database_unavailable", _UNAVAILABLE, status=503)
+    log.error("database error: %s", describe_database_error(error))
+    return SourceError("source_database_error", "the database failed this request", status=500)
+
+
+def _condition(error: sa_exc.DBAPIError) -> str:
+    """What PostgreSQL refused, from the error's fields: never its message, which
+    quotes the rejected input."""
+    original = error.orig
+    diag = getattr(original, "diag", None)
+    named = [
+        f"{what} {value}"
+        for what, value in (
+            ("column", getattr(diag, "column_name", None)),
+            ("constraint", getattr(diag, "constraint_name", None)),
+            ("type", getattr(diag, "datatype_name", None)),
+            ("table", getattr(diag, "table_name", None)),
+        )
+        if value
+    ]
+    condition = type(original).__name__
+    sqlstate = getattr(original, "sqlstate", "")
+    return f"the database refused the request: {condition} (SQLSTATE {sqlstate})" + (
+        f" on {', '.join(named)}" if named else ""
+    )
 
 
 def describe_database_error(error: Exception) -> str:
-    """The database's own one-line reason, without the SQL or bound values."""
+    """The database's own one-line reason, for the operator's log and checks
+    (never the SQL; PostgreSQL may quote a rejected value, so answers use
+    :func:`_condition` instead)."""
     original = getattr(error, "orig", None)
     diag = getattr(original, "diag", None)
     primary = getattr(diag, "message_primary", None)
     if primary:
-        return _QUOTED_INPUT.sub("", str(primary))[:300]
+        return str(primary)[:300]
     text = str(original if original is not None else error)
     return text.splitlines()[0][:300] if text else type(error).__name__

@@ -86,10 +86,23 @@ def _in_range(column: sa.Column[Any], field: str, value: int) -> int:
     raise ValueRejected(field, f"an integer within {bits}-bit range", value)
 
 
+def checked_text(field: str, value: str) -> str:
+    """``value``, if it is text a database can store: a lone surrogate (from a
+    JSON ``"\\ud800"`` escape) is not, and drivers refuse it with an error
+    that is not the caller's to read."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueRejected(field, "valid Unicode text", value) from None
+    return value
+
+
 def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
     """``value`` (decoded JSON) as the Python type ``column`` binds."""
     if value is None:
         return None
+    if isinstance(value, str):
+        checked_text(field, value)
     kind = python_type(column)
     if kind is None:
         return json.dumps(value) if isinstance(value, dict | list) else value
