@@ -6,6 +6,7 @@ ablo-connector run --handler examples.memory_source:MemorySource ...
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 from connector import (
@@ -68,7 +69,8 @@ class MemorySource(DataSource):
             else:
                 row = {**self.rows.get(row_key, {}), **(op.input or {}), "id": op.id}
                 if op.type in ("ARCHIVE", "UNARCHIVE"):
-                    row["archived"] = op.type == "ARCHIVE"
+                    # As the SQL adapter does: epoch milliseconds, or null once unarchived.
+                    row["archivedAt"] = int(time.time() * 1000) if op.type == "ARCHIVE" else None
                 self.rows[row_key] = row
             changed.append(row)
             self.outbox.append(

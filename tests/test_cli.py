@@ -427,3 +427,55 @@ async def test_dev_sends_a_failing_handlers_exception_text() -> None:
         dev.signal(signal.SIGTERM)
         assert await dev.wait(10) == 0
     assert "HTTP 500" in output and "database refused credentials" in output, output
+
+
+async def test_dev_serves_what_the_environment_says_and_leaves_no_demo_behind(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers import execute
+
+    url = f"sqlite:///{tmp_path / 'mine.db'}"
+    execute(url, "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)")
+    from connector.adapters.sql import create_database_engine, migrate
+
+    engine = create_database_engine(url)
+    migrate(engine)
+    engine.dispose()
+    args = ["dev", "--exit-after-demo", "--port", str(free_port()), "--api-port", str(free_port())]
+    async with process(args, {"ABLO_DATABASE_URL": url}) as cli:
+        assert await cli.wait(30) == 0, cli.output()
+        output = cli.output()
+    assert "serving 1 model(s)" in output and "notes" in output
+    assert "demo database" not in output
+    # Interrupted as soon as the demo database exists (before any signal handler
+    # of the connector's): the database is removed all the same.
+    demo_args = ["dev", "--port", str(free_port()), "--api-port", str(free_port())]
+    async with process(demo_args) as cli:
+        deadline = time.monotonic() + 15
+        while (found := re.search(r"demo database: (\S+)", cli.output())) is None:
+            assert time.monotonic() < deadline, cli.output()
+            await asyncio.sleep(0.01)
+        cli.signal(signal.SIGINT)
+        await cli.wait(15)
+    assert not Path(found.group(1)).parent.exists(), cli.output()
+
+
+async def test_dev_engine_never_takes_the_key_from_abloapi_key() -> None:
+    port, api_port = free_port(), free_port()
+    env = {"ABLO_API_KEY": "sk_live_a_real_key_exported_for_run"}
+    async with process(["dev-engine", "--port", str(port), "--api-port", str(api_port)], env):
+        await wait_for_port(port)
+        async with process(
+            [
+                "run",
+                "--handler",
+                "tests.handlers:TestSource",
+                "--base-url",
+                f"http://127.0.0.1:{port}",
+            ],
+            {"ABLO_API_KEY": "sk_test_local_dev_engine"},
+        ) as connector:
+            deadline = time.monotonic() + 10
+            while "ready: serving source" not in connector.output():
+                assert time.monotonic() < deadline, connector.output()
+                await asyncio.sleep(0.1)

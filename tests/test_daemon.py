@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from connector import Config, DataSource, ListQuery, RequestContext
+from connector import Config, ConfigError, DataSource, ListQuery, RequestContext
 from connector.daemon.supervisor import Connector
 from connector.dev.engine import DevEngine
 from connector.ops.status import State
@@ -543,3 +543,22 @@ async def test_a_frame_too_large_to_read_closes_the_link_which_is_redialed() -> 
         finally:
             connector.stop()
             await asyncio.wait_for(task, 10)
+
+
+async def test_wait_ready_raises_when_the_connector_stops_before_ready() -> None:
+    import socket
+
+    from connector import ConnectorError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with engine_running() as engine:
+            config = Config(api_key=KEY, base_url=engine.base_url, health_addr=f"127.0.0.1:{port}")
+            connector = Connector(config, TestSource())
+            task = asyncio.create_task(connector.run())
+            with pytest.raises(ConnectorError, match="cannot serve health endpoints"):
+                await connector.wait_ready(5)
+            with pytest.raises(ConfigError):
+                await task

@@ -610,3 +610,26 @@ async def test_a_handler_that_swallows_its_cancellation_still_answers_504() -> N
 
     status, payload = await answer(dispatcher(Stubborn(), request_timeout=0.2), LOAD)
     assert (status, payload["error"]) == (504, "source_connector_timeout")
+
+
+async def test_answer_objects_inside_a_mapping_go_out_camel_case() -> None:
+    from connector import Delta
+
+    class Mapped(DataSource):
+        async def commit(self, commit: CommitRequest, ctx: RequestContext) -> dict[str, Any]:
+            return {"deltas": [Delta(model="task", id="t1", type="UPDATE", transaction_id="tx")]}
+
+        async def events(
+            self, cursor: str | None, limit: int | None, ctx: RequestContext
+        ) -> dict[str, Any]:
+            event = Event(id="e1", model="task", entity_id="t1", type="UPDATE", occurred_at=5)
+            return {"events": [event], "nextCursor": "1"}
+
+    d = dispatcher(Mapped())
+    status, payload = await answer(d, COMMIT)
+    assert (status, payload) == (
+        200,
+        {"deltas": [{"model": "task", "id": "t1", "type": "UPDATE", "transactionId": "tx"}]},
+    )
+    status, payload = await answer(d, EVENTS)
+    assert payload["events"][0]["entityId"] == "t1" and "entity_id" not in payload["events"][0]

@@ -182,3 +182,42 @@ async def test_run_refuses_a_database_that_cannot_work(
         assert message in output and "Traceback" not in output
         assert PASSWORD not in output
     assert not (tmp_path / "missing.db").exists()
+
+
+async def test_a_migrate_that_succeeds_means_run_accepts_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    url = f"sqlite:///{path}"
+    execute(
+        url,
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, title TEXT)",
+        "CREATE TABLE orders (order_key TEXT PRIMARY KEY, total INTEGER)",  # no id column
+    )
+    async with process(["migrate", "--database-url", url]) as cli:
+        assert await cli.wait(30) == 0, cli.output()
+        assert f"{url}: run will serve tasks" in cli.output()
+    # Without a map, a table with no id column is left out (with a warning), not fatal.
+    async with process(["check", "--database-url", url], {"ABLO_API_KEY": ""}) as cli:
+        assert await cli.wait(30) == 0, cli.output()
+        assert "models: tasks)" in cli.output() and "not serving table(s) without an id" in (
+            cli.output()
+        )
+    # A map that run would refuse fails migrate the same way, with the same line.
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[models.order]\ntable = "orders"\n')
+    async with process(["migrate", "--database-url", url, "--models", str(bad)]) as cli:
+        assert await cli.wait(30) == 78
+        assert "run would refuse this database: model 'order'" in cli.output()
+        assert "no column for field 'id'" in cli.output()
+    good = tmp_path / "good.toml"
+    good.write_text('[models.order]\ntable = "orders"\n[models.order.fields]\nid = "order_key"\n')
+    async with process(["migrate", "--database-url", url, "--models", str(good)]) as cli:
+        assert await cli.wait(30) == 0, cli.output()
+        assert "run will serve order" in cli.output()
+    # On SQLite a schema is an attached database: a map naming one is a mistake, not an outage.
+    schema = tmp_path / "schema.toml"
+    schema.write_text('[models.task]\ntable = "tasks"\nschema = "app"\n')
+    async with process(
+        ["check", "--database-url", url, "--models", str(schema)], {"ABLO_API_KEY": ""}
+    ) as cli:
+        assert await cli.wait(30) == 78
+        assert "SQLite has no schema 'app'" in cli.output()

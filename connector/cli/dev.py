@@ -20,7 +20,7 @@ from ..daemon.supervisor import Connector
 from ..errors import EX_CONFIG, EX_FAILURE, ConfigError
 from ..ops.logs import configure_logging
 from ..serve.datasource import DataSource
-from .options import LOG_LEVELS, GroupedCommand, fail, option
+from .options import LOG_LEVELS, GroupedCommand, env_file_option, fail, option
 from .sources import build_source, source_options
 
 __all__ = ["DEV_API_KEY", "dev", "dev_engine", "request"]
@@ -49,11 +49,17 @@ def _listen_failed(host: str, port: int, api_port: int, error: OSError) -> str:
 # ---------------------------------------------------------------- dev engine
 
 
-@click.command("dev-engine", cls=GroupedCommand)
+@click.command(
+    "dev-engine", cls=GroupedCommand, short_help="Run a local engine (no account, no cloud)."
+)
 @option("--host", default="127.0.0.1", help="Address to listen on.")
 @_engine_ports
 @option(
-    "--api-key", env="ABLO_API_KEY", default=DEV_API_KEY, help="The key connectors must present."
+    "--api-key",
+    env="ABLO_DEV_ENGINE_KEY",
+    default=DEV_API_KEY,
+    help="The key connectors must present. Not read from ABLO_API_KEY: a real key exported "
+    "for run must not become the local engine's.",
 )
 @option(
     "--request-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
@@ -139,7 +145,7 @@ engine_option = click.option(
 )
 
 
-@click.group()
+@click.group(short_help="Send one request through a running dev engine.")
 def request() -> None:
     """Send one request through a running dev engine to your connector."""
 
@@ -162,10 +168,10 @@ def request_load(model: str, id: str, engine: str) -> None:
     metavar="FIELD=VALUE",
     help="Equality filter (repeatable); VALUE is JSON or a string.",
 )
-@click.option("--limit", type=click.IntRange(0))
-@click.option("--order-by")
-@click.option("--desc", is_flag=True)
-@click.option("--cursor")
+@click.option("--limit", type=click.IntRange(0), help="Rows per page (0: none).")
+@click.option("--order-by", metavar="FIELD", help="Sort by this field (then by id).")
+@click.option("--desc", is_flag=True, help="Sort descending.")
+@click.option("--cursor", help="Continue from a previous page's nextCursor.")
 @engine_option
 def request_list(
     model: str,
@@ -233,8 +239,8 @@ def request_commit(
 
 
 @request.command("events")
-@click.option("--cursor")
-@click.option("--limit", type=click.IntRange(0))
+@click.option("--cursor", help="Continue after this cursor (a previous nextCursor).")
+@click.option("--limit", type=click.IntRange(0), help="At most this many events.")
 @engine_option
 def request_events(cursor: str | None, limit: int | None, engine: str) -> None:
     """Read the change feed."""
@@ -261,8 +267,11 @@ def request_raw(body_json: str, engine: str) -> None:
 # ---------------------------------------------------------------- dev
 
 
-@click.command(cls=GroupedCommand)
-@source_options("Serve your DataSource instead of the demo database.", env=False)
+@click.command(
+    cls=GroupedCommand, short_help="Run a local engine and the connector, and show round trips."
+)
+@env_file_option
+@source_options("Serve your DataSource instead of the demo database.")
 @_engine_ports
 @option(
     "--exit-after-demo", is_flag=True, help="Stop after the demo requests instead of serving on."
@@ -285,24 +294,27 @@ def dev(
     run starts from the same rows. While it runs, try `ablo-connector request
     load task t1` in another terminal. With --database-url it serves your
     database instead (try `ablo-connector request list MODEL`), with --handler
-    your own code.
+    your own code; as with run, the environment variables (ABLO_DATABASE_URL,
+    ABLO_CONNECTOR_HANDLER, ABLO_MODELS) and --env-file say so too.
     """
     formatter = configure_logging(log_level, secrets=[DEV_API_KEY])
+    if models_path and not database_url:
+        fail("--models needs --database-url (the demo database needs no map)")
     scratch: Path | None = None
-    demo: list[dict[str, Any]] = []
     try:
+        demo: list[dict[str, Any]] = []
         if not handler_spec and not database_url:
             scratch = Path(tempfile.mkdtemp(prefix="ablo-connector-demo-"))
             database_url = _demo_database(scratch / "demo.db")
             demo = _demo_requests()
-        source = build_source(
-            handler_spec, database_url, models_path, add_secret=formatter.add_secret
-        )
-    except ConfigError as error:
-        fail(str(error))
-    try:
+        try:
+            source = build_source(
+                handler_spec, database_url, models_path, add_secret=formatter.add_secret
+            )
+        except ConfigError as error:
+            fail(str(error))
         sys.exit(asyncio.run(_dev(source, port, api_port, exit_after_demo, demo)))
-    finally:
+    finally:  # however it ends (a mistake, Ctrl-C before serving, a signal), no demo is left
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 

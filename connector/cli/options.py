@@ -120,10 +120,15 @@ def _settings(only: set[str] | None = None) -> Iterator[tuple[dataclasses.Field[
             yield item, spec
 
 
-def _click_type(annotation: Any, spec: Setting) -> Any:
-    base = annotation
+def _base_type(annotation: Any) -> Any:
+    """``int`` for ``int | None``: the type a value has when it is given."""
     if typing.get_origin(annotation) is typing.Union or isinstance(annotation, type(int | None)):
-        base = next(a for a in typing.get_args(annotation) if a is not type(None))
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _click_type(annotation: Any, spec: Setting) -> Any:
+    base = _base_type(annotation)
     if base is int:
         return click.IntRange(min=None if spec.minimum is None else int(spec.minimum))
     if base is float:
@@ -160,7 +165,7 @@ def config_options(only: set[str] | None = None) -> Callable[[_F], _F]:
                 kwargs["is_flag"] = True
             else:
                 kwargs["type"] = _click_type(kind, spec)
-                kwargs["metavar"] = spec.metavar or _METAVARS.get(kind, "TEXT")
+                kwargs["metavar"] = spec.metavar or _METAVARS.get(_base_type(kind), "TEXT")
                 if typing.get_origin(kind) is tuple:
                     kwargs["callback"] = _seconds_list
                     kwargs["metavar"] = "SECONDS,..."
@@ -207,6 +212,11 @@ def key_options(command: _F) -> _F:
     )(command)
 
 
+def on_command_line(ctx: click.Context, name: str) -> bool:
+    """Whether option ``name`` was typed (where ``ps`` shows it), not read from the environment."""
+    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+
 def _source_name(ctx: click.Context, name: str, flag: str, env: str) -> str:
     source = ctx.get_parameter_source(name)
     return env if source is click.core.ParameterSource.ENVIRONMENT else flag
@@ -228,7 +238,7 @@ def resolve_api_key(
     if api_key_file:
         return read_api_key_file(api_key_file)
     if api_key:
-        if ctx.get_parameter_source("api_key") is click.core.ParameterSource.COMMANDLINE:
+        if on_command_line(ctx, "api_key"):
             warn(
                 "the API key was given on the command line, where other local users can see it "
                 "in the process list; prefer ABLO_API_KEY or --api-key-file"

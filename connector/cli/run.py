@@ -24,6 +24,7 @@ from .options import (
     from_command_line,
     key_options,
     logging_options,
+    on_command_line,
     option,
     resolve_api_key,
 )
@@ -32,10 +33,6 @@ from .sources import build_source, guard_url, pool_size_option, source_options, 
 __all__ = ["check", "run"]
 
 log = logging.getLogger("connector.cli")
-
-
-def _from_command_line(ctx: click.Context, name: str) -> bool:
-    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
 
 
 def _no_core_dumps() -> None:
@@ -48,7 +45,7 @@ def _guard_lock_url(ctx: click.Context, url: str, add_secret: Callable[[str], No
     from .._redact import has_password
 
     guard_url(url, "--ha-lock", add_secret)
-    if _from_command_line(ctx, "ha_lock") and has_password(url):
+    if on_command_line(ctx, "ha_lock") and has_password(url):
         log.warning(
             "the HA lock's password was given on the command line, where other local users "
             "can see it in the process list; prefer ABLO_HA_LOCK"
@@ -98,7 +95,7 @@ def run(
             database_url,
             models_path,
             add_secret=formatter.add_secret,
-            url_on_command_line=_from_command_line(ctx, "database_url"),
+            url_on_command_line=on_command_line(ctx, "database_url"),
             pool_size=pool_size,
         )
         connector = Connector(config, source)
@@ -110,7 +107,11 @@ def run(
 
 @click.command(cls=GroupedCommand)
 @env_file_option
-@source_options("Also check that the handler imports and can serve.")
+@source_options(
+    "Also check that the handler imports and can serve.",
+    "Also check this database: it answers, has the ledger and outbox, and which models it "
+    "would serve.",
+)
 @key_options
 @config_options(only={"base_url", "allow_insecure", "open_timeout"})
 @option(
@@ -138,8 +139,8 @@ def check(
     TLS, the WebSocket upgrade and the echoed subprotocol, then registers and
     prints the source the engine resolved. Registering supersedes a
     connector already serving the same source: run it before starting the
-    service, or pass --no-register. Without an API key it checks only the
-    handler or the database.
+    service, or skip that step with --no-register. Without an API key it
+    checks only the handler or the database.
 
     Exit 0 when every step passes, 69 when the engine or the database cannot
     be reached, 78 for a configuration or credential problem.

@@ -23,7 +23,11 @@ log = logging.getLogger("connector.cli")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def source_options(handler_help: str, *, env: bool = True) -> Callable[[_F], _F]:
+def source_options(
+    handler_help: str,
+    database_help: str = "Serve this database with no handler code (sqlite:///app.db, "
+    "postgresql://…).",
+) -> Callable[[_F], _F]:
     """``--handler``, ``--database-url`` and ``--models``."""
 
     def decorate(command: _F) -> _F:
@@ -31,7 +35,7 @@ def source_options(handler_help: str, *, env: bool = True) -> Callable[[_F], _F]
             "--models",
             "models_path",
             group="source",
-            env="ABLO_MODELS" if env else None,
+            env="ABLO_MODELS",
             type=click.Path(dir_okay=False),
             help="Model map (TOML): which tables serve which models. Default: every table, "
             "by name.",
@@ -39,15 +43,15 @@ def source_options(handler_help: str, *, env: bool = True) -> Callable[[_F], _F]
         command = option(
             "--database-url",
             group="source",
-            env="ABLO_DATABASE_URL" if env else None,
+            env="ABLO_DATABASE_URL",
             metavar="URL",
-            help="Serve this database with no handler code (sqlite:///app.db, postgresql://…).",
+            help=database_help,
         )(command)
         return option(
             "--handler",
             "handler_spec",
             group="source",
-            env="ABLO_CONNECTOR_HANDLER" if env else None,
+            env="ABLO_CONNECTOR_HANDLER",
             metavar="MODULE:ATTR",
             help=handler_help,
         )(command)
@@ -63,8 +67,8 @@ def pool_size_option(command: _F) -> _F:
         env="ABLO_DATABASE_POOL_SIZE",
         type=click.IntRange(1),
         metavar="N",
-        help="Database connections the SQL adapter keeps open (with --database-url).  "
-        "[default: 10]",
+        default=10,
+        help="Database connections the SQL adapter keeps open (with --database-url).",
     )(command)
 
 

@@ -25,6 +25,7 @@ from ..errors import (
     ConfigError,
     ConnectFailure,
     ConnectionLost,
+    ConnectorError,
     HandshakeRejected,
     ProtocolMismatch,
     RateLimited,
@@ -174,20 +175,29 @@ class Connector:
                 task.cancel()
 
     async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until registered and ready; raise :class:`ConnectorError` if
+        :meth:`run` ends first (a configuration error, say), ``TimeoutError``
+        after ``timeout`` seconds."""
         await asyncio.wait_for(self.status.wait_ready(), timeout)
+        if not self.status.is_ready:
+            why = self.status.last_error_message or self.status.last_error or "stopped"
+            raise ConnectorError(f"the connector stopped before it was ready: {why}")
 
     async def run(self) -> None:
         """Connect and serve until stopped. Raises :class:`AuthenticationFailed`
         only when ``exit_on_auth_failure`` is set."""
         stopping = self._stop_event()
         in_flight = self._in_flight = InFlight(self.config.max_in_flight, self.status)
-        await self._start_services()
         try:
+            await self._start_services()
             if self._lock is None:
                 log.info("connector starting: dialing %s", self.config.url)
                 await self._serve_until(stopping, in_flight)
             else:
                 await self._serve_while_leader(self._lock, stopping, in_flight)
+        except ConfigError as error:
+            self.status.last_error, self.status.last_error_message = "configuration", str(error)
+            raise
         finally:
             await self._finish(in_flight)
 

@@ -140,7 +140,8 @@ class ConnectorStatus:
         changed = state is not self.state
         self.state = state
         if self._ready_event is not None:
-            if state is State.READY:
+            # Set while ready, and once stopped: a waiter must not wait forever.
+            if state in (State.READY, State.STOPPED):
                 self._ready_event.set()
             else:
                 self._ready_event.clear()
@@ -149,9 +150,10 @@ class ConnectorStatus:
                 listener(self)
 
     async def wait_ready(self) -> None:
+        """Return once ready, or once stopped (then :attr:`is_ready` is False)."""
         if self._ready_event is None:
             self._ready_event = asyncio.Event()
-            if self.is_ready:
+            if self.state in (State.READY, State.STOPPED):
                 self._ready_event.set()
         await self._ready_event.wait()
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pydantic_core
 
-from ..wire.bodies import CommitResult, EventsPage, ListPage
+from ..wire.bodies import CommitResult, Delta, Event, EventsPage, ListPage
 
 __all__ = ["Answer", "dumps", "error_answer", "success_body", "timeout_answer"]
 
@@ -106,13 +106,21 @@ def _list_body(result: Any) -> Any:
     raise TypeError(f"list returned {type(result).__name__}; expected a list of rows or a ListPage")
 
 
+def _wire_items(items: Any) -> Any:
+    """A sequence whose answer objects (``Delta``, ``Event``) take their wire form."""
+    if isinstance(items, Sequence) and not isinstance(items, str | bytes):
+        return [item.to_wire() if isinstance(item, Delta | Event) else item for item in items]
+    return items
+
+
 def _commit_body(result: Any) -> Any:
     if result is None:
         return {}
     if isinstance(result, CommitResult):
         return result.to_wire()
     if isinstance(result, Mapping):
-        return result
+        # A mapping may hold Delta objects: they go out camelCase, as in a CommitResult.
+        return {**result, "deltas": _wire_items(result["deltas"])} if "deltas" in result else result
     raise TypeError(
         f"commit returned {type(result).__name__}; expected a CommitResult or a mapping"
     )
@@ -122,7 +130,7 @@ def _events_body(result: Any) -> Any:
     if isinstance(result, EventsPage):
         return result.to_wire()
     if isinstance(result, Mapping) and "events" in result:
-        return result
+        return {**result, "events": _wire_items(result["events"])}
     if isinstance(result, Sequence) and not isinstance(result, str | bytes):
         return EventsPage(events=list(result)).to_wire()
     raise TypeError(f"events returned {type(result).__name__}; expected an EventsPage")

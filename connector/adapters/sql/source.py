@@ -639,13 +639,35 @@ class SQLSource(DataSource):
         if not specs:
             raise ConfigError("the database has no tables to serve (create one, or pass --models)")
         served: dict[str, ServedModel] = {}
+        skipped: list[str] = []
         for name, spec in specs.items():
+            where = f"{spec.schema}.{spec.table}" if spec.schema else spec.table
             try:
                 table = sa.Table(spec.table, metadata, schema=spec.schema, autoload_with=connection)
             except sa_exc.NoSuchTableError:
-                where = f"{spec.schema}.{spec.table}" if spec.schema else spec.table
                 raise ConfigError(f"model {name!r}: table {where!r} does not exist") from None
+            except sa_exc.OperationalError as error:
+                if spec.schema and "unknown database" in str(error.orig):
+                    raise ConfigError(
+                        f"model {name!r}: SQLite has no schema {spec.schema!r} (on SQLite a "
+                        "schema is an attached database: leave `schema` out)"
+                    ) from None
+                raise
+            if self.model_map is None and "id" not in table.columns:
+                skipped.append(spec.table)  # served by name only when it has an id
+                continue
             served[name] = ServedModel.reflect(name, spec, table, dialect)
+        if skipped:
+            log.warning(
+                "not serving table(s) without an id column: %s (map one with --models: "
+                '[models.NAME] table = "..." and [models.NAME.fields] id = "COLUMN")',
+                ", ".join(sorted(skipped)),
+            )
+        if not served:
+            raise ConfigError(
+                "the database has no table with an id column to serve (create one, or map "
+                "another column as the id with --models)"
+            )
         # Served under their map names only: an alias (say, lower-cased)
         # would reach a model past an authorize hook that checks the name.
         return served
