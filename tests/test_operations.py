@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from connector import Config, SourceError
+from connector import Config, DataSource, SourceError
 from connector.adapters.sql import SQLSource
 from connector.daemon.connection import open_websocket
 from connector.daemon.supervisor import Connector
@@ -537,40 +537,47 @@ class ProbedSource(TestSource):
             raise SourceError("database_unreachable", "connection refused by db.internal:5432")
 
 
+@contextlib.asynccontextmanager
+async def probed(
+    source: DataSource, base_url: str, interval: float
+) -> AsyncIterator[tuple[Connector, str]]:
+    """A ready connector with health endpoints, its source probed every ``interval`` s."""
+    config = Config(
+        api_key=KEY, base_url=base_url, health_addr="127.0.0.1:0", probe_interval=interval
+    )
+    connector = Connector(config, source)
+    task = asyncio.create_task(connector.run())
+    try:
+        await connector.wait_ready(10)
+        assert connector.health is not None
+        yield connector, f"http://127.0.0.1:{connector.health.port}"
+    finally:
+        connector.stop()
+        await asyncio.wait_for(task, 10)
+
+
 async def test_a_source_that_cannot_serve_makes_readyz_503_until_it_can() -> None:
     source = ProbedSource()
-    async with DevEngine(KEY) as engine:
-        config = Config(
-            api_key=KEY, base_url=engine.base_url, health_addr="127.0.0.1:0", probe_interval=0.05
-        )
-        connector = Connector(config, source)
-        task = asyncio.create_task(connector.run())
-        try:
-            await connector.wait_ready(10)
-            assert connector.health is not None
-            base = f"http://127.0.0.1:{connector.health.port}"
-            await eventually(lambda: connector.status.source_healthy is True)
-            status, text = await get(base + "/metrics")
-            assert _metric(text, "ablo_connector_source_up") == 1
+    async with DevEngine(KEY) as engine, probed(source, engine.base_url, 0.05) as (connector, base):
+        await eventually(lambda: connector.status.source_healthy is True)
+        status, text = await get(base + "/metrics")
+        assert _metric(text, "ablo_connector_source_up") == 1
 
-            source.down = True
-            await eventually(lambda: connector.status.source_healthy is False)
-            status, body = await get(base + "/readyz")
-            payload = json.loads(body)
-            assert (status, payload["state"], payload["lastError"]) == (
-                503, "ready", "database_unreachable",
-            )  # fmt: skip
-            assert payload["lastErrorMessage"] == "connection refused by db.internal:5432"
-            status, text = await get(base + "/metrics")
-            assert _metric(text, "ablo_connector_source_up") == 0
+        source.down = True
+        await eventually(lambda: connector.status.source_healthy is False)
+        status, body = await get(base + "/readyz")
+        payload = json.loads(body)
+        assert (status, payload["state"], payload["lastError"]) == (
+            503, "ready", "database_unreachable",
+        )  # fmt: skip
+        assert payload["lastErrorMessage"] == "connection refused by db.internal:5432"
+        status, text = await get(base + "/metrics")
+        assert _metric(text, "ablo_connector_source_up") == 0
 
-            source.down = False
-            await eventually(lambda: connector.status.source_healthy is True)
-            status, body = await get(base + "/readyz")
-            assert (status, json.loads(body)["lastError"]) == (200, None)
-        finally:
-            connector.stop()
-            await asyncio.wait_for(task, 10)
+        source.down = False
+        await eventually(lambda: connector.status.source_healthy is True)
+        status, body = await get(base + "/readyz")
+        assert (status, json.loads(body)["lastError"]) == (200, None)
 
 
 async def test_the_sql_source_reports_its_database(postgres: Any) -> None:
@@ -583,16 +590,14 @@ async def test_the_sql_source_reports_its_database(postgres: Any) -> None:
     migrate(engine)
     engine.dispose()
     source = SQLSource(postgres.dsn)
-    async with DevEngine(KEY) as engine:
-        config = Config(
-            api_key=KEY, base_url=engine.base_url, health_addr="127.0.0.1:0", probe_interval=0.2
-        )
-        connector = Connector(config, source)
-        task = asyncio.create_task(connector.run())
-        try:
-            await connector.wait_ready(10)
-            assert connector.health is not None
-            base = f"http://127.0.0.1:{connector.health.port}"
+    try:
+        async with (
+            DevEngine(KEY) as engine,
+            probed(source, engine.base_url, 0.2) as (
+                connector,
+                base,
+            ),
+        ):
             await eventually(lambda: connector.status.source_healthy is True)
 
             await asyncio.to_thread(postgres.stop)
@@ -606,7 +611,5 @@ async def test_the_sql_source_reports_its_database(postgres: Any) -> None:
             await asyncio.to_thread(postgres.start)
             await eventually(lambda: connector.status.source_healthy is True, timeout=15)
             assert (await get(base + "/readyz"))[0] == 200
-        finally:
-            connector.stop()
-            await asyncio.wait_for(task, 10)
-            source.close()
+    finally:
+        source.close()
