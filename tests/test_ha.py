@@ -16,7 +16,7 @@ import pytest
 
 from connector import Config, ConfigError, Connector, DataSource
 from connector.daemon import ha
-from connector.daemon.ha import FileLock, LeaderLock, PostgresLock, lock_from_url
+from connector.daemon.ha import FileLock, LeaderLock, LeaseLock, PostgresLock, lock_from_url
 from connector.dev.engine import DevEngine
 from tests.helpers import Process, connector_args, eventually, free_port
 
@@ -203,20 +203,20 @@ async def test_postgres_lost_means_fenced(postgres: Any) -> None:
         assert engine.supersedes == 0
 
 
+def _fast_lease(api: Any, name: str, identity: str) -> LeaseLock:
+    """A Lease lock on the fake API with a one-second lease, so take-overs fit a test."""
+    return LeaseLock(
+        api.url, "ns", name, token=api.token, identity=identity,
+        lease_duration=1.0, renew_deadline=0.6, retry_period=0.2,
+    )  # fmt: skip
+
+
 async def test_lease_lock_against_a_fake_lease_api() -> None:
-    from connector.daemon.ha import LeaseLock
     from tests.fake_k8s import FakeLeaseAPI
 
     api = await FakeLeaseAPI().start()
     try:
-
-        def lease(identity: str) -> LeaseLock:
-            return LeaseLock(
-                api.url, "ns", "src", token=api.token, identity=identity,
-                lease_duration=1.0, renew_deadline=0.6, retry_period=0.2,
-            )  # fmt: skip
-
-        a, b, c = lease("a"), lease("b"), lease("c")
+        a, b, c = (_fast_lease(api, "src", name) for name in ("a", "b", "c"))
         results = await asyncio.gather(a.try_acquire(), b.try_acquire(), c.try_acquire())
         assert sorted(results) == [False, False, True], "exactly one wins a race"
         winner = {"a": a, "b": b, "c": c}[api.holder("ns", "src") or ""]
@@ -401,21 +401,14 @@ async def test_lease_expiry_is_judged_on_the_standby_clock(monkeypatch: Any) -> 
     """A holder whose wall clock runs 20 s slow writes renewTimes that look
     expired to everyone else; only a lease seen unchanged for its duration,
     on the standby's own clock, may be taken."""
-    from connector.daemon.ha import LeaseLock
     from tests.fake_k8s import FakeLeaseAPI
 
     real = ha._micro_time
     monkeypatch.setattr(ha, "_micro_time", lambda when=None: real(time.time() - 20))
     api = await FakeLeaseAPI().start()
     try:
-
-        def lease(identity: str) -> LeaseLock:
-            return LeaseLock(
-                api.url, "ns", "skew", token=api.token, identity=identity,
-                lease_duration=1.0, renew_deadline=0.6, retry_period=0.2,
-            )  # fmt: skip
-
-        holder, standby = lease("slow-clock"), lease("standby")
+        holder = _fast_lease(api, "skew", "slow-clock")
+        standby = _fast_lease(api, "skew", "standby")
         assert await holder.try_acquire()
         renewing = asyncio.create_task(holder.wait_lost())
         until = time.monotonic() + 2.5  # two and a half lease durations of renewals
