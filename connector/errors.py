@@ -44,6 +44,7 @@ __all__ = [
     "SignatureErrorCode",
     "SourceError",
     "Superseded",
+    "describe_error",
 ]
 
 EX_OK: Final = 0
@@ -187,3 +188,15 @@ class CheckFailed(ConnectorError):
         self.detail = detail
         self.hint = hint
         self.exit_status = exit_status
+
+
+def describe_error(error: BaseException | str, limit: int = 300) -> str:
+    """One short line for an exception's text, for a log line or an error message.
+
+    The first line only: a driver's or resolver's text can run to a page, and
+    one line keeps the log greppable.
+    """
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    return text.splitlines()[0][:limit]

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.typing import Subprotocol
 
-from ..errors import ConnectFailure, ConnectionLost
+from ..errors import ConnectFailure, ConnectionLost, describe_error
 from ..ops.status import ConnectorStatus, Observer, State
 from ..serve.answer import Answer, error_answer
 from ..serve.deadlines import start_eagerly
@@ -181,7 +181,7 @@ async def open_websocket(
         ) from None
     except (OSError, WebSocketException) as error:
         raise ConnectionLost(
-            f"cannot connect to {config.url}: {_describe(error)}", code=failure_reason(error)
+            f"cannot connect to {config.url}: {describe_error(error)}", code=failure_reason(error)
         ) from None
 
 
@@ -478,8 +478,3 @@ def _frames_waiting(ws: ClientConnection) -> int:
         return len(ws.recv_messages.frames)
     except (AttributeError, TypeError):  # another websockets version: assume some
         return 1
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text[:300]

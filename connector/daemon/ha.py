@@ -91,7 +91,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from ..errors import ConfigError
+from ..errors import ConfigError, describe_error
 
 __all__ = [
     "DEFAULT_LEASE_DURATION",
@@ -503,7 +503,7 @@ class PostgresLock(LeaderLock):
                 application_name="ablo-connector-ha",
             )  # fmt: skip
         except psycopg.Error as error:
-            raise OSError(f"cannot connect to PostgreSQL: {_describe(error)}") from None
+            raise OSError(f"cannot connect to PostgreSQL: {describe_error(error)}") from None
         version = connection.info.server_version
         settings = self.session_settings(version)
         if "idle_session_timeout" not in settings and not self._warned_old_server:
@@ -542,7 +542,7 @@ class PostgresLock(LeaderLock):
             return task.result()
         except psycopg.Error as error:
             self._discard(connection)
-            raise OSError(_describe(error)) from None
+            raise OSError(describe_error(error)) from None
 
     async def _check(self) -> bool:
         import psycopg
@@ -558,7 +558,7 @@ class PostgresLock(LeaderLock):
             log.warning(
                 "the PostgreSQL session holding the HA lock %r failed: %s",
                 self.name,
-                _describe(error),
+                describe_error(error),
             )
             return False
         if not row or row[0] != self._backend_pid:
@@ -639,10 +639,6 @@ def _shut(connection: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)
         finally:
             sock.close()
-
-
-def _describe(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 # --------------------------------------------------------------------- urls

@@ -45,7 +45,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from ..._redact import redact_url
-from ...errors import ConfigError, SourceError
+from ...errors import ConfigError, SourceError, describe_error
 from ...serve.datasource import DataSource, RequestContext
 from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
 from .models import ModelMap, ServedModel
@@ -1131,7 +1131,7 @@ def _refusal(error: sa_exc.DBAPIError) -> SourceError:
             if phrase in text:
                 log.info("the database refused a request: %s", describe_database_error(error))
                 # SQLite's messages name columns and constraints, never values.
-                return SourceError(code, str(original).splitlines()[0][:300], status=status)
+                return SourceError(code, describe_error(str(original)), status=status)
     if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
         log.warning("database unavailable: %s", describe_database_error(error))
         return SourceError("source_database_unavailable", _UNAVAILABLE, status=503)
@@ -1170,5 +1170,4 @@ def describe_database_error(error: Exception) -> str:
     primary = getattr(diag, "message_primary", None)
     if primary:
         return str(primary)[:300]
-    text = str(original if original is not None else error)
-    return text.splitlines()[0][:300] if text else type(error).__name__
+    return describe_error(original if original is not None else error)
