@@ -460,6 +460,25 @@ async def test_dev_serves_what_the_environment_says_and_leaves_no_demo_behind(
     assert not Path(found.group(1)).parent.exists(), cli.output()
 
 
+async def test_dev_stops_at_once_when_interrupted_during_the_demo() -> None:
+    """Ctrl-C as soon as the connector is ready, while the demo requests run:
+    the demo ends with the connector instead of waiting on requests nobody serves."""
+    args = ["dev", "--port", str(free_port()), "--api-port", str(free_port())]
+    async with process(args) as cli:
+        deadline = time.monotonic() + 15
+        while "ready: serving source" not in cli.output():
+            assert time.monotonic() < deadline, cli.output()
+            await asyncio.sleep(0.01)
+        cli.signal(signal.SIGINT)
+        started = time.monotonic()
+        assert await cli.wait(10) == 0, cli.output()
+        assert time.monotonic() - started < 5, cli.output()
+        output = cli.output()
+    found = re.search(r"demo database: (\S+)", output)
+    assert found is not None and not Path(found.group(1)).parent.exists(), output
+    assert "Traceback" not in output, output
+
+
 async def test_dev_engine_never_takes_the_key_from_abloapi_key() -> None:
     port, api_port = free_port(), free_port()
     env = {"ABLO_API_KEY": "sk_live_a_real_key_exported_for_run"}

@@ -10,7 +10,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,9 @@ from ..ops.logs import configure_logging
 from ..serve.datasource import DataSource
 from .options import LOG_LEVELS, GroupedCommand, env_file_option, fail, option
 from .sources import build_source, source_options
+
+if TYPE_CHECKING:  # the local engine is imported only when it runs
+    from ..dev.engine import DevEngine
 
 __all__ = ["DEV_API_KEY", "dev", "dev_engine", "request"]
 
@@ -353,20 +356,30 @@ async def _dev(
     config = Config(api_key=DEV_API_KEY, base_url=engine.base_url, detailed_errors=True)
     connector = Connector(config, source)
     serving = asyncio.ensure_future(run_until_signalled(connector))
+    # A signal ends the connector, not the demo: the demo must end with it,
+    # or it would wait on requests that nobody serves any more.
+    showing = asyncio.ensure_future(_show_demo(connector, engine, demo))
     try:
-        await asyncio.wait_for(connector.wait_ready(), 15)
-        for body in demo:
-            result = await engine.request(body)
-            click.echo(f"\n→ {json.dumps(body)}\n← HTTP {result.status} {result.body}")
-        if exit_after_demo:
-            connector.stop()
-        else:
-            example = "load task t1" if demo else "list MODEL"
-            click.echo(
-                f"\nServing. Try: ablo-connector request {example} --engine {engine.api_url}"
-                "\nCtrl-C to stop.",
-                err=True,
-            )
+        await asyncio.wait({serving, showing}, return_when=asyncio.FIRST_COMPLETED)
+        if showing.done():
+            showing.result()  # not ready in time: the error, as from wait_for
+            if exit_after_demo:
+                connector.stop()
+            else:
+                example = "load task t1" if demo else "list MODEL"
+                click.echo(
+                    f"\nServing. Try: ablo-connector request {example} --engine {engine.api_url}"
+                    "\nCtrl-C to stop.",
+                    err=True,
+                )
         return await serving
     finally:
+        showing.cancel()
         await engine.close()
+
+
+async def _show_demo(connector: Connector, engine: DevEngine, demo: list[dict[str, Any]]) -> None:
+    await asyncio.wait_for(connector.wait_ready(), 15)
+    for body in demo:
+        result = await engine.request(body)
+        click.echo(f"\n→ {json.dumps(body)}\n← HTTP {result.status} {result.body}")
