@@ -342,26 +342,51 @@ class Connection:
     # -------------------------------------------------------------- serving
 
     async def _serve(self, ws: ClientConnection) -> None:
-        while True:
-            raw = await self._receive(ws)
-            await self._handle(ws, self._session.receive(raw, ready_for=self.ready_for))
+        direct = ws if isinstance(ws, CoalescingClientConnection) else None
+        if direct is not None and not direct.deliver_directly(lambda raw: self._take(ws, raw)):
+            direct = None
+        try:
+            while True:  # what the direct path leaves: see _take
+                raw = await self._receive(ws)
+                await self._handle(ws, self._session.receive(raw, ready_for=self.ready_for))
+        finally:
+            if direct is not None:
+                direct.deliver_directly(None)
+
+    def _take(self, ws: ClientConnection, raw: bytes) -> bool:
+        """Start a request straight from the parsed bytes, if it may start now.
+
+        Runs inside the socket's ``data_received``, so it never raises or
+        waits. What it leaves (no free slot, the HA gate to confirm, a frame
+        that ends the connection) goes to the reader in :meth:`_serve`,
+        through websockets' queue, in order.
+        """
+        slots = self._in_flight.slots
+        gate = self._gate
+        if (gate is not None and not gate.may_serve()) or not slots.take_now():
+            return False
+        try:
+            event = self._session.receive(raw, ready_for=self.ready_for)
+            if isinstance(event, Request):
+                if self._start(ws, event.frame):
+                    return True
+            elif isinstance(event, Ended | Ready):
+                slots.give()
+                return False  # the reader reads it again, and acts on it
+            else:
+                self._report(event)
+        except Exception:  # one bad frame must not end the connection
+            log.exception("failed to handle a frame; ignored it")
+            self._observer.frame_rejected("malformed")
+        slots.give()
+        return True
 
     async def _handle(self, ws: ClientConnection, event: Event) -> None:
         """Act on one event; the caller took a slot, which is released unless a task keeps it."""
         took_slot = False
         try:
             if isinstance(event, Request):
-                frame = event.frame
-                if self._tracing is None:
-                    task = start_eagerly(self._answer(ws, frame))
-                else:  # a span is current while a request runs: it needs a task (a context) of its own
-                    traced = self._tracing.request(
-                        frame.headers, frame.id, self._answer(ws, frame), self._status
-                    )
-                    task = asyncio.get_running_loop().create_task(traced)
-                if task is not None:
-                    self._in_flight.track(task)
-                    took_slot = True
+                took_slot = self._start(ws, event.frame)
             elif isinstance(event, Ready):
                 self._on_ready(event)
             elif isinstance(event, Ended):
@@ -376,6 +401,21 @@ class Connection:
         finally:
             if not took_slot:
                 self._in_flight.slots.give()
+
+    def _start(self, ws: ClientConnection, frame: RequestFrame) -> bool:
+        """Serve ``frame`` as far as it goes without waiting; True if a task
+        goes on with it (and keeps its in-flight slot)."""
+        if self._tracing is None:
+            task = start_eagerly(self._answer(ws, frame))
+        else:  # a span is current while a request runs: it needs a task (a context) of its own
+            traced = self._tracing.request(
+                frame.headers, frame.id, self._answer(ws, frame), self._status
+            )
+            task = asyncio.get_running_loop().create_task(traced)
+        if task is None:
+            return False
+        self._in_flight.track(task)
+        return True
 
     def _report(self, event: EngineError | Invalid | Ignored) -> None:
         if isinstance(event, Invalid):
