@@ -1,4 +1,5 @@
-"""The serving fast path: eager request start and coalesced writes."""
+"""The serving fast path: requests started from the parsed bytes, eager
+start, our own text frames, and coalesced writes."""
 
 from __future__ import annotations
 
@@ -7,9 +8,27 @@ import contextlib
 import json
 from typing import Any
 
-from connector import Answer, DataSource, Dispatcher, RequestContext
-from connector.daemon.transport import _CoalescingTransport
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+from connector import Answer, Config, DataSource, Dispatcher, RequestContext
+from connector.daemon.supervisor import Connector
+from connector.daemon.transport import (
+    CoalescingClientConnection,
+    MaskKeys,
+    _CoalescingTransport,
+    masked_text_frame,
+)
 from connector.serve.deadlines import start_eagerly
+from connector.wire.frames import encode_frame
 from connector.wire.signing import Verifier
 from tests.helpers import API_KEY, signed_frame
 
@@ -113,6 +132,9 @@ class RecordingTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return 0
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
 
 async def test_writes_in_one_turn_leave_together_in_order() -> None:
     inner = RecordingTransport()
@@ -136,6 +158,21 @@ async def test_writes_in_one_turn_leave_together_in_order() -> None:
     assert inner.writes[-1] == b"12" and inner.closed
 
 
+async def test_answers_written_while_received_bytes_are_handled_leave_at_the_end() -> None:
+    inner = RecordingTransport()
+    transport = _CoalescingTransport(inner, asyncio.get_running_loop())
+    transport.more_expected = lambda: False  # even a lone answer waits for the batch's end
+    transport.batching = True
+    for part in (b"1", b"22", b"333"):
+        transport.write(part)
+    assert inner.writes == []
+    transport.batching = False
+    transport.flush()
+    assert inner.writes == [b"122333"]
+    await asyncio.sleep(0)
+    assert inner.writes == [b"122333"]  # nothing left for a later turn
+
+
 async def test_abort_drops_held_writes() -> None:
     inner = RecordingTransport()
     transport = _CoalescingTransport(inner, asyncio.get_running_loop())
@@ -143,3 +180,113 @@ async def test_abort_drops_held_writes() -> None:
     transport.abort()
     await asyncio.sleep(0)
     assert inner.writes == [] and inner.aborted
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 1024 * 1024 + 3])
+def test_our_text_frames_read_back_as_sent(size: int) -> None:
+    """A server's own parser reads our frames: masked, final, text, every length form."""
+    payload = bytes(i % 251 for i in range(size))
+    keys = MaskKeys()
+    server = ServerProtocol(state=State.OPEN, max_size=None)
+    server.receive_data(masked_text_frame(payload, keys.take()) * 2)
+    events = server.events_received()
+    assert len(events) == 2
+    for event in events:
+        assert isinstance(event, Frame)
+        assert (event.opcode, event.fin, bytes(event.data)) == (Opcode.TEXT, True, payload)
+    assert server.data_to_send() == []  # no protocol error: nothing to answer
+
+
+def test_mask_keys_are_fresh_across_the_pool() -> None:
+    keys = MaskKeys()
+    taken = [keys.take() for _ in range(3000)]  # three refills of the 4 KiB pool
+    assert all(len(key) == 4 for key in taken)
+    assert len(set(taken)) > 2900  # random 32-bit keys: a few repeats at most
+
+
+class _Gated(DataSource):
+    """Holds every load until ``release``, recording the order calls started in."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.running = self.peak = 0
+        self.release = asyncio.Event()
+
+    async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+        self.started.append(id)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        return {"id": id}
+
+
+async def test_requests_beyond_the_free_slots_wait_in_order() -> None:
+    """A burst larger than --max-in-flight: the first requests start from the
+    parsed bytes, the rest wait in websockets' queue, and every one starts in
+    the order it was sent, within the limit, and is answered once."""
+    source = _Gated()
+    ids = [f"r{i}" for i in range(40)]
+    answers: list[str] = []
+    done = asyncio.Event()
+
+    async def engine(ws: ServerConnection) -> None:
+        await ws.recv()  # register
+        await ws.send(json.dumps({"type": "ready", "protocolVersion": 1}))
+        # One burst: every frame is written before the connector answers any.
+        burst = [encode_frame(signed_frame({**LOAD, "id": i}, request_id=i)) for i in ids]
+        for frame in burst:
+            await ws.send(frame)
+        while len(answers) < len(ids):
+            answers.append(json.loads(await ws.recv())["id"])
+        done.set()
+        await ws.wait_closed()
+
+    async with serve(
+        engine, "127.0.0.1", 0, subprotocols=[Subprotocol("ablo.source.v1")]
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        config = Config(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY, max_in_flight=3)
+        connector = Connector(config, source)
+        task = asyncio.create_task(connector.run())
+        try:
+            while len(source.started) < 3:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            assert len(source.started) == 3  # the limit holds while they hang
+            source.release.set()
+            await asyncio.wait_for(done.wait(), 10)
+        finally:
+            connector.stop()
+            await asyncio.wait_for(task, 10)
+    assert source.started == ids
+    assert sorted(answers) == sorted(ids) and len(set(answers)) == len(ids)
+    assert source.peak == 3
+
+
+async def test_a_frame_left_to_the_reader_holds_back_every_later_one() -> None:
+    """Order on the wire is order of service: once a frame waits in
+    websockets' queue, later ones queue behind it instead of starting."""
+    offered: list[bytes] = []
+
+    def take(data: bytes) -> bool:
+        offered.append(data)
+        return len(offered) > 1  # the first cannot start at once
+
+    connection = CoalescingClientConnection(
+        ClientProtocol(parse_uri("ws://engine.invalid/"), state=State.OPEN)
+    )
+    connection.connection_made(RecordingTransport())
+    connection.response = Response(101, "Switching Protocols", Headers())  # past the handshake
+    assert connection.deliver_directly(take)
+    for text in (b"1", b"2", b"3"):
+        connection.process_event(Frame(Opcode.TEXT, text))
+    assert offered == [b"1"]
+    assert [await connection.recv(decode=False) for _ in range(3)] == [b"1", b"2", b"3"]
+    connection.process_event(Frame(Opcode.TEXT, b"4"))  # the queue is empty again
+    assert offered == [b"1", b"4"]
+    connection.deliver_directly(None)
+    connection.process_event(Frame(Opcode.TEXT, b"5"))
+    assert offered == [b"1", b"4"] and await connection.recv(decode=False) == b"5"
