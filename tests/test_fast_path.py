@@ -1,10 +1,9 @@
-"""The serving fast path: requests started from the parsed bytes, eager
-start, our own text frames, and coalesced writes."""
+"""The serving fast path: requests started from the parsed bytes, each in a
+task of its own, our own text frames, and coalesced writes."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from typing import Any
 
@@ -19,7 +18,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from connector import Answer, Config, DataSource, Dispatcher, RequestContext
+from connector import Config, DataSource, RequestContext
 from connector.daemon.supervisor import Connector
 from connector.daemon.transport import (
     CoalescingClientConnection,
@@ -27,87 +26,56 @@ from connector.daemon.transport import (
     _CoalescingTransport,
     masked_text_frame,
 )
-from connector.serve.deadlines import start_eagerly
+from connector.dev.engine import DevEngine
 from connector.wire.frames import encode_frame
-from connector.wire.signing import Verifier
 from tests.helpers import API_KEY, signed_frame
 
 LOAD = {"type": "load", "model": "task", "id": "t1"}
 
 
-async def test_a_coroutine_that_never_waits_finishes_without_a_task() -> None:
-    ran: list[str] = []
+class _TaskBound(DataSource):
+    """What handlers do with their task: a timeout of their own, and the task
+    as an identity (anyio's cancel scopes, a task-scoped session)."""
 
-    async def quick() -> None:
-        ran.append("done")
+    def __init__(self) -> None:
+        self.tasks: dict[str, tuple[object, object]] = {}
 
-    assert start_eagerly(quick()) is None
-    assert ran == ["done"]
-
-
-async def test_a_coroutine_that_waits_continues_in_a_task() -> None:
-    loop = asyncio.get_running_loop()
-    gate: asyncio.Future[str] = loop.create_future()
-    seen: list[Any] = []
-
-    async def waits() -> None:
-        seen.append("before")
-        seen.append(await gate)
-        await asyncio.sleep(0)  # a bare yield to the loop passes through too
-        seen.append(await asyncio.sleep(0.01, "slept"))
-
-    task = start_eagerly(waits())
-    assert task is not None and seen == ["before"]
-    gate.set_result("opened")
-    await task
-    assert seen == ["before", "opened", "slept"]
+    async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+        before = asyncio.current_task()
+        if id.startswith("timeout"):
+            try:
+                async with asyncio.timeout(0.1):
+                    await asyncio.sleep(5)
+            except TimeoutError:
+                return {"id": id, "timed_out": True}
+        await asyncio.sleep(0.01)
+        self.tasks[id] = (before, asyncio.current_task())
+        return {"id": id, "timed_out": False}
 
 
-async def test_cancelling_the_task_reaches_the_coroutine() -> None:
-    cleaned: list[str] = []
-
-    async def hangs() -> None:
+async def test_a_handler_owns_its_task_from_its_first_step() -> None:
+    """A handler's asyncio.timeout cancels the handler, not the connection's
+    reader, and its current task stays the same object across its waits.
+    (Run on the reader's task until its first wait, a request's timeout used
+    to cancel the reader: the connector stopped and the handler slept on.)"""
+    source = _TaskBound()
+    async with DevEngine(API_KEY) as engine:
+        connector = Connector(Config(base_url=engine.base_url, api_key=API_KEY), source)
+        running = asyncio.create_task(connector.run())
         try:
-            await asyncio.sleep(60)
+            await asyncio.wait_for(connector.wait_ready(), 10)
+            timed = await asyncio.wait_for(engine.request({**LOAD, "id": "timeout1"}), 3)
+            assert (timed.status, timed.json()["row"]["timed_out"]) == (200, True)
+            assert not running.done(), "a handler's timeout stopped the connector"
+            answers = await asyncio.gather(
+                *(engine.request({**LOAD, "id": f"r{i}"}) for i in range(20))
+            )
+            assert [a.status for a in answers] == [200] * 20
         finally:
-            cleaned.append("finally")
-
-    task = start_eagerly(hangs())
-    assert task is not None
-    await asyncio.sleep(0.01)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    assert task.cancelled() and cleaned == ["finally"]
-
-
-async def test_a_request_started_eagerly_times_out_on_its_own_task() -> None:
-    class Mixed(DataSource):
-        async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
-            if id == "hang":
-                await asyncio.sleep(60)
-            return {"id": id}
-
-    dispatcher = Dispatcher(Mixed(), Verifier(API_KEY), request_timeout=0.3)
-    answers: list[Answer] = []
-
-    async def serve(body: dict[str, Any]) -> None:
-        frame = signed_frame(body)
-        answers.append(await dispatcher.dispatch(frame.method, frame.headers, frame.body))
-
-    async def reader() -> asyncio.Task[None] | None:
-        # Plays the connection's reader: starts requests eagerly, on its task.
-        assert start_eagerly(serve(LOAD)) is None  # answered inline
-        task = start_eagerly(serve({**LOAD, "id": "hang"}))
-        await asyncio.sleep(0.6)  # past the deadline: the reader must not be cancelled
-        return task
-
-    reader_task = asyncio.create_task(reader())
-    hung = await reader_task
-    assert not reader_task.cancelled()
-    assert hung is not None and hung.done() and not hung.cancelled()
-    assert [a.status for a in answers] == [200, 504]
-    assert json.loads(answers[1].body)["error"] == "source_connector_timeout"
+            connector.stop()
+            await asyncio.wait_for(running, 10)
+    assert all(before is after for before, after in source.tasks.values())
+    assert len({id(before) for before, _ in source.tasks.values()}) == len(source.tasks)
 
 
 class RecordingTransport(asyncio.Transport):

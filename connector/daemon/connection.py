@@ -18,7 +18,9 @@ import asyncio
 import collections
 import contextlib
 import logging
+import sys
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -28,7 +30,6 @@ from websockets.typing import Subprotocol
 from ..errors import ConnectFailure, ConnectionLost, describe_error
 from ..ops.status import ConnectorStatus, Observer, State
 from ..serve.answer import Answer, error_answer
-from ..serve.deadlines import start_eagerly
 from ..serve.dispatcher import Dispatcher
 from ..wire.frames import RequestFrame, encode_response
 from ..wire.session import (
@@ -403,16 +404,16 @@ class Connection:
                 self._in_flight.slots.give()
 
     def _start(self, ws: ClientConnection, frame: RequestFrame) -> bool:
-        """Serve ``frame`` as far as it goes without waiting; True if a task
-        goes on with it (and keeps its in-flight slot)."""
+        """Serve ``frame`` in a task of its own; True if the task keeps its
+        in-flight slot (False: it finished in its first step)."""
         if self._tracing is None:
-            task = start_eagerly(self._answer(ws, frame))
-        else:  # a span is current while a request runs: it needs a task (a context) of its own
-            traced = self._tracing.request(
-                frame.headers, frame.id, self._answer(ws, frame), self._status
+            task = start_task(self._answer(ws, frame))
+        else:  # a span is current while the request runs
+            answering = self._answer(ws, frame)
+            task = start_task(
+                self._tracing.request(frame.headers, frame.id, answering, self._status)
             )
-            task = asyncio.get_running_loop().create_task(traced)
-        if task is None:
+        if task.done():
             return False
         self._in_flight.track(task)
         return True
@@ -506,6 +507,26 @@ async def _read_no_more() -> NoReturn:
     read nothing more: the supervisor, told by the lock, closes this connection."""
     await asyncio.get_running_loop().create_future()
     raise AssertionError("unreachable")
+
+
+if sys.version_info >= (3, 12):
+
+    def start_task(coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
+        """A task whose first step runs now, as the current task (eager start).
+
+        Most requests never wait (the handler answers from memory, the
+        answer is buffered): they finish inside ``data_received``, without a
+        loop turn of their own. The task is a real one from the first step,
+        so whatever a handler ties to ``asyncio.current_task()`` (a timeout,
+        a cancel scope, a deadline) stays its own.
+        """
+        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+
+else:
+
+    def start_task(coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
+        """A task for the request; Python 3.11 has no eager start."""
+        return asyncio.get_running_loop().create_task(coro)
 
 
 def _message_id(frame: RequestFrame) -> str | None:
