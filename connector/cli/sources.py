@@ -68,7 +68,10 @@ def pool_size_option(command: _F) -> _F:
         type=click.IntRange(1),
         metavar="N",
         default=10,
-        help="Database connections the SQL adapter keeps open (with --database-url).",
+        help=(
+            "Database connections the SQL adapter keeps open (with --database-url); on "
+            "PostgreSQL up to N for loads by id and event pages, and N for the rest."
+        ),
     )(command)
 
 

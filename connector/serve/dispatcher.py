@@ -15,7 +15,7 @@ import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
@@ -99,6 +99,13 @@ class Dispatcher:
         self._is_async: dict[str, bool] = {}
         self._last_skew_warning = -_SKEW_WARNING_INTERVAL
         self._detailed_errors = detailed_errors
+        # An untraced async handler method is awaited without _call in between.
+        self._awaited_directly: dict[str, Callable[..., Awaitable[Any]] | None] = {
+            op: method
+            if call_span is None and inspect.iscoroutinefunction(method := getattr(source, op))
+            else None
+            for op in OPERATIONS
+        }
         if call_span is not None:  # chosen once, so an untraced call pays nothing
             self._call = _within(call_span, self._call)  # type: ignore[method-assign]
 
@@ -279,15 +286,23 @@ class Dispatcher:
                 fields=None if model is None else {"model": model},
             )
 
+        source = self.source
+        method: Callable[..., Any]
+        args: tuple[Any, ...]
         if isinstance(request, LoadRequest):
-            result = await self._call(self.source.load, request.model, request.id, ctx)
+            method, args = source.load, (request.model, request.id, ctx)
         elif isinstance(request, ListRequest):
-            result = await self._call(self.source.list, request.model, request.query, ctx)
+            method, args = source.list, (request.model, request.query, ctx)
         elif isinstance(request, CommitRequest):
-            result = await self._call(self.source.commit, request, ctx)
+            method, args = source.commit, (request, ctx)
         else:
             assert isinstance(request, EventsRequest)
-            result = await self._call(self.source.events, request.cursor, request.limit, ctx)
+            method, args = source.events, (request.cursor, request.limit, ctx)
+        awaited = self._awaited_directly[operation]
+        if awaited is not None:
+            result = await awaited(*args)
+        else:
+            result = await self._call(method, *args)
         try:
             text = dumps(success_body(operation, result))
         except pydantic_core.PydanticSerializationError as error:

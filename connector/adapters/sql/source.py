@@ -48,6 +48,7 @@ from ..._redact import redact_url
 from ...errors import ConfigError, SourceError, describe_error
 from ...serve.datasource import DataSource, RequestContext
 from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
+from .connections import ReadConnections
 from .models import ModelMap, ServedModel
 from .query import MAX_BOUND_VALUES, column_for, plan_list
 from .schema import ledger, outbox, verify_tables
@@ -78,6 +79,7 @@ DEFAULT_POOL_SIZE: Final = 10
 # A connection is replaced after this long, so a server-side idle timeout or
 # a failover never meets a request first (which would then retry once).
 POOL_RECYCLE_SECONDS: Final = 1800
+POOL_TIMEOUT_SECONDS: Final = 10.0  # waiting for a free pooled connection
 
 
 def shown_url(url: sa.URL) -> str:
@@ -197,13 +199,30 @@ def _create_postgres_async_engine(
         parsed,
         pool_size=pool_size,
         max_overflow=0,
-        pool_timeout=10.0,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
         pool_recycle=POOL_RECYCLE_SECONDS,
         # Reads need no transaction; writes ask for one (_LoopDatabase).
         isolation_level="AUTOCOMMIT",
         json_serializer=json_text,
         connect_args=_postgres_connect_args(statement_timeout),
     )
+
+
+def _read_connector(
+    engine: AsyncEngine, statement_timeout: float | None
+) -> Callable[[], Awaitable[Any]]:
+    """Opens a psycopg connection for :class:`ReadConnections` as the engine
+    opens its own (same address, credentials, type adapters, timeouts), in
+    autocommit."""
+    import psycopg
+
+    cargs, cparams = engine.sync_engine.dialect.create_connect_args(engine.url)
+    params = {**cparams, **_postgres_connect_args(statement_timeout), "autocommit": True}
+
+    async def connect() -> Any:
+        return await psycopg.AsyncConnection.connect(*cargs, **params)
+
+    return connect
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -280,13 +299,16 @@ class _LoopDatabase:
     """PostgreSQL on the event loop: one greenlet per operation, no threads.
 
     Hot reads (a load by id, a page of events) skip SQLAlchemy's execution
-    layer: their statements are compiled once, and run on the pooled psycopg
-    connection directly as prepared statements. That halves the CPU a read
-    costs (see bench/sql.py); SQLAlchemy's pool still owns the connections.
+    layer: their statements are compiled once, and run on a psycopg
+    connection directly as prepared statements, which halves the CPU a read
+    costs (see bench/sql.py). The connection comes from ``reads`` (see
+    :mod:`.connections`) when given, else from SQLAlchemy's pool (an engine
+    passed in by the user, whose connect arguments we cannot repeat).
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: ReadConnections | None = None) -> None:
         self.engine = engine
+        self._read_connections = reads
         self._reads = engine.sync_engine
         self._writes = engine.sync_engine.execution_options(isolation_level="READ COMMITTED")
         self._pool = engine.sync_engine.pool
@@ -321,8 +343,44 @@ class _LoopDatabase:
         values = {**compiled.defaults, **params}
         for name, processor in compiled.bind_processors:
             values[name] = processor(values[name])
-        rows = await greenlet_spawn(self._fetch_in_greenlet, compiled, values)
+        if self._read_connections is None:
+            rows = await greenlet_spawn(self._fetch_in_greenlet, compiled, values)
+        else:
+            rows = await self._fetch_directly(self._read_connections, compiled, values)
         return _process_rows(compiled, rows)
+
+    async def _fetch_directly(
+        self, pool: ReadConnections, compiled: _Compiled, values: dict[str, Any]
+    ) -> list[Any]:
+        dialect = self._dialect
+        driver_error = dialect.loaded_dbapi.Error
+        try:
+            connection, opened = await pool.acquire()
+        except driver_error as error:
+            raise sa_exc.DBAPIError.instance(
+                None, None, error, driver_error, dialect=dialect
+            ) from None
+        try:
+            cursor = connection.cursor()
+            await cursor.execute(compiled.sql, values, prepare=True)
+            rows: list[Any] = await cursor.fetchall()
+            if not compiled.described:
+                compiled.learn(dialect, cursor.description)
+        except driver_error as error:
+            # In autocommit a failed statement leaves the connection usable,
+            # unless the failure was the connection itself.
+            disconnect = bool(connection.closed or connection.broken)
+            pool.release(connection, opened, failed=disconnect)
+            raise sa_exc.DBAPIError.instance(
+                None, None, error, driver_error,
+                connection_invalidated=disconnect, dialect=dialect,
+            ) from None  # fmt: skip
+        except BaseException:
+            # Cancelled mid-statement: the connection's state is unknown.
+            pool.release(connection, opened, failed=True)
+            raise
+        pool.release(connection, opened)
+        return rows
 
     def _fetch_in_greenlet(self, compiled: _Compiled, values: dict[str, Any]) -> list[Any]:
         # Checkout, statement and checkin in one greenlet: one switch in and
@@ -360,9 +418,13 @@ class _LoopDatabase:
         return rows
 
     async def dispose(self) -> None:
+        if self._read_connections is not None:
+            await self._read_connections.close()
         await self.engine.dispose()
 
     def forget(self) -> None:
+        if self._read_connections is not None:
+            self._read_connections.forget()
         self.engine.sync_engine.dispose(close=False)
 
 
@@ -442,9 +504,13 @@ class SQLSource(DataSource):
     from the moment the database could not be reached until a request or
     :meth:`probe` succeeds again.
 
+    ``pool_size`` bounds the connections: on PostgreSQL up to ``pool_size``
+    for loads by id and event pages (see :mod:`.connections`) and as many
+    through SQLAlchemy's pool for the rest.
+
     ``url`` may also be an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`
-    (served on the event loop) or an :class:`~sqlalchemy.Engine` (served in
-    worker threads).
+    (served on the event loop, every read through its pool) or an
+    :class:`~sqlalchemy.Engine` (served in worker threads).
     """
 
     def __init__(
@@ -470,9 +536,14 @@ class SQLSource(DataSource):
         else:
             parsed = database_url(url)
             if parsed.get_backend_name() == "postgresql":
-                self._database = _LoopDatabase(
-                    _create_postgres_async_engine(parsed, pool_size, statement_timeout)
+                async_engine = _create_postgres_async_engine(parsed, pool_size, statement_timeout)
+                reads = ReadConnections(
+                    _read_connector(async_engine, statement_timeout),
+                    pool_size,
+                    timeout=POOL_TIMEOUT_SECONDS,
+                    recycle=POOL_RECYCLE_SECONDS,
                 )
+                self._database = _LoopDatabase(async_engine, reads)
             else:
                 engine = create_database_engine(
                     parsed, pool_size=pool_size, max_overflow=0, must_exist=True

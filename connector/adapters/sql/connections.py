@@ -1,0 +1,151 @@
+"""Which connection runs a hot read? A small pool of psycopg connections used
+straight from the event loop.
+
+A load by id and a page of events are one prepared statement each. Through
+SQLAlchemy's pool, checking a connection out and back in (greenlets, pool
+events, the reset on check-in) cost more CPU than the statement itself:
+about 70 µs of the 190 µs a load cost (``bench/sql.py``). These reads take
+their connection from :class:`ReadConnections` instead, which does the
+least a pool must do:
+
+- at most ``size`` connections, opened on demand with the engine's own
+  connect arguments, in autocommit (one statement needs no transaction);
+- a free connection goes to the longest waiter first;
+- a connection older than ``recycle`` seconds is closed instead of reused;
+- a connection that failed is closed, and when it failed because the
+  server went away, every idle one is closed too (opened before the failure,
+  they are suspect): the caller's retry then opens a fresh one;
+- a wait longer than ``timeout`` raises :class:`sqlalchemy.exc.TimeoutError`,
+  as SQLAlchemy's pool does, so both pools read the same to the adapter.
+
+Lists, commits, probes and reflection keep SQLAlchemy's pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+
+__all__ = ["ReadConnections"]
+
+
+class ReadConnections:
+    """Up to ``size`` driver connections for single-statement reads."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Any]],
+        size: int,
+        *,
+        timeout: float = 10.0,
+        recycle: float = 1800.0,
+    ) -> None:
+        self._connect = connect
+        self.size = size
+        self._timeout = timeout
+        self._recycle = recycle
+        self._idle: collections.deque[tuple[Any, float]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[tuple[Any, float] | None]] = (
+            collections.deque()
+        )
+        self.open = 0
+        self._closed = False
+
+    async def acquire(self) -> tuple[Any, float]:
+        """A connection and when it was opened; give it back with :meth:`release`."""
+        while self._idle:
+            connection, opened = self._idle.pop()  # the most recent: it is warm
+            if connection.closed or time.monotonic() - opened > self._recycle:
+                self._discard(connection)
+                continue
+            return connection, opened
+        if self.open < self.size:
+            self.open += 1
+            return await self._open_reserved()
+        waiter: asyncio.Future[tuple[Any, float] | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self._timeout):
+                handed = await waiter
+        except TimeoutError:
+            raise sa_exc.TimeoutError(
+                f"no database connection for a read became free within {self._timeout:g} s "
+                f"({self.size} in use)"
+            ) from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(waiter.result())  # handed over just as we were cancelled
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+        if handed is None:  # a slot was freed and reserved for us: open a connection
+            return await self._open_reserved()
+        return handed
+
+    def release(self, connection: Any, opened: float, *, failed: bool = False) -> None:
+        """Give a connection back; ``failed`` closes it (and the idle ones, if it is broken)."""
+        if failed or self._closed or connection.closed:
+            if connection.closed or connection.broken:
+                self._drop_idle()
+            self._discard(connection)
+            return
+        self._give_back((connection, opened))
+
+    async def close(self) -> None:
+        """Close every idle connection now, and the busy ones as they come back."""
+        self._closed = True
+        self._drop_idle()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(sa_exc.InterfaceError(None, None, Exception("pool closed")))
+
+    def forget(self) -> None:
+        """Drop the idle connections without waiting (after a fork, or at exit)."""
+        self._drop_idle()
+
+    async def _open_reserved(self) -> tuple[Any, float]:
+        """Open a connection in a slot already counted in ``open``."""
+        try:
+            connection = await self._connect()
+        except BaseException:
+            self.open -= 1
+            self._offer_free_slots()
+            raise
+        return connection, time.monotonic()
+
+    def _give_back(self, handed: tuple[Any, float] | None) -> None:
+        """A connection (or, None, a reserved slot) to the longest waiter, else idle."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(handed)
+                return
+        if handed is None:
+            self.open -= 1
+        else:
+            self._idle.append(handed)
+
+    def _offer_free_slots(self) -> None:
+        while self._waiters and self.open < self.size and not self._closed:
+            self.open += 1
+            self._give_back(None)
+
+    def _drop_idle(self) -> None:
+        while self._idle:
+            connection, _ = self._idle.popleft()
+            self._discard(connection)
+
+    def _discard(self, connection: Any) -> None:
+        self.open -= 1
+        if not connection.closed:
+            connection.pgconn.finish()  # libpq says goodbye to the server; nothing to wait for
+        self._offer_free_slots()

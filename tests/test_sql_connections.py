@@ -1,0 +1,185 @@
+"""The hot reads' own connections: limits, hand-over, failures, on a real
+PostgreSQL and with stand-in connections for the races."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+from sqlalchemy import exc as sa_exc
+
+from connector.adapters.sql import SQLSource
+from connector.adapters.sql.connections import ReadConnections
+from tests.helpers import execute
+from tests.postgres import create_database, drop_database
+from tests.test_sql_adapter import MODELS, Client, create, prepare
+
+
+class _Stand:
+    """Stands in for a psycopg connection: only what the pool looks at."""
+
+    numbers = itertools.count(1)
+
+    def __init__(self) -> None:
+        self.number = next(self.numbers)
+        self.closed = False
+        self.broken = False
+        self.pgconn = self
+
+    def finish(self) -> None:
+        self.closed = True
+
+
+def _pool(size: int, **options: Any) -> tuple[ReadConnections, list[_Stand]]:
+    opened: list[_Stand] = []
+
+    async def connect() -> _Stand:
+        await asyncio.sleep(0)
+        opened.append(_Stand())
+        return opened[-1]
+
+    return ReadConnections(connect, size, **options), opened
+
+
+async def test_never_more_than_size_and_the_longest_waiter_first() -> None:
+    pool, opened = _pool(2)
+    first, second = await pool.acquire(), await pool.acquire()
+    order: list[int] = []
+
+    async def wait(n: int) -> None:
+        connection, when = await pool.acquire()
+        order.append(n)
+        await asyncio.sleep(0.01)
+        pool.release(connection, when)
+
+    waiting = [asyncio.create_task(wait(n)) for n in range(5)]
+    await asyncio.sleep(0.01)
+    assert order == [] and pool.open == 2
+    pool.release(*first)
+    pool.release(*second)
+    await asyncio.gather(*waiting)
+    assert order == [0, 1, 2, 3, 4]
+    assert len(opened) == 2 and pool.open == 2
+
+
+async def test_a_wait_past_the_timeout_is_sqlalchemys_timeout() -> None:
+    pool, _ = _pool(1, timeout=0.05)
+    held = await pool.acquire()
+    with pytest.raises(sa_exc.TimeoutError, match=r"within 0\.05 s"):
+        await pool.acquire()
+    pool.release(*held)
+    assert (await pool.acquire())[0] is held[0]  # the timed-out waiter took nothing
+
+
+async def test_a_cancelled_waiter_loses_no_connection() -> None:
+    pool, opened = _pool(1)
+    held = await pool.acquire()
+    waiter = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.01)
+    pool.release(*held)  # handed to the waiter...
+    waiter.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    again = await asyncio.wait_for(pool.acquire(), 1)
+    assert again[0] is held[0] and len(opened) == 1
+
+
+async def test_a_broken_connection_frees_its_slot_and_the_idle_ones_go_too() -> None:
+    pool, opened = _pool(3)
+    held = [await pool.acquire() for _ in range(3)]
+    pool.release(*held[1])
+    pool.release(*held[2])  # two idle
+    waiter = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.01)
+    assert waiter.done()  # an idle one went to it
+    pool.release(*waiter.result())
+    held[0][0].broken = True  # the server went away under the busy one
+    pool.release(*held[0], failed=True)
+    assert pool.open == 0 and all(c.closed for c in opened)
+    fresh, _ = await pool.acquire()
+    assert fresh not in opened[:3] and pool.open == 1
+
+
+async def test_an_old_connection_is_replaced_not_reused() -> None:
+    pool, _ = _pool(1, recycle=0.02)
+    held = await pool.acquire()
+    pool.release(*held)
+    await asyncio.sleep(0.05)
+    fresh, _ = await pool.acquire()
+    assert fresh is not held[0] and held[0].closed and pool.open == 1
+
+
+async def test_a_failed_open_leaves_the_slot_to_the_next_caller() -> None:
+    attempts = 0
+
+    async def connect() -> _Stand:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise OSError("refused")
+        return _Stand()
+
+    pool = ReadConnections(connect, 1)
+    with pytest.raises(OSError):
+        await pool.acquire()
+    assert pool.open == 0
+    connection, _ = await pool.acquire()
+    assert pool.open == 1 and not connection.closed
+
+
+# ------------------------------------------------------------ on PostgreSQL
+
+
+def _connections(url: str) -> int:
+    rows = execute(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ablo-connector' "
+        "AND datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    return int(rows[0][0][0])
+
+
+async def test_loads_use_at_most_pool_size_connections(postgres_server: Any) -> None:
+    url = prepare(create_database(postgres_server))
+    client = Client(SQLSource(url, MODELS, pool_size=3))
+    try:
+        await client.commit("c_rows", *(create(f"t{i}") for i in range(20)))
+        answers = await asyncio.gather(
+            *(client({"type": "load", "model": "task", "id": f"t{i % 20}"}) for i in range(200))
+        )
+        assert [status for status, _ in answers] == [200] * 200
+        assert [body["row"]["id"] for _, body in answers] == [f"t{i % 20}" for i in range(200)]
+        # Three for the reads, and at most three more for commits and lists.
+        assert _connections(url) <= 6
+    finally:
+        await client.close()
+        drop_database(postgres_server, url)
+
+
+async def test_a_killed_read_connection_is_replaced_within_the_request(
+    postgres_server: Any,
+) -> None:
+    """An administrator (or a failover) ends the connector's sessions: the
+    next load retries once on a fresh connection and answers 200."""
+    url = prepare(create_database(postgres_server))
+    client = Client(SQLSource(url, MODELS, pool_size=2))
+    try:
+        await client.commit("c_row", create("t1"))
+        await asyncio.gather(
+            *(client.ok({"type": "load", "model": "task", "id": "t1"}) for _ in range(4))
+        )
+        execute(
+            url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'ablo-connector' AND datname = current_database() "
+            "AND pid <> pg_backend_pid()",
+        )
+        for _ in range(3):
+            body = await client.ok({"type": "load", "model": "task", "id": "t1"})
+            assert body["row"]["id"] == "t1"
+        assert client.source.healthy
+    finally:
+        await client.close()
+        drop_database(postgres_server, url)
