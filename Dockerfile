@@ -7,7 +7,9 @@
 # Add your handler in a derived image (FROM ablo-connector, COPY it to /app)
 # or mount it at /app. .ci/container-steps runs these same steps in a venv.
 
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+# Python 3.12 or later starts each request's task eagerly: a request that
+# never waits is answered without an event-loop turn of its own.
+ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
