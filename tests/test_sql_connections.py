@@ -183,3 +183,39 @@ async def test_a_killed_read_connection_is_replaced_within_the_request(
     finally:
         await client.close()
         drop_database(postgres_server, url)
+
+
+async def test_list_pages_of_one_shape_bind_their_own_values(
+    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """List pages run as prepared statements compiled once per shape: each
+    page binds its own values, cursors page on, IN lists still work, and the
+    shapes kept are bounded."""
+    monkeypatch.setattr("connector.adapters.sql.source._MAX_PAGE_SHAPES", 4)
+    url = prepare(create_database(postgres_server))
+    client = Client(SQLSource(url, MODELS))
+    try:
+        await client.commit(
+            "c_rows", *(create(f"t{i:02}", title=f"title {i % 3}") for i in range(12))
+        )
+        for n in (0, 1, 2, 0):  # one shape, three values, one repeated
+            where = [{"field": "title", "op": "=", "value": f"title {n}"}]
+            rows = (await client.list(where=where))["rows"]
+            assert [row["id"] for row in rows] == [f"t{i:02}" for i in range(n, 12, 3)]
+        seen: list[str] = []
+        page = await client.list(limit=5)
+        while True:
+            seen += [row["id"] for row in page["rows"]]
+            if not page.get("nextCursor"):
+                break
+            page = await client.list(limit=5, cursor=page["nextCursor"])
+        assert seen == [f"t{i:02}" for i in range(12)]
+        chosen = await client.list(where=[{"field": "id", "op": "IN", "value": ["t03", "t07"]}])
+        assert [row["id"] for row in chosen["rows"]] == ["t03", "t07"]
+        for k in range(1, 8):  # seven more shapes: k conditions each
+            where = [{"field": "title", "op": "!=", "value": f"x{j}"} for j in range(k)]
+            assert len((await client.list(where=where))["rows"]) == 12
+        assert len(client.source._database._shapes) <= 4  # type: ignore[union-attr]
+    finally:
+        await client.close()
+        drop_database(postgres_server, url)

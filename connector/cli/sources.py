@@ -70,7 +70,7 @@ def pool_size_option(command: _F) -> _F:
         default=10,
         help=(
             "Database connections the SQL adapter keeps open (with --database-url); on "
-            "PostgreSQL up to N for loads by id and event pages, and N for the rest."
+            "PostgreSQL up to N for reads and N for commits."
         ),
     )(command)
 

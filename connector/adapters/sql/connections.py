@@ -1,7 +1,7 @@
-"""Which connection runs a hot read? A small pool of psycopg connections used
+"""Which connection runs a read? A small pool of psycopg connections used
 straight from the event loop.
 
-A load by id and a page of events are one prepared statement each. Through
+A load by id, a page of events and a list page are one statement each. Through
 SQLAlchemy's pool, checking a connection out and back in (greenlets, pool
 events, the reset on check-in) cost more CPU than the statement itself:
 about 70 µs of the 190 µs a load cost (``bench/sql.py``). These reads take
@@ -18,7 +18,8 @@ least a pool must do:
 - a wait longer than ``timeout`` raises :class:`sqlalchemy.exc.TimeoutError`,
   as SQLAlchemy's pool does, so both pools read the same to the adapter.
 
-Lists, commits, probes and reflection keep SQLAlchemy's pool.
+Commits, probes and reflection keep SQLAlchemy's pool, and so does a list
+page whose SQL SQLAlchemy completes only when it runs it (an IN list).
 """
 
 from __future__ import annotations

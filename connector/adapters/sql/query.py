@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -185,12 +185,14 @@ class ListPlan:
     order_field: str | None
     descending: bool
 
-    def next_cursor(self, model: ServedModel, last_row: Any) -> str:
-        mapping = last_row._mapping
-        order_value = mapping[model.columns[self.order_field].name] if self.order_field else None
-        return encode_cursor(
-            self.order_field, self.descending, (order_value, mapping[model.id.name])
-        )
+    def next_cursor(self, model: ServedModel, last_row: Sequence[Any]) -> str:
+        """The cursor after ``last_row``, a row of ``model.selected`` in order."""
+
+        def value(column: sa.Column[Any]) -> Any:
+            return last_row[next(i for i, c in enumerate(model.selected) if c is column)]
+
+        order_value = value(model.columns[self.order_field]) if self.order_field else None
+        return encode_cursor(self.order_field, self.descending, (order_value, value(model.id)))
 
 
 def _check_size(query: ListQuery, max_bound_values: int) -> None:

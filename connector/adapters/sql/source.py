@@ -25,6 +25,7 @@ may, because the ledger makes it idempotent).
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import re
@@ -80,6 +81,8 @@ DEFAULT_POOL_SIZE: Final = 10
 # a failover never meets a request first (which would then retry once).
 POOL_RECYCLE_SECONDS: Final = 1800
 POOL_TIMEOUT_SECONDS: Final = 10.0  # waiting for a free pooled connection
+# List page shapes kept compiled (where fields and operators, order, cursor).
+_MAX_PAGE_SHAPES: Final = 256
 
 
 def shown_url(url: sa.URL) -> str:
@@ -272,6 +275,8 @@ class _Compiled:
     defaults: dict[str, Any]
     bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
     columns: tuple[sa.types.TypeEngine[Any], ...]
+    # For a statement built per request (a list page): binds its own values.
+    statement: Any = None
     # Known after the first execution (some depend on the type the driver reports).
     result_processors: tuple[Callable[[Any], Any] | None, ...] | None = None
     described: bool = False
@@ -283,6 +288,16 @@ class _Compiled:
         )
         self.result_processors = processors if any(p is not None for p in processors) else None
         self.described = True
+
+
+def _completed_at_execution(compiled: Any) -> bool:
+    """Whether SQLAlchemy finishes this SQL only when it runs it (IN lists
+    expanded, values rendered inline, names escaped)."""
+    return bool(
+        compiled.post_compile_params
+        or compiled.literal_execute_params
+        or getattr(compiled, "escaped_bind_names", None)
+    )
 
 
 def _process_rows(compiled: _Compiled, rows: list[Any]) -> list[Any]:
@@ -298,8 +313,8 @@ def _process_rows(compiled: _Compiled, rows: list[Any]) -> list[Any]:
 class _LoopDatabase:
     """PostgreSQL on the event loop: one greenlet per operation, no threads.
 
-    Hot reads (a load by id, a page of events) skip SQLAlchemy's execution
-    layer: their statements are compiled once, and run on a psycopg
+    Reads (a load by id, a list page, a page of events) skip SQLAlchemy's
+    execution layer: their statements are compiled once, and run on a psycopg
     connection directly as prepared statements, which halves the CPU a read
     costs (see bench/sql.py). The connection comes from ``reads`` (see
     :mod:`.connections`) when given, else from SQLAlchemy's pool (an engine
@@ -314,6 +329,8 @@ class _LoopDatabase:
         self._pool = engine.sync_engine.pool
         self._dialect = engine.sync_engine.dialect
         self._compiled: dict[sa.Select[Any], _Compiled] = {}
+        # List pages by shape; None: a shape SQLAlchemy must run (see fetch_page).
+        self._shapes: collections.OrderedDict[Any, _Compiled | None] = collections.OrderedDict()
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         return await greenlet_spawn(_run_read, self._reads, work, args)
@@ -322,20 +339,59 @@ class _LoopDatabase:
         return await greenlet_spawn(_run_write, self._writes, work, args)
 
     def _compile(self, statement: sa.Select[Any]) -> _Compiled:
+        found = self._compiled[statement] = self._compiled_for(statement)
+        return found
+
+    def _compiled_for(self, statement: sa.Select[Any], cache_key: Any = None) -> _Compiled:
         dialect = self._dialect
-        compiled = statement.compile(dialect=dialect)
+        if cache_key is None:
+            compiled = statement.compile(dialect=dialect)
+        else:  # the compiled form of every statement of this shape
+            compiled = dialect.statement_compiler(dialect, statement, cache_key=cache_key)
         binds = []
-        for name, bind in compiled.binds.items():
+        for bind, name in compiled.bind_names.items():  # name: as the SQL text has it
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 binds.append((name, processor))
-        found = self._compiled[statement] = _Compiled(
+        return _Compiled(
             compiled.string,
             dict(compiled.params),
             tuple(binds),
             tuple(column.type for column in statement.selected_columns),
+            statement=compiled,
         )
-        return found
+
+    async def fetch_page(self, statement: sa.Select[Any]) -> Sequence[Any]:
+        """The rows of a statement built per request (a list page).
+
+        On the read connections, as a prepared statement, when its shape
+        allows: compiled once per shape (SQLAlchemy's cache key, the way its
+        own compiled cache works), its values bound from the statement at
+        hand. A shape whose SQL is only complete at execution (an IN list
+        expanded then) goes through SQLAlchemy.
+        """
+        pool = self._read_connections
+        cache_key = statement._generate_cache_key() if pool is not None else None
+        if pool is None or cache_key is None:
+            return await self.read(_all, statement)
+        shapes = self._shapes
+        compiled = shapes.get(cache_key.key)
+        if compiled is None:
+            candidate = self._compiled_for(statement, cache_key)
+            source = candidate.statement
+            compiled = candidate if not _completed_at_execution(source) else None
+            shapes[cache_key.key] = compiled
+            if len(shapes) > _MAX_PAGE_SHAPES:
+                shapes.popitem(last=False)
+        else:
+            shapes.move_to_end(cache_key.key)
+        if compiled is None:
+            return await self.read(_all, statement)
+        values = compiled.statement.construct_params(extracted_parameters=cache_key.bindparams)
+        for name, processor in compiled.bind_processors:
+            values[name] = processor(values[name])
+        rows = await self._fetch_directly(pool, compiled, values)
+        return _process_rows(compiled, rows)
 
     async def fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
         """The rows (tuples) of a long-lived statement, e.g. a model's load statement."""
@@ -451,6 +507,9 @@ class _ThreadDatabase:
     async def fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
         return await self.read(_fetch, statement, params)
 
+    async def fetch_page(self, statement: sa.Select[Any]) -> Sequence[Any]:
+        return await self.read(_all, statement)
+
     async def dispose(self) -> None:
         self.forget()
 
@@ -505,8 +564,8 @@ class SQLSource(DataSource):
     :meth:`probe` succeeds again.
 
     ``pool_size`` bounds the connections: on PostgreSQL up to ``pool_size``
-    for loads by id and event pages (see :mod:`.connections`) and as many
-    through SQLAlchemy's pool for the rest.
+    for reads (see :mod:`.connections`) and as many through SQLAlchemy's
+    pool for commits and probes.
 
     ``url`` may also be an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`
     (served on the event loop, every read through its pool) or an
@@ -819,7 +878,7 @@ class SQLSource(DataSource):
         if plan.limit == 0:
             return ListPage(rows=[])
         with _answers():
-            found = await self._read(_all, plan.statement)
+            found = await self._retrying(lambda: self._database.fetch_page(plan.statement))
         page = found[: plan.limit]
         more = len(found) > plan.limit
         fields = served.values_to_fields
