@@ -258,3 +258,65 @@ async def test_a_frame_left_to_the_reader_holds_back_every_later_one() -> None:
     connection.deliver_directly(None)
     connection.process_event(Frame(Opcode.TEXT, b"5"))
     assert offered == [b"1", b"4"] and await connection.recv(decode=False) == b"5"
+
+
+class _LapsedGate:
+    """The HA gate of a lease that just lapsed: ``confirm`` waits for the
+    renewal, which sets the flag and then wakes it, as the leader lock does."""
+
+    def __init__(self) -> None:
+        self.ok = True
+        self.changed = asyncio.Event()
+
+    def may_serve(self) -> bool:
+        return self.ok
+
+    async def confirm(self) -> bool:
+        while not self.ok:
+            await self.changed.wait()
+        return True
+
+    def renewed(self) -> None:
+        self.ok = True
+        self.changed.set()
+
+
+async def test_a_frame_held_for_the_gate_is_not_overtaken() -> None:
+    """The reader holds F1 until the lease is confirmed; F2 arrives in the
+    same loop turn as the confirmation and must still start after F1."""
+    source, gate = _Gated(), _LapsedGate()
+    source.release.set()
+    answers: list[str] = []
+
+    async def engine(ws: ServerConnection) -> None:
+        await ws.recv()  # register
+        await ws.send(json.dumps({"type": "ready", "protocolVersion": 1}))
+        await asyncio.sleep(0.1)
+        gate.ok = False  # the lease lapses
+        await ws.send(encode_frame(signed_frame({**LOAD, "id": "F1"}, request_id="F1")))
+        await asyncio.sleep(0.1)  # the reader holds F1, waiting for the confirmation
+        await ws.send(encode_frame(signed_frame({**LOAD, "id": "F2"}, request_id="F2")))
+        asyncio.get_running_loop().call_soon(gate.renewed)
+        for _ in range(2):
+            answers.append(json.loads(await ws.recv())["id"])
+        await ws.wait_closed()
+
+    async with serve(
+        engine, "127.0.0.1", 0, subprotocols=[Subprotocol("ablo.source.v1")]
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        config = Config(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY, max_in_flight=4)
+        connector = Connector(config, source)
+        connector._gate = gate  # what serving as the HA leader sets
+        task = asyncio.create_task(connector.run())
+        try:
+            await asyncio.wait_for(_until(lambda: len(answers) == 2), 10)
+        finally:
+            connector.stop()
+            await asyncio.wait_for(task, 10)
+    assert source.started == ["F1", "F2"]
+
+
+async def _until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)

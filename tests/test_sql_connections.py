@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -71,6 +72,37 @@ async def test_a_wait_past_the_timeout_is_sqlalchemys_timeout() -> None:
         await pool.acquire()
     pool.release(*held)
     assert (await pool.acquire())[0] is held[0]  # the timed-out waiter took nothing
+
+
+async def test_a_connection_handed_over_as_the_wait_times_out_is_not_lost() -> None:
+    """The hand-over and the timeout land in one busy loop turn: the waiter
+    raises TimeoutError, and the connection must go back, not vanish."""
+    pool, _ = _pool(1, timeout=0.2)
+    held = await pool.acquire()
+    loop = asyncio.get_running_loop()
+    waiter = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0)
+    loop.call_later(0.1, pool.release, *held)  # before the deadline...
+    loop.call_later(0.05, time.sleep, 0.3)  # ...but the loop is busy past it
+    with pytest.raises(sa_exc.TimeoutError):
+        await waiter
+    again = await asyncio.wait_for(pool.acquire(), 1)
+    assert again[0] is held[0] and pool.open == 1
+
+
+async def test_a_busy_pool_still_replaces_old_connections() -> None:
+    """Under steady load a connection goes from caller to waiter, never idle:
+    its age is checked when it comes back too."""
+    pool, opened = _pool(1, recycle=0.05)
+
+    async def worker() -> None:
+        for _ in range(40):
+            connection, when = await pool.acquire()
+            await asyncio.sleep(0.005)
+            pool.release(connection, when)
+
+    await asyncio.gather(worker(), worker())
+    assert len(opened) > 1 and all(c.closed for c in opened[:-1])
 
 
 async def test_a_cancelled_waiter_loses_no_connection() -> None:

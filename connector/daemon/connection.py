@@ -212,6 +212,8 @@ class Connection:
         self._ready_at: float | None = None
         self._debug = request_log.isEnabledFor(logging.DEBUG)
         self._background: set[asyncio.Task[None]] = set()
+        # True while the reader holds a frame it cannot start yet (the HA gate).
+        self._reader_holds = False
 
     @property
     def ready_for(self) -> float:
@@ -305,8 +307,13 @@ class Connection:
             # The fence: checked per frame, on the clock, so a stalled or
             # paused leader cannot serve on a lock it may have lost.
             gate = self._gate
-            if gate is not None and not gate.may_serve() and not await gate.confirm():
-                await _read_no_more()
+            if gate is not None and not gate.may_serve():
+                self._reader_holds = True  # later frames queue behind this one (see _take)
+                try:
+                    if not await gate.confirm():
+                        await _read_no_more()
+                finally:
+                    self._reader_holds = False
             return raw
         except BaseException:
             slots.give()
@@ -358,27 +365,34 @@ class Connection:
         """Start a request straight from the parsed bytes, if it may start now.
 
         Runs inside the socket's ``data_received``, so it never raises or
-        waits. What it leaves (no free slot, the HA gate to confirm, a frame
-        that ends the connection) goes to the reader in :meth:`_serve`,
-        through websockets' queue, in order.
+        waits. What it leaves (no free slot, the HA gate to confirm, the
+        reader holding an earlier frame, a frame that ends the connection)
+        goes to the reader in :meth:`_serve`, through websockets' queue, in
+        order.
         """
         slots = self._in_flight.slots
-        gate = self._gate
-        if (gate is not None and not gate.may_serve()) or not slots.take_now():
-            return False
         try:
+            if self._reader_holds or not slots.take_now():
+                return False
+            gate = self._gate
+            if gate is not None and not gate.may_serve():
+                slots.give()
+                return False
             event = self._session.receive(raw, ready_for=self.ready_for)
             if isinstance(event, Request):
                 if self._start(ws, event.frame):
                     return True
-            elif isinstance(event, Ended | Ready):
+            elif isinstance(event, Ended):
                 slots.give()
-                return False  # the reader reads it again, and acts on it
+                return False  # the reader reads it again, and ends the connection
+            elif isinstance(event, Ready):
+                self._on_ready(event)
             else:
                 self._report(event)
         except Exception:  # one bad frame must not end the connection
             log.exception("failed to handle a frame; ignored it")
-            self._observer.frame_rejected("malformed")
+            with contextlib.suppress(Exception):
+                self._observer.frame_rejected("malformed")
         slots.give()
         return True
 
@@ -413,7 +427,9 @@ class Connection:
             task = start_task(
                 self._tracing.request(frame.headers, frame.id, answering, self._status)
             )
-        if task.done():
+        if task.done():  # finished in its first step (eager start)
+            if not task.cancelled() and (error := task.exception()) is not None:
+                log.error("failed to answer request %s", frame.id, exc_info=error)
             return False
         self._in_flight.track(task)
         return True

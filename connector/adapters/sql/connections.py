@@ -76,12 +76,14 @@ class ReadConnections:
             async with asyncio.timeout(self._timeout):
                 handed = await waiter
         except TimeoutError:
+            if _handed(waiter):
+                self._give_back(waiter.result())  # handed over as the wait timed out
             raise sa_exc.TimeoutError(
                 f"no database connection for a read became free within {self._timeout:g} s "
                 f"({self.size} in use)"
             ) from None
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if _handed(waiter):
                 self._give_back(waiter.result())  # handed over just as we were cancelled
             raise
         finally:
@@ -92,8 +94,12 @@ class ReadConnections:
         return handed
 
     def release(self, connection: Any, opened: float, *, failed: bool = False) -> None:
-        """Give a connection back; ``failed`` closes it (and the idle ones, if it is broken)."""
-        if failed or self._closed or connection.closed:
+        """Give a connection back; ``failed`` closes it (and the idle ones, if it is broken).
+
+        One past ``recycle`` is closed here too: under steady load a
+        connection goes from caller to waiter and is never idle.
+        """
+        if failed or self._closed or connection.closed or time.monotonic() - opened > self._recycle:
             if connection.closed or connection.broken:
                 self._drop_idle()
             self._discard(connection)
@@ -110,7 +116,7 @@ class ReadConnections:
                 waiter.set_exception(sa_exc.InterfaceError(None, None, Exception("pool closed")))
 
     def forget(self) -> None:
-        """Drop the idle connections without waiting (after a fork, or at exit)."""
+        """Close the idle connections without waiting (at exit, outside a loop)."""
         self._drop_idle()
 
     async def _open_reserved(self) -> tuple[Any, float]:
@@ -150,3 +156,8 @@ class ReadConnections:
         if not connection.closed:
             connection.pgconn.finish()  # libpq says goodbye to the server; nothing to wait for
         self._offer_free_slots()
+
+
+def _handed(waiter: asyncio.Future[Any]) -> bool:
+    """Whether a waiter was given a connection or a slot it must pass on."""
+    return waiter.done() and not waiter.cancelled() and waiter.exception() is None
