@@ -251,3 +251,23 @@ async def test_list_pages_of_one_shape_bind_their_own_values(
     finally:
         await client.close()
         drop_database(postgres_server, url)
+
+
+async def test_every_read_connection_busy_is_a_retryable_503(
+    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("connector.adapters.sql.source.POOL_TIMEOUT_SECONDS", 0.2)
+    url = prepare(create_database(postgres_server))
+    client = Client(SQLSource(url, MODELS, pool_size=1))
+    try:
+        await client.commit("c_row", create("t1"))
+        await client.ok({"type": "load", "model": "task", "id": "t1"})
+        reads = client.source._database._read_connections  # type: ignore[union-attr]
+        held = await reads.acquire()  # a slow statement holds the only connection
+        status, body = await client({"type": "load", "model": "task", "id": "t1"})
+        assert (status, body["error"]) == (503, "source_database_unavailable")
+        reads.release(*held)
+        await client.ok({"type": "load", "model": "task", "id": "t1"})
+    finally:
+        await client.close()
+        drop_database(postgres_server, url)

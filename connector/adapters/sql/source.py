@@ -1196,6 +1196,15 @@ def _answers() -> Iterator[None]:
         raise SourceError(
             "source_value_invalid", "a value does not fit its column's type"
         ) from None
+    except sa_exc.TimeoutError as error:
+        # Every pooled connection stayed busy: the database is slow or the
+        # pool too small for the load, not this request's fault.
+        log.warning("no database connection became free: %s", error)
+        raise SourceError(
+            "source_database_unavailable",
+            "every database connection stayed busy; retry the request",
+            status=503,
+        ) from None
     except sa_exc.SQLAlchemyError as error:
         log.error("the SQL adapter failed: %s", type(error).__name__, exc_info=True)
         raise SourceError(
