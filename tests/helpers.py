@@ -11,9 +11,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.typing import Subprotocol
 
 from connector import Answer, Dispatcher
 from connector.wire.frames import RequestFrame
@@ -49,6 +52,17 @@ def signed_frame(
         headers=headers,
         body=text,
     )
+
+
+@contextlib.asynccontextmanager
+async def scripted_engine(
+    script: Callable[[ServerConnection], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A bare engine on 127.0.0.1 that runs ``script`` per connection; yields its base URL."""
+    async with serve(
+        script, "127.0.0.1", 0, subprotocols=[Subprotocol("ablo.source.v1")]
+    ) as server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
 async def dispatch_frame(dispatcher: Dispatcher, frame: RequestFrame) -> Answer:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.typing import Subprotocol
 
 from connector import Config, ConfigError, DataSource, ListQuery, RequestContext
 from connector.daemon.supervisor import Connector
@@ -23,7 +22,7 @@ from connector.wire.signing import sign_request
 from examples.memory_source import MemorySource
 from examples.sqlite_source import SQLiteSource
 from tests.handlers import TestSource
-from tests.helpers import eventually
+from tests.helpers import eventually, scripted_engine
 
 KEY = "sk_test_daemon_5f2a9c"
 
@@ -497,14 +496,11 @@ async def test_requests_before_ready_take_in_flight_slots_like_any_other() -> No
         finished.set()
         await ws.wait_closed()
 
-    async with serve(
-        engine, "127.0.0.1", 0, subprotocols=[Subprotocol("ablo.source.v1")]
-    ) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with connector_running(
-            f"http://127.0.0.1:{port}", Counting(), wait_ready=False, max_in_flight=4
-        ):
-            await asyncio.wait_for(finished.wait(), 20)
+    async with (
+        scripted_engine(engine) as base_url,
+        connector_running(base_url, Counting(), wait_ready=False, max_in_flight=4),
+    ):
+        await asyncio.wait_for(finished.wait(), 20)
     assert statuses == [200] * 44
     assert peak == 4, f"{peak} handler calls ran at once with --max-in-flight 4"
 

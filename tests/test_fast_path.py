@@ -8,18 +8,16 @@ import json
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from connector import Config, DataSource, RequestContext
-from connector.daemon.supervisor import Connector
+from connector import DataSource, RequestContext
 from connector.daemon.transport import (
     CoalescingClientConnection,
     MaskKeys,
@@ -28,7 +26,8 @@ from connector.daemon.transport import (
 )
 from connector.dev.engine import DevEngine
 from connector.wire.frames import encode_frame
-from tests.helpers import API_KEY, signed_frame
+from tests.helpers import API_KEY, scripted_engine, signed_frame
+from tests.test_daemon import connector_running
 
 LOAD = {"type": "load", "model": "task", "id": "t1"}
 
@@ -59,21 +58,17 @@ async def test_a_handler_owns_its_task_from_its_first_step() -> None:
     (Run on the reader's task until its first wait, a request's timeout used
     to cancel the reader: the connector stopped and the handler slept on.)"""
     source = _TaskBound()
-    async with DevEngine(API_KEY) as engine:
-        connector = Connector(Config(base_url=engine.base_url, api_key=API_KEY), source)
-        running = asyncio.create_task(connector.run())
-        try:
-            await asyncio.wait_for(connector.wait_ready(), 10)
-            timed = await asyncio.wait_for(engine.request({**LOAD, "id": "timeout1"}), 3)
-            assert (timed.status, timed.json()["row"]["timed_out"]) == (200, True)
-            assert not running.done(), "a handler's timeout stopped the connector"
-            answers = await asyncio.gather(
-                *(engine.request({**LOAD, "id": f"r{i}"}) for i in range(20))
-            )
-            assert [a.status for a in answers] == [200] * 20
-        finally:
-            connector.stop()
-            await asyncio.wait_for(running, 10)
+    async with (
+        DevEngine(API_KEY) as engine,
+        connector_running(engine.base_url, source, api_key=API_KEY),
+    ):
+        timed = await asyncio.wait_for(engine.request({**LOAD, "id": "timeout1"}), 3)
+        assert (timed.status, timed.json()["row"]["timed_out"]) == (200, True)
+        # Still serving: the timeout ended the handler, not the connection.
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(engine.request({**LOAD, "id": f"r{i}"}) for i in range(20))), 10
+        )
+        assert [a.status for a in answers] == [200] * 20
     assert all(before is after for before, after in source.tasks.values())
     assert len({id(before) for before, _ in source.tasks.values()}) == len(source.tasks)
 
@@ -212,23 +207,15 @@ async def test_requests_beyond_the_free_slots_wait_in_order() -> None:
         done.set()
         await ws.wait_closed()
 
-    async with serve(
-        engine, "127.0.0.1", 0, subprotocols=[Subprotocol("ablo.source.v1")]
-    ) as server:
-        port = server.sockets[0].getsockname()[1]
-        config = Config(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY, max_in_flight=3)
-        connector = Connector(config, source)
-        task = asyncio.create_task(connector.run())
-        try:
-            while len(source.started) < 3:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.1)
-            assert len(source.started) == 3  # the limit holds while they hang
-            source.release.set()
-            await asyncio.wait_for(done.wait(), 10)
-        finally:
-            connector.stop()
-            await asyncio.wait_for(task, 10)
+    async with (
+        scripted_engine(engine) as base_url,
+        connector_running(base_url, source, wait_ready=False, api_key=API_KEY, max_in_flight=3),
+    ):
+        await asyncio.wait_for(_until(lambda: len(source.started) >= 3), 10)
+        await asyncio.sleep(0.1)
+        assert len(source.started) == 3  # the limit holds while they hang
+        source.release.set()
+        await asyncio.wait_for(done.wait(), 10)
     assert source.started == ids
     assert sorted(answers) == sorted(ids) and len(set(answers)) == len(ids)
     assert source.peak == 3
@@ -301,19 +288,14 @@ async def test_a_frame_held_for_the_gate_is_not_overtaken() -> None:
             answers.append(json.loads(await ws.recv())["id"])
         await ws.wait_closed()
 
-    async with serve(
-        engine, "127.0.0.1", 0, subprotocols=[Subprotocol("ablo.source.v1")]
-    ) as server:
-        port = server.sockets[0].getsockname()[1]
-        config = Config(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY, max_in_flight=4)
-        connector = Connector(config, source)
-        connector._gate = gate  # what serving as the HA leader sets
-        task = asyncio.create_task(connector.run())
-        try:
-            await asyncio.wait_for(_until(lambda: len(answers) == 2), 10)
-        finally:
-            connector.stop()
-            await asyncio.wait_for(task, 10)
+    async with (
+        scripted_engine(engine) as base_url,
+        connector_running(
+            base_url, source, wait_ready=False, api_key=API_KEY, max_in_flight=4
+        ) as connector,
+    ):
+        connector._gate = gate  # what serving as the HA leader sets, before it dials
+        await asyncio.wait_for(_until(lambda: len(answers) == 2), 10)
     assert source.started == ["F1", "F2"]
 
 

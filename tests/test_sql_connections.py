@@ -4,8 +4,10 @@ PostgreSQL and with stand-in connections for the races."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -164,6 +166,18 @@ async def test_a_failed_open_leaves_the_slot_to_the_next_caller() -> None:
 # ------------------------------------------------------------ on PostgreSQL
 
 
+@contextlib.asynccontextmanager
+async def _client(server: Any, **options: Any) -> AsyncIterator[tuple[Client, str]]:
+    """A client of a SQLSource on a fresh database of ``server``, and its URL."""
+    url = prepare(create_database(server))
+    client = Client(SQLSource(url, MODELS, **options))
+    try:
+        yield client, url
+    finally:
+        await client.close()
+        drop_database(server, url)
+
+
 def _connections(url: str) -> int:
     rows = execute(
         url,
@@ -174,9 +188,7 @@ def _connections(url: str) -> int:
 
 
 async def test_loads_use_at_most_pool_size_connections(postgres_server: Any) -> None:
-    url = prepare(create_database(postgres_server))
-    client = Client(SQLSource(url, MODELS, pool_size=3))
-    try:
+    async with _client(postgres_server, pool_size=3) as (client, url):
         await client.commit("c_rows", *(create(f"t{i}") for i in range(20)))
         answers = await asyncio.gather(
             *(client({"type": "load", "model": "task", "id": f"t{i % 20}"}) for i in range(200))
@@ -185,9 +197,6 @@ async def test_loads_use_at_most_pool_size_connections(postgres_server: Any) -> 
         assert [body["row"]["id"] for _, body in answers] == [f"t{i % 20}" for i in range(200)]
         # Three for the reads, and at most three more for commits and lists.
         assert _connections(url) <= 6
-    finally:
-        await client.close()
-        drop_database(postgres_server, url)
 
 
 async def test_a_killed_read_connection_is_replaced_within_the_request(
@@ -195,9 +204,7 @@ async def test_a_killed_read_connection_is_replaced_within_the_request(
 ) -> None:
     """An administrator (or a failover) ends the connector's sessions: the
     next load retries once on a fresh connection and answers 200."""
-    url = prepare(create_database(postgres_server))
-    client = Client(SQLSource(url, MODELS, pool_size=2))
-    try:
+    async with _client(postgres_server, pool_size=2) as (client, url):
         await client.commit("c_row", create("t1"))
         await asyncio.gather(
             *(client.ok({"type": "load", "model": "task", "id": "t1"}) for _ in range(4))
@@ -212,9 +219,6 @@ async def test_a_killed_read_connection_is_replaced_within_the_request(
             body = await client.ok({"type": "load", "model": "task", "id": "t1"})
             assert body["row"]["id"] == "t1"
         assert client.source.healthy
-    finally:
-        await client.close()
-        drop_database(postgres_server, url)
 
 
 async def test_list_pages_of_one_shape_bind_their_own_values(
@@ -224,9 +228,7 @@ async def test_list_pages_of_one_shape_bind_their_own_values(
     page binds its own values, cursors page on, IN lists still work, and the
     shapes kept are bounded."""
     monkeypatch.setattr("connector.adapters.sql.source._MAX_PAGE_SHAPES", 4)
-    url = prepare(create_database(postgres_server))
-    client = Client(SQLSource(url, MODELS))
-    try:
+    async with _client(postgres_server) as (client, _):
         await client.commit(
             "c_rows", *(create(f"t{i:02}", title=f"title {i % 3}") for i in range(12))
         )
@@ -248,18 +250,13 @@ async def test_list_pages_of_one_shape_bind_their_own_values(
             where = [{"field": "title", "op": "!=", "value": f"x{j}"} for j in range(k)]
             assert len((await client.list(where=where))["rows"]) == 12
         assert len(client.source._database._shapes) <= 4  # type: ignore[union-attr]
-    finally:
-        await client.close()
-        drop_database(postgres_server, url)
 
 
 async def test_every_read_connection_busy_is_a_retryable_503(
     postgres_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("connector.adapters.sql.source.POOL_TIMEOUT_SECONDS", 0.2)
-    url = prepare(create_database(postgres_server))
-    client = Client(SQLSource(url, MODELS, pool_size=1))
-    try:
+    async with _client(postgres_server, pool_size=1) as (client, _):
         await client.commit("c_row", create("t1"))
         await client.ok({"type": "load", "model": "task", "id": "t1"})
         reads = client.source._database._read_connections  # type: ignore[union-attr]
@@ -268,6 +265,3 @@ async def test_every_read_connection_busy_is_a_retryable_503(
         assert (status, body["error"]) == (503, "source_database_unavailable")
         reads.release(*held)
         await client.ok({"type": "load", "model": "task", "id": "t1"})
-    finally:
-        await client.close()
-        drop_database(postgres_server, url)
