@@ -4,7 +4,9 @@ task of its own, our own text frames, and coalesced writes."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from connector import DataSource, RequestContext
+from connector.daemon.tasks import start_task
 from connector.daemon.transport import (
     CoalescingClientConnection,
     MaskKeys,
@@ -302,3 +305,58 @@ async def test_a_frame_held_for_the_gate_is_not_overtaken() -> None:
 async def _until(condition: Any) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+_seen_in: contextvars.ContextVar[str] = contextvars.ContextVar("seen_in", default="caller")
+
+
+async def test_a_request_task_is_current_from_its_first_step_and_keeps_its_context() -> None:
+    """start_task gives the coroutine its task before any of it runs (on 3.12
+    the first step runs at once): the task is current in every step, its
+    context variables stay its own, and the caller's are as they were."""
+    caller = asyncio.current_task()
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    seen: list[Any] = []
+
+    async def request() -> str:
+        seen.append(asyncio.current_task())
+        _seen_in.set("request")
+        await gate
+        seen.append(asyncio.current_task())
+        return _seen_in.get()
+
+    task = start_task(request())
+    assert task is not None
+    assert asyncio.current_task() is caller and _seen_in.get() == "caller"
+    await asyncio.sleep(0)
+    gate.set_result(None)
+    assert await task == "request" and seen == [task, task]
+    assert _seen_in.get() == "caller"
+
+
+async def test_a_request_that_never_waits_is_done_in_its_first_step_where_python_can(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On 3.12 and later the first step runs at once: a request that never
+    waits is answered before start_task returns, and a failure there is
+    logged. On 3.11 the task runs from the next loop turn."""
+    ran: list[str] = []
+
+    async def quick() -> None:
+        ran.append("answered")
+
+    async def broken() -> None:
+        raise RuntimeError("boom in the first step")
+
+    started = start_task(quick())
+    failed = start_task(broken())
+    if sys.version_info >= (3, 12):
+        assert started is None and failed is None and ran == ["answered"]
+        assert "a request failed in its first step" in caplog.text
+        assert "boom in the first step" in caplog.text
+    else:
+        assert started is not None and failed is not None and ran == []
+        await started
+        assert ran == ["answered"]
+        with pytest.raises(RuntimeError, match="boom in the first step"):
+            await failed

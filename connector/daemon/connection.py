@@ -18,9 +18,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-import sys
 import time
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -50,6 +48,7 @@ from ..wire.session import (
 from ..wire.signing import header_value
 from .config import Config
 from .failures import failure_reason
+from .tasks import start_task
 from .transport import CoalescingClientConnection
 
 if TYPE_CHECKING:
@@ -418,8 +417,9 @@ class Connection:
                 self._in_flight.slots.give()
 
     def _start(self, ws: ClientConnection, frame: RequestFrame) -> bool:
-        """Serve ``frame`` in a task of its own; True if the task keeps its
-        in-flight slot (False: it finished in its first step)."""
+        """Serve ``frame`` in a task of its own, started eagerly (see
+        :mod:`.tasks`); True if the task goes on and keeps its in-flight
+        slot, False if its first step answered the request."""
         if self._tracing is None:
             task = start_task(self._answer(ws, frame))
         else:  # a span is current while the request runs
@@ -427,9 +427,7 @@ class Connection:
             task = start_task(
                 self._tracing.request(frame.headers, frame.id, answering, self._status)
             )
-        if task.done():  # finished in its first step (eager start)
-            if not task.cancelled() and (error := task.exception()) is not None:
-                log.error("failed to answer request %s", frame.id, exc_info=error)
+        if task is None:
             return False
         self._in_flight.track(task)
         return True
@@ -523,26 +521,6 @@ async def _read_no_more() -> NoReturn:
     read nothing more: the supervisor, told by the lock, closes this connection."""
     await asyncio.get_running_loop().create_future()
     raise AssertionError("unreachable")
-
-
-if sys.version_info >= (3, 12):
-
-    def start_task(coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
-        """A task whose first step runs now, as the current task (eager start).
-
-        Most requests never wait (the handler answers from memory, the
-        answer is buffered): they finish inside ``data_received``, without a
-        loop turn of their own. The task is a real one from the first step,
-        so whatever a handler ties to ``asyncio.current_task()`` (a timeout,
-        a cancel scope, a deadline) stays its own.
-        """
-        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
-
-else:
-
-    def start_task(coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
-        """A task for the request; Python 3.11 has no eager start."""
-        return asyncio.get_running_loop().create_task(coro)
 
 
 def _message_id(frame: RequestFrame) -> str | None:
