@@ -404,6 +404,41 @@ async def test_keyset_pages_follow_the_sort_with_no_repeats_or_gaps(
     assert ids == [f"t{n:02}" for n in sorted(range(len(priorities)), key=key)]
 
 
+@pytest.mark.parametrize("order", ["asc", "desc"])
+async def test_pages_ordered_by_a_boolean_column_follow_their_cursor(
+    client: Client, order: str
+) -> None:
+    """A cursor after a true/false value compares with < and >, which
+    SQLAlchemy refuses for a bare True or False (it was a 500)."""
+    flags = [True, False, True, True, False, False, True, False, True]
+    await client.commit("c_flags", *(create(f"t{n}", done=f) for n, f in enumerate(flags)))
+    ids = _collect_pages(await _walk(client, orderBy="done", order=order, limit=2))
+    descending = order == "desc"
+    expected = sorted(range(len(flags)), key=lambda n: (flags[n], n), reverse=descending)
+    assert ids == [f"t{n}" for n in expected]
+
+
+async def test_a_nul_character_is_the_callers_mistake_where_the_database_refuses_it(
+    client: Client,
+) -> None:
+    """PostgreSQL's text cannot hold NUL: psycopg refuses it before sending,
+    with no SQLSTATE (it was a 500). SQLite stores it."""
+    postgres = client.source.engine.dialect.name == "postgresql"
+    await client.commit("c_nul_row", create("t1"))
+    requests = [
+        {"type": "list", "model": "task", "query": {"where": [["title", "a\u0000b"]]}},
+        {"type": "load", "model": "task", "id": "t\u0000"},
+    ]
+    for body in requests:
+        status, answer = await client(body)
+        if postgres:
+            assert (status, answer["error"]) == (400, "source_value_invalid"), body
+        else:
+            assert status == 200, answer
+    status, answer = await client.commit("c_nul", create("t2", title="a\u0000b"))
+    assert status == (400 if postgres else 200), answer
+
+
 async def test_pages_are_stable_under_concurrent_inserts(client: Client) -> None:
     await client.commit("c_base", *(create(f"t{n:02}", priority=n % 4) for n in range(20)))
     query = {"orderBy": "priority", "limit": 5}

@@ -265,3 +265,37 @@ async def test_every_read_connection_busy_is_a_retryable_503(
         assert (status, body["error"]) == (503, "source_database_unavailable")
         reads.release(*held)
         await client.ok({"type": "load", "model": "task", "id": "t1"})
+
+
+async def test_a_like_page_served_before_sqlalchemy_connects(postgres_server: Any) -> None:
+    """SQLAlchemy learns how the server escapes string literals on its first
+    connection; a LIKE page compiled before that used the wrong escape and
+    was refused, and stayed refused from the shape cache."""
+    async with _client(postgres_server) as (client, url):
+        execute(url, "INSERT INTO tasks (id, title) VALUES ('t1', 'alpha'), ('t2', 'beta')")
+        await asyncio.to_thread(client.source.prepare)  # as `run` does: its own engine
+        where = [{"field": "title", "op": "LIKE", "value": "al%"}]
+        for _ in range(2):
+            rows = (await client.list(where=where))["rows"]
+            assert [row["id"] for row in rows] == ["t1"]
+
+
+async def test_a_shape_sqlalchemy_must_run_is_not_compiled_again(
+    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.adapters.sql import source as adapter
+
+    compiled: list[object] = []
+    compile_once = adapter._LoopDatabase._compiled_for
+
+    def counting(self: Any, statement: Any, cache_key: Any = None) -> Any:
+        compiled.append(statement)
+        return compile_once(self, statement, cache_key)
+
+    monkeypatch.setattr(adapter._LoopDatabase, "_compiled_for", counting)
+    async with _client(postgres_server) as (client, _):
+        await client.commit("c_rows", *(create(f"t{i}") for i in range(4)))
+        for i in range(5):  # an IN list: SQLAlchemy expands it when it runs
+            where = [{"field": "id", "op": "IN", "value": [f"t{i % 4}", "t9"]}]
+            assert [row["id"] for row in (await client.list(where=where))["rows"]] == [f"t{i % 4}"]
+    assert len(compiled) == 1

@@ -258,8 +258,11 @@ def _after(
     last_id: Any,
     descending: bool,
 ) -> sa.ColumnElement[bool]:
-    def beyond(column: sa.Column[Any], bound: Any) -> sa.ColumnElement[bool]:
-        return (column < bound) if descending else (column > bound)  # type: ignore[no-any-return]
+    def beyond(column: sa.Column[Any], value: Any) -> sa.ColumnElement[bool]:
+        # A bound of the column's type: SQLAlchemy refuses < and > against a
+        # bare True or False (a boolean order column).
+        bound = sa.literal(value, column.type)
+        return (column < bound) if descending else (column > bound)
 
     if order_column is None:
         return beyond(id_column, last_id)

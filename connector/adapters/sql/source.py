@@ -83,6 +83,7 @@ POOL_RECYCLE_SECONDS: Final = 1800
 POOL_TIMEOUT_SECONDS: Final = 10.0  # waiting for a free pooled connection
 # List page shapes kept compiled (where fields and operators, order, cursor).
 _MAX_PAGE_SHAPES: Final = 256
+_UNSEEN: Final[Any] = object()  # a shape not compiled yet (None: one SQLAlchemy must run)
 
 
 def shown_url(url: sa.URL) -> str:
@@ -374,9 +375,11 @@ class _LoopDatabase:
         cache_key = statement._generate_cache_key() if pool is not None else None
         if pool is None or cache_key is None:
             return await self.read(_all, statement)
+        if self._dialect.server_version_info is None:
+            await self._set_up_dialect()
         shapes = self._shapes
-        compiled = shapes.get(cache_key.key)
-        if compiled is None:
+        compiled = shapes.get(cache_key.key, _UNSEEN)
+        if compiled is _UNSEEN:
             candidate = self._compiled_for(statement, cache_key)
             source = candidate.statement
             compiled = candidate if not _completed_at_execution(source) else None
@@ -393,8 +396,17 @@ class _LoopDatabase:
         rows = await self._fetch_directly(pool, compiled, values)
         return _process_rows(compiled, rows)
 
+    async def _set_up_dialect(self) -> None:
+        """Connect SQLAlchemy's engine once: its dialect learns the server then
+        (how string literals escape, which type adapters to register), and the
+        SQL compiled here and the connections opened here depend on it."""
+        async with self.engine.connect():
+            pass
+
     async def fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
         """The rows (tuples) of a long-lived statement, e.g. a model's load statement."""
+        if self._dialect.server_version_info is None:
+            await self._set_up_dialect()
         compiled = self._compiled.get(statement) or self._compile(statement)
         values = {**compiled.defaults, **params}
         for name, processor in compiled.bind_processors:
@@ -1172,6 +1184,7 @@ def _event(row: Mapping[Any, Any]) -> dict[str, Any]:
 
 _QUERY_CANCELED: Final = "57014"  # PostgreSQL's statement_timeout / cancel SQLSTATE
 _UNAVAILABLE: Final = "the database is unavailable; retry"
+_UNSENDABLE: Final = "a value cannot be sent to the database (e.g. a NUL character in text)"
 
 
 @contextmanager
@@ -1245,6 +1258,8 @@ def _refused_as(error: sa_exc.DBAPIError) -> str:
         for phrase, code, _ in _SQLITE_CALLER:
             if phrase in text:
                 return code
+    if isinstance(error, sa_exc.DataError):
+        return "source_value_invalid"
     if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
         return "source_database_unavailable"
     return "source_database_error"
@@ -1271,6 +1286,11 @@ def _refusal(error: sa_exc.DBAPIError) -> SourceError:
                 log.info("the database refused a request: %s", describe_database_error(error))
                 # SQLite's messages name columns and constraints, never values.
                 return SourceError(code, describe_error(str(original)), status=status)
+    if isinstance(error, sa_exc.DataError):
+        # Refused by the driver before it reached the server (no SQLSTATE):
+        # a value it cannot send, such as a NUL character in text.
+        log.info("the driver refused a value: %s", describe_database_error(error))
+        return SourceError("source_value_invalid", _UNSENDABLE, status=400)
     if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
         log.warning("database unavailable: %s", describe_database_error(error))
         return SourceError("source_database_unavailable", _UNAVAILABLE, status=503)
