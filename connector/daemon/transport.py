@@ -1,6 +1,6 @@
 """How do frames come in and answers leave? One socket's glue to websockets.
 
-Two savings on the hottest path, both measured with ``bench/run.py``:
+Three savings on the hottest path, each measured with ``bench/run.py``:
 
 - Requests are taken straight from the bytes websockets has just parsed
   (``deliver_directly``): no message queue, no waiting reader to wake, no

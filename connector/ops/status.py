@@ -29,12 +29,14 @@ class State(enum.StrEnum):
 
 
 class AnsweredRequest(Protocol):
-    """What an observer learns of one answered request (the dispatcher's ``Answer``)."""
+    """What observers and spans learn of one answered request (the dispatcher's ``Answer``)."""
 
     @property
     def status(self) -> int: ...
     @property
     def operation(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
     @property
     def error(self) -> str | None: ...
     @property

@@ -33,12 +33,12 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from .._version import __version__
 from ..errors import SourceError
 from . import logs
-from .status import ConnectorStatus
+from .status import AnsweredRequest, ConnectorStatus
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider
@@ -50,21 +50,6 @@ log = logging.getLogger("connector.tracing")
 _MAX_EXCEPTION_TEXT: Final = 4000
 _EXIT_FLUSH_SECONDS: Final = 2.0
 _OTLP_BY_PROTOCOL: Final = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
-
-
-class _Answered(Protocol):
-    """What a span learns of an answered request (the dispatcher's ``Answer``)."""
-
-    @property
-    def status(self) -> int: ...
-    @property
-    def operation(self) -> str | None: ...
-    @property
-    def model(self) -> str | None: ...
-    @property
-    def error(self) -> str | None: ...
-    @property
-    def replayed(self) -> bool: ...
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -93,7 +78,7 @@ class RequestTracing:
         self,
         headers: Mapping[str, str],
         request_id: str,
-        answering: Awaitable[_Answered],
+        answering: Awaitable[AnsweredRequest],
         status: ConnectorStatus,
     ) -> None:
         """Await ``answering`` (the connection serving one request) inside its span."""
@@ -164,7 +149,7 @@ class RequestTracing:
         span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, type(error).__name__))
 
 
-def _describe(span: Span, answer: _Answered, seconds: float) -> None:
+def _describe(span: Span, answer: AnsweredRequest, seconds: float) -> None:
     # One call: each set_attribute takes the span's lock.
     attributes: dict[str, str | int | float | bool] = {
         "ablo.status": answer.status,

@@ -2,7 +2,7 @@
 
 :class:`Deadlines` cancels the task of a request that outlives the timeout.
 Every request runs in a task of its own from its first step (see
-``connector.daemon.connection``), so the task a deadline cancels is always
+``connector.daemon.tasks``), so the task a deadline cancels is always
 the request's, never the reader's.
 """
 

@@ -339,10 +339,6 @@ class _LoopDatabase:
     async def write(self, work: Callable[..., T], *args: Any) -> T:
         return await greenlet_spawn(_run_write, self._writes, work, args)
 
-    def _compile(self, statement: sa.Select[Any]) -> _Compiled:
-        found = self._compiled[statement] = self._compiled_for(statement)
-        return found
-
     def _compiled_for(self, statement: sa.Select[Any], cache_key: Any = None) -> _Compiled:
         dialect = self._dialect
         if cache_key is None:
@@ -390,11 +386,9 @@ class _LoopDatabase:
             shapes.move_to_end(cache_key.key)
         if compiled is None:
             return await self.read(_all, statement)
-        values = compiled.statement.construct_params(extracted_parameters=cache_key.bindparams)
-        for name, processor in compiled.bind_processors:
-            values[name] = processor(values[name])
-        rows = await self._fetch_directly(pool, compiled, values)
-        return _process_rows(compiled, rows)
+        return await self._run(
+            compiled, compiled.statement.construct_params(extracted_parameters=cache_key.bindparams)
+        )
 
     async def _set_up_dialect(self) -> None:
         """Connect SQLAlchemy's engine once: its dialect learns the server then
@@ -407,14 +401,21 @@ class _LoopDatabase:
         """The rows (tuples) of a long-lived statement, e.g. a model's load statement."""
         if self._dialect.server_version_info is None:
             await self._set_up_dialect()
-        compiled = self._compiled.get(statement) or self._compile(statement)
-        values = {**compiled.defaults, **params}
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = self._compiled_for(statement)
+        return await self._run(compiled, {**compiled.defaults, **params})
+
+    async def _run(self, compiled: _Compiled, values: dict[str, Any]) -> list[Any]:
+        """``compiled`` with ``values`` bound, on a read connection (or
+        SQLAlchemy's pool, without them); its rows, processed."""
         for name, processor in compiled.bind_processors:
             values[name] = processor(values[name])
-        if self._read_connections is None:
+        pool = self._read_connections
+        if pool is None:
             rows = await greenlet_spawn(self._fetch_in_greenlet, compiled, values)
         else:
-            rows = await self._fetch_directly(self._read_connections, compiled, values)
+            rows = await self._fetch_directly(pool, compiled, values)
         return _process_rows(compiled, rows)
 
     async def _fetch_directly(
@@ -425,9 +426,7 @@ class _LoopDatabase:
         try:
             connection, opened = await pool.acquire()
         except driver_error as error:
-            raise sa_exc.DBAPIError.instance(
-                None, None, error, driver_error, dialect=dialect
-            ) from None
+            raise self._wrapped(error) from None
         try:
             cursor = connection.cursor()
             await cursor.execute(compiled.sql, values, prepare=True)
@@ -439,16 +438,22 @@ class _LoopDatabase:
             # unless the failure was the connection itself.
             disconnect = bool(connection.closed or connection.broken)
             pool.release(connection, opened, failed=disconnect)
-            raise sa_exc.DBAPIError.instance(
-                None, None, error, driver_error,
-                connection_invalidated=disconnect, dialect=dialect,
-            ) from None  # fmt: skip
+            raise self._wrapped(error, disconnect) from None
         except BaseException:
             # Cancelled mid-statement: the connection's state is unknown.
             pool.release(connection, opened, failed=True)
             raise
         pool.release(connection, opened)
         return rows
+
+    def _wrapped(self, error: Exception, invalidated: bool = False) -> sa_exc.StatementError:
+        """A driver's error as SQLAlchemy's execute raises it, so the adapter
+        classifies both paths' failures alike."""
+        dialect = self._dialect
+        return sa_exc.DBAPIError.instance(
+            None, None, error, dialect.loaded_dbapi.Error,
+            connection_invalidated=invalidated, dialect=dialect,
+        )  # fmt: skip
 
     def _fetch_in_greenlet(self, compiled: _Compiled, values: dict[str, Any]) -> list[Any]:
         # Checkout, statement and checkin in one greenlet: one switch in and
@@ -457,9 +462,7 @@ class _LoopDatabase:
         try:
             fairy = self._pool.connect()
         except dialect.loaded_dbapi.Error as error:
-            raise sa_exc.DBAPIError.instance(
-                None, None, error, dialect.loaded_dbapi.Error, dialect=dialect
-            ) from None
+            raise self._wrapped(error) from None
         try:
             cursor = fairy.driver_connection.cursor()  # type: ignore[union-attr]
             await_only(cursor.execute(compiled.sql, values, prepare=True))
@@ -474,10 +477,7 @@ class _LoopDatabase:
                 self._pool._invalidate(fairy, error)
             else:
                 fairy.close()
-            raise sa_exc.DBAPIError.instance(
-                None, None, error, dialect.loaded_dbapi.Error,
-                connection_invalidated=disconnect, dialect=dialect,
-            ) from None  # fmt: skip
+            raise self._wrapped(error, disconnect) from None
         except BaseException:
             # Cancelled mid-statement: the connection's state is unknown.
             fairy.invalidate()
