@@ -24,9 +24,25 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from ..serve.deadlines import note_cancelled_by_itself
+
 __all__ = ["start_task"]
 
 log = logging.getLogger("connector.connection")
+
+
+class _RequestTask(asyncio.Task[Any]):
+    """A request's task, which remembers when its own code cancels it, so the
+    dispatcher answers that as a handler failure (see ``connector.serve.deadlines``)."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        try:
+            running = asyncio.current_task()
+        except RuntimeError:  # called outside the event loop's thread
+            running = None
+        if running is self:
+            note_cancelled_by_itself(self)
+        return super().cancel(msg)
 
 
 def _log_failure(error: BaseException) -> None:
@@ -37,7 +53,7 @@ if sys.version_info >= (3, 12):
 
     def start_task(coro: Coroutine[Any, Any, object]) -> asyncio.Task[Any] | None:
         """A task for ``coro``, its first step run now; None if that step finished it."""
-        task = asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+        task = _RequestTask(coro, loop=asyncio.get_running_loop(), eager_start=True)
         if not task.done():
             return task
         if not task.cancelled() and (error := task.exception()) is not None:
@@ -48,4 +64,4 @@ else:
 
     def start_task(coro: Coroutine[Any, Any, object]) -> asyncio.Task[Any] | None:
         """A task for ``coro``, from the next loop turn (3.11 has no eager start)."""
-        return asyncio.get_running_loop().create_task(coro)
+        return _RequestTask(coro, loop=asyncio.get_running_loop())

@@ -4,15 +4,39 @@
 Every request runs in a task of its own from its first step (see
 ``connector.daemon.tasks``), so the task a deadline cancels is always
 the request's, never the reader's.
+
+A request's task may be cancelled by three parties, and each ending is
+answered differently: by its deadline (answered 504), by whoever runs the
+request (a stop that will not wait: the cancellation goes on, unanswered,
+and the engine retries), or by the handler itself, which cancels its own
+task (a failure like any other, answered 500). The daemon's request tasks
+record the last (:func:`note_cancelled_by_itself`); the dispatcher asks
+(:func:`cancelled_itself`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from typing import Any
 
-__all__ = ["Deadline", "Deadlines"]
+__all__ = ["Deadline", "Deadlines", "cancelled_itself", "note_cancelled_by_itself"]
+
+_cancelled_by_itself: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+def note_cancelled_by_itself(task: asyncio.Task[Any]) -> None:
+    """Record that ``task``'s own code asked to cancel it."""
+    _cancelled_by_itself.add(task)
+
+
+def cancelled_itself(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` was cancelled by its own code (and is no more once asked)."""
+    if task in _cancelled_by_itself:
+        _cancelled_by_itself.discard(task)
+        return True
+    return False
 
 
 class Deadline:

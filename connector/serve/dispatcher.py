@@ -37,7 +37,7 @@ from ..wire.signing import VerifiedRequest, Verifier, header_value
 from ..wire.strict_json import describe_validation_error, loads
 from .answer import Answer, dumps, error_answer, success_body, timeout_answer
 from .datasource import DataSource, RequestContext, overridden
-from .deadlines import Deadlines
+from .deadlines import Deadlines, cancelled_itself
 from .failures import handler_failed, timed_out_logged
 from .replay import FirstCopyCancelled, ReplayCache
 from .workers import HandlerThreads
@@ -222,9 +222,12 @@ class Dispatcher:
                 timed_out = timeout_answer(request.type, model, seconds)
                 return timed_out_logged(timed_out, request_id, ctx.message_id, seconds)
             if task is not None and task.cancelling():
-                raise  # this request is being cancelled (a forced stop): let it end
-            # The handler raised CancelledError of its own (awaiting something
-            # another party cancelled): a failure like any other.
+                if not cancelled_itself(task):
+                    raise  # cancelled by whoever runs it (a forced stop): let it end
+                task.uncancel()
+            # The handler cancelled its own task, or raised CancelledError of
+            # its own (awaiting something another party cancelled): a failure
+            # like any other (see .deadlines).
             return self._failed(cancelled, ctx, model, started)
         except SourceError as error:
             chosen = self._chosen(error, request.type, model)
