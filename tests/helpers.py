@@ -144,6 +144,15 @@ class Process:
             errors="replace"
         )
 
+    async def wait_for_output(self, text: str, timeout: float = 30.0) -> str:
+        """Wait until the process has printed ``text``; returns its output so far."""
+        deadline = time.monotonic() + timeout
+        while text not in (output := self.output()):
+            if self.returncode is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never appeared; the process printed:\n{output}")
+            await asyncio.sleep(0.02)
+        return output
+
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.signal(signal.SIGCONT)

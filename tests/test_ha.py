@@ -195,7 +195,8 @@ async def test_postgres_lost_means_fenced(postgres: Any) -> None:
         await engine.wait_attached(20)
         await asyncio.to_thread(postgres.stop, "immediate")
         await eventually(lambda: not engine.attached, timeout=15)
-        assert any("lost the HA lock" in p.output() for p in group)
+        # The leader says so once it has drained, closed and let the lock go.
+        await eventually(lambda: any("lost the HA lock" in p.output() for p in group), timeout=15)
         await asyncio.sleep(2)
         assert not engine.attached, "nobody serves without the lock"
         await asyncio.to_thread(postgres.start)
