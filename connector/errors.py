@@ -67,14 +67,19 @@ class ProtocolError(ConnectorError, ValueError):
 
     ``request_id`` is set when the message still looked like a ``request``
     with a usable ``id``, so the caller can fail that request at once instead
-    of leaving the engine to time it out.
+    of leaving the engine to time it out. ``close_code`` is set when no frame
+    of that connection can be trusted any more (1007: a text message that is
+    not UTF-8, RFC 6455 §8.1): the caller closes with it.
     """
 
     code: Final = "source_connector_protocol_error"
 
-    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, request_id: str | None = None, close_code: int | None = None
+    ) -> None:
         super().__init__(message)
         self.request_id = request_id
+        self.close_code = close_code
 
 
 SignatureErrorCode = Literal[

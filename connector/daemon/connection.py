@@ -10,6 +10,14 @@ engine.
 
 It ends by raising a :class:`~connector.errors.ConnectFailure` that says why,
 which the supervisor turns into a reconnect decision.
+
+Nothing it writes can wait forever. An engine that stops reading fills the
+socket's buffers; websockets' keepalive cannot notice (its ping waits behind
+the blocked writes), so the transport watches for writes that make no
+progress for the keepalive bound (``ping_interval + ping_timeout``) and the
+connection is then replaced (``write_stalled``). Every send has the same
+deadline, and so does the close: a stopping connector ends on time whatever
+the socket does.
 """
 
 from __future__ import annotations
@@ -140,15 +148,16 @@ class InFlight:
         self._status.in_flight = len(self.tasks)
         self.slots.give()
 
-    async def drain(self, timeout: float) -> int:
-        """Wait up to ``timeout`` s for running calls; cancel the rest. Returns how many."""
+    async def drain(self, timeout: float, *, cancel_wait: float = 1.0) -> int:
+        """Wait up to ``timeout`` s for running calls; cancel the rest, and
+        wait up to ``cancel_wait`` s for them to end. Returns how many were cancelled."""
         if not self.tasks:
             return 0
-        _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+        _, pending = await asyncio.wait(set(self.tasks), timeout=max(timeout, 0.0))
         for task in pending:
             task.cancel()
         if pending:
-            await asyncio.wait(pending, timeout=1.0)
+            await asyncio.wait(pending, timeout=max(cancel_wait, 0.001))
         return len(pending)
 
 
@@ -210,9 +219,12 @@ class Connection:
         self._ws: ClientConnection | None = None
         self._ready_at: float | None = None
         self._debug = request_log.isEnabledFor(logging.DEBUG)
-        self._background: set[asyncio.Task[None]] = set()
         # True while the reader holds a frame it cannot start yet (the HA gate).
         self._reader_holds = False
+        # The keepalive bound: no write may wait longer (see the module's docstring).
+        self._send_deadline = config.ping_interval + config.ping_timeout
+        # Why the connection was ended from our side, when its socket cannot say.
+        self._failure: ConnectFailure | None = None
 
     @property
     def ready_for(self) -> float:
@@ -234,16 +246,20 @@ class Connection:
         )
         if isinstance(ws, CoalescingClientConnection):
             in_flight = self._in_flight.tasks
-            ws.hold_writes_while(lambda: len(in_flight) > 1 or _frames_waiting(ws) > 0)
+            direct = ws
+            ws.hold_writes_while(lambda: len(in_flight) > 1 or direct.frames_waiting() > 0)
+            ws.watch_for_stalls(self._send_deadline, self._write_stalled)
         self._ws = ws
         try:
             refused = self._session.accept(ws.subprotocol, config.url)
             if refused is not None:
                 await self._end(ws, refused)
-            await ws.send(self._session.register_text())
+            await self._send(ws, self._session.register_text())
             await self._until_ready(ws)
             await self._serve(ws)
         except ConnectionClosed as error:
+            if self._failure is not None:
+                raise self._failure from None
             frame = error.rcvd or error.sent
             failure = closed(
                 None if frame is None else frame.code,
@@ -267,27 +283,49 @@ class Connection:
             return
         try:
             while True:
-                event = self._session.receive(await ws.recv(), ready_for=self.ready_for)
+                event = self._event_of(await ws.recv())
                 if isinstance(event, Request):
                     frame = event.frame
                     answer = error_answer(
                         503, DRAINING, "the connector is shutting down; retry the request"
                     )
-                    await ws.send(encode_response(frame.id, answer.status, answer.body), text=True)
+                    if not await self._send(
+                        ws, encode_response(frame.id, answer.status, answer.body)
+                    ):
+                        return
                     self._observer.request_done(answer, 0.0)
                 elif isinstance(event, Ended):
                     return
                 elif not isinstance(event, Ready):
-                    self._report(event)
+                    refusal = self._report(event)
+                    if refusal is not None and not await self._send(ws, refusal):
+                        return
         except ConnectionClosed:
             return
 
-    async def close(self, code: int = 1000, reason: str = "connector_aborted") -> None:
-        if self._ws is not None:
-            try:
-                await self._ws.close(code, reason)
-            except Exception:
-                log.debug("close failed", exc_info=True)
+    async def close(
+        self, code: int = 1000, reason: str = "connector_aborted", *, timeout: float = 5.0
+    ) -> None:
+        """The closing handshake, for up to ``timeout`` seconds; then the socket is dropped.
+
+        websockets' own close timeout starts only once the close frame is
+        written, which waits for the socket to drain: against an engine
+        that stopped reading, that is forever.
+        """
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await ws.close(code, reason)
+        except TimeoutError:
+            log.warning(
+                "the engine did not complete the close within %g s; dropped the connection",
+                timeout,
+            )
+            ws.transport.abort()
+        except Exception:
+            log.debug("close failed", exc_info=True)
 
     # -------------------------------------------------------------- handshake
 
@@ -301,8 +339,12 @@ class Connection:
         if not slots.take_now():
             await slots.take()
         try:
-            # Undecoded: the frame parser reads UTF-8 bytes as they are.
-            raw = await ws.recv(decode=False)
+            # Text is decoded by websockets, which fails the connection (1007)
+            # for invalid UTF-8; a binary message stays bytes.
+            raw = await ws.recv()
+            if self._failure is not None:
+                # Ended from our side: what websockets still holds cannot be answered.
+                raise self._failure
             # The fence: checked per frame, on the clock, so a stalled or
             # paused leader cannot serve on a lock it may have lost.
             gate = self._gate
@@ -327,7 +369,7 @@ class Connection:
                     raw = await self._receive(ws)
             except TimeoutError:
                 await self._end(ws, self._session.ready_timed_out(self._config.ready_timeout))
-            await self._handle(ws, self._session.receive(raw))
+            await self._handle(ws, self._event_of(raw))
 
     def _on_ready(self, event: Ready) -> None:
         frame = event.frame
@@ -355,7 +397,7 @@ class Connection:
         try:
             while True:  # what the direct path leaves: see _take
                 raw = await self._receive(ws)
-                await self._handle(ws, self._session.receive(raw, ready_for=self.ready_for))
+                await self._handle(ws, self._event_of(raw))
         finally:
             if direct is not None:
                 direct.deliver_directly(None)
@@ -377,7 +419,8 @@ class Connection:
             if gate is not None and not gate.may_serve():
                 slots.give()
                 return False
-            event = self._session.receive(raw, ready_for=self.ready_for)
+            # A text message's undecoded payload: the session checks its UTF-8.
+            event = self._session.receive(raw, binary=False, ready_for=self.ready_for)
             if isinstance(event, Request):
                 if self._start(ws, event.frame):
                     return True
@@ -386,8 +429,8 @@ class Connection:
                 return False  # the reader reads it again, and ends the connection
             elif isinstance(event, Ready):
                 self._on_ready(event)
-            else:
-                self._report(event)
+            elif (refusal := self._report(event)) is not None and self._refuse(ws, refusal):
+                return True  # the error frame still to send keeps the slot
         except Exception:  # one bad frame must not end the connection
             log.exception("failed to handle a frame; ignored it")
             with contextlib.suppress(Exception):
@@ -406,7 +449,8 @@ class Connection:
             elif isinstance(event, Ended):
                 await self._end(ws, event)
             else:
-                self._report(event)
+                refusal = self._report(event)
+                took_slot = refusal is not None and self._refuse(ws, refusal)
         except ConnectFailure:
             raise
         except Exception:  # one bad frame must not end the connection
@@ -432,16 +476,17 @@ class Connection:
         self._in_flight.track(task)
         return True
 
-    def _report(self, event: EngineError | Invalid | Ignored) -> None:
+    def _report(self, event: EngineError | Invalid | Ignored) -> str | None:
+        """Log one event; for an invalid request, the error frame that fails it."""
         if isinstance(event, Invalid):
             self._observer.frame_rejected(event.reason)
             what = _REFUSED[event.reason]
             if event.request_id is None:
                 log.warning("ignored %s: %s", what, event.detail)
-                return
+                return None
             log.warning("ignored %s: %s; failing request %s", what, event.detail, event.request_id)
             message = event.message or event.detail
-            self._send_soon(self._session.error_text(event.request_id, message))
+            return self._session.error_text(event.request_id, message)
         elif isinstance(event, EngineError):
             if event.request_id is None:
                 log.error(
@@ -456,6 +501,63 @@ class Connection:
                 )
         else:
             log.debug("ignored %s", event.detail)
+        return None
+
+    def _refuse(self, ws: ClientConnection, text: str) -> bool:
+        """Send an error frame, for a caller holding an in-flight slot: at
+        once if it can be, else from a task that keeps the slot, so refusals
+        count against the same limit as answers (an engine that stops reading
+        cannot make them pile up). True if the task keeps the slot."""
+        payload = text.encode()
+        if isinstance(ws, CoalescingClientConnection) and ws.send_text_now(payload):
+            return False
+        task = start_task(self._send(ws, payload))
+        if task is None:
+            return False
+        self._in_flight.track(task)
+        return True
+
+    def _event_of(self, raw: str | bytes) -> Event:
+        """What a message from ``recv()`` means (bytes: a binary message)."""
+        return self._session.receive(raw, binary=isinstance(raw, bytes), ready_for=self.ready_for)
+
+    async def _send(
+        self, ws: ClientConnection, payload: str | bytes, request_id: str | None = None
+    ) -> bool:
+        """Send one text message within the send deadline; False (logged, for
+        the answer to ``request_id``) if it was not sent."""
+        try:
+            async with asyncio.timeout(self._send_deadline):
+                await ws.send(payload, text=True)
+        except ConnectionClosed:
+            if request_id is not None:
+                log.warning(
+                    "response to request %s lost: the connection closed first "
+                    "(the engine will retry)",
+                    request_id,
+                )
+            return False
+        except TimeoutError:
+            log.warning(
+                "%s not sent within %g s (--ping-interval + --ping-timeout): the engine "
+                "is not reading; dropped it",
+                "a message" if request_id is None else f"response to request {request_id}",
+                self._send_deadline,
+            )
+            return False
+        return True
+
+    def _write_stalled(self, unsent: int, seconds: float) -> None:
+        """The transport saw no write progress for the keepalive bound: replace the link."""
+        self._failure = ConnectionLost(
+            f"the engine stopped reading: {unsent} bytes unsent, none delivered for "
+            f"{seconds:.1f} s (--ping-interval + --ping-timeout); replacing the connection",
+            ready_for=self.ready_for,
+            code="write_stalled",
+        )  # logged by the supervisor, with what it does next
+        ws = self._ws
+        if ws is not None:
+            ws.transport.abort()
 
     async def _end(self, ws: ClientConnection, event: Ended) -> None:
         if event.close_code is not None:
@@ -468,14 +570,8 @@ class Connection:
             frame.method, frame.headers, frame.body, request_id=frame.id
         )
         payload = encode_response(frame.id, answer.status, answer.body)
-        try:
-            if not (isinstance(ws, CoalescingClientConnection) and ws.send_text_now(payload)):
-                await ws.send(payload, text=True)
-        except ConnectionClosed:
-            log.warning(
-                "response to request %s lost: the connection closed first (the engine will retry)",
-                frame.id,
-            )
+        if not (isinstance(ws, CoalescingClientConnection) and ws.send_text_now(payload)):
+            await self._send(ws, payload, frame.id)
         self._observer.request_done(answer, time.perf_counter() - started)
         if self._debug:
             self._log_request(frame, answer, (time.perf_counter() - started) * 1000)
@@ -495,19 +591,6 @@ class Connection:
             },
         )  # fmt: skip
 
-    def _send_soon(self, text: str) -> None:
-        ws = self._ws
-        if ws is None:
-            return
-
-        async def send() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(text)
-
-        task = asyncio.get_running_loop().create_task(send())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
 
 _REFUSED: Final = {
     "malformed": "a malformed frame",
@@ -525,11 +608,3 @@ async def _read_no_more() -> NoReturn:
 
 def _message_id(frame: RequestFrame) -> str | None:
     return header_value(frame.headers, "webhook-id") or None
-
-
-def _frames_waiting(ws: ClientConnection) -> int:
-    """Frames websockets has received but the reader has not taken yet."""
-    try:
-        return len(ws.recv_messages.frames)
-    except (AttributeError, TypeError):  # another websockets version: assume some
-        return 1

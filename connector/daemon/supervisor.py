@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, Final
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -100,8 +101,10 @@ class Connector:
     """Serves a :class:`DataSource` to the engine until stopped.
 
     Construct it with a :class:`Config` and your source, then ``await
-    run()``. :meth:`stop` drains in-flight requests for up to
-    ``shutdown_grace`` seconds and closes with 1000 ``connector_aborted``;
+    run()``. :meth:`stop` drains in-flight requests and closes with 1000
+    ``connector_aborted``, all within ``shutdown_grace`` seconds of the
+    call, whatever the socket does (what is still running then is
+    cancelled, and a close the engine does not complete drops the socket);
     ``stop(force=True)`` (or cancelling ``run``) abandons them.
 
     Requests are traced (OpenTelemetry) with ``tracer_provider`` when given,
@@ -152,6 +155,7 @@ class Connector:
         self._gate: LeaderLock | None = None  # the lock, while this replica leads
         self._in_flight: InFlight | None = None
         self._last_failure_code: str | None = None
+        self._stop_deadline: float | None = None  # time.monotonic() when stop() must be done
 
     def __repr__(self) -> str:
         return f"Connector(url={self.config.url!r}, state={self.status.state.value})"
@@ -167,8 +171,10 @@ class Connector:
 
     def stop(self, *, force: bool = False) -> None:
         """Ask ``run`` to finish: drain (or, with ``force``, abandon) and close."""
-        if not self.stopping and self._notifier is not None:
-            self._notifier.stopping()
+        if not self.stopping:
+            self._stop_deadline = time.monotonic() + self.config.shutdown_grace
+            if self._notifier is not None:
+                self._notifier.stopping()
         self._stop_event().set()
         if force and self._in_flight is not None:
             for task in list(self._in_flight.tasks):
@@ -263,7 +269,7 @@ class Connector:
                 was_lost = not stopping.is_set() and (lost.done() or not lock.held)
                 lost.cancel()
                 stopped.cancel()
-                await self._drain(in_flight)
+                await self._drain(in_flight, self._deadline())
                 await lock.release()
                 self.policy.failures = 0
             if was_lost:
@@ -364,7 +370,7 @@ class Connector:
             await asyncio.wait({serving, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             serving.cancel()
-            await connection.close()
+            await connection.close(timeout=_CLOSE_WHEN_CANCELLED)
             raise
         finally:
             stop_requested.cancel()
@@ -376,20 +382,21 @@ class Connector:
         serving.cancel()
         with contextlib.suppress(BaseException):
             await serving
+        deadline = self._deadline()
         if not self.stopping:
             # Fenced (the HA lock is lost): read nothing more, not even to
             # refuse it; the engine retries on the new leader.
-            await self._drain(in_flight)
-            await connection.close(1000, "connector_aborted")
+            await self._drain(in_flight, deadline)
+            await connection.close(1000, "connector_aborted", timeout=_left(deadline))
             return
         refusing = asyncio.ensure_future(connection.refuse_while_draining())
         try:
-            await self._drain(in_flight)
+            await self._drain(in_flight, deadline)
         finally:
             refusing.cancel()
             with contextlib.suppress(BaseException):
                 await refusing
-        await connection.close(1000, "connector_aborted")
+        await connection.close(1000, "connector_aborted", timeout=_left(deadline))
 
     @staticmethod
     def _raise_outcome(serving: asyncio.Future[None]) -> None:
@@ -400,16 +407,30 @@ class Connector:
         log.error("connection failed unexpectedly", exc_info=error)
         raise ConnectionLost(f"unexpected error: {type(error).__name__}: {error}") from error
 
-    async def _drain(self, in_flight: InFlight) -> None:
+    def _deadline(self) -> float:
+        """When the drain and close under way must be over: within the grace
+        period of stop(), or of now when fenced."""
+        if self._stop_deadline is not None:
+            return self._stop_deadline
+        return time.monotonic() + self.config.shutdown_grace
+
+    async def _drain(self, in_flight: InFlight, deadline: float | None = None) -> None:
+        """Let running requests finish until shortly before ``deadline``, then
+        cancel them; the rest of the time is the close's."""
         if not in_flight.tasks:
             return
         self.status.set(State.DRAINING)
-        count = len(in_flight.tasks)
-        grace = self.config.shutdown_grace
-        log.info("draining %d in-flight request(s) for up to %g s", count, grace)
-        abandoned = await in_flight.drain(grace)
+        left = _left(self._deadline() if deadline is None else deadline)
+        reserve = min(_CLOSE_RESERVE, left / 4)
+        wait = left - reserve
+        log.info(
+            "draining %d in-flight request(s) for up to %g s", len(in_flight.tasks), round(wait, 1)
+        )
+        abandoned = await in_flight.drain(wait, cancel_wait=reserve / 2)
         if abandoned:
-            log.warning("abandoned %d request(s) still running after %g s", abandoned, grace)
+            log.warning(
+                "abandoned %d request(s) still running after %g s", abandoned, round(wait, 1)
+            )
 
     async def _start_services(self) -> None:
         if self.config.health_addr is not None:
@@ -435,7 +456,7 @@ class Connector:
             self._probe.start()
 
     async def _finish(self, in_flight: InFlight) -> None:
-        await self._drain(in_flight)
+        await self._drain(in_flight, self._deadline())
         self.dispatcher.close()
         if self._probe is not None:
             await self._probe.close()
@@ -445,6 +466,16 @@ class Connector:
         if self._notifier is not None:
             self._notifier.close()
         log.info("connector stopped")
+
+
+# Of the grace period, what is kept for cancelling leftover requests and the close.
+_CLOSE_RESERVE: Final = 2.0
+# A cancelled run() still tries a polite close, briefly.
+_CLOSE_WHEN_CANCELLED: Final = 1.0
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
 
 
 def _lock(url: str, lease_duration: float) -> LeaderLock:

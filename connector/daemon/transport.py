@@ -17,19 +17,34 @@ Three savings on the hottest path, each measured with ``bench/run.py``:
   the system's CSPRNG drawn 4 KiB at a time. websockets' own framing (a
   frame object, and a system call for every key) cost about a tenth of
   the connector's CPU per request.
+
+The first two reach into websockets' private parts (its message queue, its
+protocol's pending writes, its fragmented-send lock). Every such use is in
+this module, behind :class:`_PrivateParts`, which checks them once per
+connection against the installed websockets. When one is missing or
+different, the whole connection takes the library's public path
+(``recv()`` and ``send()``): slower, never wrong.
+
+This module also counts the bytes that reach the kernel
+(:attr:`CoalescingClientConnection.bytes_sent`), so that the connection can
+tell an engine that stopped reading from one that is merely busy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 import os
 import struct
 from collections.abc import Callable, Sized
+from dataclasses import dataclass
 from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event, State
+from websockets.version import version as websockets_version
 
 try:
     from websockets.speedups import apply_mask
@@ -43,6 +58,57 @@ _MASKED: Final = 0x80
 
 __all__ = ["CoalescingClientConnection", "MaskKeys", "masked_text_frame"]
 
+log = logging.getLogger("connector.connection")
+
+# The attribute websockets holds while a fragmented message is being sent:
+# renamed in websockets 16.
+_FRAGMENTED_SEND_NAMES: Final = ("send_in_progress", "fragmented_send_waiter")
+
+
+@dataclass(frozen=True, slots=True)
+class _PrivateParts:
+    """The parts of websockets' internals the fast path relies on, found once."""
+
+    queued: collections.deque[Any]  # messages parsed but not yet taken by recv()
+    fragmented_send: str  # the attribute set while a fragmented send is under way
+
+    @classmethod
+    def of(cls, connection: ClientConnection) -> _PrivateParts | None:
+        """What ``connection`` offers, or None if this websockets differs from
+        what the fast path was written for."""
+        try:
+            queued = connection.recv_messages.frames.queue
+            protocol = connection.protocol
+            usable = (
+                isinstance(queued, collections.deque)
+                and isinstance(protocol.writes, list)
+                and isinstance(protocol.expect_continuation_frame, bool)
+                and isinstance(protocol.extensions, list)
+                and callable(connection.send_data)
+            )
+        except AttributeError:
+            return None
+        fragmented_send = next(
+            (name for name in _FRAGMENTED_SEND_NAMES if hasattr(connection, name)), None
+        )
+        if not usable or fragmented_send is None:
+            return None
+        return cls(queued, fragmented_send)
+
+
+_fallback_logged = False
+
+
+def _log_fallback() -> None:
+    global _fallback_logged
+    if not _fallback_logged:
+        _fallback_logged = True
+        log.warning(
+            "websockets %s differs from the versions this connector was tested with: "
+            "using its public send and receive path (correct, somewhat slower)",
+            websockets_version,
+        )
+
 
 class _CoalescingTransport(asyncio.Transport):
     """Wraps the socket transport; only ``write`` is held, the rest passes through."""
@@ -53,6 +119,8 @@ class _CoalescingTransport(asyncio.Transport):
         self._loop = loop
         self._held: list[bytes] = []
         self._held_size = 0
+        # Every byte handed to the socket's transport (see bytes_sent).
+        self.bytes_written = 0
         # Set while received bytes are handled: what they answer leaves at the end.
         self.batching = False
         # Whether more writes are likely this turn; when not (one request in
@@ -64,6 +132,7 @@ class _CoalescingTransport(asyncio.Transport):
             return
         if not self._held and not self.batching:
             if not self.more_expected():
+                self.bytes_written += len(data)
                 self._inner.write(data)
                 return
             self._loop.call_soon(self.flush)
@@ -81,10 +150,16 @@ class _CoalescingTransport(asyncio.Transport):
         self._held.clear()
         self._held_size = 0
         if not self._inner.is_closing():
+            self.bytes_written += len(data)
             self._inner.write(data)
 
     def get_write_buffer_size(self) -> int:
         return self._inner.get_write_buffer_size() + self._held_size
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes that left for the kernel: written, minus what the transport still buffers."""
+        return self.bytes_written - self._inner.get_write_buffer_size()
 
     def write_eof(self) -> None:
         self.flush()
@@ -165,6 +240,77 @@ class CoalescingClientConnection(ClientConnection):
 
     _take: Callable[[bytes], bool] | None = None
     _queued: Sized = ()
+    _private: _PrivateParts | None = None
+    _stall_timer: asyncio.TimerHandle | None = None
+    _on_stall: Callable[[int, float], None] | None = None
+    _stall_after = 0.0
+    _writes_paused = False  # the socket's buffer is over its limit (asyncio's flow control)
+
+    def watch_for_stalls(self, seconds: float, on_stall: Callable[[int, float], None]) -> None:
+        """Call ``on_stall(unsent_bytes, seconds)`` once if writing stays
+        paused (the socket's buffer over its limit) for ``seconds`` without a
+        byte reaching the kernel: the peer stopped reading.
+
+        websockets' keepalive cannot tell: its ping waits behind the
+        blocked writes before its timeout starts. A link that drains slowly
+        but steadily is left alone.
+        """
+        self._stall_after = seconds
+        self._on_stall = on_stall
+        if self._writes_paused:
+            self._arm_stall_timer()
+
+    def pause_writing(self) -> None:
+        self._writes_paused = True
+        super().pause_writing()
+        if self._on_stall is not None:
+            self._arm_stall_timer()
+
+    def resume_writing(self) -> None:
+        self._writes_paused = False
+        super().resume_writing()
+        self._disarm_stall_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_stall_timer()
+        super().connection_lost(exc)
+
+    def _arm_stall_timer(self, since: float | None = None, sent: int | None = None) -> None:
+        self._disarm_stall_timer()
+        loop = asyncio.get_running_loop()
+        since = loop.time() if since is None else since
+        sent = self.bytes_sent if sent is None else sent
+        self._stall_timer = loop.call_later(self._stall_after, self._check_stall, since, sent)
+
+    def _disarm_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _check_stall(self, since: float, sent: int) -> None:
+        self._stall_timer = None
+        if not self._writes_paused or self._on_stall is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self.bytes_sent != sent:  # progress: watch from here
+            self._arm_stall_timer(now, self.bytes_sent)
+            return
+        self._on_stall(self.unsent, now - since)
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether this connection uses websockets' private parts (see the module's docstring)."""
+        return self._private is not None
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes of this connection that have left for the kernel so far."""
+        return self._coalescing.bytes_sent
+
+    @property
+    def unsent(self) -> int:
+        """Bytes written but not yet handed to the kernel."""
+        return self._coalescing.get_write_buffer_size()
 
     def send_text_now(self, payload: bytes) -> bool:
         """Frame and write one UTF-8 text message now, if nothing stands in the way.
@@ -174,12 +320,14 @@ class CoalescingClientConnection(ClientConnection):
         writes the same frame (see :func:`masked_text_frame`). False when the
         connection is not open, a fragmented send is under way, or the write
         buffer is over websockets' limit (then :meth:`send` waits for it to
-        drain).
+        drain), and on the public path (see the module's docstring).
         """
+        private = self._private
         protocol = self.protocol
         if (
-            protocol.state is not State.OPEN
-            or self.send_in_progress is not None
+            private is None
+            or protocol.state is not State.OPEN
+            or getattr(self, private.fragmented_send) is not None
             or self._coalescing.get_write_buffer_size() > _WRITE_LIMIT
         ):
             return False
@@ -196,14 +344,19 @@ class CoalescingClientConnection(ClientConnection):
         ``take(data)`` runs inside ``data_received``: it must not raise, and
         returns False to leave the message to :meth:`recv` (it is queued
         there, and so is every message after it until the queue is empty).
-        False when this version of websockets does not let the queue be seen.
+        False on the public path (see the module's docstring).
         """
-        try:
-            self._queued = self.recv_messages.frames.queue
-        except AttributeError:
+        private = self._private
+        if private is None:
             return False
+        self._queued = private.queued
         self._take = take
         return True
+
+    def frames_waiting(self) -> int:
+        """Messages websockets has parsed that no one has taken yet (1 when unknown)."""
+        private = self._private
+        return 1 if private is None else len(private.queued)
 
     def process_event(self, event: Event) -> None:
         take = self._take
@@ -232,6 +385,9 @@ class CoalescingClientConnection(ClientConnection):
         self._mask_keys = MaskKeys()
         self._coalescing = _CoalescingTransport(transport, asyncio.get_running_loop())
         super().connection_made(self._coalescing)
+        self._private = _PrivateParts.of(self)
+        if self._private is None:
+            _log_fallback()
 
     def hold_writes_while(self, more_expected: Callable[[], bool]) -> None:
         """Coalesce only while ``more_expected()`` says other writes are coming."""

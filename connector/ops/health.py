@@ -11,6 +11,7 @@ Prometheus text format. ``HEAD`` answers the same without a body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -56,7 +57,10 @@ class HealthServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            # From Python 3.12 this waits for open connections too (a scraper's
+            # keep-alive one): a stop must not wait on a client.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
 
     async def _handle(self, request: _http.Request) -> _http.Reply:

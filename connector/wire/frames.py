@@ -148,9 +148,21 @@ Frame = Annotated[
 _FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)
 
 
-def _text_of(raw: str | bytes | bytearray | memoryview) -> str:
+# RFC 6455 §8.1: a text message that is not UTF-8 fails the connection.
+INVALID_TEXT_CLOSE_CODE: Final = 1007
+
+
+def _text_of(raw: str | bytes | bytearray | memoryview, binary: bool) -> str:
     if isinstance(raw, str):
         return raw
+    if not binary:
+        try:
+            return bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ProtocolError(
+                f"a text message that is not valid UTF-8 (byte {error.start})",
+                close_code=INVALID_TEXT_CLOSE_CODE,
+            ) from None
     text = bytes(raw).decode("utf-8", errors="replace")
     return text[1:] if text.startswith("\ufeff") else text
 
@@ -172,17 +184,20 @@ def _utf8_encodable(text: str) -> bool:
     return True
 
 
-def decode_frame(raw: str | bytes | bytearray | memoryview) -> Frame:
+def decode_frame(raw: str | bytes | bytearray | memoryview, *, binary: bool = True) -> Frame:
     """Parse and validate one incoming message.
+
+    ``raw`` as bytes is a binary message unless ``binary`` is False: then it
+    is the undecoded payload of a text message, which must be UTF-8.
 
     Raises :class:`ProtocolError` for anything that is not a valid frame; the
     message names the offending fields but never echoes their values.
     """
     fast = raw if isinstance(raw, str | bytes) else bytes(raw)
-    frame = validate_fast(_FRAME_ADAPTER, fast)
+    frame = validate_fast(_FRAME_ADAPTER, fast)  # rejects invalid UTF-8 itself
     if frame is not None:
         return frame
-    text = _text_of(raw)  # a BOM, invalid UTF-8, or simply invalid: diagnose on text
+    text = _text_of(raw, binary)  # a BOM, invalid UTF-8, or simply invalid: diagnose on text
     try:
         value = loads(text)
     except (ValueError, RecursionError):

@@ -171,13 +171,23 @@ class ClientSession:
             "ready_timeout",
         )
 
-    def receive(self, raw: str | bytes, *, ready_for: float = 0.0) -> Event:
-        """What one received message means now. Never raises."""
+    def receive(self, raw: str | bytes, *, binary: bool = True, ready_for: float = 0.0) -> Event:
+        """What one received message means now. Never raises.
+
+        ``raw`` is a text message (``str``, or its undecoded UTF-8 bytes with
+        ``binary=False``) or a binary one (``bytes``).
+        """
         if len(raw) > self.max_message_size // 4 and _encoded_size(raw) > self.max_message_size:
             return self._oversize(raw)
         try:
-            frame = decode_frame(raw)
+            frame = decode_frame(raw, binary=binary)
         except ProtocolError as error:
+            if error.close_code is not None:
+                return Ended(
+                    ConnectionLost(f"the engine sent {error}", code="invalid_text"),
+                    error.close_code,
+                    "invalid_utf8",
+                )
             reason = "malformed" if error.request_id is None else "invalid_request"
             return Invalid(reason, str(error), error.request_id)
         return self._classify(frame, ready_for)
@@ -272,6 +282,12 @@ def closed(code: int | None, reason: str, *, ready_for: float) -> ConnectFailure
     if code == 1011 and "ping" in reason:
         return ConnectionLost(
             "keepalive ping timed out (half-open link)", ready_for=ready_for, code="ping_timeout"
+        )
+    if code == 1007:
+        return ConnectionLost(
+            "a text message that is not valid UTF-8 closed the connection (1007); redialing",
+            ready_for=ready_for,
+            code="invalid_text",
         )
     if code == 1009:
         # Beyond the transport's limit a frame cannot even be read, so the
