@@ -254,6 +254,41 @@ async def test_bad_bodies(body: Any, status: int, code: str) -> None:
     assert source.calls == []
 
 
+class Recorder(DataSource):
+    def __init__(self) -> None:
+        self.commits: list[CommitRequest] = []
+
+    async def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
+        self.commits.append(commit)
+        return CommitResult(rows=[])
+
+
+async def test_a_commit_reaches_the_handler_with_every_field_of_the_engines_operation() -> None:
+    source = Recorder()
+    operation = {"type": "UPDATE", "model": "task", "id": "t1", "input": {"done": True},
+                 "transactionId": "tx_1", "readAt": 2e2, "onStale": "notify",
+                 "claimId": "clm_1", "bypass": True, "fenceToken": 7}  # fmt: skip
+    assert (await answer(dispatcher(source), {**COMMIT, "operations": [operation]}))[0] == 200
+    (received,) = source.commits[0].operations
+    assert (received.claim_id, received.read_at, received.on_stale) == ("clm_1", 200, "notify")
+    assert isinstance(received.read_at, int)
+    # bypass and fenceToken are the engine's to settle; a source never sees them.
+    assert "bypass" not in received.model_dump() and "fenceToken" not in received.model_dump()
+
+
+@pytest.mark.parametrize(
+    "field",
+    [{"claimId": ""}, {"claimId": 5}, {"readAt": 1.5}, {"readAt": -1}, {"readAt": "5"}],
+)
+async def test_operation_fields_the_engine_would_refuse_are_refused(field: Any) -> None:
+    source = Recorder()
+    operation = {"type": "UPDATE", "model": "task", "id": "t1", **field}
+    status, payload = await answer(dispatcher(source), {**COMMIT, "operations": [operation]})
+    assert (status, payload["error"]) == (400, "source_commit_invalid")
+    assert next(iter(field)) in payload["message"]
+    assert source.commits == []
+
+
 async def test_legacy_client_tx_id_is_the_correlation_id() -> None:
     source = AsyncSource()
     body = {k: v for k, v in COMMIT.items() if k != "correlationId"} | {"clientTxId": "legacy_1"}

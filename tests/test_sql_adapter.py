@@ -310,6 +310,31 @@ async def test_expired_and_legacy_ledger_rows_are_not_replayed(
     assert (status, body["error"]) == (409, "idempotency_conflict")
 
 
+# The fallback hash connector 0.1.0 (before claimId) stored for this commit:
+# ``CommitRequest.effective_intent_hash`` of that version, run on CLAIMED.
+CLAIMED = {**create("t7"), "claimId": "clm_1"}
+CLAIMED_HASH_0_1 = "a0786ea9a91d78567336e5ae4a1299bc17bf9a90b2c28a2f4df906a9e20b2360"
+
+
+async def test_a_ledger_row_of_the_previous_version_still_replays(
+    client: Client, prepared: str
+) -> None:
+    """claimId joined the fallback hash; a commit stored without it is still a replay."""
+    status, first = await client.commit("c_claimed", CLAIMED)
+    assert status == 200
+    execute(
+        prepared,
+        f"UPDATE ablo_idempotency SET request_hash = '{CLAIMED_HASH_0_1}' "
+        "WHERE client_tx_id = 'c_claimed'",
+    )
+    status, again = await client.commit("c_claimed", CLAIMED)
+    assert (status, again) == (200, first)
+    assert scalar(prepared, "SELECT COUNT(*) FROM ablo_outbox") == 1
+    # Another intent under the same key is still a conflict.
+    status, body = await client.commit("c_claimed", {**CLAIMED, "input": {"title": "other"}})
+    assert (status, body["error"]) == (409, "idempotency_conflict")
+
+
 # ------------------------------------------------------------ list queries
 
 ROWS = [

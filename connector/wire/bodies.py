@@ -22,6 +22,7 @@ from typing import Annotated, Any, Final, Literal, get_args
 from pydantic import (
     BeforeValidator,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -55,6 +56,7 @@ __all__ = [
     "canonical_json",
     "operations_intent_hash",
     "parse_source_request",
+    "previous_operations_intent_hash",
     "parse_source_request_fast",
 ]
 
@@ -133,14 +135,34 @@ class Scope(WireModel):
     required_sync_groups: list[StrictStr] | None = None
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON has one number type: ``2e2`` and ``200.0`` are the integer 200, as in JavaScript."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: A position in the engine's log (``readAt``): a non-negative integer.
+Watermark = Annotated[StrictInt, BeforeValidator(_whole_number), Field(ge=0)]
+
+
 class Operation(WireModel):
+    """One write of a commit: the engine's commit operation, less what it settles itself.
+
+    The fields are those of the engine's ``commitOperationSchema`` (0.49)
+    without ``bypass`` and ``fenceToken``, which the engine checks before a
+    commit reaches a source. ``claim_id`` names the claim the write was made
+    under, when there was one.
+    """
+
     type: OperationType
     model: NonEmptyStr
     id: NonEmptyStr | None = None
     input: dict[str, Any] | None = None
     transaction_id: StrictStr | None = None
-    read_at: Annotated[int | float, Field(union_mode="left_to_right")] | None = None
+    read_at: Watermark | None = None
     on_stale: Literal["reject", "overwrite", "notify"] | None = None
+    claim_id: NonEmptyStr | None = None
 
 
 def _payload_within_limit(value: Any) -> Any:
@@ -184,7 +206,13 @@ class CommitRequest(WireModel):
     ``correlation_id`` is the idempotency key (``clientTxId`` is its legacy
     wire name and is folded into it). A replay with the same key and intent
     must return the original rows without writing again.
+
+    The fallback intent hash is computed over the operations as the engine
+    sent them, and kept: a copy whose model names were resolved to the
+    source's own (see ``connector.serve.models``) hashes the same.
     """
+
+    _sent_hashes: tuple[str, ...] | None = PrivateAttr(default=None)
 
     type: Literal["commit"] = "commit"
     operations: Annotated[list[Operation], Field(min_length=1)]
@@ -208,8 +236,25 @@ class CommitRequest(WireModel):
 
     @property
     def effective_intent_hash(self) -> str:
-        """``intent_hash``, or the SHA-256 of the canonical operations."""
-        return self.intent_hash or operations_intent_hash(self.operations)
+        """``intent_hash``, or the SHA-256 of the canonical operations (as the engine's
+        reference computes it)."""
+        return self.intent_hash or self._operations_hashes()[0]
+
+    @property
+    def replayable_intent_hashes(self) -> tuple[str, ...]:
+        """Every hash a ledger row of this commit may hold: :attr:`effective_intent_hash`,
+        then, without ``intent_hash``, the one connector 0.1.0 stored (see
+        :func:`previous_operations_intent_hash`) when it differs."""
+        if self.intent_hash:
+            return (self.intent_hash,)
+        return self._operations_hashes()
+
+    def _operations_hashes(self) -> tuple[str, ...]:
+        if self._sent_hashes is None:
+            current = operations_intent_hash(self.operations)
+            previous = previous_operations_intent_hash(self.operations)
+            self._sent_hashes = (current,) if previous == current else (current, previous)
+        return self._sent_hashes
 
 
 class EventsRequest(WireModel):
@@ -373,18 +418,40 @@ def _js_number(value: float) -> str:
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Integers JavaScript holds exactly; beyond them JSON.parse rounds to a double.
+_SAFE_INTEGER: Final = 2**53
+
+
+def _js_integer(value: int) -> str:
+    if -_SAFE_INTEGER <= value <= _SAFE_INTEGER:
+        return str(value)
+    try:
+        return _js_number(float(value))
+    except OverflowError:
+        return "null"  # JSON.parse reads it as ±Infinity, which JSON.stringify writes as null
+
+
+def _utf16_order(key: str) -> bytes:
+    """JavaScript sorts strings by UTF-16 code unit, not by code point."""
+    return key.encode("utf-16-be", "surrogatepass")
 
 
 def canonical_json(value: Any) -> str:
     """Keys sorted, no spaces, numbers and strings as JavaScript writes them.
 
     This is the engine's canonical form, so a hash computed here matches the
-    hash the engine computes over the same value.
+    hash the engine computes over the same value: the value as JSON.parse
+    would have read it (an integer beyond 2**53 rounded to a double), keys in
+    JavaScript's sort order, each scalar as JSON.stringify writes it.
     """
+    return _canonical(value, reference=True)
+
+
+def _canonical(value: Any, *, reference: bool) -> str:
     if value is None or value is True or value is False:
         return json.dumps(value)
     if isinstance(value, int):
-        return str(value)
+        return _js_integer(value) if reference else str(value)
     if isinstance(value, float):
         return _js_number(value)
     if isinstance(value, str):
@@ -393,14 +460,42 @@ def canonical_json(value: Any) -> str:
         # encodes to UTF-8); json.dumps would leave the raw code point.
         return _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
     if isinstance(value, Mapping):
-        items = sorted((str(k), v) for k, v in value.items())
-        return "{" + ",".join(f"{canonical_json(k)}:{canonical_json(v)}" for k, v in items) + "}"
+        items = sorted(
+            ((str(k), v) for k, v in value.items()),
+            key=(lambda item: _utf16_order(item[0])) if reference else None,
+        )
+        return (
+            "{"
+            + ",".join(
+                f"{_canonical(k, reference=reference)}:{_canonical(v, reference=reference)}"
+                for k, v in items
+            )
+            + "}"
+        )
     if isinstance(value, list | tuple):
-        return "[" + ",".join(canonical_json(item) for item in value) + "]"
+        return "[" + ",".join(_canonical(item, reference=reference) for item in value) + "]"
     raise TypeError(f"cannot canonicalize {type(value).__name__}")
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def operations_intent_hash(operations: Sequence[Operation]) -> str:
-    """SHA-256 (hex) of the canonical JSON of the operations, as sent."""
+    """SHA-256 (hex) of the canonical JSON of the operations, as sent: the fallback
+    intent hash of the engine's reference, for a commit without ``intentHash``."""
     wire = [op.model_dump(by_alias=True, exclude_unset=True) for op in operations]
-    return hashlib.sha256(canonical_json(wire).encode("utf-8")).hexdigest()
+    return _sha256(canonical_json(wire))
+
+
+def previous_operations_intent_hash(operations: Sequence[Operation]) -> str:
+    """The fallback hash connector 0.1.0 computed and stored in ledgers.
+
+    It knew no ``claimId``, wrote an integer beyond 2**53 with every digit and
+    ordered keys by code point; for any other commit it equals
+    :func:`operations_intent_hash`. A ledger row written then still replays.
+    """
+    wire = [
+        op.model_dump(by_alias=True, exclude_unset=True, exclude={"claim_id"}) for op in operations
+    ]
+    return _sha256(_canonical(wire, reference=False))

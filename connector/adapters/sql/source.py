@@ -947,7 +947,7 @@ class SQLSource(DataSource):
         intent = commit.effective_intent_hash
         organization = commit.scope.organization_id if commit.scope else None
         if not self._reserve(connection, key, intent):
-            return self._replay(connection, key, intent)
+            return self._replay(connection, key, commit.replayable_intent_hashes)
         rows = [
             self._apply(connection, served, op)
             for op, served in zip(commit.operations, models, strict=True)
@@ -1003,7 +1003,7 @@ class SQLSource(DataSource):
         )
         return connection.execute(statement).first() is not None
 
-    def _replay(self, connection: sa.Connection, key: str, intent: str) -> Sequence[Any]:
+    def _replay(self, connection: sa.Connection, key: str, intents: Sequence[str]) -> Sequence[Any]:
         now = dt.datetime.now(dt.UTC)
         found = connection.execute(
             sa.select(
@@ -1017,7 +1017,7 @@ class SQLSource(DataSource):
                 "source_commit_retry", "a concurrent commit with this correlationId rolled back; retry",
                 status=503,
             )  # fmt: skip
-        if found.request_hash != intent:
+        if found.request_hash not in intents:
             raise SourceError(
                 "idempotency_conflict",
                 "this correlationId was already used with a different intent"
