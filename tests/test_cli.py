@@ -41,6 +41,11 @@ ENV = {"ABLO_API_KEY": KEY}
         (["run", "--handler", "tests.handlers:Nope"], ENV, "has no attribute"),
         (["run", "--handler", "tests.handlers"], ENV, "must look like"),
         (
+            ["run", "--handler", "tests.handlers:ClashingModels"],
+            ENV,
+            "ClashingModels.model_names: models 'Task' and 'task' both answer to 'task'",
+        ),
+        (
             ["run", "--handler", "tests.handlers:TestSource", "--base-url", "http://10.1.2.3"],
             ENV,
             "clear text",
@@ -285,6 +290,11 @@ async def test_version_says_where_it_is_installed_from() -> None:
         (
             "class Source(DataSource):\n    def events(self, query, ctx):\n        return []\n",
             "cannot be called as events(cursor, limit, ctx)",
+        ),
+        (
+            "class Source(DataSource):\n    model_names = {'items': 'Item', 'item': None}\n"
+            "    def load(self, model, id, ctx):\n        return None\n",
+            "Source.model_names: models 'items' and 'item' both answer to 'item'",
         ),
     ],
 )

@@ -668,3 +668,125 @@ async def test_answer_objects_inside_a_mapping_go_out_camel_case() -> None:
     )
     status, payload = await answer(d, EVENTS)
     assert payload["events"][0]["entityId"] == "t1" and "entity_id" not in payload["events"][0]
+
+
+# ------------------------------------------------------------ model names
+
+
+DECLARED: dict[str, str | None] = {"workItems": "WorkItem", "task": None}
+
+
+class Declared(DataSource):
+    """Declares its models; records what every hook and method was given."""
+
+    model_names = DECLARED
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any]] = []
+
+    def authorize(self, ctx: RequestContext) -> None:
+        self.seen.append(("authorize", getattr(ctx.request, "model", None)))
+
+    def scopes(self, ctx: RequestContext) -> None:
+        self.seen.append(("scopes", getattr(ctx.request, "model", None)))
+
+    async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+        self.seen.append(("load", model))
+        return {"id": id}
+
+    async def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
+        self.seen.append(("commit", [op.model for op in commit.operations]))
+        self.seen.append(("hint", commit.model))
+        self.seen.append(("hash", commit.effective_intent_hash))
+        return CommitResult(rows=[])
+
+
+@pytest.mark.parametrize("sent", ["workItems", "workitems", "WorkItem", "workitem"])
+async def test_a_declared_model_answers_to_its_aliases_under_its_declared_name(sent: str) -> None:
+    from connector.wire.bodies import Operation, operations_intent_hash
+
+    source = Declared()
+    d = dispatcher(source)
+    d_answer = await dispatch_frame(d, signed_frame({"type": "load", "model": sent, "id": "w1"}))
+    assert d_answer.status == 200 and d_answer.model == "workItems"  # what logs and metrics see
+    operations = [
+        {"type": "UPDATE", "model": sent, "id": "w1", "input": {"x": 1}},
+        {"type": "DELETE", "model": "task", "id": "t1"},
+    ]
+    body = {**COMMIT, "model": sent, "operations": operations}
+    assert (await answer(d, body))[0] == 200
+    sent_hash = operations_intent_hash([Operation.model_validate(op) for op in operations])
+    assert source.seen == [
+        ("authorize", "workItems"), ("scopes", "workItems"), ("load", "workItems"),
+        ("authorize", "workItems"), ("scopes", "workItems"),
+        ("commit", ["workItems", "task"]), ("hint", "workItems"),
+        ("hash", sent_hash),  # the operations as the engine sent them
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "load", "model": "WORKITEMS", "id": "w1"},
+        {
+            **COMMIT,
+            "operations": [
+                {"type": "DELETE", "model": "task", "id": "1"},
+                {"type": "DELETE", "model": "WORKITEMS", "id": "2"},
+            ],
+        },
+        {**COMMIT, "model": "WORKITEMS"},
+    ],
+)
+async def test_a_name_no_declared_model_answers_to_is_refused_before_any_hook(body: Any) -> None:
+    source = Declared()
+    status, payload = await answer(dispatcher(source), body)
+    assert (status, payload["error"], payload["model"]) == (
+        400,
+        "source_unknown_model",
+        "WORKITEMS",
+    )
+    assert "did you mean 'workItems'?" in payload["message"]
+    assert source.seen == []
+
+
+def test_models_that_share_a_name_are_refused_when_the_connector_starts() -> None:
+    from connector import ConfigError
+
+    class Clashing(DataSource):
+        model_names = ("Task", "task")
+
+        def load(self, model: str, id: str, ctx: RequestContext) -> None:
+            return None
+
+    with pytest.raises(ConfigError, match=r"Clashing.model_names: models 'Task' and 'task'"):
+        dispatcher(Clashing())
+
+
+async def test_models_known_at_run_time_are_resolved_the_same_way() -> None:
+    class Reflecting(DataSource):
+        def __init__(self) -> None:
+            self.known: list[str] = ["task"]
+            self.loaded: list[str] = []
+
+        async def served_models(self) -> list[str]:
+            return self.known
+
+        def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+            self.loaded.append(model)
+            return {"id": id}
+
+    source = Reflecting()
+    d = dispatcher(source)
+    assert (await answer(d, {"type": "load", "model": "Orders", "id": "1"}))[0] == 400
+    source.known = ["task", "Orders"]  # a new object: checked, then used
+    assert (await answer(d, {"type": "load", "model": "orders", "id": "1"}))[0] == 200
+    assert source.loaded == ["Orders"]
+
+
+async def test_a_source_that_declares_no_models_gets_names_as_sent() -> None:
+    source = AsyncSource()
+    assert (await answer(dispatcher(source), {"type": "load", "model": "AnyThing", "id": "1"}))[
+        0
+    ] == 200
+    assert source.calls[0][1][0] == "AnyThing"

@@ -1178,7 +1178,7 @@ async def test_postgres_input_errors_do_not_echo_the_value(
         drop_database(postgres_server, url)
 
 
-async def test_a_model_is_served_under_its_map_name_only(prepared: str) -> None:
+async def test_a_model_answers_to_its_aliases_and_authorize_sees_its_name(prepared: str) -> None:
     execute(prepared, "CREATE TABLE salaries (id TEXT PRIMARY KEY, amount INTEGER)")
     execute(prepared, "INSERT INTO salaries VALUES ('s1', 100)")
 
@@ -1189,13 +1189,48 @@ async def test_a_model_is_served_under_its_map_name_only(prepared: str) -> None:
 
     client = Client(Guarded(prepared, {"models": {"Salary": {"table": "salaries"}}}))
     try:
-        status, body = await client({"type": "load", "model": "Salary", "id": "s1"})
-        assert status == 403
-        status, body = await client({"type": "load", "model": "salary", "id": "s1"})
+        for name in ("Salary", "salary"):  # an alias never slips past the hook
+            status, body = await client({"type": "load", "model": name, "id": "s1"})
+            assert (status, body["error"]) == (403, "forbidden"), name
+        status, body = await client({"type": "load", "model": "SALARY", "id": "s1"})
         assert (status, body["error"]) == (400, "source_unknown_model"), body
         assert "did you mean 'Salary'" in body["message"]
     finally:
         await client.close()
+
+
+async def test_a_commit_with_lowercased_model_names_is_served_under_the_map_names(
+    prepared: str,
+) -> None:
+    """The engine's clients send ``model.toLowerCase()``: ``[models.workItems]`` must answer."""
+    mapped = {"models": {"workItems": {"table": "tasks", "typename": "WorkItem"}}}
+    seen: list[str | None] = []
+
+    class Watched(SQLSource):
+        def authorize(self, ctx: RequestContext) -> None:
+            seen.append(getattr(ctx.request, "model", None))
+
+    client = Client(Watched(prepared, mapped))
+    try:
+        operation = {"type": "CREATE", "model": "workitems", "id": "w1", "input": {"title": "a"}}
+        status, body = await client.commit("c_lower", operation, model="workitems")
+        assert status == 200, body
+        assert body["rows"][0]["id"] == "w1"
+        for name in ("workItems", "workitems", "WorkItem", "workitem"):
+            loaded = await client.ok({"type": "load", "model": name, "id": "w1"})
+            assert loaded["row"]["title"] == "a", name
+        events = await client.events()
+        assert [event["model"] for event in events["events"]] == ["workItems"]
+        assert seen == ["workItems"] * 5 + [None]  # the last: events, which names no model
+    finally:
+        await client.close()
+
+
+def test_a_map_whose_models_share_a_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"'Task' and 'task' both answer to 'task'"):
+        ModelMap.from_dict({"models": {"Task": {"table": "a"}, "task": {"table": "b"}}})
+    with pytest.raises(ConfigError, match=r"'items' and 'item' both answer to 'item'"):
+        ModelMap.from_dict({"models": {"items": {"typename": "Item"}, "item": {}}})
 
 
 # ------------------------------------------------------------ a database that cannot work

@@ -39,6 +39,7 @@ from .answer import Answer, dumps, error_answer, success_body, timeout_answer
 from .datasource import DataSource, RequestContext, overridden
 from .deadlines import Deadlines
 from .failures import handler_failed, timed_out_logged
+from .models import DeclaredModels, ModelNames, resolve_models
 from .replay import FirstCopyCancelled, ReplayCache
 from .workers import HandlerThreads
 
@@ -96,6 +97,16 @@ class Dispatcher:
         self._implemented = {op: overridden(source, op) for op in OPERATIONS}
         self._has_authorize = overridden(source, "authorize")
         self._has_scopes = overridden(source, "scopes")
+        # Model names: declared once (a class attribute), or asked of the source
+        # per request when it knows them only at run time; else used as sent.
+        self._asks_for_models = overridden(source, "served_models")
+        self._model_names: ModelNames | None = None
+        self._models_declared: object = None
+        if not self._asks_for_models and source.model_names is not None:
+            self._model_names = ModelNames.of(
+                source.model_names, origin=f"{type(source).__name__}.model_names"
+            )
+        self._resolves_models = self._asks_for_models or self._model_names is not None
         self._is_async: dict[str, bool] = {}
         self._last_skew_warning = -_SKEW_WARNING_INTERVAL
         self._detailed_errors = detailed_errors
@@ -203,6 +214,10 @@ class Dispatcher:
         started = time.monotonic()
         deadline = self._deadlines.enter()
         try:
+            if self._resolves_models:
+                request = await self._resolve_models(request)
+                model = getattr(request, "model", None)
+                ctx = ctx._replace(request=request)
             answer = await self._route(ctx, request)
             if deadline.expired:
                 # The handler swallowed its cancellation and answered late: the
@@ -257,6 +272,26 @@ class Dispatcher:
             log.error("a SourceError's fields are not JSON-serializable: %s", error.code)
             return None
         return Answer(error.status, body, operation=operation, model=model, error=error.code)
+
+    async def _resolve_models(self, request: SourceRequest) -> SourceRequest:
+        names = self._model_names
+        if self._asks_for_models:
+            declared = self.source.served_models()
+            if inspect.isawaitable(declared):
+                declared = await declared
+            names = self._names_of(declared)
+        return request if names is None else resolve_models(names, request)
+
+    def _names_of(self, declared: DeclaredModels | ModelNames | None) -> ModelNames | None:
+        """The resolution for what ``served_models()`` returned, built once per object."""
+        if declared is None or isinstance(declared, ModelNames):
+            return declared
+        if declared is not self._models_declared or self._model_names is None:
+            self._model_names = ModelNames(
+                declared, origin=f"{type(self.source).__name__}.served_models()"
+            )
+            self._models_declared = declared
+        return self._model_names
 
     async def _route(self, ctx: RequestContext, request: SourceRequest) -> Answer:
         operation = request.type

@@ -249,6 +249,13 @@ class CommitRequest(WireModel):
             return (self.intent_hash,)
         return self._operations_hashes()
 
+    def with_operations(self, operations: Sequence[Operation], model: str | None) -> CommitRequest:
+        """A copy with other operations and model hint (their model names resolved),
+        whose fallback intent hash stays that of the operations as sent."""
+        if self.intent_hash is None:
+            self._operations_hashes()
+        return self.model_copy(update={"operations": list(operations), "model": model})
+
     def _operations_hashes(self) -> tuple[str, ...]:
         if self._sent_hashes is None:
             current = operations_intent_hash(self.operations)
