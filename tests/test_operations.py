@@ -254,19 +254,38 @@ async def test_systemd_notify_ready_from_a_standby_replica(tmp_path: Path) -> No
 
 
 async def test_check_passes_against_the_dev_engine() -> None:
-    async with (
-        DevEngine(KEY, environment="sandbox") as engine,
-        process(
-            ["check", "--base-url", engine.base_url, "--handler", "tests.handlers:TestSource"], ENV
-        ) as check,
-    ):
-        assert await check.wait(20) == 0, check.output()
-        output = check.output()
+    args = ["check", "--base-url", "BASE", "--handler", "tests.handlers:TestSource", "--register"]
+    async with DevEngine(KEY, environment="sandbox") as engine:
+        async with process([engine.base_url if a == "BASE" else a for a in args], ENV) as check:
+            assert await check.wait(20) == 0, check.output()
+            output = check.output()
+        assert engine.attaches == 1  # --register registered
     for step in ("configuration", "handler", "proxy", "dns", "tcp", "tls", "websocket", "register"):
         assert step in output
+    assert "ok    register: ready" in output
     assert '"source": "src_dev"' in output and '"environment": "sandbox"' in output
     assert "all checks passed" in output
     assert KEY not in output
+
+
+async def test_check_leaves_a_running_connector_serving() -> None:
+    """By default check stops before registering, which would supersede the service."""
+    async with (
+        DevEngine(KEY) as engine,
+        process(connector_args(engine.base_url, "tests.handlers:TestSource"), ENV) as running,
+    ):
+        await engine.wait_attached(15)
+        async with process(["check", "--base-url", engine.base_url], ENV) as check:
+            assert await check.wait(20) == 0, check.output()
+            output = check.output()
+        answered = await engine.request({"type": "load", "model": "task", "id": "t1"})
+        assert running.returncode is None
+        assert (engine.attaches, engine.supersedes) == (1, 0)
+    assert answered.status == 200, answered.body
+    assert "ok    websocket: upgraded, subprotocol ablo.source.v1" in output
+    skipped = [line for line in output.splitlines() if line.startswith("skip  register:")]
+    assert len(skipped) == 1 and "not checked" in skipped[0] and "--register" in skipped[0]
+    assert "all checks passed" in output
 
 
 async def test_check_names_the_failing_step() -> None:

@@ -115,11 +115,11 @@ def run(
 @key_options
 @config_options(only={"base_url", "allow_insecure", "open_timeout"})
 @option(
-    "--no-register",
+    "--register/--no-register",
     group="engine",
-    is_flag=True,
-    help="Stop after the WebSocket upgrade (registering takes the source from a connector "
-    "already serving it).",
+    default=False,
+    help="Also register and wait for ready, which takes the source from a connector already "
+    "serving it (it stands down for --superseded-backoff). Default: stop after the upgrade.",
 )
 @click.pass_context
 def check(
@@ -130,16 +130,17 @@ def check(
     models_path: str | None,
     api_key: str | None,
     api_key_file: str | None,
-    no_register: bool,
+    register: bool,
     **settings: Any,
 ) -> None:
     """Diagnose the path to the engine, one step at a time.
 
     Checks the configuration, the handler or the database, proxy, DNS, TCP,
-    TLS, the WebSocket upgrade and the echoed subprotocol, then registers and
-    prints the source the engine resolved. Registering supersedes a
-    connector already serving the same source: run it before starting the
-    service, or skip that step with --no-register. Without an API key it
+    TLS, the WebSocket upgrade with the key and the echoed subprotocol: every
+    step up to the one that would displace a running connector, so it is
+    safe beside the service. --register also registers and prints the source
+    the engine resolved, which takes the source from a connector already
+    serving it: use it before the service starts. Without an API key it
     checks only the handler or the database.
 
     Exit 0 when every step passes, 69 when the engine or the database cannot
@@ -174,7 +175,7 @@ def check(
         say("skip  engine: no API key (set ABLO_API_KEY to check the path to the engine)")
     else:
         try:
-            asyncio.run(run_checks(config, say, register=not no_register))
+            asyncio.run(run_checks(config, say, register=register))
         except CheckFailed as failure:
             say(f"FAIL  {failure.step}: {failure.detail}")
             say(f"      what to check: {failure.hint}")
