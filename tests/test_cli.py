@@ -11,6 +11,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -197,11 +198,11 @@ async def test_not_both_names_where_the_key_came_from(tmp_path: Path) -> None:
     args = ["run", "--handler", "tests.handlers:TestSource", "--api-key-file", str(key_file)]
     async with process(args, ENV) as cli:
         assert await cli.wait() == 78
-        assert "give ABLO_API_KEY or --api-key-file, not both" in cli.output()
+        assert "give ABLO_API_KEY from the environment or --api-key-file, not both" in cli.output()
     args = ["run", "--handler", "tests.handlers:TestSource", "--api-key", KEY]
     async with process(args, {"ABLO_API_KEY_FILE": str(key_file)}) as cli:
         assert await cli.wait() == 78
-        assert "give --api-key or ABLO_API_KEY_FILE, not both" in cli.output()
+        assert "give --api-key or ABLO_API_KEY_FILE from the environment, not both" in cli.output()
 
 
 async def test_a_key_file_others_can_read_draws_a_warning(tmp_path: Path) -> None:
@@ -508,3 +509,69 @@ async def test_dev_engine_never_takes_the_key_from_abloapi_key() -> None:
             while "ready: serving source" not in connector.output():
                 assert time.monotonic() < deadline, connector.output()
                 await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("command", ["run", "check", "dev", "migrate"])
+async def test_every_command_warns_of_a_database_password_typed_on_the_command_line(
+    command: str,
+) -> None:
+    url = f"postgresql://app:{SECRET}@127.0.0.1:1/app"
+    extra = {
+        "run": ["--base-url", "http://127.0.0.1:1"],
+        "dev": ["--port", str(free_port()), "--api-port", str(free_port()), "--exit-after-demo"],
+    }.get(command, [])
+    warning = "the password of --database-url was given on the command line"
+    for typed in (True, False):
+        args = [command, *(["--database-url", url] if typed else []), *extra]
+        env = {**ENV, **({} if typed else {"ABLO_DATABASE_URL": url})}
+        if command == "check":
+            env["ABLO_API_KEY"] = ""  # the database step alone
+        async with process(args, env) as cli:
+            if command == "run":
+                await eventually_in(cli, "unreachable")
+                cli.signal(signal.SIGTERM)
+            await cli.wait(30)
+            output = cli.output()
+        assert (warning in output) is typed, output
+        assert "prefer ABLO_DATABASE_URL" in output if typed else True
+        assert SECRET not in output and "Traceback" not in output, output
+
+
+async def eventually_in(cli: Any, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in cli.output():
+        assert time.monotonic() < deadline, cli.output()
+        await asyncio.sleep(0.05)
+
+
+async def test_not_both_says_where_each_value_came_from(tmp_path: Path) -> None:
+    env_file = tmp_path / "ablo-connector.env"
+    env_file.write_text("ABLO_CONNECTOR_HANDLER=tests.handlers:TestSource\n")
+    database = f"sqlite:///{tmp_path / 'app.db'}"
+    cases = [
+        (
+            ["run", "--env-file", str(env_file), "--database-url", database],
+            {},
+            f"give ABLO_CONNECTOR_HANDLER from the env file {env_file} or --database-url, not both",
+        ),
+        (
+            ["check", "--handler", "tests.handlers:TestSource"],
+            {"ABLO_DATABASE_URL": database},
+            "give --handler or ABLO_DATABASE_URL from the environment, not both",
+        ),
+        (  # as a systemd unit runs it: both from its EnvironmentFile=
+            ["run"],
+            {
+                "INVOCATION_ID": "0e3c",
+                "ABLO_CONNECTOR_HANDLER": "tests.handlers:TestSource",
+                "ABLO_DATABASE_URL": database,
+            },
+            "give ABLO_CONNECTOR_HANDLER from the environment (the unit's Environment= or "
+            "EnvironmentFile=) or ABLO_DATABASE_URL from the environment (the unit's",
+        ),
+    ]
+    for args, env, message in cases:
+        async with process(args, {"INVOCATION_ID": "", **ENV, **env}) as cli:
+            assert await cli.wait() == 78
+            output = cli.output()
+        assert message in output, output

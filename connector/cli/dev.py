@@ -21,7 +21,7 @@ from ..errors import EX_CONFIG, EX_FAILURE, ConfigError
 from ..ops.logs import configure_logging
 from ..serve.datasource import DataSource
 from .options import LOG_LEVELS, GroupedCommand, env_file_option, fail, option
-from .sources import build_source, source_options
+from .sources import build_source, guard_url_options, source_options
 
 if TYPE_CHECKING:  # the local engine is imported only when it runs
     from ..dev.engine import DevEngine
@@ -280,7 +280,10 @@ def request_raw(body_json: str, engine: str) -> None:
     "--exit-after-demo", is_flag=True, help="Stop after the demo requests instead of serving on."
 )
 @option("--log-level", group="logging", type=LOG_LEVELS, default="info", help="How much to log.")
+@click.pass_context
 def dev(
+    ctx: click.Context,
+    /,
     handler_spec: str | None,
     database_url: str | None,
     models_path: str | None,
@@ -311,8 +314,9 @@ def dev(
             database_url = _demo_database(scratch / "demo.db")
             demo = _demo_requests()
         try:
+            guard_url_options(ctx, formatter.add_secret)
             source = build_source(
-                handler_spec, database_url, models_path, add_secret=formatter.add_secret
+                ctx, handler_spec, database_url, models_path, add_secret=formatter.add_secret
             )
         except ConfigError as error:
             fail(str(error))

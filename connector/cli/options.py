@@ -33,7 +33,9 @@ __all__ = [
     "key_options",
     "load_env_file",
     "logging_options",
+    "not_both",
     "option",
+    "origin",
     "resolve_api_key",
 ]
 
@@ -217,9 +219,31 @@ def on_command_line(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
 
 
-def _source_name(ctx: click.Context, name: str, flag: str, env: str) -> str:
-    source = ctx.get_parameter_source(name)
-    return env if source is click.core.ParameterSource.ENVIRONMENT else flag
+_ENV_FILE_META: Final = "ablo_connector.env_file"
+
+
+def origin(ctx: click.Context, name: str) -> str:
+    """Where option ``name``'s value came from, in words an operator can act on:
+    ``--handler`` (typed), ``ABLO_CONNECTOR_HANDLER`` (the environment), or
+    ``ABLO_CONNECTOR_HANDLER from the env file PATH``."""
+    param = next((p for p in ctx.command.params if p.name == name), None)
+    if param is None:
+        return name
+    flag = max(param.opts, key=len)
+    if ctx.get_parameter_source(name) is not click.core.ParameterSource.ENVIRONMENT:
+        return flag
+    variable = param.envvar if isinstance(param.envvar, str) else flag
+    env_file: tuple[str, frozenset[str]] | None = ctx.meta.get(_ENV_FILE_META)
+    if env_file is not None and variable in env_file[1]:
+        return f"{variable} from the env file {env_file[0]}"
+    if os.environ.get("INVOCATION_ID"):  # systemd sets it for the processes of a unit
+        return f"{variable} from the environment (the unit's Environment= or EnvironmentFile=)"
+    return f"{variable} from the environment"
+
+
+def not_both(ctx: click.Context, first: str, second: str) -> ConfigError:
+    """The mistake of giving two options that exclude each other, saying where each came from."""
+    return ConfigError(f"give {origin(ctx, first)} or {origin(ctx, second)}, not both")
 
 
 def resolve_api_key(
@@ -231,10 +255,7 @@ def resolve_api_key(
 ) -> str:
     """The key from exactly one place: flag or env, a file, or systemd's credential."""
     if api_key and api_key_file:
-        raise ConfigError(
-            f"give {_source_name(ctx, 'api_key', '--api-key', 'ABLO_API_KEY')} or "
-            f"{_source_name(ctx, 'api_key_file', '--api-key-file', 'ABLO_API_KEY_FILE')}, not both"
-        )
+        raise not_both(ctx, "api_key", "api_key_file")
     if api_key_file:
         return read_api_key_file(api_key_file)
     if api_key:
@@ -318,9 +339,10 @@ def load_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
 def _read_env_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value:
         try:
-            load_env_file(value)
+            loaded = load_env_file(value)
         except ConfigError as error:
             fail(str(error))
+        ctx.meta[_ENV_FILE_META] = (value, frozenset(loaded))
     return value
 
 

@@ -24,11 +24,17 @@ from .options import (
     from_command_line,
     key_options,
     logging_options,
-    on_command_line,
     option,
     resolve_api_key,
 )
-from .sources import build_source, guard_url, pool_size_option, source_options, sql_source
+from .sources import (
+    build_source,
+    check_source_choice,
+    guard_url_options,
+    pool_size_option,
+    source_options,
+    sql_source,
+)
 
 __all__ = ["check", "run"]
 
@@ -39,17 +45,6 @@ def _no_core_dumps() -> None:
     """A core file of a running connector holds the key (and any database password)."""
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def _guard_lock_url(ctx: click.Context, url: str, add_secret: Callable[[str], None]) -> None:
-    from .._redact import has_password
-
-    guard_url(url, "--ha-lock", add_secret)
-    if on_command_line(ctx, "ha_lock") and has_password(url):
-        log.warning(
-            "the HA lock's password was given on the command line, where other local users "
-            "can see it in the process list; prefer ABLO_HA_LOCK"
-        )
 
 
 @click.command(cls=GroupedCommand)
@@ -85,17 +80,16 @@ def run(
     formatter = configure_logging(log_level, "json" if log_format == "json" else "text")
     _no_core_dumps()
     try:
+        guard_url_options(ctx, formatter.add_secret)
         key = resolve_api_key(ctx, api_key, api_key_file, warn=log.warning)
         formatter.add_secret(key)
-        if settings.get("ha_lock"):
-            _guard_lock_url(ctx, settings["ha_lock"], formatter.add_secret)
         config = from_command_line(key, settings)
         source = build_source(
+            ctx,
             handler_spec,
             database_url,
             models_path,
             add_secret=formatter.add_secret,
-            url_on_command_line=on_command_line(ctx, "database_url"),
             pool_size=pool_size,
         )
         connector = Connector(config, source)
@@ -154,10 +148,8 @@ def check(
         click.echo(formatter.redact(text))
 
     try:
-        if handler_spec and database_url:
-            raise ConfigError("give --handler or --database-url, not both")
-        if models_path and not database_url:
-            raise ConfigError("--models needs --database-url")
+        guard_url_options(ctx, formatter.add_secret)
+        check_source_choice(ctx, handler_spec, database_url, models_path)
         local_only = not (api_key or api_key_file) and bool(handler_spec or database_url)
         config = None
         if not local_only:
