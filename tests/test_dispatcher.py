@@ -790,3 +790,27 @@ async def test_a_source_that_declares_no_models_gets_names_as_sent() -> None:
         0
     ] == 200
     assert source.calls[0][1][0] == "AnyThing"
+
+
+@pytest.mark.parametrize(
+    ("condition", "found"),
+    [
+        (["title", {"a": 1}], "the condition on 'title' compares with a JSON object"),
+        (["title", "=", {"a": 1}], "the condition on 'title' compares with a JSON object"),
+        (
+            {"field": "tags", "op": "IN", "value": [1, {"a": 1}]},
+            "the condition on 'tags' compares with a list holding a JSON object",
+        ),
+        (["tags", "IN", [[1]]], "the condition on 'tags' compares with a list holding a list"),
+    ],
+)
+async def test_a_where_value_of_the_wrong_kind_is_one_sentence(condition: Any, found: str) -> None:
+    source = AsyncSource()
+    body = {"type": "list", "model": "task", "query": {"where": [["done", False], condition]}}
+    status, payload = await answer(dispatcher(source), body)
+    assert (status, payload["error"]) == (400, "source_request_invalid")
+    assert payload["message"] == (
+        f"list.query.where.1.value: {found}; a condition's value is a string, a number, "
+        "true, false or null, or a list of those for IN and NOT IN"
+    )
+    assert source.calls == []

@@ -30,11 +30,12 @@ from ..wire.bodies import (
     ListRequest,
     LoadRequest,
     SourceRequest,
+    describe_request_error,
     parse_source_request,
     parse_source_request_fast,
 )
 from ..wire.signing import VerifiedRequest, Verifier, header_value
-from ..wire.strict_json import describe_validation_error, loads
+from ..wire.strict_json import loads
 from .answer import Answer, dumps, error_answer, success_body, timeout_answer
 from .datasource import DataSource, RequestContext, overridden
 from .deadlines import Deadlines
@@ -402,7 +403,7 @@ def _parse_with_diagnosis(body: str) -> SourceRequest | Answer:
         return parse_source_request(value)
     except ValidationError as error:
         code = "source_commit_invalid" if kind == "commit" else "source_request_invalid"
-        return error_answer(400, code, describe_validation_error(error, "body"), operation=kind)
+        return error_answer(400, code, describe_request_error(error, value), operation=kind)
 
 
 def _timestamp_offset(headers: Mapping[str, str]) -> float | None:

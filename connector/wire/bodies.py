@@ -28,6 +28,7 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     TypeAdapter,
+    ValidationError,
     model_validator,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "Scope",
     "SourceRequest",
     "canonical_json",
+    "describe_request_error",
     "operations_intent_hash",
     "parse_source_request",
     "previous_operations_intent_hash",
@@ -286,6 +288,82 @@ def parse_source_request(value: Any) -> SourceRequest:
 def parse_source_request_fast(text: str) -> SourceRequest | None:
     """A valid body in one parsing pass, or None (then diagnose it the slow way)."""
     return validate_fast(_REQUEST_ADAPTER, text)
+
+
+def describe_request_error(error: ValidationError, body: Any) -> str:
+    """What is wrong with a request ``body``, as ``location: problem`` (at most five).
+
+    A ``where`` value of a type no condition takes (an object, say) is one
+    sentence naming the condition's field, instead of pydantic's report of
+    every member of the union it tried. No input value is ever echoed.
+    """
+    parts: list[str] = []
+    explained: set[tuple[str | int, ...]] = set()
+    for issue in error.errors(include_url=False, include_input=False):
+        location = issue["loc"]
+        value_at = _where_value_location(location)
+        if value_at is not None:
+            if value_at not in explained:
+                explained.add(value_at)
+                condition = _raw_condition(body, value_at)
+                parts.append(f"{_dotted(value_at)}: {_where_value_problem(condition)}")
+        else:
+            parts.append(f"{_dotted(location) or 'body'}: {issue['msg']}")
+        if len(parts) == 5:
+            break
+    return "; ".join(parts)
+
+
+def _dotted(location: Sequence[str | int]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+def _where_value_location(location: Sequence[str | int]) -> tuple[str | int, ...] | None:
+    """``(…, "where", n, "value")`` when the issue is about that condition's value."""
+    for at in range(len(location) - 2):
+        if (
+            location[at] == "where"
+            and isinstance(location[at + 1], int)
+            and location[at + 2] == "value"
+        ):
+            return tuple(location[: at + 3])
+    return None
+
+
+def _raw_condition(body: Any, value_at: tuple[str | int, ...]) -> Any:
+    """The ``where`` entry as sent (``[field, value]``, ``[field, op, value]`` or an object)."""
+    query = body.get("query") if isinstance(body, Mapping) else None
+    where = query.get("where") if isinstance(query, Mapping) else None
+    index = value_at[-2]
+    if isinstance(where, list) and isinstance(index, int) and 0 <= index < len(where):
+        return where[index]
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a list"
+    return "a value of another kind"
+
+
+def _where_value_problem(condition: Any) -> str:
+    if isinstance(condition, Mapping):
+        field, value = condition.get("field"), condition.get("value")
+    elif isinstance(condition, list) and len(condition) in (2, 3):
+        field, value = condition[0], condition[-1]
+    else:
+        field, value = None, None
+    found = _json_kind(value)
+    if isinstance(value, list):
+        inner = next((item for item in value if isinstance(item, Mapping | list)), None)
+        found = "a list holding " + _json_kind(inner)
+    subject = f"the condition on {field!r}" if isinstance(field, str) else "this condition"
+    return (
+        f"{subject} compares with {found}; a condition's value is a string, a number, "
+        "true, false or null, or a list of those for IN and NOT IN"
+    )
 
 
 # ---------------------------------------------------------------- answers
