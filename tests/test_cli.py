@@ -575,3 +575,51 @@ async def test_not_both_says_where_each_value_came_from(tmp_path: Path) -> None:
             assert await cli.wait() == 78
             output = cli.output()
         assert message in output, output
+
+
+async def test_request_list_takes_operators_and_json_conditions() -> None:
+    """``--where`` with operators, through dev's demo database: after its demo
+    commit, t1 and t3 are done, t2 is open."""
+    api_port = free_port()
+    args = ["dev", "--port", str(free_port()), "--api-port", str(api_port)]
+    engine = f"http://127.0.0.1:{api_port}"
+    cases = [
+        (["done=true", "title LIKE %README%"], ["t1"]),
+        (["done = true", "title NOT LIKE %README%"], ["t3"]),
+        (['id IN ["t1", "t2"]', "done!=true"], ["t2"]),
+        (['["id", ">=", "t2"]', '{"field": "done", "op": "=", "value": true}'], ["t3"]),
+        (["title ilike %DATABASE%"], ["t2", "t3"]),
+        (["id<t2"], ["t1"]),
+    ]
+    async with process(args) as dev:
+        await eventually_in(dev, "Serving.", timeout=30)
+        for conditions, expected in cases:
+            where = [part for condition in conditions for part in ("--where", condition)]
+            request = ["request", "list", "task", *where, "--order-by", "id", "--engine", engine]
+            async with process(request) as cli:
+                assert await cli.wait(30) == 0, cli.output()
+                output = cli.output()
+            assert re.findall(r'"id": "(t\d)"', output) == expected, (conditions, output)
+        async with process(
+            ["request", "list", "task", "--where", "done", "--engine", engine]
+        ) as cli:
+            assert await cli.wait(30) == 2
+            assert "--where 'done' is not a condition: write FIELD OP VALUE" in cli.output()
+        dev.signal(signal.SIGTERM)
+        assert await dev.wait(15) == 0
+
+
+def test_where_conditions_take_the_wire_form_the_readme_shows() -> None:
+    from connector.cli.dev import parse_condition
+
+    assert parse_condition("done=false") == ["done", False]
+    assert parse_condition("priority>=2") == ["priority", ">=", 2]
+    assert parse_condition("title LIKE %x%") == ["title", "LIKE", "%x%"]
+    assert parse_condition("dueAt is not null") == ["dueAt", "IS NOT", None]
+    assert parse_condition("priority  not  in [1,2]") == ["priority", "NOT IN", [1, 2]]
+    assert parse_condition('code="2"') == ["code", "2"]
+    assert parse_condition("note=a=b") == ["note", "a=b"]
+    assert parse_condition('["priority", ">=", 2]') == ["priority", ">=", 2]
+    for wrong in ("done", "=x", "priority>=", "[1,"):
+        with pytest.raises(ValueError):
+            parse_condition(wrong)
