@@ -7,15 +7,17 @@ operator sees: the exit status, the output, and never a traceback or a key.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import free_port, process, wait_for_port
+from tests.helpers import Process, free_port, process, wait_for_port
 
 KEY = "sk_test_cli_9d1e44b7c2"
 ENV = {"ABLO_API_KEY": KEY}
@@ -623,3 +625,93 @@ def test_where_conditions_take_the_wire_form_the_readme_shows() -> None:
     for wrong in ("done", "=x", "priority>=", "[1,"):
         with pytest.raises(ValueError):
             parse_condition(wrong)
+
+
+# ------------------------------------------------ Ctrl-C during start-up
+
+COMMAND = Path(sys.executable).with_name("ablo-connector")  # the console script
+
+
+def _command(*args: str, python_flags: tuple[str, ...] = ()) -> Process:
+    """The console script (what a user types), not ``python -m connector``."""
+    assert COMMAND.exists(), f"the console script is not installed next to {sys.executable}"
+    started = Process([], {**ENV, "ABLO_LOG_FORMAT": ""})
+    started.args = [sys.executable, *python_flags, str(COMMAND), *args]
+    return started
+
+
+async def _interrupt_when(cli: Process, marker: str) -> tuple[int, list[str]]:
+    await cli.start()
+    try:
+        await eventually_in(cli, marker, timeout=60)
+        cli.signal(signal.SIGINT)
+        status = await cli.wait(30)
+        lines = [
+            line
+            for line in cli.output().splitlines()
+            if line.strip() and not line.startswith("import time:")  # -X importtime's
+        ]
+    finally:
+        await cli.stop()
+    return status, lines
+
+
+async def test_ctrl_c_while_the_connector_is_imported_is_one_line_and_130() -> None:
+    # -X importtime reports each import as it completes: the connector's own
+    # (errors is among its first) means the rest of it is still loading.
+    cli = _command(
+        "run", "--handler", "tests.handlers:TestSource", python_flags=("-X", "importtime")
+    )
+    status, lines = await _interrupt_when(cli, "connector.errors")
+    assert (status, lines) == (130, ["ablo-connector: interrupted"])
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_ctrl_c_while_a_command_starts_is_one_line_and_130(log_format: str) -> None:
+    cli = _command("run", "--handler", "tests.slow_import:Source", "--log-format", log_format)
+    status, lines = await _interrupt_when(cli, "importing tests.slow_import")
+    assert status == 130 and lines[0] == "importing tests.slow_import", lines
+    (said,) = lines[1:]
+    if log_format == "text":
+        assert said == "ablo-connector: interrupted"
+    else:
+        line = json.loads(said)
+        assert (line["message"], line["exit_status"], line["level"]) == (
+            "interrupted",
+            130,
+            "error",
+        )
+
+
+async def test_ctrl_c_right_after_spawn_never_prints_a_traceback() -> None:
+    for _ in range(3):
+        cli = _command("run", "--handler", "tests.handlers:TestSource")
+        await cli.start()
+        try:
+            cli.signal(signal.SIGINT)
+            status = await cli.wait(30)
+            output = cli.output().strip()
+        finally:
+            await cli.stop()
+        # Before Python runs the script the signal's default ends it, silently
+        # (a shell shows 130); once it runs, the one line.
+        assert (status, output) in ((-signal.SIGINT, ""), (130, "ablo-connector: interrupted"))
+
+
+async def test_ctrl_c_once_serving_drains_as_sigterm_does() -> None:
+    cli = _command(
+        "run", "--handler", "tests.handlers:TestSource", "--base-url", "http://127.0.0.1:1"
+    )
+    status, lines = await _interrupt_when(cli, "connector starting")
+    assert status == 0, lines
+    assert any("SIGINT received: finishing in-flight requests" in line for line in lines)
+    assert not any("Traceback" in line or "interrupted" in line for line in lines), lines
+
+
+async def test_ctrl_c_during_dev_start_up_leaves_no_demo_database(tmp_path: Path) -> None:
+    # Before the connector serves (130 at once) or just after (a drain, 0).
+    cli = _command("dev", "--port", str(free_port()), "--api-port", str(free_port()))
+    cli.env["TMPDIR"] = str(tmp_path)
+    status, lines = await _interrupt_when(cli, "demo database: ")
+    assert status in (0, 130), lines
+    assert list(tmp_path.iterdir()) == []

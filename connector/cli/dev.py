@@ -6,11 +6,13 @@ import asyncio
 import json
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -357,6 +359,7 @@ def dev(
         demo: list[dict[str, Any]] = []
         if not handler_spec and not database_url:
             scratch = Path(tempfile.mkdtemp(prefix="ablo-connector-demo-"))
+            _remove_on_interrupt(scratch)
             database_url = _demo_database(scratch / "demo.db")
             demo = _demo_requests()
         try:
@@ -370,6 +373,20 @@ def dev(
     finally:  # however it ends (a mistake, Ctrl-C before serving, a signal), no demo is left
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_on_interrupt(scratch: Path) -> None:
+    """Ctrl-C before the connector serves may end the process at once (see the
+    console script's entry point): remove the demo database first."""
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # ignored, or no Python handler: nothing to run first
+        return
+
+    def remove_then_interrupt(signum: int, frame: FrameType | None) -> None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, remove_then_interrupt)
 
 
 def _demo_database(path: Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import signal
 import sys
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -21,7 +22,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 
 from ..daemon.config import Config, Group, Setting, credential_path, read_api_key_file
-from ..errors import EX_CONFIG, ConfigError
+from ..errors import EX_CONFIG, EX_INTERRUPTED, ConfigError
 from ..ops.logs import installed_formatter, json_line
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "config_options",
     "fail",
     "from_command_line",
+    "interrupted",
     "key_options",
     "load_env_file",
     "logging_options",
@@ -60,6 +62,20 @@ def fail(message: str, status: int = EX_CONFIG) -> NoReturn:
     """
     click.echo(error_line(message, status), err=True)
     sys.exit(status)
+
+
+def interrupted() -> NoReturn:
+    """Ctrl-C before the command handles signals itself: one line, exit 130.
+
+    A running connector handles SIGINT as SIGTERM (it drains); before that,
+    while it starts, an interrupt is a user's change of mind, not an error.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing
+    if wants_json_logs():
+        click.echo(json_line("interrupted", exit_status=EX_INTERRUPTED), err=True)
+    else:
+        click.echo("ablo-connector: interrupted", err=True)
+    sys.exit(EX_INTERRUPTED)
 
 
 def error_line(message: str, status: int) -> str:
