@@ -666,9 +666,12 @@ async def test_ctrl_c_while_the_connector_is_imported_is_one_line_and_130() -> N
     assert (status, lines) == (130, ["ablo-connector: interrupted"])
 
 
-@pytest.mark.parametrize("log_format", ["text", "json"])
-async def test_ctrl_c_while_a_command_starts_is_one_line_and_130(log_format: str) -> None:
-    cli = _command("run", "--handler", "tests.slow_import:Source", "--log-format", log_format)
+@pytest.mark.parametrize(
+    ("log_format", "how"), [("text", "script"), ("json", "script"), ("text", "python -m")]
+)
+async def test_ctrl_c_while_a_command_starts_is_one_line_and_130(log_format: str, how: str) -> None:
+    args = ["run", "--handler", "tests.slow_import:Source", "--log-format", log_format]
+    cli = _command(*args) if how == "script" else Process(args, ENV)
     status, lines = await _interrupt_when(cli, "importing tests.slow_import")
     assert status == 130 and lines[0] == "importing tests.slow_import", lines
     (said,) = lines[1:]
