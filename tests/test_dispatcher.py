@@ -1,4 +1,4 @@
-"""The dispatcher: every answer of PROTOCOL.md §5, sync and async handlers, replays."""
+"""The dispatcher: every answer of docs/protocol.md §5, sync and async handlers, replays."""
 
 from __future__ import annotations
 

@@ -339,3 +339,36 @@ def test_systemd_analyze_verify_when_available(name: str) -> None:
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert not result.stderr.strip(), result.stderr
+
+
+_CITED = re.compile(
+    r"(?<![\w/.-])((?:connector|tests|docs|systemd|deploy|examples|bench|\.ci)/[\w./@%-]*\w)"
+)
+_TEXT_SUFFIXES = {".py", ".md", ".toml", ".yaml", ".service", ".example", ".ts", ""}
+
+
+def _repository_text_files() -> list[Path]:
+    found = []
+    for folder, dirs, files in os.walk(REPO):
+        dirs[:] = [
+            d for d in dirs
+            if (not d.startswith(".") or d == ".ci") and d not in ("build", "__pycache__")
+            and not d.endswith(".egg-info") and d != "node_modules"
+        ]  # fmt: skip
+        found += [Path(folder, name) for name in files if Path(name).suffix in _TEXT_SUFFIXES]
+    return found
+
+
+def test_every_file_the_repository_cites_exists() -> None:
+    """A reader must be able to open what a comment or a doc cites: the protocol page
+    is docs/protocol.md, in the repository, not a file it never had."""
+    gone = "PROTOCOL" + ".md"  # spelled apart, so that this file does not cite it either
+    missing = {}
+    for path in _repository_text_files():
+        text = path.read_text(errors="replace")
+        assert gone not in text, path
+        for cited in _CITED.findall(text):
+            if not (REPO / cited).exists():
+                missing[cited] = path.relative_to(REPO).as_posix()
+    assert missing == {}
+    assert (REPO / "docs" / "protocol.md").is_file()

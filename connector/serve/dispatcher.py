@@ -4,7 +4,7 @@
 never raises: it verifies the signature, coalesces replays of the same
 ``webhook-id``, parses the body, runs the source's ``authorize``/``scopes``
 hooks, routes to ``load``, ``list``, ``commit`` or ``events``, and maps every
-failure to the status and error body of ``PROTOCOL.md`` §5. It owns no
+failure to the status and error body of ``docs/protocol.md`` §5. It owns no
 socket; the connection feeds it requests.
 """
 

@@ -1,7 +1,7 @@
 """What does the engine ask, and what may a handler answer?
 
 Models for the four Data Source request bodies that travel inside a
-``request`` frame (``PROTOCOL.md`` §5) and the shapes a handler returns.
+``request`` frame (``docs/protocol.md`` §5) and the shapes a handler returns.
 Wire names are camelCase; Python names are snake_case.
 
 Request bodies are parsed with pydantic. Answers are small dataclasses with a
