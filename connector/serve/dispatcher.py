@@ -216,9 +216,11 @@ class Dispatcher:
         deadline = self._deadlines.enter()
         try:
             if self._resolves_models:
-                request = await self._resolve_models(request)
-                model = getattr(request, "model", None)
-                ctx = ctx._replace(request=request)
+                names = await self._asked_names() if self._asks_for_models else self._model_names
+                resolved = request if names is None else resolve_models(names, request)
+                if resolved is not request:
+                    request, model = resolved, getattr(resolved, "model", None)
+                    ctx = ctx._replace(request=request)
             answer = await self._route(ctx, request)
             if deadline.expired:
                 # The handler swallowed its cancellation and answered late: the
@@ -274,14 +276,11 @@ class Dispatcher:
             return None
         return Answer(error.status, body, operation=operation, model=model, error=error.code)
 
-    async def _resolve_models(self, request: SourceRequest) -> SourceRequest:
-        names = self._model_names
-        if self._asks_for_models:
-            declared = self.source.served_models()
-            if inspect.isawaitable(declared):
-                declared = await declared
-            names = self._names_of(declared)
-        return request if names is None else resolve_models(names, request)
+    async def _asked_names(self) -> ModelNames | None:
+        declared = self.source.served_models()
+        if inspect.isawaitable(declared):
+            declared = await declared
+        return self._names_of(declared)
 
     def _names_of(self, declared: DeclaredModels | ModelNames | None) -> ModelNames | None:
         """The resolution for what ``served_models()`` returned, built once per object."""
