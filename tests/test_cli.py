@@ -299,6 +299,11 @@ async def test_version_says_where_it_is_installed_from() -> None:
             "    def load(self, model, id, ctx):\n        return None\n",
             "Source.model_names: models 'items' and 'item' both answer to 'item'",
         ),
+        (
+            "class Source(DataSource):\n    def served_models(self, ctx):\n        return None\n"
+            "    def load(self, model, id, ctx):\n        return None\n",
+            "cannot be called as served_models()",
+        ),
     ],
 )
 async def test_check_finds_a_handler_that_cannot_serve(

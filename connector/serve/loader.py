@@ -107,6 +107,7 @@ _CALLS: dict[str, tuple[str, ...]] = {
     "authorize": ("ctx",),
     "scopes": ("ctx",),
     "probe": (),
+    "served_models": (),
 }
 
 
