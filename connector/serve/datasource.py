@@ -82,8 +82,9 @@ class DataSource:
         """The models to resolve request names against; by default :attr:`model_names`.
 
         Override it when the models are known only at run time (the SQL
-        adapter reflects them from the database). Called for every request,
-        so return the same object until the models change: a new object is
+        adapter reflects them from the database). It is called for every
+        request, on the event loop (a plain ``def`` too), so it must be cheap
+        and return the same object until the models change: a new object is
         checked (and refused if two models share an alias) before it is used.
         """
         return self.model_names

@@ -2,7 +2,8 @@
 
 :class:`Dispatcher` turns one signed request into one :class:`Answer` and
 never raises: it verifies the signature, coalesces replays of the same
-``webhook-id``, parses the body, runs the source's ``authorize``/``scopes``
+``webhook-id``, parses the body, resolves the model names it holds to the
+source's own (:mod:`.models`), runs the source's ``authorize``/``scopes``
 hooks, routes to ``load``, ``list``, ``commit`` or ``events``, and maps every
 failure to the status and error body of ``docs/protocol.md`` §5. It owns no
 socket; the connection feeds it requests.
