@@ -110,9 +110,9 @@ def test_env_example_serves_nothing_until_one_source_is_uncommented(
     """As installed, it must not choose a handler: with ABLO_DATABASE_URL that is two sources."""
     from connector.cli.options import load_env_file
 
-    for name in list(os.environ):
-        if name.startswith("ABLO_"):
-            monkeypatch.delenv(name)
+    # A scratch environment: the file's settings must not reach later tests' processes.
+    scratch = {name: value for name, value in os.environ.items() if not name.startswith("ABLO_")}
+    monkeypatch.setattr(os, "environ", scratch)
     loaded = load_env_file(REPO / "systemd" / "ablo-connector.env.example")
     assert "ABLO_CONNECTOR_HANDLER" not in loaded and "ABLO_DATABASE_URL" not in loaded
     text = (REPO / "systemd" / "ablo-connector.env.example").read_text()
