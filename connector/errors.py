@@ -27,6 +27,7 @@ from typing import Any, Final, Literal
 __all__ = [
     "EX_CONFIG",
     "EX_FAILURE",
+    "EX_INTERRUPTED",
     "EX_OK",
     "EX_UNAVAILABLE",
     "EX_USAGE",
@@ -52,6 +53,7 @@ EX_FAILURE: Final = 1  # a forced exit (second signal) or an unexpected error: r
 EX_USAGE: Final = 2  # click's own code for an unknown flag or a bad value
 EX_UNAVAILABLE: Final = 69  # the engine or the database cannot be reached (check, migrate)
 EX_CONFIG: Final = 78  # a configuration or credential problem: do not restart me
+EX_INTERRUPTED: Final = 130  # Ctrl-C before the command handles signals itself (128 + SIGINT)
 
 
 class ConnectorError(Exception):

@@ -66,3 +66,12 @@ class BlockingSource(DataSource):
     def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
         size = int((commit.operations[0].input or {}).get("size", 0))
         return CommitResult(rows=[{"id": commit.operations[0].id, "blob": "x" * size}])
+
+
+class ClashingModels(DataSource):
+    """Declares two models that answer to one name: refused at start."""
+
+    model_names = ("Task", "task")
+
+    def load(self, model: str, id: str, ctx: RequestContext) -> None:
+        return None

@@ -7,14 +7,17 @@ operator sees: the exit status, the output, and never a traceback or a key.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import free_port, process, wait_for_port
+from tests.helpers import Process, free_port, process, wait_for_port
 
 KEY = "sk_test_cli_9d1e44b7c2"
 ENV = {"ABLO_API_KEY": KEY}
@@ -40,6 +43,11 @@ ENV = {"ABLO_API_KEY": KEY}
         (["run", "--handler", "no_such_module:X"], ENV, "cannot import handler module"),
         (["run", "--handler", "tests.handlers:Nope"], ENV, "has no attribute"),
         (["run", "--handler", "tests.handlers"], ENV, "must look like"),
+        (
+            ["run", "--handler", "tests.handlers:ClashingModels"],
+            ENV,
+            "ClashingModels.model_names: models 'Task' and 'task' both answer to 'task'",
+        ),
         (
             ["run", "--handler", "tests.handlers:TestSource", "--base-url", "http://10.1.2.3"],
             ENV,
@@ -192,11 +200,11 @@ async def test_not_both_names_where_the_key_came_from(tmp_path: Path) -> None:
     args = ["run", "--handler", "tests.handlers:TestSource", "--api-key-file", str(key_file)]
     async with process(args, ENV) as cli:
         assert await cli.wait() == 78
-        assert "give ABLO_API_KEY or --api-key-file, not both" in cli.output()
+        assert "give ABLO_API_KEY from the environment or --api-key-file, not both" in cli.output()
     args = ["run", "--handler", "tests.handlers:TestSource", "--api-key", KEY]
     async with process(args, {"ABLO_API_KEY_FILE": str(key_file)}) as cli:
         assert await cli.wait() == 78
-        assert "give --api-key or ABLO_API_KEY_FILE, not both" in cli.output()
+        assert "give --api-key or ABLO_API_KEY_FILE from the environment, not both" in cli.output()
 
 
 async def test_a_key_file_others_can_read_draws_a_warning(tmp_path: Path) -> None:
@@ -285,6 +293,16 @@ async def test_version_says_where_it_is_installed_from() -> None:
         (
             "class Source(DataSource):\n    def events(self, query, ctx):\n        return []\n",
             "cannot be called as events(cursor, limit, ctx)",
+        ),
+        (
+            "class Source(DataSource):\n    model_names = {'items': 'Item', 'item': None}\n"
+            "    def load(self, model, id, ctx):\n        return None\n",
+            "Source.model_names: models 'items' and 'item' both answer to 'item'",
+        ),
+        (
+            "class Source(DataSource):\n    def served_models(self, ctx):\n        return None\n"
+            "    def load(self, model, id, ctx):\n        return None\n",
+            "cannot be called as served_models()",
         ),
     ],
 )
@@ -499,3 +517,210 @@ async def test_dev_engine_never_takes_the_key_from_abloapi_key() -> None:
             while "ready: serving source" not in connector.output():
                 assert time.monotonic() < deadline, connector.output()
                 await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("command", ["run", "check", "dev", "migrate"])
+async def test_every_command_warns_of_a_database_password_typed_on_the_command_line(
+    command: str,
+) -> None:
+    url = f"postgresql://app:{SECRET}@127.0.0.1:1/app"
+    extra = {
+        "run": ["--base-url", "http://127.0.0.1:1"],
+        "dev": ["--port", str(free_port()), "--api-port", str(free_port()), "--exit-after-demo"],
+    }.get(command, [])
+    warning = "the password of --database-url was given on the command line"
+    for typed in (True, False):
+        args = [command, *(["--database-url", url] if typed else []), *extra]
+        env = {**ENV, **({} if typed else {"ABLO_DATABASE_URL": url})}
+        if command == "check":
+            env["ABLO_API_KEY"] = ""  # the database step alone
+        async with process(args, env) as cli:
+            if command == "run":
+                await eventually_in(cli, "unreachable")
+                cli.signal(signal.SIGTERM)
+            await cli.wait(30)
+            output = cli.output()
+        assert (warning in output) is typed, output
+        assert "prefer ABLO_DATABASE_URL" in output if typed else True
+        assert SECRET not in output and "Traceback" not in output, output
+
+
+async def eventually_in(cli: Any, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in cli.output():
+        assert time.monotonic() < deadline, cli.output()
+        await asyncio.sleep(0.05)
+
+
+async def test_not_both_says_where_each_value_came_from(tmp_path: Path) -> None:
+    env_file = tmp_path / "ablo-connector.env"
+    env_file.write_text("ABLO_CONNECTOR_HANDLER=tests.handlers:TestSource\n")
+    database = f"sqlite:///{tmp_path / 'app.db'}"
+    cases = [
+        (
+            ["run", "--env-file", str(env_file), "--database-url", database],
+            {},
+            f"give ABLO_CONNECTOR_HANDLER from the env file {env_file} or --database-url, not both",
+        ),
+        (
+            ["check", "--handler", "tests.handlers:TestSource"],
+            {"ABLO_DATABASE_URL": database},
+            "give --handler or ABLO_DATABASE_URL from the environment, not both",
+        ),
+        (  # as a systemd unit runs it: both from its EnvironmentFile=
+            ["run"],
+            {
+                "INVOCATION_ID": "0e3c",
+                "ABLO_CONNECTOR_HANDLER": "tests.handlers:TestSource",
+                "ABLO_DATABASE_URL": database,
+            },
+            "give ABLO_CONNECTOR_HANDLER from the environment (the unit's Environment= or "
+            "EnvironmentFile=) or ABLO_DATABASE_URL from the environment (the unit's",
+        ),
+    ]
+    for args, env, message in cases:
+        async with process(args, {"INVOCATION_ID": "", **ENV, **env}) as cli:
+            assert await cli.wait() == 78
+            output = cli.output()
+        assert message in output, output
+
+
+async def test_request_list_takes_operators_and_json_conditions() -> None:
+    """``--where`` with operators, through dev's demo database: after its demo
+    commit, t1 and t3 are done, t2 is open."""
+    api_port = free_port()
+    args = ["dev", "--port", str(free_port()), "--api-port", str(api_port)]
+    engine = f"http://127.0.0.1:{api_port}"
+    cases = [
+        (["done=true", "title LIKE %README%"], ["t1"]),
+        (["done = true", "title NOT LIKE %README%"], ["t3"]),
+        (['id IN ["t1", "t2"]', "done!=true"], ["t2"]),
+        (['["id", ">=", "t2"]', '{"field": "done", "op": "=", "value": true}'], ["t3"]),
+        (["title ilike %DATABASE%"], ["t2", "t3"]),
+        (["id<t2"], ["t1"]),
+    ]
+    async with process(args) as dev:
+        await eventually_in(dev, "Serving.", timeout=30)
+        for conditions, expected in cases:
+            where = [part for condition in conditions for part in ("--where", condition)]
+            request = ["request", "list", "task", *where, "--order-by", "id", "--engine", engine]
+            async with process(request) as cli:
+                assert await cli.wait(30) == 0, cli.output()
+                output = cli.output()
+            assert re.findall(r'"id": "(t\d)"', output) == expected, (conditions, output)
+        async with process(
+            ["request", "list", "task", "--where", "done", "--engine", engine]
+        ) as cli:
+            assert await cli.wait(30) == 2
+            assert "--where 'done' is not a condition: write FIELD OP VALUE" in cli.output()
+        dev.signal(signal.SIGTERM)
+        assert await dev.wait(15) == 0
+
+
+def test_where_conditions_take_the_wire_form_the_readme_shows() -> None:
+    from connector.cli.dev import parse_condition
+
+    assert parse_condition("done=false") == ["done", False]
+    assert parse_condition("priority>=2") == ["priority", ">=", 2]
+    assert parse_condition("title LIKE %x%") == ["title", "LIKE", "%x%"]
+    assert parse_condition("dueAt is not null") == ["dueAt", "IS NOT", None]
+    assert parse_condition("priority  not  in [1,2]") == ["priority", "NOT IN", [1, 2]]
+    assert parse_condition('code="2"') == ["code", "2"]
+    assert parse_condition("note=a=b") == ["note", "a=b"]
+    assert parse_condition('["priority", ">=", 2]') == ["priority", ">=", 2]
+    for wrong in ("done", "=x", "priority>=", "[1,"):
+        with pytest.raises(ValueError):
+            parse_condition(wrong)
+
+
+# ------------------------------------------------ Ctrl-C during start-up
+
+COMMAND = Path(sys.executable).with_name("ablo-connector")  # the console script
+
+
+def _command(*args: str, python_flags: tuple[str, ...] = ()) -> Process:
+    """The console script (what a user types), not ``python -m connector``."""
+    assert COMMAND.exists(), f"the console script is not installed next to {sys.executable}"
+    started = Process([], {**ENV, "ABLO_LOG_FORMAT": ""})
+    started.args = [sys.executable, *python_flags, str(COMMAND), *args]
+    return started
+
+
+async def _interrupt_when(cli: Process, marker: str) -> tuple[int, list[str]]:
+    await cli.start()
+    try:
+        await eventually_in(cli, marker, timeout=60)
+        cli.signal(signal.SIGINT)
+        status = await cli.wait(30)
+        lines = [
+            line
+            for line in cli.output().splitlines()
+            if line.strip() and not line.startswith("import time:")  # -X importtime's
+        ]
+    finally:
+        await cli.stop()
+    return status, lines
+
+
+async def test_ctrl_c_while_the_connector_is_imported_is_one_line_and_130() -> None:
+    # -X importtime reports each import as it completes: the connector's own
+    # (errors is among its first) means the rest of it is still loading.
+    cli = _command(
+        "run", "--handler", "tests.handlers:TestSource", python_flags=("-X", "importtime")
+    )
+    status, lines = await _interrupt_when(cli, "connector.errors")
+    assert (status, lines) == (130, ["ablo-connector: interrupted"])
+
+
+@pytest.mark.parametrize(
+    ("log_format", "how"), [("text", "script"), ("json", "script"), ("text", "python -m")]
+)
+async def test_ctrl_c_while_a_command_starts_is_one_line_and_130(log_format: str, how: str) -> None:
+    args = ["run", "--handler", "tests.slow_import:Source", "--log-format", log_format]
+    cli = _command(*args) if how == "script" else Process(args, ENV)
+    status, lines = await _interrupt_when(cli, "importing tests.slow_import")
+    assert status == 130 and lines[0] == "importing tests.slow_import", lines
+    (said,) = lines[1:]
+    if log_format == "text":
+        assert said == "ablo-connector: interrupted"
+    else:
+        line = json.loads(said)
+        assert (line["message"], line["exit_status"], line["level"]) == (
+            "interrupted",
+            130,
+            "error",
+        )
+
+
+async def test_ctrl_c_right_after_spawn_never_prints_a_traceback() -> None:
+    for _ in range(3):
+        cli = _command("run", "--handler", "tests.handlers:TestSource")
+        await cli.start()
+        try:
+            cli.signal(signal.SIGINT)
+            status = await cli.wait(30)
+            output = cli.output().strip()
+        finally:
+            await cli.stop()
+        # Before Python runs the script the signal's default ends it, silently
+        # (a shell shows 130); once it runs, the one line.
+        assert (status, output) in ((-signal.SIGINT, ""), (130, "ablo-connector: interrupted"))
+
+
+async def test_ctrl_c_once_serving_drains_as_sigterm_does() -> None:
+    cli = _command(
+        "run", "--handler", "tests.handlers:TestSource", "--base-url", "http://127.0.0.1:1"
+    )
+    status, lines = await _interrupt_when(cli, "connector starting")
+    assert status == 0, lines
+    assert any("SIGINT received: finishing in-flight requests" in line for line in lines)
+    assert not any("Traceback" in line or "interrupted" in line for line in lines), lines
+
+
+async def test_ctrl_c_during_dev_start_up_leaves_no_demo_database(tmp_path: Path) -> None:
+    # Before the connector serves (130 at once) or just after (a drain, 0).
+    cli = _command("dev", "--port", str(free_port()), "--api-port", str(free_port()))
+    cli.env["TMPDIR"] = str(tmp_path)
+    status, lines = await _interrupt_when(cli, "demo database: ")
+    assert status in (0, 130), lines
+    assert list(tmp_path.iterdir()) == []

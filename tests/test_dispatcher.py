@@ -1,4 +1,4 @@
-"""The dispatcher: every answer of PROTOCOL.md §5, sync and async handlers, replays."""
+"""The dispatcher: every answer of docs/protocol.md §5, sync and async handlers, replays."""
 
 from __future__ import annotations
 
@@ -252,6 +252,41 @@ async def test_bad_bodies(body: Any, status: int, code: str) -> None:
     assert (got_status, payload["error"]) == (status, code)
     assert payload["message"]
     assert source.calls == []
+
+
+class Recorder(DataSource):
+    def __init__(self) -> None:
+        self.commits: list[CommitRequest] = []
+
+    async def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
+        self.commits.append(commit)
+        return CommitResult(rows=[])
+
+
+async def test_a_commit_reaches_the_handler_with_every_field_of_the_engines_operation() -> None:
+    source = Recorder()
+    operation = {"type": "UPDATE", "model": "task", "id": "t1", "input": {"done": True},
+                 "transactionId": "tx_1", "readAt": 2e2, "onStale": "notify",
+                 "claimId": "clm_1", "bypass": True, "fenceToken": 7}  # fmt: skip
+    assert (await answer(dispatcher(source), {**COMMIT, "operations": [operation]}))[0] == 200
+    (received,) = source.commits[0].operations
+    assert (received.claim_id, received.read_at, received.on_stale) == ("clm_1", 200, "notify")
+    assert isinstance(received.read_at, int)
+    # bypass and fenceToken are the engine's to settle; a source never sees them.
+    assert "bypass" not in received.model_dump() and "fenceToken" not in received.model_dump()
+
+
+@pytest.mark.parametrize(
+    "field",
+    [{"claimId": ""}, {"claimId": 5}, {"readAt": 1.5}, {"readAt": -1}, {"readAt": "5"}],
+)
+async def test_operation_fields_the_engine_would_refuse_are_refused(field: Any) -> None:
+    source = Recorder()
+    operation = {"type": "UPDATE", "model": "task", "id": "t1", **field}
+    status, payload = await answer(dispatcher(source), {**COMMIT, "operations": [operation]})
+    assert (status, payload["error"]) == (400, "source_commit_invalid")
+    assert next(iter(field)) in payload["message"]
+    assert source.commits == []
 
 
 async def test_legacy_client_tx_id_is_the_correlation_id() -> None:
@@ -639,3 +674,149 @@ async def test_answer_objects_inside_a_mapping_go_out_camel_case() -> None:
     )
     status, payload = await answer(d, EVENTS)
     assert payload["events"][0]["entityId"] == "t1" and "entity_id" not in payload["events"][0]
+
+
+# ------------------------------------------------------------ model names
+
+
+DECLARED: dict[str, str | None] = {"workItems": "WorkItem", "task": None}
+
+
+class Declared(DataSource):
+    """Declares its models; records what every hook and method was given."""
+
+    model_names = DECLARED
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any]] = []
+
+    def authorize(self, ctx: RequestContext) -> None:
+        self.seen.append(("authorize", getattr(ctx.request, "model", None)))
+
+    def scopes(self, ctx: RequestContext) -> None:
+        self.seen.append(("scopes", getattr(ctx.request, "model", None)))
+
+    async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+        self.seen.append(("load", model))
+        return {"id": id}
+
+    async def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
+        self.seen.append(("commit", [op.model for op in commit.operations]))
+        self.seen.append(("hint", commit.model))
+        self.seen.append(("hash", commit.effective_intent_hash))
+        return CommitResult(rows=[])
+
+
+@pytest.mark.parametrize("sent", ["workItems", "workitems", "WorkItem", "workitem"])
+async def test_a_declared_model_answers_to_its_aliases_under_its_declared_name(sent: str) -> None:
+    from connector.wire.bodies import Operation, operations_intent_hash
+
+    source = Declared()
+    d = dispatcher(source)
+    d_answer = await dispatch_frame(d, signed_frame({"type": "load", "model": sent, "id": "w1"}))
+    assert d_answer.status == 200 and d_answer.model == "workItems"  # what logs and metrics see
+    operations = [
+        {"type": "UPDATE", "model": sent, "id": "w1", "input": {"x": 1}},
+        {"type": "DELETE", "model": "task", "id": "t1"},
+    ]
+    body = {**COMMIT, "model": sent, "operations": operations}
+    assert (await answer(d, body))[0] == 200
+    sent_hash = operations_intent_hash([Operation.model_validate(op) for op in operations])
+    assert source.seen == [
+        ("authorize", "workItems"), ("scopes", "workItems"), ("load", "workItems"),
+        ("authorize", "workItems"), ("scopes", "workItems"),
+        ("commit", ["workItems", "task"]), ("hint", "workItems"),
+        ("hash", sent_hash),  # the operations as the engine sent them
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "load", "model": "WORKITEMS", "id": "w1"},
+        {
+            **COMMIT,
+            "operations": [
+                {"type": "DELETE", "model": "task", "id": "1"},
+                {"type": "DELETE", "model": "WORKITEMS", "id": "2"},
+            ],
+        },
+        {**COMMIT, "model": "WORKITEMS"},
+    ],
+)
+async def test_a_name_no_declared_model_answers_to_is_refused_before_any_hook(body: Any) -> None:
+    source = Declared()
+    status, payload = await answer(dispatcher(source), body)
+    assert (status, payload["error"], payload["model"]) == (
+        400,
+        "source_unknown_model",
+        "WORKITEMS",
+    )
+    assert "did you mean 'workItems'?" in payload["message"]
+    assert source.seen == []
+
+
+def test_models_that_share_a_name_are_refused_when_the_connector_starts() -> None:
+    from connector import ConfigError
+
+    class Clashing(DataSource):
+        model_names = ("Task", "task")
+
+        def load(self, model: str, id: str, ctx: RequestContext) -> None:
+            return None
+
+    with pytest.raises(ConfigError, match=r"Clashing.model_names: models 'Task' and 'task'"):
+        dispatcher(Clashing())
+
+
+async def test_models_known_at_run_time_are_resolved_the_same_way() -> None:
+    class Reflecting(DataSource):
+        def __init__(self) -> None:
+            self.known: list[str] = ["task"]
+            self.loaded: list[str] = []
+
+        async def served_models(self) -> list[str]:
+            return self.known
+
+        def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any]:
+            self.loaded.append(model)
+            return {"id": id}
+
+    source = Reflecting()
+    d = dispatcher(source)
+    assert (await answer(d, {"type": "load", "model": "Orders", "id": "1"}))[0] == 400
+    source.known = ["task", "Orders"]  # a new object: checked, then used
+    assert (await answer(d, {"type": "load", "model": "orders", "id": "1"}))[0] == 200
+    assert source.loaded == ["Orders"]
+
+
+async def test_a_source_that_declares_no_models_gets_names_as_sent() -> None:
+    source = AsyncSource()
+    assert (await answer(dispatcher(source), {"type": "load", "model": "AnyThing", "id": "1"}))[
+        0
+    ] == 200
+    assert source.calls[0][1][0] == "AnyThing"
+
+
+@pytest.mark.parametrize(
+    ("condition", "found"),
+    [
+        (["title", {"a": 1}], "the condition on 'title' compares with a JSON object"),
+        (["title", "=", {"a": 1}], "the condition on 'title' compares with a JSON object"),
+        (
+            {"field": "tags", "op": "IN", "value": [1, {"a": 1}]},
+            "the condition on 'tags' compares with a list holding a JSON object",
+        ),
+        (["tags", "IN", [[1]]], "the condition on 'tags' compares with a list holding a list"),
+    ],
+)
+async def test_a_where_value_of_the_wrong_kind_is_one_sentence(condition: Any, found: str) -> None:
+    source = AsyncSource()
+    body = {"type": "list", "model": "task", "query": {"where": [["done", False], condition]}}
+    status, payload = await answer(dispatcher(source), body)
+    assert (status, payload["error"]) == (400, "source_request_invalid")
+    assert payload["message"] == (
+        f"list.query.where.1.value: {found}; a condition's value is a string, a number, "
+        "true, false or null, or a list of those for IN and NOT IN"
+    )
+    assert source.calls == []

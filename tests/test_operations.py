@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -254,19 +255,38 @@ async def test_systemd_notify_ready_from_a_standby_replica(tmp_path: Path) -> No
 
 
 async def test_check_passes_against_the_dev_engine() -> None:
-    async with (
-        DevEngine(KEY, environment="sandbox") as engine,
-        process(
-            ["check", "--base-url", engine.base_url, "--handler", "tests.handlers:TestSource"], ENV
-        ) as check,
-    ):
-        assert await check.wait(20) == 0, check.output()
-        output = check.output()
+    args = ["check", "--base-url", "BASE", "--handler", "tests.handlers:TestSource", "--register"]
+    async with DevEngine(KEY, environment="sandbox") as engine:
+        async with process([engine.base_url if a == "BASE" else a for a in args], ENV) as check:
+            assert await check.wait(20) == 0, check.output()
+            output = check.output()
+        assert engine.attaches == 1  # --register registered
     for step in ("configuration", "handler", "proxy", "dns", "tcp", "tls", "websocket", "register"):
         assert step in output
+    assert "ok    register: ready" in output
     assert '"source": "src_dev"' in output and '"environment": "sandbox"' in output
     assert "all checks passed" in output
     assert KEY not in output
+
+
+async def test_check_leaves_a_running_connector_serving() -> None:
+    """By default check stops before registering, which would supersede the service."""
+    async with (
+        DevEngine(KEY) as engine,
+        process(connector_args(engine.base_url, "tests.handlers:TestSource"), ENV) as running,
+    ):
+        await engine.wait_attached(15)
+        async with process(["check", "--base-url", engine.base_url], ENV) as check:
+            assert await check.wait(20) == 0, check.output()
+            output = check.output()
+        answered = await engine.request({"type": "load", "model": "task", "id": "t1"})
+        assert running.returncode is None
+        assert (engine.attaches, engine.supersedes) == (1, 0)
+    assert answered.status == 200, answered.body
+    assert "ok    websocket: upgraded, subprotocol ablo.source.v1" in output
+    skipped = [line for line in output.splitlines() if line.startswith("skip  register:")]
+    assert len(skipped) == 1 and "not checked" in skipped[0] and "--register" in skipped[0]
+    assert "all checks passed" in output
 
 
 async def test_check_names_the_failing_step() -> None:
@@ -567,17 +587,49 @@ async def test_a_source_that_cannot_serve_makes_readyz_503_until_it_can() -> Non
         await eventually(lambda: connector.status.source_healthy is False)
         status, body = await get(base + "/readyz")
         payload = json.loads(body)
-        assert (status, payload["state"], payload["lastError"]) == (
-            503, "ready", "database_unreachable",
+        # Connected, but not ready: the state says why, and the ready clock stops.
+        assert (status, payload["state"], payload["ready"], payload["lastError"]) == (
+            503, "source_down", False, "database_unreachable",
         )  # fmt: skip
+        assert payload["secondsReady"] is None
         assert payload["lastErrorMessage"] == "connection refused by db.internal:5432"
         status, text = await get(base + "/metrics")
         assert _metric(text, "ablo_connector_source_up") == 0
+        assert _metric(text, "ablo_connector_ready_duration_seconds") == 0
+        assert _metric(text, "ablo_connector_seconds_since_last_ready") > 0
+        connected_since = connector.status.ready_since
+        assert connected_since is not None
 
         source.down = False
         await eventually(lambda: connector.status.source_healthy is True)
         status, body = await get(base + "/readyz")
-        assert (status, json.loads(body)["lastError"]) == (200, None)
+        payload = json.loads(body)
+        assert (status, payload["state"], payload["lastError"]) == (200, "ready", None)
+        # Counted from the recovery, not from when the connection became ready.
+        assert payload["secondsReady"] < time.monotonic() - connected_since
+        assert connector.status.ready_since == connected_since  # the same connection
+
+
+def test_systemd_hears_that_a_ready_connection_cannot_serve(tmp_path: Path) -> None:
+    from connector.ops.status import ConnectorStatus, State
+    from connector.ops.systemd import SystemdNotifier
+
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(path)
+        systemd.settimeout(5)
+        notifier = SystemdNotifier(path, None)
+        status = ConnectorStatus(source_id="src_1")
+        status.subscribe(notifier._on_status)
+        status.set(State.READY)
+        assert systemd.recv(4096).decode() == "READY=1\nSTATUS=ready: serving source src_1"
+        status.set_source_health("database_unreachable", "refused")
+        assert systemd.recv(4096).decode() == (
+            "STATUS=ready, but the source cannot serve: database_unreachable"
+        )
+        status.set_source_health(None)
+        assert systemd.recv(4096).decode() == "STATUS=ready: serving source src_1"
+        notifier.close()
 
 
 async def test_the_sql_source_reports_its_database(postgres: Any) -> None:
@@ -605,6 +657,7 @@ async def test_the_sql_source_reports_its_database(postgres: Any) -> None:
             status, body = await get(base + "/readyz")
             payload = json.loads(body)
             assert (status, payload["lastError"]) == (503, "database_unreachable")
+            assert (payload["state"], payload["secondsReady"]) == ("source_down", None)
             # The database's own one-line reason (which depends on how it went away).
             assert payload["lastErrorMessage"] and "SELECT" not in payload["lastErrorMessage"]
 

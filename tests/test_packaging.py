@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -93,8 +94,71 @@ def test_env_example_names_real_options() -> None:
     help_text = CliRunner().invoke(main, ["run", "--help"]).output
     for line in (REPO / "systemd" / "ablo-connector.env.example").read_text().splitlines():
         name = line.lstrip("#").split("=", 1)[0].strip()
-        if name.startswith("ABLO_") and name != "ABLO_EXAMPLE_DB":
+        if name.startswith("ABLO_"):
             assert name in help_text or name in ("ABLO_LOG_LEVEL", "ABLO_LOG_FORMAT"), name
+
+
+def _readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n### {title}\n")
+    return text[start : text.index("\n## ", start + 1)].split("\n### ")[1]
+
+
+def test_env_example_serves_nothing_until_one_source_is_uncommented(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As installed, it must not choose a handler: with ABLO_DATABASE_URL that is two sources."""
+    from connector.cli.options import load_env_file
+
+    # A scratch environment: the file's settings must not reach later tests' processes.
+    scratch = {name: value for name, value in os.environ.items() if not name.startswith("ABLO_")}
+    monkeypatch.setattr(os, "environ", scratch)
+    loaded = load_env_file(REPO / "systemd" / "ablo-connector.env.example")
+    assert "ABLO_CONNECTOR_HANDLER" not in loaded and "ABLO_DATABASE_URL" not in loaded
+    text = (REPO / "systemd" / "ablo-connector.env.example").read_text()
+    assert "#ABLO_CONNECTOR_HANDLER=" in text and "#ABLO_DATABASE_URL=" in text
+
+
+def test_install_lines_agree_with_the_files_they_install() -> None:
+    """The README's and the unit's install lines: the env file 0600 (it may hold a
+    database password, as its own comment says), the [postgres] extra for the no-code path."""
+    env_comment = (REPO / "systemd" / "ablo-connector.env.example").read_text()
+    assert "mode 0600" in env_comment
+    readme = _readme_section("systemd")
+    unit = (REPO / "systemd" / "ablo-connector.service").read_text()
+    for text in (readme, unit):
+        (env_install,) = [line for line in text.splitlines() if "env.example" in line]
+        assert "install -D -m 0600 " in env_install, env_install
+        (pip,) = [line for line in text.splitlines() if "/opt/ablo-connector/bin/pip" in line]
+        assert "'.[postgres]'" in pip, pip
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_the_units_set_no_example_settings(name: str) -> None:
+    environment = [v for _, key, v in _directives(name) if key == "Environment"]
+    assert environment == ["ABLO_API_KEY_FILE=%d/ablo-api-key"]
+
+
+def test_readme_builds_and_pushes_the_image_the_kustomization_names(tmp_path: Path) -> None:
+    section = _readme_section("Kubernetes")
+    built = re.search(r"docker build -t (\S+) \.", section)
+    pushed = re.search(r"docker push (\S+)", section)
+    assert built and pushed and built[1] == pushed[1]
+    name, _, tag = built[1].rpartition(":")
+    # Set as the README says, in the one file it names; both variants run it.
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(REPO / "deploy" / "kubernetes", copy)
+    kustomization = copy / "base" / "kustomization.yaml"
+    settings = yaml.safe_load(kustomization.read_text())
+    (image,) = settings["images"]
+    assert f"name: {image['name']}" in section and f"newName: {name}" in section
+    image.update(newName=name, newTag=tag)
+    kustomization.write_text(yaml.safe_dump(settings))
+    for variant in (copy, copy / "ha"):
+        (container,) = _kind(_render(str(variant)), "Deployment")["spec"]["template"]["spec"][
+            "containers"
+        ]
+        assert container["image"] == built[1]
 
 
 def test_dockerfile_lints_clean_and_runs_the_daemon_as_non_root() -> None:
@@ -275,3 +339,36 @@ def test_systemd_analyze_verify_when_available(name: str) -> None:
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert not result.stderr.strip(), result.stderr
+
+
+_CITED = re.compile(
+    r"(?<![\w/.-])((?:connector|tests|docs|systemd|deploy|examples|bench|\.ci)/[\w./@%-]*\w)"
+)
+_TEXT_SUFFIXES = {".py", ".md", ".toml", ".yaml", ".service", ".example", ".ts", ""}
+
+
+def _repository_text_files() -> list[Path]:
+    found = []
+    for folder, dirs, files in os.walk(REPO):
+        dirs[:] = [
+            d for d in dirs
+            if (not d.startswith(".") or d == ".ci") and d not in ("build", "__pycache__")
+            and not d.endswith(".egg-info") and d != "node_modules"
+        ]  # fmt: skip
+        found += [Path(folder, name) for name in files if Path(name).suffix in _TEXT_SUFFIXES]
+    return found
+
+
+def test_every_file_the_repository_cites_exists() -> None:
+    """A reader must be able to open what a comment or a doc cites: the protocol page
+    is docs/protocol.md, in the repository, not a file it never had."""
+    gone = "PROTOCOL" + ".md"  # spelled apart, so that this file does not cite it either
+    missing = {}
+    for path in _repository_text_files():
+        text = path.read_text(errors="replace")
+        assert gone not in text, path
+        for cited in _CITED.findall(text):
+            if not (REPO / cited).exists():
+                missing[cited] = path.relative_to(REPO).as_posix()
+    assert missing == {}
+    assert (REPO / "docs" / "protocol.md").is_file()

@@ -310,6 +310,31 @@ async def test_expired_and_legacy_ledger_rows_are_not_replayed(
     assert (status, body["error"]) == (409, "idempotency_conflict")
 
 
+# The fallback hash connector 0.1.0 (before claimId) stored for this commit:
+# ``CommitRequest.effective_intent_hash`` of that version, run on CLAIMED.
+CLAIMED = {**create("t7"), "claimId": "clm_1"}
+CLAIMED_HASH_0_1 = "a0786ea9a91d78567336e5ae4a1299bc17bf9a90b2c28a2f4df906a9e20b2360"
+
+
+async def test_a_ledger_row_of_the_previous_version_still_replays(
+    client: Client, prepared: str
+) -> None:
+    """claimId joined the fallback hash; a commit stored without it is still a replay."""
+    status, first = await client.commit("c_claimed", CLAIMED)
+    assert status == 200
+    execute(
+        prepared,
+        f"UPDATE ablo_idempotency SET request_hash = '{CLAIMED_HASH_0_1}' "
+        "WHERE client_tx_id = 'c_claimed'",
+    )
+    status, again = await client.commit("c_claimed", CLAIMED)
+    assert (status, again) == (200, first)
+    assert scalar(prepared, "SELECT COUNT(*) FROM ablo_outbox") == 1
+    # Another intent under the same key is still a conflict.
+    status, body = await client.commit("c_claimed", {**CLAIMED, "input": {"title": "other"}})
+    assert (status, body["error"]) == (409, "idempotency_conflict")
+
+
 # ------------------------------------------------------------ list queries
 
 ROWS = [
@@ -1153,7 +1178,7 @@ async def test_postgres_input_errors_do_not_echo_the_value(
         drop_database(postgres_server, url)
 
 
-async def test_a_model_is_served_under_its_map_name_only(prepared: str) -> None:
+async def test_a_model_answers_to_its_aliases_and_authorize_sees_its_name(prepared: str) -> None:
     execute(prepared, "CREATE TABLE salaries (id TEXT PRIMARY KEY, amount INTEGER)")
     execute(prepared, "INSERT INTO salaries VALUES ('s1', 100)")
 
@@ -1164,13 +1189,48 @@ async def test_a_model_is_served_under_its_map_name_only(prepared: str) -> None:
 
     client = Client(Guarded(prepared, {"models": {"Salary": {"table": "salaries"}}}))
     try:
-        status, body = await client({"type": "load", "model": "Salary", "id": "s1"})
-        assert status == 403
-        status, body = await client({"type": "load", "model": "salary", "id": "s1"})
+        for name in ("Salary", "salary"):  # an alias never slips past the hook
+            status, body = await client({"type": "load", "model": name, "id": "s1"})
+            assert (status, body["error"]) == (403, "forbidden"), name
+        status, body = await client({"type": "load", "model": "SALARY", "id": "s1"})
         assert (status, body["error"]) == (400, "source_unknown_model"), body
         assert "did you mean 'Salary'" in body["message"]
     finally:
         await client.close()
+
+
+async def test_a_commit_with_lowercased_model_names_is_served_under_the_map_names(
+    prepared: str,
+) -> None:
+    """The engine's clients send ``model.toLowerCase()``: ``[models.workItems]`` must answer."""
+    mapped = {"models": {"workItems": {"table": "tasks", "typename": "WorkItem"}}}
+    seen: list[str | None] = []
+
+    class Watched(SQLSource):
+        def authorize(self, ctx: RequestContext) -> None:
+            seen.append(getattr(ctx.request, "model", None))
+
+    client = Client(Watched(prepared, mapped))
+    try:
+        operation = {"type": "CREATE", "model": "workitems", "id": "w1", "input": {"title": "a"}}
+        status, body = await client.commit("c_lower", operation, model="workitems")
+        assert status == 200, body
+        assert body["rows"][0]["id"] == "w1"
+        for name in ("workItems", "workitems", "WorkItem", "workitem"):
+            loaded = await client.ok({"type": "load", "model": name, "id": "w1"})
+            assert loaded["row"]["title"] == "a", name
+        events = await client.events()
+        assert [event["model"] for event in events["events"]] == ["workItems"]
+        assert seen == ["workItems"] * 5 + [None]  # the last: events, which names no model
+    finally:
+        await client.close()
+
+
+def test_a_map_whose_models_share_a_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"'Task' and 'task' both answer to 'task'"):
+        ModelMap.from_dict({"models": {"Task": {"table": "a"}, "task": {"table": "b"}}})
+    with pytest.raises(ConfigError, match=r"'items' and 'item' both answer to 'item'"):
+        ModelMap.from_dict({"models": {"items": {"typename": "Item"}, "item": {}}})
 
 
 # ------------------------------------------------------------ a database that cannot work

@@ -72,3 +72,46 @@ def test_verify_vector(case: dict[str, Any]) -> None:
 
 def test_verify_tolerance_matches_the_vectors() -> None:
     assert SIGNATURES["toleranceSeconds"] == 300
+
+
+INTENT_HASHES = load_vectors("intent_hashes.json")["cases"]
+
+
+def _commit_body(raw_operations: str) -> str:
+    return '{"type":"commit","correlationId":"c_1","operations":' + raw_operations + "}"
+
+
+@pytest.mark.parametrize("case", INTENT_HASHES, ids=[c["name"] for c in INTENT_HASHES])
+def test_intent_hash_vector(case: dict[str, Any]) -> None:
+    """The fallback intent hash (no intentHash sent) agrees with the reference's, both parsers."""
+    from pydantic import ValidationError
+
+    from connector.wire.bodies import (
+        CommitRequest,
+        parse_source_request,
+        parse_source_request_fast,
+    )
+    from connector.wire.strict_json import loads
+
+    body = _commit_body(case["raw"])
+    fast = parse_source_request_fast(body)
+    if not case["accepted"]:
+        assert fast is None
+        with pytest.raises(ValidationError):
+            parse_source_request(loads(body))
+        return
+    slow = parse_source_request(loads(body))
+    assert isinstance(slow, CommitRequest) and slow.intent_hash is None
+    assert slow.effective_intent_hash == case["intentHash"]
+    if "\\ud800" in case["raw"]:
+        assert fast is None  # pydantic-core holds no lone surrogate: the slow path reads it
+    else:
+        assert isinstance(fast, CommitRequest)
+        assert fast.effective_intent_hash == case["intentHash"]
+
+
+def test_intent_hash_vectors_cover_claim_ids() -> None:
+    with_claim = [c for c in INTENT_HASHES if '"claimId":"' in c["raw"] and c["accepted"]]
+    without = [c for c in INTENT_HASHES if "claimId" not in c["raw"] and c["accepted"]]
+    assert with_claim and without
+    assert {c["accepted"] for c in INTENT_HASHES} == {True, False}

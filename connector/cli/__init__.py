@@ -28,7 +28,7 @@ from .._version import __version__
 from ..ops.logs import json_line
 from .dev import dev, dev_engine, request
 from .migrate import migrate
-from .options import wants_json_logs
+from .options import interrupted, wants_json_logs
 from .run import check, run
 
 __all__ = ["main"]
@@ -66,11 +66,24 @@ def _json_asked(argv: list[str]) -> bool:
 
 
 class _Main(click.Group):
-    """The command group; with JSON logs, usage mistakes are JSON lines too."""
+    """The command group; with JSON logs, usage mistakes are JSON lines too.
+
+    A Ctrl-C while a command parses its options or runs, before it handles
+    signals itself, is one line and exit 130 (:func:`.options.interrupted`):
+    caught here, below click, which would print ``Aborted!`` and exit 1.
+    """
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            interrupted()
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            interrupted()
         except click.ClickException as error:
             if not _json_asked(sys.argv[1:]):
                 raise

@@ -3,8 +3,9 @@
 Each step prints one line, ``ok``, ``skip`` or ``FAIL``, and a failure adds
 what to check next. The steps: configuration, handler (imports, and its
 methods can take the dispatcher's arguments) or database, proxy, DNS, TCP,
-TLS, the WebSocket upgrade with the echoed subprotocol, and register/ready,
-driven by the same session object as the daemon's own connection.
+TLS, the WebSocket upgrade with the echoed subprotocol, and (only when
+asked, since it displaces a running connector) register/ready, driven by
+the same session object as the daemon's own connection.
 """
 
 from __future__ import annotations
@@ -50,8 +51,13 @@ def _proxy_for(url: str) -> str | None:
     return get_proxy(parse_uri(url))
 
 
-async def run_checks(config: Config, echo: Echo, *, register: bool = True) -> None:
-    """Run every step; raises :class:`CheckFailed` at the first failure."""
+async def run_checks(config: Config, echo: Echo, *, register: bool = False) -> None:
+    """Run every step; raises :class:`CheckFailed` at the first failure.
+
+    The upgrade leaves a connector serving the source alone; ``register``
+    also registers, which the engine treats as a newer connector taking the
+    source over.
+    """
     url = config.url
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -152,7 +158,11 @@ async def run_checks(config: Config, echo: Echo, *, register: bool = True) -> No
             f"({(time.monotonic() - started) * 1000:.0f} ms)"
         )
         if not register:
-            echo("skip  register: --no-register")
+            echo(
+                "skip  register: not checked (the engine's acceptance of the registration, the "
+                "source it resolves, ready): registering would take the source from a running "
+                "connector; --register checks it"
+            )
             return
         await ws.send(session.register_text())
         event = await _first_event(ws, session, config.ready_timeout)

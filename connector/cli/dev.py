@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -21,7 +24,7 @@ from ..errors import EX_CONFIG, EX_FAILURE, ConfigError
 from ..ops.logs import configure_logging
 from ..serve.datasource import DataSource
 from .options import LOG_LEVELS, GroupedCommand, env_file_option, fail, option
-from .sources import build_source, source_options
+from .sources import build_source, guard_url_options, source_options
 
 if TYPE_CHECKING:  # the local engine is imported only when it runs
     from ..dev.engine import DevEngine
@@ -162,14 +165,59 @@ def request_load(model: str, id: str, engine: str) -> None:
     _post(engine, {"type": "load", "model": model, "id": id})
 
 
+# ``FIELD OP VALUE`` with a word operator (spaces around it), then with a
+# symbol (spaces optional); the longest spelling first, so ``<=`` is not ``<``.
+_WORD_CONDITION = re.compile(
+    r"^\s*(?P<field>\S+)\s+(?P<op>NOT\s+ILIKE|NOT\s+LIKE|NOT\s+IN|IS\s+NOT|ILIKE|LIKE|IN|IS)"
+    r"\s+(?P<value>.*?)\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_SYMBOL_CONDITION = re.compile(
+    r"^\s*(?P<field>[^\s=!<>]+)\s*(?P<op>!=|<=|>=|=|<|>)\s*(?P<value>.*?)\s*$", re.DOTALL
+)
+
+
+def parse_condition(text: str) -> list[Any] | dict[str, Any]:
+    """One ``--where``: ``done=false``, ``priority>=2``, ``title LIKE %x%``, or JSON.
+
+    The wire form: ``[field, value]`` for ``=``, ``[field, op, value]`` for any
+    other operator; a JSON condition (``["priority", ">=", 2]``, or an object
+    with ``field``, ``op``, ``value``) is sent as it is. VALUE is JSON when it
+    parses (``2``, ``true``, ``null``, ``[1, 2]``, ``"2"``), else a string.
+    Raises ValueError with what a condition looks like.
+    """
+    stripped = text.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            condition = json.loads(stripped)
+        except ValueError:
+            raise ValueError(f"{text!r} is not valid JSON") from None
+        if not isinstance(condition, list | dict):
+            raise ValueError(f"{text!r} is not a JSON condition")
+        return condition
+    found = _WORD_CONDITION.match(text) or _SYMBOL_CONDITION.match(text)
+    if found is None or not found["value"]:
+        raise ValueError(
+            f"{text!r} is not a condition: write FIELD OP VALUE (done=false, priority>=2, "
+            "'title LIKE %x%', 'priority IN [1,2]') or a JSON condition"
+        )
+    op = " ".join(found["op"].upper().split())
+    value = _parse_value(found["value"])
+    return [found["field"], value] if op == "=" else [found["field"], op, value]
+
+
 @request.command("list")
 @click.argument("model")
 @click.option(
     "--where",
     "where",
     multiple=True,
-    metavar="FIELD=VALUE",
-    help="Equality filter (repeatable); VALUE is JSON or a string.",
+    metavar="CONDITION",
+    help="A condition every row must meet (repeatable): FIELD OP VALUE, where OP is "
+    "=, !=, <, <=, >, >= (spaces optional: done=false, priority>=2) or IN, NOT IN, IS, "
+    "IS NOT, LIKE, NOT LIKE, ILIKE, NOT ILIKE (with spaces: 'title LIKE %x%', "
+    "'priority IN [1,2]'); or a JSON condition ('[\"priority\", \">=\", 2]'). VALUE is "
+    "JSON when it parses (2, true, null, [1,2], '\"2\"'), else a string.",
 )
 @click.option("--limit", type=click.IntRange(0), help="Rows per page (0: none).")
 @click.option("--order-by", metavar="FIELD", help="Sort by this field (then by id).")
@@ -185,13 +233,13 @@ def request_list(
     cursor: str | None,
     engine: str,
 ) -> None:
-    """List rows of MODEL."""
+    """List rows of MODEL: ablo-connector request list task --where done=false --where 'priority>=2'"""
     conditions = []
     for item in where:
-        field, sep, value = item.partition("=")
-        if not sep or not field:
-            fail(f"--where {item!r} must look like field=value", 2)
-        conditions.append([field, _parse_value(value)])
+        try:
+            conditions.append(parse_condition(item))
+        except ValueError as error:
+            fail(f"--where {error}", 2)
     query: dict[str, Any] = {"where": conditions} if conditions else {}
     if limit is not None:
         query["limit"] = limit
@@ -280,7 +328,10 @@ def request_raw(body_json: str, engine: str) -> None:
     "--exit-after-demo", is_flag=True, help="Stop after the demo requests instead of serving on."
 )
 @option("--log-level", group="logging", type=LOG_LEVELS, default="info", help="How much to log.")
+@click.pass_context
 def dev(
+    ctx: click.Context,
+    /,
     handler_spec: str | None,
     database_url: str | None,
     models_path: str | None,
@@ -308,11 +359,13 @@ def dev(
         demo: list[dict[str, Any]] = []
         if not handler_spec and not database_url:
             scratch = Path(tempfile.mkdtemp(prefix="ablo-connector-demo-"))
+            _remove_on_interrupt(scratch)
             database_url = _demo_database(scratch / "demo.db")
             demo = _demo_requests()
         try:
+            guard_url_options(ctx, formatter.add_secret)
             source = build_source(
-                handler_spec, database_url, models_path, add_secret=formatter.add_secret
+                ctx, handler_spec, database_url, models_path, add_secret=formatter.add_secret
             )
         except ConfigError as error:
             fail(str(error))
@@ -320,6 +373,20 @@ def dev(
     finally:  # however it ends (a mistake, Ctrl-C before serving, a signal), no demo is left
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_on_interrupt(scratch: Path) -> None:
+    """Ctrl-C before the connector serves may end the process at once (see the
+    console script's entry point): remove the demo database first."""
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # ignored, or no Python handler: nothing to run first
+        return
+
+    def remove_then_interrupt(signum: int, frame: FrameType | None) -> None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, remove_then_interrupt)
 
 
 def _demo_database(path: Path) -> str:

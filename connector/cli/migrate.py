@@ -6,11 +6,10 @@ from collections.abc import Callable
 
 import click
 
-from .._redact import has_password
 from ..errors import EX_FAILURE, EX_UNAVAILABLE, ConfigError
 from ..ops.logs import configure_logging
-from .options import GroupedCommand, env_file_option, fail, on_command_line, option
-from .sources import guard_url, sql_source
+from .options import GroupedCommand, env_file_option, fail, option
+from .sources import guard_url_options, sql_source
 
 __all__ = ["migrate"]
 
@@ -56,14 +55,7 @@ def migrate(ctx: click.Context, /, database_url: str, models_path: str | None) -
 
     formatter = configure_logging("warning")
     try:
-        guard_url(database_url, "--database-url", formatter.add_secret)
-        if has_password(database_url) and on_command_line(ctx, "database_url"):
-            click.echo(
-                "ablo-connector: warning: the database password was given on the command "
-                "line, where other local users can see it in the process list; prefer "
-                "ABLO_DATABASE_URL",
-                err=True,
-            )
+        guard_url_options(ctx, formatter.add_secret)
         engine = create_database_engine(database_url, must_exist=True)
     except ConfigError as error:
         fail(str(error))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import signal
 import sys
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -21,7 +22,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 
 from ..daemon.config import Config, Group, Setting, credential_path, read_api_key_file
-from ..errors import EX_CONFIG, ConfigError
+from ..errors import EX_CONFIG, EX_INTERRUPTED, ConfigError
 from ..ops.logs import installed_formatter, json_line
 
 __all__ = [
@@ -30,10 +31,13 @@ __all__ = [
     "config_options",
     "fail",
     "from_command_line",
+    "interrupted",
     "key_options",
     "load_env_file",
     "logging_options",
+    "not_both",
     "option",
+    "origin",
     "resolve_api_key",
 ]
 
@@ -58,6 +62,20 @@ def fail(message: str, status: int = EX_CONFIG) -> NoReturn:
     """
     click.echo(error_line(message, status), err=True)
     sys.exit(status)
+
+
+def interrupted() -> NoReturn:
+    """Ctrl-C before the command handles signals itself: one line, exit 130.
+
+    A running connector handles SIGINT as SIGTERM (it drains); before that,
+    while it starts, an interrupt is a user's change of mind, not an error.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing
+    if wants_json_logs():
+        click.echo(json_line("interrupted", exit_status=EX_INTERRUPTED), err=True)
+    else:
+        click.echo("ablo-connector: interrupted", err=True)
+    sys.exit(EX_INTERRUPTED)
 
 
 def error_line(message: str, status: int) -> str:
@@ -217,9 +235,31 @@ def on_command_line(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
 
 
-def _source_name(ctx: click.Context, name: str, flag: str, env: str) -> str:
-    source = ctx.get_parameter_source(name)
-    return env if source is click.core.ParameterSource.ENVIRONMENT else flag
+_ENV_FILE_META: Final = "ablo_connector.env_file"
+
+
+def origin(ctx: click.Context, name: str) -> str:
+    """Where option ``name``'s value came from, in words an operator can act on:
+    ``--handler`` (typed), ``ABLO_CONNECTOR_HANDLER`` (the environment), or
+    ``ABLO_CONNECTOR_HANDLER from the env file PATH``."""
+    param = next((p for p in ctx.command.params if p.name == name), None)
+    if param is None:
+        return name
+    flag = max(param.opts, key=len)
+    if ctx.get_parameter_source(name) is not click.core.ParameterSource.ENVIRONMENT:
+        return flag
+    variable = param.envvar if isinstance(param.envvar, str) else flag
+    env_file: tuple[str, frozenset[str]] | None = ctx.meta.get(_ENV_FILE_META)
+    if env_file is not None and variable in env_file[1]:
+        return f"{variable} from the env file {env_file[0]}"
+    if os.environ.get("INVOCATION_ID"):  # systemd sets it for the processes of a unit
+        return f"{variable} from the environment (the unit's Environment= or EnvironmentFile=)"
+    return f"{variable} from the environment"
+
+
+def not_both(ctx: click.Context, first: str, second: str) -> ConfigError:
+    """The mistake of giving two options that exclude each other, saying where each came from."""
+    return ConfigError(f"give {origin(ctx, first)} or {origin(ctx, second)}, not both")
 
 
 def resolve_api_key(
@@ -231,10 +271,7 @@ def resolve_api_key(
 ) -> str:
     """The key from exactly one place: flag or env, a file, or systemd's credential."""
     if api_key and api_key_file:
-        raise ConfigError(
-            f"give {_source_name(ctx, 'api_key', '--api-key', 'ABLO_API_KEY')} or "
-            f"{_source_name(ctx, 'api_key_file', '--api-key-file', 'ABLO_API_KEY_FILE')}, not both"
-        )
+        raise not_both(ctx, "api_key", "api_key_file")
     if api_key_file:
         return read_api_key_file(api_key_file)
     if api_key:
@@ -318,9 +355,10 @@ def load_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
 def _read_env_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value:
         try:
-            load_env_file(value)
+            loaded = load_env_file(value)
         except ConfigError as error:
             fail(str(error))
+        ctx.meta[_ENV_FILE_META] = (value, frozenset(loaded))
     return value
 
 

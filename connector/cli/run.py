@@ -24,11 +24,17 @@ from .options import (
     from_command_line,
     key_options,
     logging_options,
-    on_command_line,
     option,
     resolve_api_key,
 )
-from .sources import build_source, guard_url, pool_size_option, source_options, sql_source
+from .sources import (
+    build_source,
+    check_source_choice,
+    guard_url_options,
+    pool_size_option,
+    source_options,
+    sql_source,
+)
 
 __all__ = ["check", "run"]
 
@@ -39,17 +45,6 @@ def _no_core_dumps() -> None:
     """A core file of a running connector holds the key (and any database password)."""
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def _guard_lock_url(ctx: click.Context, url: str, add_secret: Callable[[str], None]) -> None:
-    from .._redact import has_password
-
-    guard_url(url, "--ha-lock", add_secret)
-    if on_command_line(ctx, "ha_lock") and has_password(url):
-        log.warning(
-            "the HA lock's password was given on the command line, where other local users "
-            "can see it in the process list; prefer ABLO_HA_LOCK"
-        )
 
 
 @click.command(cls=GroupedCommand)
@@ -85,17 +80,16 @@ def run(
     formatter = configure_logging(log_level, "json" if log_format == "json" else "text")
     _no_core_dumps()
     try:
+        guard_url_options(ctx, formatter.add_secret)
         key = resolve_api_key(ctx, api_key, api_key_file, warn=log.warning)
         formatter.add_secret(key)
-        if settings.get("ha_lock"):
-            _guard_lock_url(ctx, settings["ha_lock"], formatter.add_secret)
         config = from_command_line(key, settings)
         source = build_source(
+            ctx,
             handler_spec,
             database_url,
             models_path,
             add_secret=formatter.add_secret,
-            url_on_command_line=on_command_line(ctx, "database_url"),
             pool_size=pool_size,
         )
         connector = Connector(config, source)
@@ -115,11 +109,11 @@ def run(
 @key_options
 @config_options(only={"base_url", "allow_insecure", "open_timeout"})
 @option(
-    "--no-register",
+    "--register/--no-register",
     group="engine",
-    is_flag=True,
-    help="Stop after the WebSocket upgrade (registering takes the source from a connector "
-    "already serving it).",
+    default=False,
+    help="Also register and wait for ready, which takes the source from a connector already "
+    "serving it (it stands down for --superseded-backoff). Default: stop after the upgrade.",
 )
 @click.pass_context
 def check(
@@ -130,16 +124,17 @@ def check(
     models_path: str | None,
     api_key: str | None,
     api_key_file: str | None,
-    no_register: bool,
+    register: bool,
     **settings: Any,
 ) -> None:
     """Diagnose the path to the engine, one step at a time.
 
     Checks the configuration, the handler or the database, proxy, DNS, TCP,
-    TLS, the WebSocket upgrade and the echoed subprotocol, then registers and
-    prints the source the engine resolved. Registering supersedes a
-    connector already serving the same source: run it before starting the
-    service, or skip that step with --no-register. Without an API key it
+    TLS, the WebSocket upgrade with the key and the echoed subprotocol: every
+    step up to the one that would displace a running connector, so it is
+    safe beside the service. --register also registers and prints the source
+    the engine resolved, which takes the source from a connector already
+    serving it: use it before the service starts. Without an API key it
     checks only the handler or the database.
 
     Exit 0 when every step passes, 69 when the engine or the database cannot
@@ -153,10 +148,8 @@ def check(
         click.echo(formatter.redact(text))
 
     try:
-        if handler_spec and database_url:
-            raise ConfigError("give --handler or --database-url, not both")
-        if models_path and not database_url:
-            raise ConfigError("--models needs --database-url")
+        guard_url_options(ctx, formatter.add_secret)
+        check_source_choice(ctx, handler_spec, database_url, models_path)
         local_only = not (api_key or api_key_file) and bool(handler_spec or database_url)
         config = None
         if not local_only:
@@ -174,7 +167,7 @@ def check(
         say("skip  engine: no API key (set ABLO_API_KEY to check the path to the engine)")
     else:
         try:
-            asyncio.run(run_checks(config, say, register=not no_register))
+            asyncio.run(run_checks(config, say, register=register))
         except CheckFailed as failure:
             say(f"FAIL  {failure.step}: {failure.detail}")
             say(f"      what to check: {failure.hint}")

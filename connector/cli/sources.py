@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
 from ..errors import ConfigError
 from ..serve.datasource import DataSource
 from ..serve.loader import load_handler
-from .options import option
+from .options import not_both, on_command_line, option, origin
 
 if TYPE_CHECKING:
     from ..adapters.sql import SQLSource
 
-__all__ = ["build_source", "guard_url", "pool_size_option", "source_options", "sql_source"]
+__all__ = [
+    "build_source",
+    "check_source_choice",
+    "guard_url",
+    "guard_url_options",
+    "pool_size_option",
+    "source_options",
+    "sql_source",
+]
 
 log = logging.getLogger("connector.cli")
 
@@ -75,20 +83,28 @@ def pool_size_option(command: _F) -> _F:
     )(command)
 
 
+def check_source_choice(
+    ctx: click.Context, handler_spec: str | None, database_url: str | None, models_path: str | None
+) -> None:
+    """Refuse a handler and a database at once, or a map without a database, saying
+    where each value came from (the flag, the environment, or an env file)."""
+    if handler_spec and database_url:
+        raise not_both(ctx, "handler_spec", "database_url")
+    if models_path and not database_url:
+        raise ConfigError(f"{origin(ctx, 'models_path')} needs --database-url")
+
+
 def build_source(
+    ctx: click.Context,
     handler_spec: str | None,
     database_url: str | None,
     models_path: str | None,
     *,
     add_secret: Callable[[str], None] = lambda _: None,
-    url_on_command_line: bool = False,
     pool_size: int | None = None,
 ) -> DataSource:
     """The user's handler, or the SQL adapter over ``database_url``, ready to serve."""
-    if handler_spec and database_url:
-        raise ConfigError("give --handler or --database-url, not both")
-    if models_path and not database_url:
-        raise ConfigError("--models needs --database-url")
+    check_source_choice(ctx, handler_spec, database_url, models_path)
     if handler_spec:
         return load_handler(handler_spec)
     if not database_url:
@@ -101,11 +117,6 @@ def build_source(
 
     source = sql_source(database_url, models_path, add_secret, pool_size)
     shown = shown_url(source.engine.url)
-    if url_on_command_line and source.engine.url.password:
-        log.warning(
-            "the database password was given on the command line, where other local users "
-            "can see it in the process list; prefer ABLO_DATABASE_URL"
-        )
     try:
         source.prepare()
     except OperationalError:
@@ -136,6 +147,35 @@ def sql_source(
         ModelMap.from_toml(models_path) if models_path else None,
         pool_size=pool_size or DEFAULT_POOL_SIZE,
     )
+
+
+#: The options whose value is a URL that may hold a password, each with the
+#: variable that keeps the password out of the process list.
+_URL_OPTIONS: Final = {"database_url": "ABLO_DATABASE_URL", "ha_lock": "ABLO_HA_LOCK"}
+
+
+def guard_url_options(ctx: click.Context, add_secret: Callable[[str], None]) -> None:
+    """What every command does first with the URLs it was given, in one place.
+
+    Each URL's password joins the redactions, a URL a parser would misread
+    is refused (:func:`guard_url`), and a password typed on the command line,
+    where other local users can read it in the process list, draws a warning.
+    """
+    from .._redact import has_password
+
+    for name, variable in _URL_OPTIONS.items():
+        url = ctx.params.get(name)
+        if not isinstance(url, str) or not url:
+            continue
+        flag = "--" + name.replace("_", "-")
+        guard_url(url, flag, add_secret)
+        if on_command_line(ctx, name) and has_password(url):
+            log.warning(
+                "the password of %s was given on the command line, where other local users "
+                "can see it in the process list; prefer %s",
+                flag,
+                variable,
+            )
 
 
 def guard_url(url: str, flag: str, add_secret: Callable[[str], None]) -> None:

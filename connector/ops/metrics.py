@@ -62,12 +62,13 @@ class Metrics(Observer):
         )
         Gauge(
             "ablo_connector_ready_duration_seconds",
-            "Seconds the current connection has been ready (0 when not ready).",
+            "Seconds it has been ready and serving, as /readyz says (0 when not).",
             registry=registry,
         ).set_function(lambda: status.seconds_ready or 0.0)
         Gauge(
             "ablo_connector_seconds_since_last_ready",
-            "Seconds since the connector was last ready (0 while ready, -1 if never).",
+            "Seconds since it was last ready and serving, as /readyz says (0 while it is, "
+            "-1 if never).",
             registry=registry,
         ).set_function(self._seconds_since_ready)
         Gauge(
@@ -123,14 +124,14 @@ class Metrics(Observer):
         status.subscribe(self._on_status)
 
     def _seconds_since_ready(self) -> float:
-        if self._status.is_ready:
+        if self._status.serving:
             return 0.0
         return -1.0 if self._last_ready is None else time.monotonic() - self._last_ready
 
     def _on_status(self, status: ConnectorStatus) -> None:
-        if status.state is not State.READY and self._status_was_ready:
+        if not status.serving and self._status_was_ready:
             self._last_ready = time.monotonic()
-        self._status_was_ready = status.is_ready
+        self._status_was_ready = status.serving
         self._state.state(status.state.value)
 
     _status_was_ready = False

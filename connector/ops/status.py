@@ -86,6 +86,8 @@ class ConnectorStatus:
     source_healthy: bool | None = None
     source_error: str | None = None
     source_error_message: str | None = None
+    #: Since when it has been serving (see :attr:`serving`), on the monotonic clock.
+    serving_since: float | None = None
     _listeners: list[Callable[[ConnectorStatus], None]] = field(default_factory=list, repr=False)
     _ready_event: asyncio.Event | None = field(default=None, repr=False)
     _attempts_restart: bool = field(default=True, repr=False)
@@ -96,7 +98,8 @@ class ConnectorStatus:
 
     @property
     def seconds_ready(self) -> float | None:
-        return None if self.ready_since is None else time.monotonic() - self.ready_since
+        """Seconds it has been serving (what ``/readyz`` calls ready), None while it is not."""
+        return None if self.serving_since is None else time.monotonic() - self.serving_since
 
     @property
     def healthy(self) -> bool:
@@ -113,13 +116,36 @@ class ConnectorStatus:
             and not self.handlers_exhausted
         )
 
+    @property
+    def shown_state(self) -> str:
+        """The state ``/readyz`` shows: the connection's, except that a ready connection
+        whose source cannot serve is ``source_down`` (or ``handlers_stuck``), never ``ready``."""
+        if self.state is State.READY:
+            if self.handlers_exhausted:
+                return "handlers_stuck"
+            if self.source_healthy is False:
+                return "source_down"
+        return self.state.value
+
+    def _serving_changed(self) -> bool:
+        """Start or stop the serving clock; whether :attr:`serving` flipped."""
+        serving = self.serving
+        if serving == (self.serving_since is not None):
+            return False
+        self.serving_since = time.monotonic() if serving else None
+        return True
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener(self)
+
     def set_stuck_handlers(self, stuck: int, exhausted: bool) -> None:
         changed = exhausted != self.handlers_exhausted
         self.stuck_handlers = stuck
         self.handlers_exhausted = exhausted
+        self._serving_changed()
         if changed:
-            for listener in list(self._listeners):
-                listener(self)
+            self._notify()
 
     def subscribe(self, listener: Callable[[ConnectorStatus], None]) -> None:
         self._listeners.append(listener)
@@ -141,6 +167,7 @@ class ConnectorStatus:
             self._attempts_restart = True
         changed = state is not self.state
         self.state = state
+        self._serving_changed()
         if self._ready_event is not None:
             # Set while ready, and once stopped: a waiter must not wait forever.
             if state in (State.READY, State.STOPPED):
@@ -148,8 +175,7 @@ class ConnectorStatus:
             else:
                 self._ready_event.clear()
         if changed:
-            for listener in list(self._listeners):
-                listener(self)
+            self._notify()
 
     async def wait_ready(self) -> None:
         """Return once ready, or once stopped (then :attr:`is_ready` is False)."""
@@ -164,6 +190,8 @@ class ConnectorStatus:
         self.source_healthy = error is None
         self.source_error = error
         self.source_error_message = message
+        if self._serving_changed():
+            self._notify()
 
     def as_dict(self) -> dict[str, object]:
         seconds = self.seconds_ready
@@ -175,7 +203,7 @@ class ConnectorStatus:
         else:
             error, message = self.source_error, self.source_error_message
         payload: dict[str, object] = {
-            "state": self.state.value,
+            "state": self.shown_state,
             "ready": self.serving,
             "sourceId": self.source_id,
             "organizationId": self.organization_id,

@@ -70,7 +70,9 @@ class SystemdNotifier:
         if status.handlers_exhausted:
             self.notify(f"STATUS=unhealthy: {status.stuck_handlers} handler threads stuck")
             return
-        if status.state is State.READY:
+        if status.state is State.READY and status.source_healthy is False:
+            text = f"STATUS=ready, but the source cannot serve: {status.source_error or '?'}"
+        elif status.state is State.READY:
             text = f"STATUS=ready: serving source {status.source_id or '?'}"
         else:
             text = f"STATUS={_STATUS_TEXT.get(status.state, status.state.value)}"

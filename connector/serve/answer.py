@@ -5,7 +5,7 @@ exactly as it reads a webhook endpoint's response; it travels inside a
 ``response`` frame, never over HTTP. It also carries what an operator wants
 to know about the request (operation, model, error code), for logs and
 metrics. This module builds every answer: the success bodies from what a
-handler returned, and the error bodies of ``PROTOCOL.md`` §5.
+handler returned, and the error bodies of ``docs/protocol.md`` §5.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from ..wire.bodies import (
     Scope,
     SourceRequest,
 )
+from .models import DeclaredModels, ModelNames
 
 __all__ = ["DataSource", "MaybeAwaitable", "RequestContext", "Row"]
 
@@ -64,7 +65,29 @@ class DataSource:
     ``source_<operation>_not_configured``. Raise
     :class:`~connector.SourceError` to answer with a specific status; any
     other exception answers 500 ``source_connector_handler_error``.
+
+    Optionally declare the models it serves in :attr:`model_names`: the
+    dispatcher then resolves the names the engine's clients send (the
+    declared name, the typename, either in lowercase) to the declared name
+    before any method runs, and answers 400 ``source_unknown_model`` for
+    any other name.
     """
+
+    #: The models this source serves: their names (``("task", "workItems")``),
+    #: or each name with its typename (``{"workItems": "WorkItem"}``). ``None``
+    #: (the default): names reach the methods as the engine sent them.
+    model_names: DeclaredModels | None = None
+
+    def served_models(self) -> MaybeAwaitable[DeclaredModels | ModelNames | None]:
+        """The models to resolve request names against; by default :attr:`model_names`.
+
+        Override it when the models are known only at run time (the SQL
+        adapter reflects them from the database). It is called for every
+        request, on the event loop (a plain ``def`` too), so it must be cheap
+        and return the same object until the models change: a new object is
+        checked (and refused if two models share an alias) before it is used.
+        """
+        return self.model_names
 
     def load(self, model: str, id: str, ctx: RequestContext) -> MaybeAwaitable[Row | None]:
         """Return the row with ``id`` (a mapping), or ``None`` if absent."""

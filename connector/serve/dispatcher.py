@@ -2,9 +2,10 @@
 
 :class:`Dispatcher` turns one signed request into one :class:`Answer` and
 never raises: it verifies the signature, coalesces replays of the same
-``webhook-id``, parses the body, runs the source's ``authorize``/``scopes``
+``webhook-id``, parses the body, resolves the model names it holds to the
+source's own (:mod:`.models`), runs the source's ``authorize``/``scopes``
 hooks, routes to ``load``, ``list``, ``commit`` or ``events``, and maps every
-failure to the status and error body of ``PROTOCOL.md`` §5. It owns no
+failure to the status and error body of ``docs/protocol.md`` §5. It owns no
 socket; the connection feeds it requests.
 """
 
@@ -30,15 +31,17 @@ from ..wire.bodies import (
     ListRequest,
     LoadRequest,
     SourceRequest,
+    describe_request_error,
     parse_source_request,
     parse_source_request_fast,
 )
 from ..wire.signing import VerifiedRequest, Verifier, header_value
-from ..wire.strict_json import describe_validation_error, loads
+from ..wire.strict_json import loads
 from .answer import Answer, dumps, error_answer, success_body, timeout_answer
 from .datasource import DataSource, RequestContext, overridden
 from .deadlines import Deadlines, cancelled_itself
 from .failures import handler_failed, timed_out_logged
+from .models import DeclaredModels, ModelNames, resolve_models
 from .replay import FirstCopyCancelled, ReplayCache
 from .workers import HandlerThreads
 
@@ -96,6 +99,16 @@ class Dispatcher:
         self._implemented = {op: overridden(source, op) for op in OPERATIONS}
         self._has_authorize = overridden(source, "authorize")
         self._has_scopes = overridden(source, "scopes")
+        # Model names: declared once (a class attribute), or asked of the source
+        # per request when it knows them only at run time; else used as sent.
+        self._asks_for_models = overridden(source, "served_models")
+        self._model_names: ModelNames | None = None
+        self._models_declared: object = None
+        if not self._asks_for_models and source.model_names is not None:
+            self._model_names = ModelNames.of(
+                source.model_names, origin=f"{type(source).__name__}.model_names"
+            )
+        self._resolves_models = self._asks_for_models or self._model_names is not None
         self._is_async: dict[str, bool] = {}
         self._last_skew_warning = -_SKEW_WARNING_INTERVAL
         self._detailed_errors = detailed_errors
@@ -203,6 +216,12 @@ class Dispatcher:
         started = time.monotonic()
         deadline = self._deadlines.enter()
         try:
+            if self._resolves_models:
+                names = await self._asked_names() if self._asks_for_models else self._model_names
+                resolved = request if names is None else resolve_models(names, request)
+                if resolved is not request:
+                    request, model = resolved, getattr(resolved, "model", None)
+                    ctx = ctx._replace(request=request)
             answer = await self._route(ctx, request)
             if deadline.expired:
                 # The handler swallowed its cancellation and answered late: the
@@ -260,6 +279,23 @@ class Dispatcher:
             log.error("a SourceError's fields are not JSON-serializable: %s", error.code)
             return None
         return Answer(error.status, body, operation=operation, model=model, error=error.code)
+
+    async def _asked_names(self) -> ModelNames | None:
+        declared = self.source.served_models()
+        if inspect.isawaitable(declared):
+            declared = await declared
+        return self._names_of(declared)
+
+    def _names_of(self, declared: DeclaredModels | ModelNames | None) -> ModelNames | None:
+        """The resolution for what ``served_models()`` returned, built once per object."""
+        if declared is None or isinstance(declared, ModelNames):
+            return declared
+        if declared is not self._models_declared or self._model_names is None:
+            self._model_names = ModelNames(
+                declared, origin=f"{type(self.source).__name__}.served_models()"
+            )
+            self._models_declared = declared
+        return self._model_names
 
     async def _route(self, ctx: RequestContext, request: SourceRequest) -> Answer:
         operation = request.type
@@ -370,7 +406,7 @@ def _parse_with_diagnosis(body: str) -> SourceRequest | Answer:
         return parse_source_request(value)
     except ValidationError as error:
         code = "source_commit_invalid" if kind == "commit" else "source_request_invalid"
-        return error_answer(400, code, describe_validation_error(error, "body"), operation=kind)
+        return error_answer(400, code, describe_request_error(error, value), operation=kind)
 
 
 def _timestamp_offset(headers: Mapping[str, str]) -> float | None:

@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..wire.bodies import OPERATIONS
 from .datasource import DataSource, overridden
+from .models import ModelNames
 
 __all__ = ["handler_problems", "load_handler"]
 
@@ -106,6 +107,7 @@ _CALLS: dict[str, tuple[str, ...]] = {
     "authorize": ("ctx",),
     "scopes": ("ctx",),
     "probe": (),
+    "served_models": (),
 }
 
 
@@ -113,8 +115,8 @@ def handler_problems(source: DataSource) -> list[str]:
     """What would keep ``source`` from serving, each with its fix; empty when none.
 
     Catches a handler that overrides no operation, a method whose name is a
-    near miss of one (``lod``), and a method that cannot take the arguments
-    the dispatcher passes it.
+    near miss of one (``lod``), a method that cannot take the arguments
+    the dispatcher passes it, and declared models that share a name.
     """
     problems = []
     implemented = [op for op in OPERATIONS if overridden(source, op)]
@@ -152,4 +154,9 @@ def handler_problems(source: DataSource) -> list[str]:
             )
         except ValueError:  # no signature to inspect (a builtin): let it be
             pass
+    if source.model_names is not None:
+        try:
+            ModelNames.of(source.model_names, origin=f"{type(source).__name__}.model_names")
+        except ConfigError as error:
+            problems.append(str(error))
     return problems

@@ -1,7 +1,7 @@
 """What does the engine ask, and what may a handler answer?
 
 Models for the four Data Source request bodies that travel inside a
-``request`` frame (``PROTOCOL.md`` §5) and the shapes a handler returns.
+``request`` frame (``docs/protocol.md`` §5) and the shapes a handler returns.
 Wire names are camelCase; Python names are snake_case.
 
 Request bodies are parsed with pydantic. Answers are small dataclasses with a
@@ -22,11 +22,13 @@ from typing import Annotated, Any, Final, Literal, get_args
 from pydantic import (
     BeforeValidator,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
     StringConstraints,
     TypeAdapter,
+    ValidationError,
     model_validator,
 )
 
@@ -53,8 +55,10 @@ __all__ = [
     "Scope",
     "SourceRequest",
     "canonical_json",
+    "describe_request_error",
     "operations_intent_hash",
     "parse_source_request",
+    "previous_operations_intent_hash",
     "parse_source_request_fast",
 ]
 
@@ -133,14 +137,34 @@ class Scope(WireModel):
     required_sync_groups: list[StrictStr] | None = None
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON has one number type: ``2e2`` and ``200.0`` are the integer 200, as in JavaScript."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: A position in the engine's log (``readAt``): a non-negative integer.
+Watermark = Annotated[StrictInt, BeforeValidator(_whole_number), Field(ge=0)]
+
+
 class Operation(WireModel):
+    """One write of a commit: the engine's commit operation, less what it settles itself.
+
+    The fields are those of the engine's ``commitOperationSchema`` (0.49)
+    without ``bypass`` and ``fenceToken``, which the engine checks before a
+    commit reaches a source. ``claim_id`` names the claim the write was made
+    under, when there was one.
+    """
+
     type: OperationType
     model: NonEmptyStr
     id: NonEmptyStr | None = None
     input: dict[str, Any] | None = None
     transaction_id: StrictStr | None = None
-    read_at: Annotated[int | float, Field(union_mode="left_to_right")] | None = None
+    read_at: Watermark | None = None
     on_stale: Literal["reject", "overwrite", "notify"] | None = None
+    claim_id: NonEmptyStr | None = None
 
 
 def _payload_within_limit(value: Any) -> Any:
@@ -184,7 +208,13 @@ class CommitRequest(WireModel):
     ``correlation_id`` is the idempotency key (``clientTxId`` is its legacy
     wire name and is folded into it). A replay with the same key and intent
     must return the original rows without writing again.
+
+    The fallback intent hash is computed over the operations as the engine
+    sent them, and kept: a copy whose model names were resolved to the
+    source's own (see ``connector.serve.models``) hashes the same.
     """
+
+    _sent_hashes: tuple[str, ...] | None = PrivateAttr(default=None)
 
     type: Literal["commit"] = "commit"
     operations: Annotated[list[Operation], Field(min_length=1)]
@@ -208,8 +238,32 @@ class CommitRequest(WireModel):
 
     @property
     def effective_intent_hash(self) -> str:
-        """``intent_hash``, or the SHA-256 of the canonical operations."""
-        return self.intent_hash or operations_intent_hash(self.operations)
+        """``intent_hash``, or the SHA-256 of the canonical operations (as the engine's
+        reference computes it)."""
+        return self.intent_hash or self._operations_hashes()[0]
+
+    @property
+    def replayable_intent_hashes(self) -> tuple[str, ...]:
+        """Every hash a ledger row of this commit may hold: :attr:`effective_intent_hash`,
+        then, without ``intent_hash``, the one connector 0.1.0 stored (see
+        :func:`previous_operations_intent_hash`) when it differs."""
+        if self.intent_hash:
+            return (self.intent_hash,)
+        return self._operations_hashes()
+
+    def with_operations(self, operations: Sequence[Operation], model: str | None) -> CommitRequest:
+        """A copy with other operations and model hint (their model names resolved),
+        whose fallback intent hash stays that of the operations as sent."""
+        if self.intent_hash is None:
+            self._operations_hashes()
+        return self.model_copy(update={"operations": list(operations), "model": model})
+
+    def _operations_hashes(self) -> tuple[str, ...]:
+        if self._sent_hashes is None:
+            current = operations_intent_hash(self.operations)
+            previous = previous_operations_intent_hash(self.operations)
+            self._sent_hashes = (current,) if previous == current else (current, previous)
+        return self._sent_hashes
 
 
 class EventsRequest(WireModel):
@@ -234,6 +288,82 @@ def parse_source_request(value: Any) -> SourceRequest:
 def parse_source_request_fast(text: str) -> SourceRequest | None:
     """A valid body in one parsing pass, or None (then diagnose it the slow way)."""
     return validate_fast(_REQUEST_ADAPTER, text)
+
+
+def describe_request_error(error: ValidationError, body: Any) -> str:
+    """What is wrong with a request ``body``, as ``location: problem`` (at most five).
+
+    A ``where`` value of a type no condition takes (an object, say) is one
+    sentence naming the condition's field, instead of pydantic's report of
+    every member of the union it tried. No input value is ever echoed.
+    """
+    parts: list[str] = []
+    explained: set[tuple[str | int, ...]] = set()
+    for issue in error.errors(include_url=False, include_input=False):
+        location = issue["loc"]
+        value_at = _where_value_location(location)
+        if value_at is not None:
+            if value_at not in explained:
+                explained.add(value_at)
+                condition = _raw_condition(body, value_at)
+                parts.append(f"{_dotted(value_at)}: {_where_value_problem(condition)}")
+        else:
+            parts.append(f"{_dotted(location) or 'body'}: {issue['msg']}")
+        if len(parts) == 5:
+            break
+    return "; ".join(parts)
+
+
+def _dotted(location: Sequence[str | int]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+def _where_value_location(location: Sequence[str | int]) -> tuple[str | int, ...] | None:
+    """``(…, "where", n, "value")`` when the issue is about that condition's value."""
+    for at in range(len(location) - 2):
+        if (
+            location[at] == "where"
+            and isinstance(location[at + 1], int)
+            and location[at + 2] == "value"
+        ):
+            return tuple(location[: at + 3])
+    return None
+
+
+def _raw_condition(body: Any, value_at: tuple[str | int, ...]) -> Any:
+    """The ``where`` entry as sent (``[field, value]``, ``[field, op, value]`` or an object)."""
+    query = body.get("query") if isinstance(body, Mapping) else None
+    where = query.get("where") if isinstance(query, Mapping) else None
+    index = value_at[-2]
+    if isinstance(where, list) and isinstance(index, int) and 0 <= index < len(where):
+        return where[index]
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a list"
+    return "a value of another kind"
+
+
+def _where_value_problem(condition: Any) -> str:
+    if isinstance(condition, Mapping):
+        field, value = condition.get("field"), condition.get("value")
+    elif isinstance(condition, list) and len(condition) in (2, 3):
+        field, value = condition[0], condition[-1]
+    else:
+        field, value = None, None
+    found = _json_kind(value)
+    if isinstance(value, list):
+        inner = next((item for item in value if isinstance(item, Mapping | list)), None)
+        found = "a list holding " + _json_kind(inner)
+    subject = f"the condition on {field!r}" if isinstance(field, str) else "this condition"
+    return (
+        f"{subject} compares with {found}; a condition's value is a string, a number, "
+        "true, false or null, or a list of those for IN and NOT IN"
+    )
 
 
 # ---------------------------------------------------------------- answers
@@ -373,18 +503,40 @@ def _js_number(value: float) -> str:
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Integers JavaScript holds exactly; beyond them JSON.parse rounds to a double.
+_SAFE_INTEGER: Final = 2**53
+
+
+def _js_integer(value: int) -> str:
+    if -_SAFE_INTEGER <= value <= _SAFE_INTEGER:
+        return str(value)
+    try:
+        return _js_number(float(value))
+    except OverflowError:
+        return "null"  # JSON.parse reads it as ±Infinity, which JSON.stringify writes as null
+
+
+def _utf16_order(key: str) -> bytes:
+    """JavaScript sorts strings by UTF-16 code unit, not by code point."""
+    return key.encode("utf-16-be", "surrogatepass")
 
 
 def canonical_json(value: Any) -> str:
     """Keys sorted, no spaces, numbers and strings as JavaScript writes them.
 
     This is the engine's canonical form, so a hash computed here matches the
-    hash the engine computes over the same value.
+    hash the engine computes over the same value: the value as JSON.parse
+    would have read it (an integer beyond 2**53 rounded to a double), keys in
+    JavaScript's sort order, each scalar as JSON.stringify writes it.
     """
+    return _canonical(value, reference=True)
+
+
+def _canonical(value: Any, *, reference: bool) -> str:
     if value is None or value is True or value is False:
         return json.dumps(value)
     if isinstance(value, int):
-        return str(value)
+        return _js_integer(value) if reference else str(value)
     if isinstance(value, float):
         return _js_number(value)
     if isinstance(value, str):
@@ -393,14 +545,42 @@ def canonical_json(value: Any) -> str:
         # encodes to UTF-8); json.dumps would leave the raw code point.
         return _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
     if isinstance(value, Mapping):
-        items = sorted((str(k), v) for k, v in value.items())
-        return "{" + ",".join(f"{canonical_json(k)}:{canonical_json(v)}" for k, v in items) + "}"
+        items = sorted(
+            ((str(k), v) for k, v in value.items()),
+            key=(lambda item: _utf16_order(item[0])) if reference else None,
+        )
+        return (
+            "{"
+            + ",".join(
+                f"{_canonical(k, reference=reference)}:{_canonical(v, reference=reference)}"
+                for k, v in items
+            )
+            + "}"
+        )
     if isinstance(value, list | tuple):
-        return "[" + ",".join(canonical_json(item) for item in value) + "]"
+        return "[" + ",".join(_canonical(item, reference=reference) for item in value) + "]"
     raise TypeError(f"cannot canonicalize {type(value).__name__}")
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def operations_intent_hash(operations: Sequence[Operation]) -> str:
-    """SHA-256 (hex) of the canonical JSON of the operations, as sent."""
+    """SHA-256 (hex) of the canonical JSON of the operations, as sent: the fallback
+    intent hash of the engine's reference, for a commit without ``intentHash``."""
     wire = [op.model_dump(by_alias=True, exclude_unset=True) for op in operations]
-    return hashlib.sha256(canonical_json(wire).encode("utf-8")).hexdigest()
+    return _sha256(canonical_json(wire))
+
+
+def previous_operations_intent_hash(operations: Sequence[Operation]) -> str:
+    """The fallback hash connector 0.1.0 computed and stored in ledgers.
+
+    It knew no ``claimId``, wrote an integer beyond 2**53 with every digit and
+    ordered keys by code point; for any other commit it equals
+    :func:`operations_intent_hash`. A ledger row written then still replays.
+    """
+    wire = [
+        op.model_dump(by_alias=True, exclude_unset=True, exclude={"claim_id"}) for op in operations
+    ]
+    return _sha256(_canonical(wire, reference=False))

@@ -5,7 +5,7 @@ Pure data and functions, no I/O. Every frame is one JSON text message with a
 the five frame models or raises :class:`ProtocolError`, and
 :func:`encode_frame` writes a frame back as compact JSON.
 
-Decoding follows the engine's reference decoder (see ``PROTOCOL.md`` §3):
+Decoding follows the engine's reference decoder (see ``docs/protocol.md`` §3):
 unknown fields are ignored, ``200.0`` and ``2e2`` are the integer 200, an
 optional field is absent or of its type (an explicit ``null`` is rejected),
 and a binary message is read as UTF-8 with a leading BOM dropped.
@@ -238,7 +238,7 @@ def subprotocols_for(api_key: str) -> list[str]:
 
 
 def websocket_url(base_url: str = DEFAULT_BASE_URL) -> str:
-    """The listen URL for a base URL, as ``PROTOCOL.md`` §2 describes.
+    """The listen URL for a base URL, as ``docs/protocol.md`` §2 describes.
 
     ``https://`` becomes ``wss://``, ``http://`` becomes ``ws://``, an explicit
     ``ws(s)://`` is kept, trailing slashes are dropped.

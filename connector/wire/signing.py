@@ -4,7 +4,7 @@ The engine signs ``"{webhook-id}.{webhook-timestamp}.{body}"`` with
 HMAC-SHA256, keyed by the raw UTF-8 bytes of the API key, and sends
 ``webhook-signature: v1,<base64>``. This module owns the header parsing and
 the check order of the engine's reference verifier, so every failure maps to
-one of six codes (``PROTOCOL.md`` §4) and nothing else ever escapes.
+one of six codes (``docs/protocol.md`` §4) and nothing else ever escapes.
 
 Signing (the engine's side: the dev engine, tests) uses the
 ``standardwebhooks`` package. Verification computes the same HMAC itself,

@@ -19,6 +19,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from ...errors import ConfigError
+from ...serve.models import ModelNames
 from .values import INTEGER_BITS, integer_bits
 
 __all__ = ["ModelMap", "ModelSpec", "ServedModel", "camel_to_snake", "snake_to_camel"]
@@ -51,9 +52,11 @@ class ModelSpec:
     schema: str | None = None
     fields: Mapping[str, str] = field(default_factory=dict)
     exclude: frozenset[str] = frozenset()
+    #: The model's typename on the engine's clients, another name it answers to.
+    typename: str | None = None
 
 
-_SPEC_KEYS: Final = frozenset({"table", "schema", "fields", "exclude"})
+_SPEC_KEYS: Final = frozenset({"table", "schema", "fields", "exclude", "typename"})
 
 
 class ModelMap(Mapping[str, ModelSpec]):
@@ -64,12 +67,28 @@ class ModelMap(Mapping[str, ModelSpec]):
         [models.task]            # the model name on the wire
         table = "tasks"          # default: the model name
         exclude = ["secret"]     # optional: columns never served
+        typename = "Task"        # optional: another name it answers to
         [models.task.fields]     # optional: field = "column" overrides
         dueAt = "due_at"
+
+    A model answers to its name, its typename and both in lowercase (see
+    ``connector.serve.models``); a map in which two models share one of
+    these names is refused.
     """
 
-    def __init__(self, specs: Mapping[str, ModelSpec]) -> None:
+    def __init__(self, specs: Mapping[str, ModelSpec], *, origin: str = "the model map") -> None:
         self._specs = dict(specs)
+        self._origin = origin
+        self._names: ModelNames | None = None
+
+    @property
+    def names(self) -> ModelNames:
+        """The names requests may use for these models; ConfigError if two share one."""
+        if self._names is None:
+            self._names = ModelNames(
+                {name: spec.typename for name, spec in self._specs.items()}, origin=self._origin
+            )
+        return self._names
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, origin: str = "the model map") -> ModelMap:
@@ -97,6 +116,9 @@ class ModelMap(Mapping[str, ModelSpec]):
             schema = raw.get("schema")
             fields = raw.get("fields", {})
             exclude = raw.get("exclude", [])
+            typename = raw.get("typename")
+            if typename is not None and (not isinstance(typename, str) or not typename):
+                raise ConfigError(f"{where}: typename must be a non-empty string")
             if not isinstance(table, str) or not table:
                 raise ConfigError(f"{where}: table must be a non-empty string")
             if schema is not None and (not isinstance(schema, str) or not schema):
@@ -107,8 +129,10 @@ class ModelMap(Mapping[str, ModelSpec]):
                 raise ConfigError(f"{where}: fields must map field names to column names")
             if not isinstance(exclude, list) or not all(isinstance(c, str) for c in exclude):
                 raise ConfigError(f"{where}: exclude must be a list of column names")
-            specs[name] = ModelSpec(table, schema, dict(fields), frozenset(exclude))
-        return cls(specs)
+            specs[name] = ModelSpec(table, schema, dict(fields), frozenset(exclude), typename)
+        model_map = cls(specs, origin=origin)
+        model_map.names  # noqa: B018 - refuses, now, a map whose models share a name
+        return model_map
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ModelMap:

@@ -47,7 +47,8 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from ..._redact import redact_url
 from ...errors import ConfigError, SourceError, describe_error
-from ...serve.datasource import DataSource, RequestContext
+from ...serve.datasource import DataSource, MaybeAwaitable, RequestContext
+from ...serve.models import ModelNames
 from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
 from .connections import ReadConnections
 from .models import ModelMap, ServedModel
@@ -624,6 +625,8 @@ class SQLSource(DataSource):
         if models is not None and not isinstance(models, ModelMap):
             models = ModelMap.from_dict(models)
         self.model_map = models
+        # Without a map, the names are known once the tables are reflected.
+        self._model_names: ModelNames | None = None if models is None else models.names
         self.page_size = page_size
         self.max_page_size = max_page_size
         self._models: dict[str, ServedModel] | None = None
@@ -810,8 +813,12 @@ class SQLSource(DataSource):
                 "the database has no table with an id column to serve (create one, or map "
                 "another column as the id with --models)"
             )
-        # Served under their map names only: an alias (say, lower-cased)
-        # would reach a model past an authorize hook that checks the name.
+        # The dispatcher resolves aliases (a lowercased name) to these names
+        # before authorize runs, so a hook that checks the name sees this one.
+        self._model_names = ModelNames(
+            {name: specs[name].typename for name in served},
+            origin="the tables served (pass --models to serve them under other names)",
+        )
         return served
 
     def close(self) -> None:
@@ -822,7 +829,17 @@ class SQLSource(DataSource):
         """Close the pooled connections."""
         await self._database.dispose()
 
-    async def _model(self, name: str) -> ServedModel:
+    def served_models(self) -> MaybeAwaitable[ModelNames]:
+        """The names requests may use: the map's at once, else the tables' once reflected."""
+        names = self._model_names
+        return names if names is not None else self._reflected_names()
+
+    async def _reflected_names(self) -> ModelNames:
+        await self._served()
+        assert self._model_names is not None
+        return self._model_names
+
+    async def _served(self) -> Mapping[str, ServedModel]:
         models = self._models
         if models is None:  # not reflected yet (the database was down at startup)
             with _answers(), self._database_errors():
@@ -833,9 +850,18 @@ class SQLSource(DataSource):
                     raise SourceError(
                         "source_adapter_misconfigured", str(error), status=500
                     ) from None
+        return models
+
+    async def _model(self, name: str) -> ServedModel:
+        models = self._models or await self._served()
         model = models.get(name)
-        if model is None:
-            raise _unknown_model(name, models)
+        if model is None:  # an alias, from a caller other than the dispatcher
+            names = self._model_names
+            assert names is not None
+            declared = names.resolve(name)
+            if declared is None or declared not in models:
+                raise names.unknown(name)
+            model = models[declared]
         return model
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -947,7 +973,7 @@ class SQLSource(DataSource):
         intent = commit.effective_intent_hash
         organization = commit.scope.organization_id if commit.scope else None
         if not self._reserve(connection, key, intent):
-            return self._replay(connection, key, intent)
+            return self._replay(connection, key, commit.replayable_intent_hashes)
         rows = [
             self._apply(connection, served, op)
             for op, served in zip(commit.operations, models, strict=True)
@@ -1003,7 +1029,7 @@ class SQLSource(DataSource):
         )
         return connection.execute(statement).first() is not None
 
-    def _replay(self, connection: sa.Connection, key: str, intent: str) -> Sequence[Any]:
+    def _replay(self, connection: sa.Connection, key: str, intents: Sequence[str]) -> Sequence[Any]:
         now = dt.datetime.now(dt.UTC)
         found = connection.execute(
             sa.select(
@@ -1017,7 +1043,7 @@ class SQLSource(DataSource):
                 "source_commit_retry", "a concurrent commit with this correlationId rolled back; retry",
                 status=503,
             )  # fmt: skip
-        if found.request_hash != intent:
+        if found.request_hash not in intents:
             raise SourceError(
                 "idempotency_conflict",
                 "this correlationId was already used with a different intent"
@@ -1122,14 +1148,6 @@ _EVENTS: Final = (
     .limit(sa.bindparam("count"))
 )
 _OUTBOX_COLUMNS: Final = tuple(column.name for column in outbox.columns)
-
-
-def _unknown_model(name: str, models: Mapping[str, ServedModel]) -> SourceError:
-    same = [served for served in models if served.lower() == name.lower()]
-    hint = f" (model names are case-sensitive: did you mean {same[0]!r}?)" if same else ""
-    return SourceError(
-        "source_unknown_model", f"this source serves no model {name!r}{hint}", model=name
-    )
 
 
 def _supports_returning(connection: sa.Connection, statement: Any) -> bool:
