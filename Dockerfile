@@ -13,7 +13,7 @@ ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ablo_connector_command.py ./
+COPY pyproject.toml README.md ./
 COPY connector ./connector
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && pip wheel --no-cache-dir --wheel-dir /wheels "$(echo /wheels/ablo_connector-*.whl)[postgres]"

@@ -1,4 +1,4 @@
-"""The ``ablo-connector`` command's first lines, before the connector is imported.
+"""The ``ablo-connector`` command's first lines, before the rest of the connector is imported.
 
 Importing the connector takes about half a second. A Ctrl-C in that time,
 or while a command reads its configuration, checks a database or dials,
@@ -9,11 +9,13 @@ Raising ``KeyboardInterrupt`` cannot promise that: Python raises it
 wherever the main thread happens to be, and libraries turn it into other
 errors (pydantic-core reports one that lands while it builds a validator as
 a ``SchemaError``) or lose it (in a weak reference's callback Python prints
-"Exception ignored" and goes on starting). So this module, the console
-script's entry point because it imports nothing heavy, handles SIGINT
-itself from its first line: one line, exit 130, at once. ``run`` and
-``dev`` replace the handler once they serve, and from then on SIGINT drains
-like SIGTERM (exit 0), as the README says.
+"Exception ignored" and goes on starting). So this module, the entry
+point of the console script and of ``python -m connector``, imports
+nothing heavy (``import connector`` loads only the version: the package's
+public names load on first use) and handles SIGINT itself from its first
+line: one line, exit 130, at once. ``run`` and ``dev`` replace the handler
+once they serve, and from then on SIGINT drains like SIGTERM (exit 0), as
+the README says.
 
 Python's own start-up, before this module runs (a few milliseconds while
 the interpreter imports ``site`` and opens the script), is out of reach of
@@ -70,7 +72,3 @@ def _interrupted_line() -> str:
         f'{{"time": "{stamp}", "level": "error", "logger": "connector.cli", '
         f'"message": "interrupted", "exit_status": {EX_INTERRUPTED}}}'
     )
-
-
-if __name__ == "__main__":
-    main()
