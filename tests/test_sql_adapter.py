@@ -439,6 +439,29 @@ async def test_a_nul_character_is_the_callers_mistake_where_the_database_refuses
     assert status == (400 if postgres else 200), answer
 
 
+async def test_a_lone_surrogate_in_a_json_column_is_the_callers_400(prepared: str) -> None:
+    """A JSON document is written as JSON text, which a lone surrogate (from
+    a ``"\\ud800"`` escape) cannot be encoded into: it was a 500 on
+    PostgreSQL and a 400 naming no field on SQLite."""
+    json_type = "JSONB" if dialect_of(prepared) == "postgresql" else "JSON"
+    execute(prepared, f"CREATE TABLE docs (id TEXT PRIMARY KEY, body {json_type})")
+    client = Client(SQLSource(prepared, {"models": {"doc": {"table": "docs"}}}))
+    try:
+        for n, body in enumerate(
+            [{"a": "\ud800"}, ["fine", {"nested": ["\udfff"]}], {"key\ud800": 1}, "\ud800"]
+        ):
+            create_doc = {"type": "CREATE", "model": "doc", "id": f"d{n}", "input": {"body": body}}
+            status, answer = await client.commit(f"c_doc_{n}", create_doc)
+            assert (status, answer["error"]) == (400, "source_value_invalid"), answer
+            assert "'body'" in answer["message"], answer
+        assert client.source.healthy
+        good = {"type": "CREATE", "model": "doc", "id": "ok", "input": {"body": {"a": ["é", 1]}}}
+        status, answer = await client.commit("c_doc_ok", good)
+        assert (status, answer["rows"][0]["body"]) == (200, {"a": ["é", 1]}), answer
+    finally:
+        await client.close()
+
+
 async def test_pages_are_stable_under_concurrent_inserts(client: Client) -> None:
     await client.commit("c_base", *(create(f"t{n:02}", priority=n % 4) for n in range(20)))
     query = {"orderBy": "priority", "limit": 5}
