@@ -235,6 +235,37 @@ async def test_events_cursor_advances_and_drains(client: Client) -> None:
     assert [e["entityId"] for e in (await client.events(cursor))["events"]] == ["late"]
 
 
+REWIND_OUTBOX = {
+    "postgresql": ("TRUNCATE ablo_outbox RESTART IDENTITY",),
+    "sqlite": ("DELETE FROM ablo_outbox", "DELETE FROM sqlite_sequence WHERE name = 'ablo_outbox'"),
+}
+
+
+async def test_an_events_cursor_never_issued_is_refused(client: Client, prepared: str) -> None:
+    """A cursor past the outbox's last one was answered 200 and an empty page:
+    the engine would wait there for events that come under lower cursors."""
+    for cursor in ("999999", "1"):
+        status, body = await client({"type": "events", "cursor": cursor})
+        assert (status, body["error"]) == (400, "source_cursor_invalid"), (cursor, body)
+    status, body = await client({"type": "events", "cursor": "999999", "limit": 0})
+    assert (status, body["error"]) == (400, "source_cursor_invalid")
+    await client.commit("c_one", create("t1"), create("t2"))
+    last = (await client.events())["nextCursor"]
+    assert (await client.events(last)) == {"events": [], "nextCursor": last}
+    status, body = await client({"type": "events", "cursor": str(int(last) + 1)})
+    assert (status, body["error"]) == (400, "source_cursor_invalid")
+    # Pruning every event does not invalidate a cursor that was issued...
+    execute(prepared, "DELETE FROM ablo_outbox")
+    assert (await client.events(last)) == {"events": [], "nextCursor": last}
+    await client.commit("c_two", create("t3"))
+    assert [e["entityId"] for e in (await client.events(last))["events"]] == ["t3"]
+    # ...but an outbox rewound to its start does: its next events reuse the cursors.
+    execute(prepared, *REWIND_OUTBOX[dialect_of(prepared)])
+    status, body = await client({"type": "events", "cursor": last})
+    assert (status, body["error"]) == (400, "source_cursor_invalid")
+    assert "recreated" in body["message"]
+
+
 async def test_a_failing_operation_rolls_back_the_whole_commit(
     client: Client, prepared: str
 ) -> None:
@@ -916,7 +947,10 @@ async def test_least_privilege_role_from_the_readme_is_enough(postgres_server: A
                 "c_role_2", {"type": "DELETE", "model": "task", "id": "t1"}
             )
             assert status == 200
-            assert len((await client.events())["events"]) == 2
+            page = await client.events()
+            assert len(page["events"]) == 2
+            # A drained poll checks its cursor against the outbox's sequence.
+            assert (await client.events(page["nextCursor"]))["events"] == []
         finally:
             await client.close()
     finally:

@@ -16,7 +16,14 @@ from sqlalchemy.dialects import postgresql
 from ...errors import ConfigError
 from .models import LEDGER_TABLE, OUTBOX_TABLE
 
-__all__ = ["ledger", "migrate", "migration_statements", "outbox", "verify_tables"]
+__all__ = [
+    "last_issued_cursor",
+    "ledger",
+    "migrate",
+    "migration_statements",
+    "outbox",
+    "verify_tables",
+]
 
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
@@ -48,6 +55,44 @@ outbox: Final = sa.Table(
     sa.Column("occurred_at", sa.BigInteger),
     sa.Column("created_at", sa.DateTime(timezone=True)),
 )
+
+
+_HIGHEST_CURSOR: Final = sa.select(sa.func.max(outbox.c.cursor)).scalar_subquery()
+_SQLITE_SEQUENCE: Final = sa.table("sqlite_sequence", sa.column("name"), sa.column("seq"))
+
+# The highest cursor the outbox ever handed out: its key's sequence, which
+# pruning does not rewind (an empty outbox still knows it), or the highest row
+# left. PostgreSQL: pg_sequence_last_value needs USAGE on the sequence, which
+# the connector's user has anyway; SQLite: AUTOINCREMENT keeps it in
+# sqlite_sequence.
+_LAST_ISSUED_CURSOR: Final[dict[str, sa.Select[Any]]] = {
+    "postgresql": sa.select(
+        sa.func.greatest(
+            _HIGHEST_CURSOR,
+            sa.func.pg_sequence_last_value(
+                sa.cast(
+                    sa.func.pg_get_serial_sequence(OUTBOX_TABLE, "cursor"), postgresql.REGCLASS
+                )
+            ),
+        )
+    ),
+    "sqlite": sa.select(
+        sa.func.max(
+            sa.func.coalesce(_HIGHEST_CURSOR, 0),
+            sa.func.coalesce(
+                sa.select(_SQLITE_SEQUENCE.c.seq)
+                .where(_SQLITE_SEQUENCE.c.name == OUTBOX_TABLE)
+                .scalar_subquery(),
+                0,
+            ),
+        )
+    ),
+}
+
+
+def last_issued_cursor(dialect: str) -> sa.Select[Any]:
+    """A statement for the highest outbox cursor ever issued (NULL: none yet)."""
+    return _LAST_ISSUED_CURSOR[dialect]
 
 
 _POSTGRESQL: Final = (

@@ -52,7 +52,7 @@ from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, Li
 from .connections import ReadConnections
 from .models import ModelMap, ServedModel
 from .query import MAX_BOUND_VALUES, column_for, plan_list
-from .schema import ledger, outbox, verify_tables
+from .schema import last_issued_cursor, ledger, outbox, verify_tables
 from .values import json_text, python_type, to_column_value, to_json_row, to_json_value
 
 __all__ = [
@@ -905,14 +905,28 @@ class SQLSource(DataSource):
     ) -> EventsPage:
         after = _outbox_cursor(cursor)
         count = min(self.page_size if limit is None else limit, self.max_page_size)
-        if count == 0:
-            return EventsPage(events=[], next_cursor=cursor)
+        rows: list[Any] = []
         with _answers():
-            rows = await self._fetch(_EVENTS, {"after": after, "count": count})
+            if count > 0:
+                rows = await self._fetch(_EVENTS, {"after": after, "count": count})
+            if not rows and after > 0:
+                await self._check_issued(after)
         events = [_event(dict(zip(_OUTBOX_COLUMNS, row, strict=True))) for row in rows]
         # The last delivered cursor, or the one given: the engine always has
         # a position to resume from and never sees an event twice.
         return EventsPage(events=events, next_cursor=events[-1]["cursor"] if events else cursor)
+
+    async def _check_issued(self, after: int) -> None:
+        """Refuse a cursor past every cursor the outbox issued: the engine would
+        wait there for events that, in a rewound outbox, come under lower cursors.
+        Asked only when no event follows ``after`` (a page of events proves it)."""
+        (last,) = (await self._fetch(last_issued_cursor(self.engine.dialect.name), {}))[0]
+        if after > (last or 0):
+            raise SourceError(
+                "source_cursor_invalid",
+                "the events cursor is past the last event this source issued (was the "
+                "outbox recreated, truncated or restored from an older backup?)",
+            )
 
     # ------------------------------------------------------------ commit
 
