@@ -288,12 +288,21 @@ async def test_archive_unarchive_and_delete(client: Client, prepared: str) -> No
     _, deleted = await client.commit("c_a4", {"type": "DELETE", "model": "task", "id": "t1"})
     assert deleted["rows"][0]["id"] == "t1"
     assert scalar(prepared, "SELECT COUNT(*) FROM tasks") == 0
-    # Deleting what is gone is done; its event carries no data.
+    # A DELETE's event carries no data.
+    assert "data" not in (await client.events())["events"][-1]
+    # Deleting what is gone is done, and writes no second event (nothing
+    # happened), also beside an operation that did change a row.
     status, gone = await client.commit("c_a5", {"type": "DELETE", "model": "task", "id": "t1"})
     assert (status, gone["rows"]) == (200, [{"id": "t1"}])
-    types = [e["type"] for e in (await client.events())["events"]]
-    assert types == ["CREATE", "ARCHIVE", "UNARCHIVE", "DELETE", "DELETE"]
-    assert "data" not in (await client.events())["events"][-1]
+    delete_again = {"type": "DELETE", "model": "task", "id": "t1"}
+    status, mixed = await client.commit("c_a6", delete_again, create("t2"))
+    assert (status, mixed["rows"][0]) == (200, {"id": "t1"})
+    events = (await client.events())["events"]
+    assert [e["type"] for e in events] == ["CREATE", "ARCHIVE", "UNARCHIVE", "DELETE", "CREATE"]
+    assert events[-1]["id"] == "c_a6:1"  # the operation's own index
+    # A replay of the no-op delete answers the same and still writes nothing.
+    assert await client.commit("c_a5", delete_again) == (200, gone)
+    assert scalar(prepared, "SELECT COUNT(*) FROM ablo_outbox") == 5
 
 
 async def test_write_errors_are_specific(client: Client) -> None:

@@ -962,35 +962,41 @@ class SQLSource(DataSource):
         organization = commit.scope.organization_id if commit.scope else None
         if not self._reserve(connection, key, intent):
             return self._replay(connection, key, intent)
-        rows = [
+        applied = [
             self._apply(connection, served, op)
             for op, served in zip(commit.operations, models, strict=True)
         ]
-        if connection.dialect.name == "postgresql":
+        rows = [row for row, _ in applied]
+        occurred_at = _now_ms()
+        # One event per operation that changed a row: deleting a row that is
+        # already gone succeeds, but nothing happened to tell the engine about.
+        # Event ids keep the operation's index, so they stay stable on replay.
+        events = [
+            {
+                "id": f"{key}:{index}",
+                "model": op.model,
+                "entity_id": str(row.get("id", "")),
+                "type": op.type,
+                "data": None if op.type == "DELETE" else row,
+                "organization_id": organization,
+                "correlation_id": key,
+                "transaction_id": op.transaction_id,
+                "occurred_at": occurred_at,
+            }
+            for index, (op, (row, changed)) in enumerate(
+                zip(commit.operations, applied, strict=True)
+            )
+            if changed
+        ]
+        if events and connection.dialect.name == "postgresql":
             # Cursors come from a sequence when the row is inserted, not
             # when the transaction commits: without this lock a reader
             # could see cursor 8 committed while 7 is still in flight,
             # move past it, and never see 7. Held from here to COMMIT
             # only (the row changes above stay concurrent).
             connection.execute(sa.select(sa.func.pg_advisory_xact_lock(OUTBOX_LOCK)))
-        occurred_at = _now_ms()
-        connection.execute(
-            outbox.insert(),
-            [
-                {
-                    "id": f"{key}:{index}",
-                    "model": op.model,
-                    "entity_id": str(row.get("id", "")),
-                    "type": op.type,
-                    "data": None if op.type == "DELETE" else row,
-                    "organization_id": organization,
-                    "correlation_id": key,
-                    "transaction_id": op.transaction_id,
-                    "occurred_at": occurred_at,
-                }
-                for index, (op, row) in enumerate(zip(commit.operations, rows, strict=True))
-            ],
-        )
+        if events:
+            connection.execute(outbox.insert(), events)
         connection.execute(
             ledger.update().where(ledger.c.client_tx_id == key).values(response=rows)
         )
@@ -1055,7 +1061,8 @@ class SQLSource(DataSource):
 
     def _apply(
         self, connection: sa.Connection, served: ServedModel, op: Operation
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], bool]:
+        """The row as it stands after ``op``, and whether ``op`` changed anything."""
         raw_id = op.id if op.id is not None else (op.input or {}).get("id")
         if not isinstance(raw_id, str) or not raw_id:
             raise SourceError(
@@ -1071,11 +1078,11 @@ class SQLSource(DataSource):
 
         if op.type == "CREATE":
             values[served.id.name] = key
-            return self._one(connection, served, table.insert().values(values), key)
+            return self._one(connection, served, table.insert().values(values), key), True
         if op.type == "DELETE":
             found = self._returning(connection, served, table.delete().where(match), key)
             # Deleting what is already gone is done, not an error.
-            return found if found is not None else {"id": raw_id}
+            return (found, True) if found is not None else ({"id": raw_id}, False)
 
         if op.type in ("ARCHIVE", "UNARCHIVE"):
             archived_at = served.archived_at
@@ -1099,7 +1106,7 @@ class SQLSource(DataSource):
                 status=404,
                 model=op.model,
             )
-        return found
+        return found, True
 
     def _returning(
         self, connection: sa.Connection, served: ServedModel, statement: Any, key: Any
