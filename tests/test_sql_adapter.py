@@ -1207,13 +1207,18 @@ async def test_postgres_input_errors_do_not_echo_the_value(
         create = {"type": "CREATE", "model": "mood", "id": "m1", "input": {column: value}}
         status, body = await client.commit("c_mood", create)
         assert (status, body["error"]) == (400, "source_value_invalid")
-        assert body["message"].startswith("the database refused the request: ")
+        # The field is named (it was not: an enum label the type lacks said
+        # only InvalidTextRepresentation), the value never.
+        assert body["message"].startswith(f"field {column!r}: the database refused the request: ")
+        assert body["field"] == column
         _no_sql_in(body, value)
         _no_sql_in(body, "s3cr3t")
         assert "99999999999999999999" not in body["message"]
-        where = {"type": "list", "model": "mood", "query": {"where": [[column, value]]}}
+        where = {"type": "list", "model": "mood", "query": {"where": [["id", "m0"], [column, value]]}}
         status, body = await client(where)
         assert status == 400 and value not in json.dumps(body) and "s3cr3t" not in json.dumps(body)
+        if column in ("mood", "addr"):  # money and bit(4) have no = with text: no value is read
+            assert (body["error"], body.get("field")) == ("source_value_invalid", column), body
     finally:
         await client.close()
         drop_database(postgres_server, url)

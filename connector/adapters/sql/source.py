@@ -438,7 +438,7 @@ class _LoopDatabase:
             # unless the failure was the connection itself.
             disconnect = bool(connection.closed or connection.broken)
             pool.release(connection, opened, failed=disconnect)
-            raise self._wrapped(error, disconnect) from None
+            raise self._wrapped(error, disconnect, compiled.sql) from None
         except BaseException:
             # Cancelled mid-statement: the connection's state is unknown.
             pool.release(connection, opened, failed=True)
@@ -446,12 +446,14 @@ class _LoopDatabase:
         pool.release(connection, opened)
         return rows
 
-    def _wrapped(self, error: Exception, invalidated: bool = False) -> sa_exc.StatementError:
+    def _wrapped(
+        self, error: Exception, invalidated: bool = False, sql: str | None = None
+    ) -> sa_exc.StatementError:
         """A driver's error as SQLAlchemy's execute raises it, so the adapter
-        classifies both paths' failures alike."""
+        classifies both paths' failures alike (with the SQL, never the values)."""
         dialect = self._dialect
         return sa_exc.DBAPIError.instance(
-            None, None, error, dialect.loaded_dbapi.Error,
+            sql, None, error, dialect.loaded_dbapi.Error,
             connection_invalidated=invalidated, dialect=dialect,
         )  # fmt: skip
 
@@ -477,7 +479,7 @@ class _LoopDatabase:
                 self._pool._invalidate(fairy, error)
             else:
                 fairy.close()
-            raise self._wrapped(error, disconnect) from None
+            raise self._wrapped(error, disconnect, compiled.sql) from None
         except BaseException:
             # Cancelled mid-statement: the connection's state is unknown.
             fairy.invalidate()
@@ -880,7 +882,7 @@ class SQLSource(DataSource):
     async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any] | None:
         served = await self._model(model)
         key = to_column_value(served.id, "id", id)
-        with _answers():
+        with _answers(served):
             rows = await self._fetch(served.load_statement, {"ablo_id": key})
         return to_json_row(served.values_to_fields(rows[0])) if rows else None
 
@@ -889,7 +891,7 @@ class SQLSource(DataSource):
         plan = plan_list(served, query, self.page_size, self.max_page_size, self._max_bound_values)
         if plan.limit == 0:
             return ListPage(rows=[])
-        with _answers():
+        with _answers(served):
             found = await self._retrying(lambda: self._database.fetch_page(plan.statement))
         page = found[: plan.limit]
         more = len(found) > plan.limit
@@ -949,7 +951,7 @@ class SQLSource(DataSource):
             )
         # Resolve every model before the transaction: a bad name costs no lock.
         models = [await self._model(op.model) for op in commit.operations]
-        with _answers():
+        with _answers(*models):
             rows = await self._write(self._commit_in, commit, models)
         return CommitResult(rows=rows)
 
@@ -1209,14 +1211,15 @@ _UNSENDABLE: Final = "a value cannot be sent to the database (e.g. a NUL charact
 
 
 @contextmanager
-def _answers() -> Iterator[None]:
+def _answers(*models: ServedModel) -> Iterator[None]:
     """Database failures as answers: the caller's mistake, a conflict, or retry later.
 
     Whether a failure is the caller's mistake is read from the SQLSTATE class
     on PostgreSQL and from the message on SQLite. No answer carries SQL text
     or a bound value: PostgreSQL's messages quote the rejected input, so an
     answer names the condition and the schema objects (column, constraint,
-    type) from the error's fields instead. The full message stays in the log.
+    type, and the field of ``models`` whose value was refused) from the
+    error's fields instead. The full message stays in the log.
     """
     try:
         yield
@@ -1224,7 +1227,7 @@ def _answers() -> Iterator[None]:
         raise
     except sa_exc.StatementError as error:
         if isinstance(error, sa_exc.DBAPIError):
-            raise _refusal(error) from None
+            raise _refusal(error, models) from None
         # A value the driver could not bind (e.g. an integer past 64 bits).
         log.warning("a value could not be bound: %s", type(error.orig).__name__)
         raise SourceError(
@@ -1286,7 +1289,7 @@ def _refused_as(error: sa_exc.DBAPIError) -> str:
     return "source_database_error"
 
 
-def _refusal(error: sa_exc.DBAPIError) -> SourceError:
+def _refusal(error: sa_exc.DBAPIError, models: Sequence[ServedModel] = ()) -> SourceError:
     original = error.orig
     sqlstate = getattr(original, "sqlstate", None)
     if sqlstate == _QUERY_CANCELED:
@@ -1299,7 +1302,12 @@ def _refusal(error: sa_exc.DBAPIError) -> SourceError:
         caller = _CALLER_CLASSES.get(sqlstate[:2])
         if caller is not None:
             log.info("the database refused a request: %s", describe_database_error(error))
-            return SourceError(caller[0], _condition(error), status=caller[1])
+            field = _refused_field(error, models)
+            if field is None:
+                return SourceError(caller[0], _condition(error), status=caller[1])
+            return SourceError(
+                caller[0], f"field {field!r}: {_condition(error)}", status=caller[1], field=field
+            )
     else:
         text = str(original).lower()
         for phrase, code, status in _SQLITE_CALLER:
@@ -1317,6 +1325,43 @@ def _refusal(error: sa_exc.DBAPIError) -> SourceError:
         return SourceError("source_database_unavailable", _UNAVAILABLE, status=503)
     log.error("database error: %s", describe_database_error(error))
     return SourceError("source_database_error", "the database failed this request", status=500)
+
+
+# How SQLAlchemy names bound values in the SQL it hands psycopg: %(name)s.
+_PLACEHOLDER: Final = re.compile(r"%\(([^)]*)\)s")
+# Where PostgreSQL says which bound value it could not read (the CONTEXT line
+# "unnamed portal parameter $2"; its words may be translated, the $2 is not).
+_PARAMETER_NUMBER: Final = re.compile(r"\$(\d+)")
+# A comparison's value is bound as the column's key plus a number (mood_1).
+_ANONYMOUS_SUFFIX: Final = re.compile(r"_\d+$")
+_LOAD_ID_BIND: Final = "ablo_id"  # see ServedModel.load_statement
+
+
+def _refused_field(error: sa_exc.DBAPIError, models: Sequence[ServedModel]) -> str | None:
+    """The field whose value PostgreSQL refused while binding it (an enum
+    label it does not have, an address that is not one), or None.
+
+    The error names the parameter by number only; psycopg numbers the
+    statement's placeholders in order of first appearance, and SQLAlchemy
+    names each after the column it is written to or compared with.
+    """
+    context = getattr(getattr(error.orig, "diag", None), "context", None)
+    number = _PARAMETER_NUMBER.search(context or "")
+    if number is None or not models or not error.statement:
+        return None
+    names = list(dict.fromkeys(_PLACEHOLDER.findall(error.statement)))
+    index = int(number.group(1)) - 1
+    if not 0 <= index < len(names):
+        return None
+    name = names[index]
+    if name == _LOAD_ID_BIND:
+        return "id"
+    for candidate in (name, _ANONYMOUS_SUFFIX.sub("", name)):
+        for served in models:
+            field = served.fields.get(candidate)
+            if field is not None:
+                return field
+    return None
 
 
 def _condition(error: sa_exc.DBAPIError) -> str:
