@@ -967,6 +967,60 @@ async def test_least_privilege_role_from_the_readme_is_enough(postgres_server: A
         execute(postgres_server.dsn, f"DROP ROLE IF EXISTS {role}")
 
 
+async def test_the_urls_libpq_options_are_kept_beside_the_statement_timeout(
+    postgres_server: Any,
+) -> None:
+    """A URL's ``options`` (here a search_path) was replaced by the adapter's
+    statement_timeout: the connector served and wrote another schema's table."""
+    base = create_database(postgres_server)
+    execute(
+        base,
+        "CREATE SCHEMA tenant_a",
+        "CREATE SCHEMA tenant_b",
+        *(TASKS_DDL["postgresql"].replace("TABLE tasks", f"TABLE {s}.tasks") for s in ("tenant_a", "tenant_b")),
+        "INSERT INTO tenant_a.tasks (id, title) VALUES ('a1', 'of tenant a')",
+        "INSERT INTO tenant_b.tasks (id, title) VALUES ('b1', 'of tenant b')",
+        # What each connection was given: read back through the adapter itself.
+        "CREATE VIEW tenant_a.session AS SELECT 'mine'::text AS id, "
+        "current_setting('search_path') AS path, current_setting('work_mem') AS work_mem, "
+        "current_setting('statement_timeout') AS timeout",
+    )  # fmt: skip
+    options = "?options=-c%20search_path%3Dtenant_a,public%20-c%20work_mem%3D5MB"
+    url = base + options
+    engine = create_database_engine(url)
+    migrate(engine)  # puts the ledger and outbox in tenant_a too
+    engine.dispose()
+    models = {"models": {"task": {"table": "tasks"}, "session": {"table": "session"}}}
+    client = Client(SQLSource(url, models))
+    try:
+        own_connections = {"type": "load", "model": "session", "id": "mine"}
+        sqlalchemy_pool = {"type": "list", "model": "session", "query": {"where": [["id", "IN", ["mine"]]]}}  # fmt: skip
+        for request in (own_connections, sqlalchemy_pool):
+            answer = await client.ok(request)
+            (row,) = [answer["row"]] if "row" in answer else answer["rows"]
+            settings = (row["path"], row["workMem"], row["timeout"])
+            assert settings == ("tenant_a,public", "5MB", "30s")
+        assert [r["id"] for r in (await client.list())["rows"]] == ["a1"]
+        found = await client.ok({"type": "load", "model": "task", "id": "a1"})
+        assert found["row"]["title"] == "of tenant a"
+        assert (await client.ok({"type": "load", "model": "task", "id": "b1"}))["row"] is None
+        status, _ = await client.commit("c_tenant", create("a2"))
+        assert status == 200
+        assert scalar(base, "SELECT count(*) FROM tenant_a.tasks") == 2
+        assert scalar(base, "SELECT count(*) FROM tenant_b.tasks") == 1
+        assert scalar(base, "SELECT count(*) FROM tenant_a.ablo_outbox") == 1
+    finally:
+        await client.close()
+    # The user's own statement_timeout wins over the adapter's.
+    client = Client(SQLSource(url + "%20-c%20statement_timeout%3D7s", models))
+    try:
+        row = (await client.ok({"type": "load", "model": "session", "id": "mine"}))["row"]
+        assert (row["path"], row["timeout"]) == ("tenant_a,public", "7s")
+    finally:
+        await client.close()
+        drop_database(postgres_server, base)
+
+
 async def test_database_restart_answers_503_then_recovers(postgres: Any) -> None:
     url = prepare(postgres.dsn)
     client = Client(SQLSource(url, MODELS))
@@ -1214,7 +1268,8 @@ async def test_postgres_input_errors_do_not_echo_the_value(
         _no_sql_in(body, value)
         _no_sql_in(body, "s3cr3t")
         assert "99999999999999999999" not in body["message"]
-        where = {"type": "list", "model": "mood", "query": {"where": [["id", "m0"], [column, value]]}}
+        query = {"where": [["id", "m0"], [column, value]]}
+        where = {"type": "list", "model": "mood", "query": query}
         status, body = await client(where)
         assert status == 400 and value not in json.dumps(body) and "s3cr3t" not in json.dumps(body)
         if column in ("mood", "addr"):  # money and bit(4) have no = with text: no value is read

@@ -70,9 +70,7 @@ _LAST_ISSUED_CURSOR: Final[dict[str, sa.Select[Any]]] = {
         sa.func.greatest(
             _HIGHEST_CURSOR,
             sa.func.pg_sequence_last_value(
-                sa.cast(
-                    sa.func.pg_get_serial_sequence(OUTBOX_TABLE, "cursor"), postgresql.REGCLASS
-                )
+                sa.cast(sa.func.pg_get_serial_sequence(OUTBOX_TABLE, "cursor"), postgresql.REGCLASS)
             ),
         )
     ),

@@ -28,6 +28,7 @@ import asyncio
 import collections
 import datetime as dt
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -129,19 +130,32 @@ def _require_psycopg() -> None:
         ) from None
 
 
-def _postgres_connect_args(statement_timeout: float | None) -> dict[str, Any]:
-    # statement_timeout cancels a statement that runs longer, in the database:
-    # a request past its deadline has been answered already, and its query
-    # must not keep holding a connection and its locks.
-    return {
-        "connect_timeout": 10,
-        "application_name": "ablo-connector",
-        **(
-            {"options": f"-c statement_timeout={int(statement_timeout * 1000)}"}
-            if statement_timeout
-            else {}
-        ),
-    }
+def _postgres_connect_args(url: sa.URL, statement_timeout: float | None) -> dict[str, Any]:
+    """The adapter's connection settings, merged into the URL's own: nothing
+    the user set (in the URL, or in libpq's PG* variables) is replaced.
+
+    ``statement_timeout`` cancels a statement that runs longer, in the
+    database: a request past its deadline has been answered already, and its
+    query must not keep holding a connection and its locks. It travels in
+    libpq's ``options``, ahead of the user's own ``options`` (or PGOPTIONS,
+    which an explicit ``options`` would silently replace): the server applies
+    them in order, so the user's ``-c search_path=…`` always survives and the
+    user's own ``-c statement_timeout=…`` wins over ours.
+    """
+    given = url.query
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in given and not os.environ.get("PGCONNECT_TIMEOUT"):
+        args["connect_timeout"] = 10
+    if "fallback_application_name" not in given:
+        # libpq uses it only when neither the URL nor PGAPPNAME names the application.
+        args["fallback_application_name"] = "ablo-connector"
+    options = given.get("options", os.environ.get("PGOPTIONS"))
+    user_options = " ".join(options) if isinstance(options, tuple) else options
+    ours = f"-c statement_timeout={int(statement_timeout * 1000)}" if statement_timeout else ""
+    merged = " ".join(part for part in (ours, user_options) if part)
+    if merged:
+        args["options"] = merged
+    return args
 
 
 def _existing_sqlite_file(parsed: sa.URL) -> None:
@@ -178,7 +192,7 @@ def create_database_engine(
             pool_timeout=pool_timeout,
             pool_pre_ping=True,  # scripts and migrate are not latency-bound
             json_serializer=json_text,
-            connect_args=_postgres_connect_args(statement_timeout),
+            connect_args=_postgres_connect_args(parsed, statement_timeout),
         )
     if must_exist:
         _existing_sqlite_file(parsed)
@@ -208,7 +222,7 @@ def _create_postgres_async_engine(
         # Reads need no transaction; writes ask for one (_LoopDatabase).
         isolation_level="AUTOCOMMIT",
         json_serializer=json_text,
-        connect_args=_postgres_connect_args(statement_timeout),
+        connect_args=_postgres_connect_args(parsed, statement_timeout),
     )
 
 
@@ -221,7 +235,11 @@ def _read_connector(
     import psycopg
 
     cargs, cparams = engine.sync_engine.dialect.create_connect_args(engine.url)
-    params = {**cparams, **_postgres_connect_args(statement_timeout), "autocommit": True}
+    params = {
+        **cparams,
+        **_postgres_connect_args(engine.url, statement_timeout),
+        "autocommit": True,
+    }
 
     async def connect() -> Any:
         return await psycopg.AsyncConnection.connect(*cargs, **params)
@@ -701,10 +719,11 @@ class SQLSource(DataSource):
         if isinstance(self._database, _LoopDatabase):
             # Reflection is not latency-bound: a short-lived synchronous engine
             # does it, so that the CLI can fail fast before the loop starts.
+            url = self.engine.url.set(drivername="postgresql+psycopg")
             engine = sa.create_engine(
-                self.engine.url.set(drivername="postgresql+psycopg"),
+                url,
                 poolclass=NullPool,
-                connect_args=_postgres_connect_args(self._statement_timeout),
+                connect_args=_postgres_connect_args(url, self._statement_timeout),
             )
             try:
                 self._models = self._prepare_with(lambda: _run_read(engine, self._reflect, ()))
