@@ -175,12 +175,17 @@ async def test_run_refuses_a_database_that_cannot_work(
     require_password(postgres_server, role, "pw-right-0a9b")
     wrong = f"postgresql://{role}:{PASSWORD}@127.0.0.1:{postgres_server.port}/postgres"
     missing = f"sqlite:///{tmp_path / 'missing.db'}"
-    for url, message in [(wrong, "refused the login"), (missing, "does not exist")]:
-        async with process(["run", "--database-url", url], ENV) as connector:
-            assert await connector.wait(30) == 78, connector.output()
-            output = connector.output()
-        assert message in output and "Traceback" not in output
-        assert PASSWORD not in output
+    unknown = f"postgresql://nobody_{role}@127.0.0.1:{postgres_server.port}/postgres"
+    cases = [(wrong, "refused the login"), (unknown, "has no user"), (missing, "does not exist")]
+    for url, message in cases:
+        # run and migrate classify alike: a refused login is a mistake (78),
+        # not an outage (migrate exited 69, "cannot reach").
+        for command in ("run", "migrate"):
+            async with process([command, "--database-url", url], ENV) as connector:
+                assert await connector.wait(30) == 78, (command, connector.output())
+                output = connector.output()
+            assert message in output and "Traceback" not in output, (command, output)
+            assert PASSWORD not in output and "cannot reach" not in output
     assert not (tmp_path / "missing.db").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -11,6 +12,10 @@ from ..errors import EX_FAILURE, EX_UNAVAILABLE, ConfigError
 from ..ops.logs import configure_logging
 from .options import GroupedCommand, env_file_option, fail, on_command_line, option
 from .sources import guard_url, sql_source
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL
+    from sqlalchemy.exc import OperationalError
 
 __all__ = ["migrate"]
 
@@ -45,8 +50,8 @@ def migrate(ctx: click.Context, /, database_url: str, models_path: str | None) -
     change), then makes the check `run` makes, with the same --models: a
     migrate that succeeds means run accepts the database. Your own tables
     are never touched. Exit 69 when the database cannot be reached, 78 for a
-    bad URL, a missing SQLite file, a table it cannot complete or a model map
-    run would refuse.
+    bad URL, a login the database refuses, a missing SQLite file, a table it
+    cannot complete or a model map run would refuse.
     """
     import sqlalchemy as sa
     from sqlalchemy.exc import DBAPIError, OperationalError
@@ -74,7 +79,7 @@ def migrate(ctx: click.Context, /, database_url: str, models_path: str | None) -
     except ConfigError as error:
         fail(f"{shown}: {error}")
     except OperationalError as error:
-        fail(f"cannot reach {shown}: {describe_database_error(error)}", EX_UNAVAILABLE)
+        _unreachable(f"{shown}: ", error, engine.url)
     except DBAPIError as error:
         fail(f"migration failed on {shown}: {describe_database_error(error)}", EX_FAILURE)
     finally:
@@ -95,8 +100,6 @@ def _served_models(
     """The models run would serve, by the very check run makes; exits 78 if it would refuse."""
     from sqlalchemy.exc import OperationalError
 
-    from ..adapters.sql import describe_database_error
-
     try:
         source = sql_source(database_url, models_path, add_secret)
     except ConfigError as error:
@@ -106,6 +109,16 @@ def _served_models(
     except ConfigError as error:
         fail(f"the tables are ready, but run would refuse this database: {error}")
     except OperationalError as error:
-        fail(f"cannot reach the database: {describe_database_error(error)}", EX_UNAVAILABLE)
+        _unreachable("", error, source.engine.url)
     finally:
         source.close()
+
+
+def _unreachable(where: str, error: OperationalError, url: URL) -> NoReturn:
+    """Exit 78 for a login the database refused (as ``run`` does), else 69."""
+    from ..adapters.sql import configuration_problem, describe_database_error
+
+    problem = configuration_problem(error, url)
+    if problem is not None:
+        fail(f"{where}{problem}")
+    fail(f"{where}cannot reach the database: {describe_database_error(error)}", EX_UNAVAILABLE)

@@ -13,6 +13,7 @@ from .schema import migrate
 from .source import (
     DEFAULT_POOL_SIZE,
     SQLSource,
+    configuration_problem,
     create_database_engine,
     database_url,
     describe_database_error,
@@ -26,6 +27,7 @@ __all__ = [
     "SQLSource",
     "ServedModel",
     "camel_to_snake",
+    "configuration_problem",
     "create_database_engine",
     "database_url",
     "describe_database_error",

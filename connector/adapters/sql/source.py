@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_POOL_SIZE",
     "shown_url",
     "SQLSource",
+    "configuration_problem",
     "create_database_engine",
     "database_url",
     "describe_database_error",
@@ -156,6 +157,35 @@ def _postgres_connect_args(url: sa.URL, statement_timeout: float | None) -> dict
     if merged:
         args["options"] = merged
     return args
+
+
+def configuration_problem(error: sa_exc.OperationalError, url: sa.URL) -> str | None:
+    """A connection failure that waiting will not cure, as one line, or None.
+
+    The one place that tells a refused login, an unknown user or database
+    (exit 78, a configuration mistake, for ``run``, ``migrate`` and
+    ``check`` alike) from a database that cannot be reached right now.
+    """
+    text = str(getattr(error, "orig", None) or error)
+    user = url.username or "(the default user)"
+    if "password authentication failed" in text or "no password supplied" in text:
+        return (
+            f"the database refused the login of user {user!r}: wrong or missing password "
+            "in the database URL"
+        )
+    if re.search(r'role "[^"]*" does not exist', text):
+        return f"the database has no user {user!r}: check the user in the database URL"
+    if re.search(r'database "[^"]*" does not exist', text):
+        return (
+            f"database {url.database!r} does not exist on {url.host}:{url.port or 5432}: "
+            "create it, or fix the database URL"
+        )
+    if "no pg_hba.conf entry" in text or "authentication failed" in text:
+        return (
+            f"the database does not accept user {user!r} from this host (pg_hba.conf), "
+            "or its authentication failed"
+        )
+    return None
 
 
 def _existing_sqlite_file(parsed: sa.URL) -> None:
@@ -740,7 +770,7 @@ class SQLSource(DataSource):
         try:
             models = reflect()
         except sa_exc.OperationalError as error:
-            problem = self._configuration_problem(error)
+            problem = configuration_problem(error, self.engine.url)
             if problem is not None:
                 raise ConfigError(problem) from None
             self._unhealthy(describe_database_error(error))
@@ -766,30 +796,6 @@ class SQLSource(DataSource):
             shown_url(self.engine.url),
             ", ".join(sorted(models)),
         )
-
-    def _configuration_problem(self, error: sa_exc.OperationalError) -> str | None:
-        """A connection failure that waiting will not cure, as one line, or None."""
-        url = self.engine.url
-        text = str(getattr(error, "orig", None) or error)
-        user = url.username or "(the default user)"
-        if "password authentication failed" in text or "no password supplied" in text:
-            return (
-                f"the database refused the login of user {user!r}: wrong or missing password "
-                "in the database URL"
-            )
-        if re.search(r'role "[^"]*" does not exist', text):
-            return f"the database has no user {user!r}: check the user in the database URL"
-        if re.search(r'database "[^"]*" does not exist', text):
-            return (
-                f"database {url.database!r} does not exist on {url.host}:{url.port or 5432}: "
-                "create it, or fix the database URL"
-            )
-        if "no pg_hba.conf entry" in text or "authentication failed" in text:
-            return (
-                f"the database does not accept user {user!r} from this host (pg_hba.conf), "
-                "or its authentication failed"
-            )
-        return None
 
     def _reflect(self, connection: sa.Connection) -> dict[str, ServedModel]:
         metadata = sa.MetaData()
