@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -83,8 +84,11 @@ DEFAULT_POOL_SIZE: Final = 10
 # a failover never meets a request first (which would then retry once).
 POOL_RECYCLE_SECONDS: Final = 1800
 POOL_TIMEOUT_SECONDS: Final = 10.0  # waiting for a free pooled connection
-# List page shapes kept compiled (where fields and operators, order, cursor).
+# List page shapes kept compiled (where fields and operators, order, cursor):
+# at most this many, holding at most this many bytes (SQL text and keys; no
+# request's values), whichever comes first.
 _MAX_PAGE_SHAPES: Final = 256
+_MAX_PAGE_SHAPE_BYTES: Final = 4 * 1024 * 1024
 _UNSEEN: Final[Any] = object()  # a shape not compiled yet (None: one SQLAlchemy must run)
 
 
@@ -318,17 +322,27 @@ def _run_write(engine: sa.Engine, work: Callable[..., T], args: tuple[Any, ...])
 
 @dataclass(slots=True)
 class _Compiled:
-    """A statement compiled once for the driver, with what binding and reading it takes."""
+    """A statement compiled once for the driver, with what binding and reading it takes.
+
+    It keeps no request's values: a long-lived statement's ``defaults`` are
+    its own, and a list page's shape takes each request's values from that
+    request's statement (``slots``).
+    """
 
     sql: str
     defaults: dict[str, Any]
     bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
     columns: tuple[sa.types.TypeEngine[Any], ...]
-    # For a statement built per request (a list page): binds its own values.
-    statement: Any = None
+    # A list page's shape: each placeholder's position among the values
+    # SQLAlchemy extracts from a statement of that shape (its cache key's).
+    slots: tuple[tuple[str, int], ...] = ()
     # Known after the first execution (some depend on the type the driver reports).
     result_processors: tuple[Callable[[Any], Any] | None, ...] | None = None
     described: bool = False
+
+    def values_of(self, extracted: Sequence[Any]) -> dict[str, Any]:
+        """The values to bind, from the bound parameters of one statement of this shape."""
+        return {name: extracted[position].effective_value for name, position in self.slots}
 
     def learn(self, dialect: sa.Dialect, description: Sequence[Any]) -> None:
         processors = tuple(
@@ -347,6 +361,62 @@ def _completed_at_execution(compiled: Any) -> bool:
         or compiled.literal_execute_params
         or getattr(compiled, "escaped_bind_names", None)
     )
+
+
+def _approximate_size(key: Any) -> int:
+    """Bytes held by a cache key (nested tuples of names, numbers and shared
+    objects such as types, which count only as a reference)."""
+    size, pending, seen = 0, [key], set()
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, tuple):
+            size += sys.getsizeof(item)
+            pending.extend(item)
+        elif isinstance(item, str | bytes | int | float):
+            size += sys.getsizeof(item)
+    return size
+
+
+class _PageShapes:
+    """The compiled list page shapes, the most recently used kept, bounded by
+    count and by bytes: a shape holds its SQL text and its key, which grow
+    with its conditions (64 at most), never with the values of a request."""
+
+    def __init__(self, max_shapes: int, max_bytes: int) -> None:
+        self._max_shapes = max_shapes
+        self._max_bytes = max_bytes
+        self._shapes: collections.OrderedDict[Any, tuple[_Compiled | None, int]] = (
+            collections.OrderedDict()
+        )
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def get(self, key: Any) -> _Compiled | None:
+        """The shape for ``key`` (None: SQLAlchemy must run it), or ``_UNSEEN``."""
+        found = self._shapes.get(key)
+        if found is None:
+            return _UNSEEN  # type: ignore[no-any-return]
+        self._shapes.move_to_end(key)
+        return found[0]
+
+    def put(self, key: Any, shape: _Compiled | None) -> None:
+        size = _approximate_size(key) + (0 if shape is None else 2 * sys.getsizeof(shape.sql))
+        self._shapes[key] = (shape, size)
+        self.bytes += size
+        while self._shapes and (
+            len(self._shapes) > self._max_shapes or self.bytes > self._max_bytes
+        ):
+            _, (_, dropped) = self._shapes.popitem(last=False)
+            self.bytes -= dropped
+
+    def clear(self) -> None:
+        self._shapes.clear()
+        self.bytes = 0
 
 
 def _process_rows(compiled: _Compiled, rows: list[Any]) -> list[Any]:
@@ -379,7 +449,7 @@ class _LoopDatabase:
         self._dialect = engine.sync_engine.dialect
         self._compiled: dict[sa.Select[Any], _Compiled] = {}
         # List pages by shape; None: a shape SQLAlchemy must run (see fetch_page).
-        self._shapes: collections.OrderedDict[Any, _Compiled | None] = collections.OrderedDict()
+        self._shapes = _PageShapes(_MAX_PAGE_SHAPES, _MAX_PAGE_SHAPE_BYTES)
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         return await greenlet_spawn(_run_read, self._reads, work, args)
@@ -387,24 +457,54 @@ class _LoopDatabase:
     async def write(self, work: Callable[..., T], *args: Any) -> T:
         return await greenlet_spawn(_run_write, self._writes, work, args)
 
-    def _compiled_for(self, statement: sa.Select[Any], cache_key: Any = None) -> _Compiled:
+    def _compiled_for(self, statement: sa.Select[Any]) -> _Compiled:
+        """A long-lived statement (a model's load, a page of events), compiled."""
+        compiled = statement.compile(dialect=self._dialect)
+        return _Compiled(
+            compiled.string,
+            dict(compiled.params),
+            self._bind_processors(compiled),
+            tuple(column.type for column in statement.selected_columns),
+        )
+
+    def _shape_for(self, statement: sa.Select[Any], cache_key: Any) -> _Compiled | None:
+        """The compiled form of every list page of ``statement``'s shape, or None
+        for a shape SQLAlchemy must run: one whose SQL is only complete at
+        execution (an IN list expanded then), or with a value compiled into it
+        (which could be this request's, and must not be kept or reused)."""
         dialect = self._dialect
-        if cache_key is None:
-            compiled = statement.compile(dialect=dialect)
-        else:  # the compiled form of every statement of this shape
-            compiled = dialect.statement_compiler(dialect, statement, cache_key=cache_key)
+        compiled = dialect.statement_compiler(dialect, statement, cache_key=cache_key)
+        if _completed_at_execution(compiled):
+            return None
+        # Statements of one shape extract their bound parameters in the same
+        # order, and each keeps its key in the compiled SQL's placeholders.
+        extracted = cache_key.bindparams
+        position = {bind.key: index for index, bind in enumerate(extracted)}
+        slots = []
+        for bind, name in compiled.bind_names.items():  # name: as the SQL text has it
+            index = position.get(bind.key)
+            if index is None:
+                return None
+            slots.append((name, index))
+        shape = _Compiled(
+            compiled.string,
+            {},
+            self._bind_processors(compiled),
+            tuple(column.type for column in statement.selected_columns),
+            slots=tuple(slots),
+        )
+        if shape.values_of(extracted) != compiled.construct_params(extracted_parameters=extracted):
+            return None  # not the values SQLAlchemy would bind: let it run this shape
+        return shape
+
+    def _bind_processors(self, compiled: Any) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+        dialect = self._dialect
         binds = []
         for bind, name in compiled.bind_names.items():  # name: as the SQL text has it
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 binds.append((name, processor))
-        return _Compiled(
-            compiled.string,
-            dict(compiled.params),
-            tuple(binds),
-            tuple(column.type for column in statement.selected_columns),
-            statement=compiled,
-        )
+        return tuple(binds)
 
     async def fetch_page(self, statement: sa.Select[Any]) -> Sequence[Any]:
         """The rows of a statement built per request (a list page).
@@ -421,22 +521,13 @@ class _LoopDatabase:
             return await self.read(_all, statement)
         if self._dialect.server_version_info is None:
             await self._set_up_dialect()
-        shapes = self._shapes
-        compiled = shapes.get(cache_key.key, _UNSEEN)
-        if compiled is _UNSEEN:
-            candidate = self._compiled_for(statement, cache_key)
-            source = candidate.statement
-            compiled = candidate if not _completed_at_execution(source) else None
-            shapes[cache_key.key] = compiled
-            if len(shapes) > _MAX_PAGE_SHAPES:
-                shapes.popitem(last=False)
-        else:
-            shapes.move_to_end(cache_key.key)
-        if compiled is None:
+        shape = self._shapes.get(cache_key.key)
+        if shape is _UNSEEN:
+            shape = self._shape_for(statement, cache_key)
+            self._shapes.put(cache_key.key, shape)
+        if shape is None:
             return await self.read(_all, statement)
-        return await self._run(
-            compiled, compiled.statement.construct_params(extracted_parameters=cache_key.bindparams)
-        )
+        return await self._run(shape, shape.values_of(cache_key.bindparams))
 
     async def _set_up_dialect(self) -> None:
         """Connect SQLAlchemy's engine once: its dialect learns the server then
