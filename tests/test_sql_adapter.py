@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -1034,6 +1035,169 @@ async def test_database_restart_answers_503_then_recovers(postgres: Any) -> None
         await asyncio.to_thread(postgres.start)
         assert (await client.ok({"type": "load", "model": "task", "id": "t1"}))["row"]["id"] == "t1"
         status, _ = await client.commit("c_during", create("t2"))  # the engine's retry
+        assert status == 200
+    finally:
+        await client.close()
+
+
+# ------------------------------------------------------------ the schema changes while serving
+
+
+def _changes_logged(caplog: pytest.LogCaptureFixture, model: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "connector.sql"
+        and r.levelno >= logging.WARNING
+        and repr(model) in r.getMessage()
+    ]
+
+
+async def test_a_column_type_migration_is_served_without_a_500(
+    postgres_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ALTER COLUMN … TYPE under a served table: every statement psycopg had
+    prepared failed with "cached plan must not change result type" (0A000),
+    answered 500, on every read connection until it was recycled 30 minutes
+    later. Now the statements are prepared again and the request retried."""
+    url = prepare(create_database(postgres_server))
+    execute(
+        url,
+        "CREATE TABLE counters (id TEXT PRIMARY KEY, n INTEGER, label TEXT)",
+        "INSERT INTO counters VALUES ('c1', 1, 'one')",
+    )
+    client = Client(SQLSource(url, {"models": {"counter": {"table": "counters"}}}, pool_size=2))
+    statuses: list[int] = []
+
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        status, found = await client(body)
+        statuses.append(status)
+        assert status == 200, found
+        return found
+
+    load = {"type": "load", "model": "counter", "id": "c1"}
+    # A page on the read connections, and one through SQLAlchemy's pool (an IN list).
+    page = {"type": "list", "model": "counter", "query": {"where": [["label", "!=", "x"]]}}
+    in_list = {"type": "list", "model": "counter", "query": {"where": [["id", "IN", ["c1"]]]}}
+
+    def update_counter(key: int, **values: Any) -> dict[str, Any]:
+        operation = {"type": "UPDATE", "model": "counter", "id": "c1", "input": values}
+        return {"type": "commit", "correlationId": f"c_{key}", "operations": [operation]}
+
+    try:
+        # psycopg prepares what SQLAlchemy runs from its fifth run on a connection.
+        for n in range(6):
+            for body in (load, page, in_list, update_counter(n, label=f"run {n}")):
+                await answer(body)
+        caplog.set_level(logging.INFO, logger="connector.sql")
+        execute(
+            url,
+            "ALTER TABLE counters ALTER COLUMN n TYPE bigint",
+            "ALTER TABLE counters ALTER COLUMN label TYPE varchar(200)",
+            "UPDATE counters SET n = 5000000000",
+        )
+        assert (await answer(load))["row"]["n"] == 5_000_000_000
+        assert (await answer(page))["rows"][0]["n"] == 5_000_000_000
+        assert (await answer(in_list))["rows"][0]["n"] == 5_000_000_000
+        # Reflected again: the column holds 64 bits now (a 32-bit one refused this).
+        changed = await answer(update_counter(100, n=6_000_000_000))
+        assert changed["rows"][0]["n"] == 6_000_000_000
+        (line,) = _changes_logged(caplog, "counter")
+        assert "column n changed type from INTEGER to BIGINT" in line
+        assert "column label changed type from TEXT to VARCHAR(200)" in line
+
+        # Again, with requests in flight: retried, or at worst a retryable 503.
+        execute(url, "ALTER TABLE counters ALTER COLUMN n TYPE numeric(20, 0)")
+        bodies = [load, page, in_list] * 8 + [update_counter(200 + n, label="x") for n in range(4)]
+        answers = await asyncio.gather(*(client(body) for body in bodies))
+        assert {status for status, _ in answers} <= {200, 503}, answers
+        assert (await answer(load))["row"]["n"] == "6000000000"  # numeric: a decimal string
+        assert set(statuses) == {200}, "no request answered anything but 200 one at a time"
+    finally:
+        await client.close()
+        drop_database(postgres_server, url)
+
+
+async def test_a_dropped_column_or_table_is_the_sources_503_until_it_is_back(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dropped or renamed column or table answered 400 source_query_invalid
+    (SQLite: 503 source_database_unavailable, marking a healthy database
+    down), which the engine does not retry. Now: the model is reflected
+    again; one that can still be served as mapped is served as it is now,
+    one that cannot answers 503 source_schema_changed and the probe names it
+    until it is back."""
+    url = prepare(database_url)
+    execute(
+        url,
+        "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT, extra TEXT)",
+        "INSERT INTO notes VALUES ('n1', 'hello', 'x')",
+        "INSERT INTO tasks (id, title, due_at) VALUES ('t1', 'A', '2026-01-02 03:04:05')",
+    )
+    models = {
+        "models": {
+            "task": {"table": "tasks", "fields": {"dueAt": "due_at"}},
+            "note": {"table": "notes"},
+        }
+    }
+    source = SQLSource(url, models)
+    client = Client(source)
+    task = {"type": "load", "model": "task", "id": "t1"}
+    note = {"type": "load", "model": "note", "id": "n1"}
+    try:
+        await client.ok(task)
+        await client.ok(note)
+        await client.list()
+        caplog.set_level(logging.INFO, logger="connector.sql")
+
+        # A column no mapping names is dropped: served as the table is now.
+        execute(url, "ALTER TABLE notes DROP COLUMN extra")
+        assert (await client.ok(note))["row"] == {"id": "n1", "body": "hello"}
+        assert _changes_logged(caplog, "note") == [
+            "model 'note' (table notes) changed: column extra is gone; serving it as it is now"
+        ]
+        await source.probe()  # nothing the map needs is missing
+
+        # A mapped column is renamed: that model cannot be served as mapped.
+        execute(url, "ALTER TABLE tasks RENAME COLUMN due_at TO deadline")
+        for request in (task, {"type": "list", "model": "task"}):
+            status, body = await client(request)
+            assert (status, body["error"]) == (503, "source_schema_changed"), body
+            assert "'due_at'" in body["message"] and body["model"] == "task", body
+        status, body = await client.commit("c_gone", update("t1", title="B"))
+        assert (status, body["error"]) == (503, "source_schema_changed"), body
+        (line,) = _changes_logged(caplog, "task")
+        assert line.startswith("cannot serve model 'task' any more: ") and "'due_at'" in line
+        with pytest.raises(SourceError) as probed:
+            await source.probe()
+        assert probed.value.code == "source_schema_changed"
+        assert "model 'task'" in probed.value.message and "'due_at'" in probed.value.message
+        assert (await client.ok(note))["row"]["body"] == "hello"  # the other model serves on
+        assert source.healthy, "the database itself is fine"
+
+        # A table is renamed; meanwhile a column is added to it.
+        execute(
+            url,
+            "ALTER TABLE notes RENAME TO notes_old",
+            "ALTER TABLE notes_old ADD COLUMN color TEXT",
+        )
+        status, body = await client(note)
+        assert (status, body["error"]) == (503, "source_schema_changed"), body
+        assert "table 'notes' does not exist" in body["message"]
+        with pytest.raises(SourceError) as probed:
+            await source.probe()
+        assert "model 'task'" in probed.value.message and "model 'note'" in probed.value.message
+
+        # Both are put back: the probe finds them, with no restart.
+        execute(
+            url,
+            "ALTER TABLE notes_old RENAME TO notes",
+            "ALTER TABLE tasks RENAME COLUMN deadline TO due_at",
+        )
+        await source.probe()
+        assert (await client.ok(note))["row"] == {"id": "n1", "body": "hello", "color": None}
+        assert (await client.ok(task))["row"]["dueAt"].startswith("2026-01-02")
+        status, _ = await client.commit("c_back", update("t1", title="B"))
         assert status == 200
     finally:
         await client.close()

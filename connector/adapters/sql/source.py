@@ -52,7 +52,15 @@ from ...errors import ConfigError, SourceError, describe_error
 from ...serve.datasource import DataSource, RequestContext
 from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
 from .connections import ReadConnections
-from .models import ModelMap, ServedModel
+from .drift import (
+    SCHEMA_CHANGED,
+    PoolRenewal,
+    SchemaChanged,
+    Unservable,
+    describe_changes,
+    is_schema_change,
+)
+from .models import ModelMap, ModelSpec, ServedModel
 from .query import MAX_BOUND_VALUES, column_for, plan_list
 from .schema import last_issued_cursor, ledger, outbox, verify_tables
 from .values import json_text, python_type, to_column_value, to_json_row, to_json_value
@@ -450,6 +458,21 @@ class _LoopDatabase:
         self._compiled: dict[sa.Select[Any], _Compiled] = {}
         # List pages by shape; None: a shape SQLAlchemy must run (see fetch_page).
         self._shapes = _PageShapes(_MAX_PAGE_SHAPES, _MAX_PAGE_SHAPE_BYTES)
+        self._renewal = PoolRenewal(engine.sync_engine)
+
+    def forget_statements(self) -> None:
+        """Drop the compiled statements: their result processors follow the
+        column types they were compiled for, and their models may be gone."""
+        self._compiled.clear()
+        self._shapes.clear()
+
+    def renew(self) -> None:
+        """Forget what was prepared before a served table changed: compiled
+        statements and every connection's prepared statements."""
+        self.forget_statements()
+        self._renewal.renew()
+        if self._read_connections is not None:
+            self._read_connections.renew()
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         return await greenlet_spawn(_run_read, self._reads, work, args)
@@ -648,6 +671,15 @@ class _ThreadDatabase:
             self._reads = self._reads.execution_options(isolation_level="AUTOCOMMIT")
         self._writes = engine.execution_options(ablo_write=True)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="ablo-sql")
+        self._renewal = PoolRenewal(engine)
+
+    def forget_statements(self) -> None:
+        """Nothing is compiled here: SQLAlchemy's own cache keys on the tables."""
+
+    def renew(self) -> None:
+        """Replace the pooled connections (a PostgreSQL engine's may hold
+        statements prepared before a served table changed)."""
+        self._renewal.renew()
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -693,6 +725,39 @@ def _fetch(
 
 def _all(connection: sa.Connection, statement: sa.Executable) -> Sequence[Any]:
     return connection.execute(statement).all()
+
+
+def _reflect_models(
+    connection: sa.Connection, specs: Mapping[str, ModelSpec], *, skip_without_id: bool
+) -> tuple[dict[str, ServedModel], dict[str, str], list[str]]:
+    """Each model of ``specs`` as its table stands: the served ones, why the
+    others cannot be served, and the tables skipped for having no id column."""
+    metadata = sa.MetaData()
+    dialect = connection.dialect.name
+    served: dict[str, ServedModel] = {}
+    problems: dict[str, str] = {}
+    skipped: list[str] = []
+    for name, spec in specs.items():
+        where = f"{spec.schema}.{spec.table}" if spec.schema else spec.table
+        try:
+            table = sa.Table(spec.table, metadata, schema=spec.schema, autoload_with=connection)
+            if skip_without_id and "id" not in table.columns:
+                skipped.append(spec.table)
+                continue
+            served[name] = ServedModel.reflect(name, spec, table, dialect)
+        except sa_exc.NoSuchTableError:
+            problems[name] = f"model {name!r}: table {where!r} does not exist"
+        except ConfigError as error:
+            problems[name] = str(error)
+        except sa_exc.OperationalError as error:
+            if spec.schema and "unknown database" in str(error.orig):
+                problems[name] = (
+                    f"model {name!r}: SQLite has no schema {spec.schema!r} (on SQLite a "
+                    "schema is an attached database: leave `schema` out)"
+                )
+            else:
+                raise
+    return served, problems, skipped
 
 
 def _sqlite_variable_limit(connection: sa.Connection) -> int:
@@ -773,6 +838,13 @@ class SQLSource(DataSource):
         self._max_bound_values = MAX_BOUND_VALUES
         self._healthy = True
         self._last_error: str | None = None
+        # After a served table changed (see .drift): the models that cannot be
+        # served as mapped, and why; a problem with the ledger or outbox; and a
+        # count of reflections, so that concurrent requests reflect once.
+        self._unservable: dict[str, str] = {}
+        self._schema_problem: str | None = None
+        self._reflections = 0
+        self._schema_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
         url = shown_url(self.engine.url)
@@ -798,13 +870,18 @@ class SQLSource(DataSource):
         it returns when the database can serve and raises
         ``SourceError("database_unreachable")`` (or
         ``"source_adapter_misconfigured"``) with the reason, never the URL's
-        password or SQL, when it cannot.
+        password or SQL, when it cannot. While a served table has changed so
+        that a model cannot be served as mapped (its table, or a mapped column,
+        is gone), it reflects again and raises ``"source_schema_changed"``
+        naming each such model, until they can be served again.
         """
         try:
             if self._models is None:
                 await self._prepare_on_loop()
             else:
                 await self._database.read(_select_one)
+                if self._schema_problems() is not None:  # is it back? (the table, the column)
+                    await self._reflect_after_change(self._reflections, renew=False)
         except ConfigError as error:
             self._unhealthy(str(error))
             raise SourceError("source_adapter_misconfigured", str(error), status=503) from None
@@ -813,7 +890,14 @@ class SQLSource(DataSource):
             raise SourceError(
                 "database_unreachable", describe_database_error(error), status=503
             ) from None
+        except SourceError as error:  # reflecting again met the database down
+            self._unhealthy(error.message)
+            raise SourceError("database_unreachable", error.message, status=503) from None
         self._healthy, self._last_error = True, None
+        problems = self._schema_problems()
+        if problems is not None:
+            # The database answers; some of what it serves does not (/readyz names it).
+            raise SchemaChanged(problems)
 
     def _unhealthy(self, reason: str) -> None:
         self._healthy, self._last_error = False, reason
@@ -889,7 +973,7 @@ class SQLSource(DataSource):
         )
 
     def _reflect(self, connection: sa.Connection) -> dict[str, ServedModel]:
-        metadata = sa.MetaData()
+        """Every model at startup, or a ConfigError naming the first that cannot be served."""
         dialect = connection.dialect.name
         inspector = sa.inspect(connection)
         verify_tables(inspector)
@@ -898,25 +982,12 @@ class SQLSource(DataSource):
         specs = self.model_map or ModelMap.of_tables(inspector.get_table_names())
         if not specs:
             raise ConfigError("the database has no tables to serve (create one, or pass --models)")
-        served: dict[str, ServedModel] = {}
-        skipped: list[str] = []
-        for name, spec in specs.items():
-            where = f"{spec.schema}.{spec.table}" if spec.schema else spec.table
-            try:
-                table = sa.Table(spec.table, metadata, schema=spec.schema, autoload_with=connection)
-            except sa_exc.NoSuchTableError:
-                raise ConfigError(f"model {name!r}: table {where!r} does not exist") from None
-            except sa_exc.OperationalError as error:
-                if spec.schema and "unknown database" in str(error.orig):
-                    raise ConfigError(
-                        f"model {name!r}: SQLite has no schema {spec.schema!r} (on SQLite a "
-                        "schema is an attached database: leave `schema` out)"
-                    ) from None
-                raise
-            if self.model_map is None and "id" not in table.columns:
-                skipped.append(spec.table)  # served by name only when it has an id
-                continue
-            served[name] = ServedModel.reflect(name, spec, table, dialect)
+        # Without a map, a table is served by name only when it has an id.
+        served, problems, skipped = _reflect_models(
+            connection, specs, skip_without_id=self.model_map is None
+        )
+        if problems:
+            raise ConfigError(next(iter(problems.values())))
         if skipped:
             log.warning(
                 "not serving table(s) without an id column: %s (map one with --models: "
@@ -931,6 +1002,19 @@ class SQLSource(DataSource):
         # Served under their map names only: an alias (say, lower-cased)
         # would reach a model past an authorize hook that checks the name.
         return served
+
+    def _reflect_served(
+        self, connection: sa.Connection
+    ) -> tuple[dict[str, ServedModel], dict[str, str]]:
+        """The models served since startup, as their tables stand now, and why
+        any cannot be served any more (a table or a mapped column is gone)."""
+        verify_tables(sa.inspect(connection))
+        served = self._models or {}
+        specs = self.model_map or ModelMap.of_tables(served)  # without a map: model = table
+        reflected, problems, _ = _reflect_models(
+            connection, {name: specs[name] for name in served}, skip_without_id=False
+        )
+        return reflected, problems
 
     def close(self) -> None:
         """Drop the pooled connections without waiting (use :meth:`aclose` in a loop)."""
@@ -955,6 +1039,96 @@ class SQLSource(DataSource):
         if model is None:
             raise _unknown_model(name, models)
         return model
+
+    async def _served(self, name: str) -> ServedModel:
+        """The model for a request, unless its table changed so that it cannot be served."""
+        served = await self._model(name)
+        problem = self._unservable.get(served.name)
+        if problem is not None:
+            raise Unservable(
+                f"{problem}: the table changed while being served; retry once it is fixed",
+                model=served.name,
+            )
+        return served
+
+    # ------------------------------------------------------------ schema changes
+
+    async def _on_current_schema(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``; if a served table changed under it, renew what was
+        prepared, reflect again, and run it once more from the start (against
+        the new reflection). A second change answers 503 ``source_schema_changed``."""
+        reflections = self._reflections
+        try:
+            return await operation()
+        except Unservable:
+            raise
+        except SchemaChanged:
+            await self._reflect_after_change(reflections, renew=True)
+        return await operation()
+
+    async def _reflect_after_change(self, reflections: int, *, renew: bool) -> None:
+        """Reflect the served models again, unless someone did since ``reflections``;
+        ``renew`` first replaces every connection's prepared statements."""
+        if self._schema_lock is None:
+            self._schema_lock = asyncio.Lock()
+        async with self._schema_lock:
+            if self._reflections != reflections:
+                return  # another request did it while this one waited
+            if renew:
+                self._database.renew()
+            with _answers(), self._database_errors():
+                try:
+                    models, problems = await self._database.read(self._reflect_served)
+                except ConfigError as error:  # the ledger or the outbox is gone
+                    if self._schema_problem != str(error):
+                        log.error("cannot serve commits and events: %s", error)
+                    self._schema_problem = str(error)
+                    self._reflections += 1
+                    return
+            self._adopt(models, problems)
+            self._reflections += 1
+
+    def _adopt(self, models: Mapping[str, ServedModel], problems: Mapping[str, str]) -> None:
+        """Serve a new reflection, saying once per model what changed."""
+        old = self._models or {}
+        if self._schema_problem is not None:
+            log.info("the ledger and outbox are back: serving commits and events again")
+            self._schema_problem = None
+        dialect = self.engine.dialect
+        adopted: dict[str, ServedModel] = {}
+        for name, model in models.items():
+            changes = describe_changes(old[name], model, dialect) if name in old else []
+            if name in self._unservable:
+                log.info("model %r can be served again (table %s)", name, model.table.fullname)
+            elif changes:
+                log.warning(
+                    "model %r (table %s) changed: %s; serving it as it is now",
+                    name, model.table.fullname, "; ".join(changes),
+                )  # fmt: skip
+            else:
+                continue  # the same as before: keep it (and its compiled statements)
+            adopted[name] = model
+        if adopted:
+            self._database.forget_statements()
+        elif not problems and not self._unservable:
+            log.info("a served table changed, but no served model did; statements prepared again")
+        for name, problem in problems.items():
+            if self._unservable.get(name) != problem:
+                log.warning(
+                    "cannot serve model %r any more: %s; it answers 503 %s until it can",
+                    name, problem.removeprefix(f"model {name!r}: "), SCHEMA_CHANGED,
+                )  # fmt: skip
+        # A model that cannot be served keeps its last reflection (it is not
+        # used): requests for it still find it, and answer 503, not 400.
+        self._models = {**old, **adopted}
+        self._unservable = dict(problems)
+
+    def _schema_problems(self) -> str | None:
+        """What the probe reports while a served table cannot be served as mapped."""
+        problems = list(self._unservable.values())
+        if self._schema_problem is not None:
+            problems.insert(0, self._schema_problem)
+        return "; ".join(problems) if problems else None
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         with self._database_errors():
@@ -996,14 +1170,20 @@ class SQLSource(DataSource):
     # ------------------------------------------------------------ reads
 
     async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any] | None:
-        served = await self._model(model)
+        return await self._on_current_schema(lambda: self._load(model, id))
+
+    async def _load(self, model: str, id: str) -> dict[str, Any] | None:
+        served = await self._served(model)
         key = to_column_value(served.id, "id", id)
         with _answers(served):
             rows = await self._fetch(served.load_statement, {"ablo_id": key})
         return to_json_row(served.values_to_fields(rows[0])) if rows else None
 
     async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
-        served = await self._model(model)
+        return await self._on_current_schema(lambda: self._list(model, query))
+
+    async def _list(self, model: str, query: ListQuery) -> ListPage:
+        served = await self._served(model)
         plan = plan_list(served, query, self.page_size, self.max_page_size, self._max_bound_values)
         if plan.limit == 0:
             return ListPage(rows=[])
@@ -1023,6 +1203,11 @@ class SQLSource(DataSource):
     ) -> EventsPage:
         after = _outbox_cursor(cursor)
         count = min(self.page_size if limit is None else limit, self.max_page_size)
+        return await self._on_current_schema(lambda: self._events(cursor, after, count))
+
+    async def _events(self, cursor: str | None, after: int, count: int) -> EventsPage:
+        if self._schema_problem is not None:
+            raise Unservable(self._schema_problem)
         rows: list[Any] = []
         with _answers():
             if count > 0:
@@ -1065,8 +1250,13 @@ class SQLSource(DataSource):
             raise SourceError(
                 "source_commit_requires_correlation_id", "a commit needs a correlationId"
             )
+        return await self._on_current_schema(lambda: self._commit(commit))
+
+    async def _commit(self, commit: CommitRequest) -> CommitResult:
         # Resolve every model before the transaction: a bad name costs no lock.
-        models = [await self._model(op.model) for op in commit.operations]
+        models = [await self._served(op.model) for op in commit.operations]
+        if self._schema_problem is not None:
+            raise Unservable(self._schema_problem)
         with _answers(*models):
             rows = await self._write(self._commit_in, commit, models)
         return CommitResult(rows=rows)
@@ -1389,6 +1579,8 @@ def _refused_as(error: sa_exc.DBAPIError) -> str:
     sqlstate = getattr(original, "sqlstate", None)
     if sqlstate == _QUERY_CANCELED:
         return "source_database_timeout"
+    if is_schema_change(error):
+        return SCHEMA_CHANGED
     if sqlstate:
         caller = _CALLER_CLASSES.get(sqlstate[:2])
         if caller is not None:
@@ -1414,6 +1606,11 @@ def _refusal(error: sa_exc.DBAPIError, models: Sequence[ServedModel] = ()) -> So
             "the database cancelled a statement that ran past its statement timeout",
             status=504,
         )
+    if is_schema_change(error):
+        # Each request's own line is DEBUG: the reflection that follows logs
+        # what changed, once per model.
+        log.debug("a served table changed: %s", describe_database_error(error))
+        return SchemaChanged("a table this source serves changed while the request ran; retry")
     if sqlstate:
         caller = _CALLER_CLASSES.get(sqlstate[:2])
         if caller is not None:
