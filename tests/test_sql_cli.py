@@ -66,6 +66,26 @@ async def test_check_reports_the_database(tmp_path: Path) -> None:
     ):
         assert await check.wait(30) == 0, check.output()
         assert "ok    database:" in check.output() and "models: tasks" in check.output()
+        # Each model with its table, id column and fields (and their columns where renamed).
+        assert (
+            "      model tasks: table tasks, id column id, fields title, done, priority, "
+            "dueAt (due_at), archivedAt (archived_at), estimate\n"
+        ) in check.output()
+    execute(
+        url, "CREATE TABLE orders (order_key TEXT PRIMARY KEY, amount_cents INTEGER, note TEXT)"
+    )
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models.Order]\ntable = "orders"\nexclude = ["note"]\n'
+        '[models.Order.fields]\nid = "order_key"\ntotal = "amount_cents"\n'
+    )
+    async with process(
+        ["check", "--database-url", url, "--models", str(models)], {"ABLO_API_KEY": ""}
+    ) as check:
+        assert await check.wait(30) == 0, check.output()
+        assert (
+            "      model Order: table orders, id column order_key, fields total (amount_cents)\n"
+        ) in check.output()
 
 
 async def test_run_serves_postgres_end_to_end_and_survives_a_restart(postgres_server: Any, tmp_path: Path) -> None:  # fmt: skip
