@@ -73,6 +73,7 @@ __all__ = [
     "create_database_engine",
     "database_url",
     "describe_database_error",
+    "served_tables",
 ]
 
 log = logging.getLogger("connector.sql")
@@ -758,6 +759,17 @@ def _reflect_models(
             else:
                 raise
     return served, problems, skipped
+
+
+def served_tables(connection: sa.Connection, models: ModelMap | None) -> list[sa.Table]:
+    """The tables ``run`` would serve with ``models`` (every table with an id
+    column without them), whether or not the ledger and outbox exist yet; a
+    ConfigError names a map ``run`` would refuse."""
+    specs = models or ModelMap.of_tables(sa.inspect(connection).get_table_names())
+    served, problems, _ = _reflect_models(connection, specs, skip_without_id=models is None)
+    if problems:
+        raise ConfigError(next(iter(problems.values())))
+    return [model.table for model in served.values()]
 
 
 def _sqlite_variable_limit(connection: sa.Connection) -> int:
