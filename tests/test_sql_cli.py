@@ -350,3 +350,64 @@ async def test_migrate_prints_no_grants_for_sqlite(tmp_path: Path) -> None:
         assert await cli.wait(30) == 0, cli.output()
         assert "CREATE TABLE IF NOT EXISTS ablo_outbox" in cli.output()
     assert execute(url, "SELECT name FROM sqlite_master WHERE name LIKE 'ablo_%'")[0] == []
+
+
+def _mebibytes(quantity: str) -> float:
+    """A Kubernetes memory quantity (``128Mi``, ``1Gi``) in MiB."""
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+async def test_the_kubernetes_memory_request_covers_the_sql_adapter_on_postgres(
+    postgres_server: Any,
+) -> None:
+    """The manifests request memory for the process they run, the SQL adapter
+    on PostgreSQL: its peak RSS under load, plus the commit answers it may
+    keep (--replay-memory, 16 MiB), must fit in the request, and the limit
+    above it. The request was 64 Mi while the process held 70 to 80 MiB."""
+    import asyncio
+
+    import yaml
+
+    manifest = Path(__file__).resolve().parents[1] / "deploy/kubernetes/base/deployment.yaml"
+    (container,) = yaml.safe_load(manifest.read_text())["spec"]["template"]["spec"]["containers"]
+    request = _mebibytes(container["resources"]["requests"]["memory"])
+    limit = _mebibytes(container["resources"]["limits"]["memory"])
+    url = create_database(postgres_server)
+    execute(
+        url,
+        TASKS_DDL["postgresql"],
+        "INSERT INTO tasks (id, title, priority) "
+        "SELECT 't' || n, 'Task number ' || n, mod(n, 5) FROM generate_series(1, 300) AS n",
+    )
+    try:
+        async with process(["migrate", "--database-url", url]) as migrate:
+            assert await migrate.wait(30) == 0
+        async with DevEngine(KEY) as engine:
+            args = ["run", "--base-url", engine.base_url, "--database-url", url]
+            connector = await Process(args, ENV).start()
+            try:
+                await engine.wait_attached(20)
+                bodies: list[dict[str, Any]] = []
+                for n in range(300):
+                    bodies.append({"type": "load", "model": "tasks", "id": f"t{n + 1}"})
+                    bodies.append({"type": "list", "model": "tasks", "query": {
+                        "limit": 100, "where": [["priority", "!=", n % 5]]}})  # fmt: skip
+                    bodies.append({"type": "commit", "correlationId": f"mem_{n}", "operations": [
+                        {"type": "UPDATE", "model": "tasks", "id": f"t{n + 1}",
+                         "input": {"title": f"Task {n} again"}}]})  # fmt: skip
+                for start in range(0, len(bodies), 64):  # 64 in flight, as --max-in-flight
+                    answers = await asyncio.gather(
+                        *(engine.request(body) for body in bodies[start : start + 64])
+                    )
+                    assert {answer.status for answer in answers} == {200}
+                status = Path(f"/proc/{connector.pid}/status").read_text()
+                peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024  # fmt: skip
+            finally:
+                connector.signal(signal.SIGTERM)
+                assert await connector.wait(20) == 0
+                await connector.stop()
+    finally:
+        drop_database(postgres_server, url)
+    replay_memory = 16
+    assert peak + replay_memory <= request < limit, (peak, request, limit)
