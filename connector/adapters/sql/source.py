@@ -1126,9 +1126,13 @@ class SQLSource(DataSource):
             log.info("a served table changed, but no served model did; statements prepared again")
         for name, problem in problems.items():
             if self._unservable.get(name) != problem:
+                # The problem starts "model 'x' (table 'y'): ", said once here.
+                detail = (
+                    problem.split(": ", 1)[-1] if problem.startswith(f"model {name!r}") else problem
+                )
                 log.warning(
                     "cannot serve model %r any more: %s; it answers 503 %s until it can",
-                    name, problem.removeprefix(f"model {name!r}: "), SCHEMA_CHANGED,
+                    name, detail, SCHEMA_CHANGED,
                 )  # fmt: skip
         # A model that cannot be served keeps its last reflection (it is not
         # used): requests for it still find it, and answer 503, not 400.
