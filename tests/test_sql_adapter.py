@@ -1205,6 +1205,29 @@ async def test_a_dropped_column_or_table_is_the_sources_503_until_it_is_back(
         await client.close()
 
 
+async def test_a_dropped_outbox_answers_commits_and_events_503_until_migrated_again(
+    client: Client, prepared: str
+) -> None:
+    await client.commit("c_before", create("t1"))
+    execute(prepared, "DROP TABLE ablo_outbox")
+    status, body = await client.commit("c_during", create("t2"))
+    assert (status, body["error"]) == (503, "source_schema_changed"), body
+    assert "no ablo_outbox table" in body["message"]
+    status, body = await client({"type": "events"})
+    assert (status, body["error"]) == (503, "source_schema_changed"), body
+    assert (await client.ok({"type": "load", "model": "task", "id": "t1"}))["row"]["id"] == "t1"
+    with pytest.raises(SourceError) as probed:
+        await client.source.probe()
+    assert probed.value.code == "source_schema_changed" and "ablo_outbox" in probed.value.message
+    engine = create_database_engine(prepared)
+    migrate(engine)
+    engine.dispose()
+    await client.source.probe()
+    status, _ = await client.commit("c_during", create("t2"))  # the engine's retry
+    assert status == 200
+    assert [e["entityId"] for e in (await client.events())["events"]] == ["t2"]
+
+
 def test_sqlite_needs_nothing_but_the_standard_library(tmp_path: Path) -> None:
     db = tmp_path / "plain.db"
     with sqlite3.connect(db) as connection:
