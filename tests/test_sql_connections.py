@@ -147,6 +147,22 @@ async def test_an_old_connection_is_replaced_not_reused() -> None:
     assert fresh is not held[0] and held[0].closed and pool.open == 1
 
 
+async def test_renew_replaces_idle_connections_now_and_busy_ones_when_given_back() -> None:
+    """After a schema change every connection's prepared statements are
+    stale: none opened before renew() is handed out again."""
+    pool, opened = _pool(3)
+    idle, busy = await pool.acquire(), await pool.acquire()
+    pool.release(*idle)
+    pool.renew()
+    assert idle[0].closed and not busy[0].closed and pool.open == 1
+    pool.release(*busy)
+    assert busy[0].closed and pool.open == 0
+    fresh, _ = await pool.acquire()
+    assert fresh not in opened[:2] and not fresh.closed
+    pool.release(fresh, _)
+    assert (await pool.acquire())[0] is fresh  # opened after renew(): reused
+
+
 async def test_a_failed_open_leaves_the_slot_to_the_next_caller() -> None:
     attempts = 0
 
