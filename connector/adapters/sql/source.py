@@ -1084,8 +1084,8 @@ class SQLSource(DataSource):
         if self._schema_lock is None:
             self._schema_lock = asyncio.Lock()
         async with self._schema_lock:
-            if self._reflections != reflections:
-                return  # another request did it while this one waited
+            if self._reflections != reflections or self._models is None:
+                return  # another request did it while this one waited (or none was made yet)
             if renew:
                 self._database.renew()
             with _answers(), self._database_errors():
