@@ -22,8 +22,9 @@ ledger and outbox rows), each at 1 and 64 in flight.
     python bench/sql.py --sqlite              # the connector on a SQLite file (no yardstick)
     python bench/sql.py --connector-repo DIR  # serve with another checkout (before/after)
 
-Prints a table and one JSON line. Nothing here asserts on time: the targets
-are read off the output (see the README).
+Prints a table, the connector's resident memory (once attached, its peak,
+and at the end) and one JSON line. Nothing here asserts on time: the
+targets are read off the output (see the README).
 """
 
 from __future__ import annotations
@@ -50,7 +51,14 @@ from websockets.typing import Subprotocol
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.run import KEY, Engine, percentile, presign, proc_cpu_seconds  # noqa: E402
+from bench.run import (  # noqa: E402
+    KEY,
+    Engine,
+    percentile,
+    presign,
+    proc_cpu_seconds,
+    proc_status,
+)
 from tests.postgres import PrivatePostgres  # noqa: E402  (standard library and psycopg only)
 
 ROWS = 256
@@ -293,7 +301,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 for pool in (driver, reference):
                     if pool is not None:
                         await pool.pool.open(wait=True)
-                return await rounds(args, engine, peer, driver, reference)
+                started_kib = proc_status(peer.pid, "VmRSS")
+                result = await rounds(args, engine, peer, driver, reference)
+                result["connector_rss_mib"] = {
+                    "attached": round(started_kib / 1024, 1),
+                    "peak": round(proc_status(peer.pid, "VmHWM") / 1024, 1),
+                    "end": round(proc_status(peer.pid, "VmRSS") / 1024, 1),
+                }
+                return result
             finally:
                 for pool in (driver, reference):
                     if pool is not None:
@@ -397,6 +412,12 @@ def render(result: dict[str, Any]) -> str:
         lines.append(
             f"{s['operation']:<10} {s['path']:<10} {s['in_flight']:>10} {s['rps']:>8.0f}"
             f" {s['p50_ms']:>8.3f} {s['p95_ms']:>8.3f} {s['p99_ms']:>8.3f} {cpu} {s['errors']:>7}"
+        )
+    rss = result.get("connector_rss_mib")
+    if rss:
+        lines.append(
+            f"connector RSS: {rss['attached']} MiB once attached, peak {rss['peak']} MiB, "
+            f"{rss['end']} MiB at the end"
         )
     for operation, ratio in result.get("ratios", {}).items():
         lines.append(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -143,6 +145,22 @@ async def test_an_old_connection_is_replaced_not_reused() -> None:
     await asyncio.sleep(0.05)
     fresh, _ = await pool.acquire()
     assert fresh is not held[0] and held[0].closed and pool.open == 1
+
+
+async def test_renew_replaces_idle_connections_now_and_busy_ones_when_given_back() -> None:
+    """After a schema change every connection's prepared statements are
+    stale: none opened before renew() is handed out again."""
+    pool, opened = _pool(3)
+    idle, busy = await pool.acquire(), await pool.acquire()
+    pool.release(*idle)
+    pool.renew()
+    assert idle[0].closed and not busy[0].closed and pool.open == 1
+    pool.release(*busy)
+    assert busy[0].closed and pool.open == 0
+    fresh, _ = await pool.acquire()
+    assert fresh not in opened[:2] and not fresh.closed
+    pool.release(fresh, _)
+    assert (await pool.acquire())[0] is fresh  # opened after renew(): reused
 
 
 async def test_a_failed_open_leaves_the_slot_to_the_next_caller() -> None:
@@ -286,16 +304,54 @@ async def test_a_shape_sqlalchemy_must_run_is_not_compiled_again(
     from connector.adapters.sql import source as adapter
 
     compiled: list[object] = []
-    compile_once = adapter._LoopDatabase._compiled_for
+    compile_once = adapter._LoopDatabase._shape_for
 
-    def counting(self: Any, statement: Any, cache_key: Any = None) -> Any:
+    def counting(self: Any, statement: Any, cache_key: Any) -> Any:
         compiled.append(statement)
         return compile_once(self, statement, cache_key)
 
-    monkeypatch.setattr(adapter._LoopDatabase, "_compiled_for", counting)
+    monkeypatch.setattr(adapter._LoopDatabase, "_shape_for", counting)
     async with _client(postgres_server) as (client, _):
         await client.commit("c_rows", *(create(f"t{i}") for i in range(4)))
         for i in range(5):  # an IN list: SQLAlchemy expands it when it runs
             where = [{"field": "id", "op": "IN", "value": [f"t{i % 4}", "t9"]}]
             assert [row["id"] for row in (await client.list(where=where))["rows"]] == [f"t{i % 4}"]
     assert len(compiled) == 1
+
+
+async def test_cached_list_shapes_keep_no_values_and_stay_within_their_bytes(
+    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cached shape kept its first request's values (the compiled
+    statement held its bound parameters): 256 shapes of long LIKE patterns
+    held 200 MiB. Shapes now hold their SQL and key only, within a byte budget."""
+    budget = 512 * 1024
+    monkeypatch.setattr(
+        "connector.adapters.sql.source._MAX_PAGE_SHAPE_BYTES", budget, raising=False
+    )
+    async with _client(postgres_server) as (client, _):
+        await client.commit("c_row", create("t1"))
+        await client.list()  # connections open, dialect set up: not counted below
+        shapes = client.source._database._shapes  # type: ignore[union-attr]
+        gc.collect()
+        tracemalloc.start()
+        try:
+            values = 0
+            for k in range(1, 49):  # 48 shapes: 1 to 48 conditions of 10,000 characters
+                patterns = [f"%{i}" + "v" * 9_990 for i in range(k)]
+                values += sum(len(p) for p in patterns)
+                where = [{"field": "title", "op": "NOT LIKE", "value": p} for p in patterns]
+                assert [row["id"] for row in (await client.list(where=where))["rows"]] == ["t1"]
+            gc.collect()
+            with_shapes = tracemalloc.get_traced_memory()[0]
+            kept = len(shapes)
+            shapes.clear()
+            gc.collect()
+            retained = with_shapes - tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+    assert values > 10_000_000
+    # What the cache held, measured: within its budget (its own estimate of
+    # itself may be off by a little), and nothing like the values it saw.
+    assert retained < budget * 1.25, (retained, values)
+    assert 0 < kept < 48  # the oldest shapes made room

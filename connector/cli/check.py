@@ -15,7 +15,8 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection
@@ -32,7 +33,10 @@ from ..errors import (
 from ..wire.frames import SUBPROTOCOL
 from ..wire.session import ClientSession, Ended, Invalid, Ready
 
-__all__ = ["run_checks"]
+if TYPE_CHECKING:
+    from ..adapters.sql import ServedModel
+
+__all__ = ["describe_models", "run_checks"]
 
 Echo = Callable[[str], None]
 
@@ -240,3 +244,22 @@ async def _check_tls(host: str, port: int, timeout: float, echo: Echo) -> None:
     echo(
         f"ok    tls: {version}, certificate valid until {expires} ({(time.monotonic() - started) * 1000:.0f} ms)"
     )
+
+
+def describe_models(models: Mapping[str, ServedModel]) -> list[str]:
+    """What ``check --database-url`` shows of each model it would serve: its
+    name on the wire, its table, its id column, and its fields, each with its
+    column where the two names differ."""
+    lines = []
+    for name in sorted(models):
+        served = models[name]
+        fields = [
+            field if column.name == field else f"{field} ({column.name})"
+            for field, column in served.columns.items()
+            if field != "id"
+        ]
+        lines.append(
+            f"      model {name}: table {served.table.fullname}, id column {served.id.name}, "
+            f"fields {', '.join(fields) or '(none)'}"
+        )
+    return lines

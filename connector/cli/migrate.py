@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -11,7 +12,13 @@ from ..ops.logs import configure_logging
 from .options import GroupedCommand, env_file_option, fail, option
 from .sources import guard_url_options, sql_source
 
+if TYPE_CHECKING:
+    from sqlalchemy import URL, Engine
+    from sqlalchemy.exc import OperationalError
+
 __all__ = ["migrate"]
+
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 @click.command(
@@ -34,8 +41,30 @@ __all__ = ["migrate"]
     type=click.Path(dir_okay=False),
     help="The model map run will serve, checked too. Default: every table with an id, by name.",
 )
+@option(
+    "--print-sql",
+    group="source",
+    is_flag=True,
+    help="Print the statements that create the ledger and outbox, and change nothing "
+    "(for an owner to run them).",
+)
+@option(
+    "--print-grants",
+    "grants_for",
+    group="source",
+    metavar="ROLE",
+    help="Print the GRANTs ROLE needs to serve the models (PostgreSQL), and change nothing. "
+    "Connects as the URL's user, which needs no privilege beyond reading the catalog.",
+)
 @click.pass_context
-def migrate(ctx: click.Context, /, database_url: str, models_path: str | None) -> None:
+def migrate(
+    ctx: click.Context,
+    /,
+    database_url: str,
+    models_path: str | None,
+    print_sql: bool,
+    grants_for: str | None,
+) -> None:
     """Create the idempotency ledger and the outbox (safe to run again).
 
     Creates ablo_idempotency and ablo_outbox with the same names and columns
@@ -44,8 +73,14 @@ def migrate(ctx: click.Context, /, database_url: str, models_path: str | None) -
     change), then makes the check `run` makes, with the same --models: a
     migrate that succeeds means run accepts the database. Your own tables
     are never touched. Exit 69 when the database cannot be reached, 78 for a
-    bad URL, a missing SQLite file, a table it cannot complete or a model map
-    run would refuse.
+    bad URL, a login the database refuses, a user that may not create tables,
+    a missing SQLite file, a table it cannot complete or a model map run
+    would refuse.
+
+    A user that may not create tables (the connector's own, with the least
+    privileges) cannot run it the first time: run it once as the tables'
+    owner, or give the owner the output of --print-sql; --print-grants ROLE
+    then prints what the connector's user needs.
     """
     import sqlalchemy as sa
     from sqlalchemy.exc import DBAPIError, OperationalError
@@ -54,20 +89,38 @@ def migrate(ctx: click.Context, /, database_url: str, models_path: str | None) -
     from ..adapters.sql import migrate as migrate_tables
 
     formatter = configure_logging("warning")
+    if print_sql and grants_for is not None:
+        fail("give --print-sql or --print-grants, not both")
     try:
         guard_url_options(ctx, formatter.add_secret)
+    except ConfigError as error:
+        fail(str(error))
+    if print_sql:
+        _print_sql(database_url)
+        return
+    try:
         engine = create_database_engine(database_url, must_exist=True)
     except ConfigError as error:
         fail(str(error))
     shown = shown_url(engine.url)
+    if grants_for is not None:
+        _print_grants(engine, models_path, grants_for)
+        return
     try:
         changes = migrate_tables(engine)
         tables = set(sa.inspect(engine).get_table_names()) - {"ablo_idempotency", "ablo_outbox"}
     except ConfigError as error:
         fail(f"{shown}: {error}")
     except OperationalError as error:
-        fail(f"cannot reach {shown}: {describe_database_error(error)}", EX_UNAVAILABLE)
+        _unreachable(f"{shown}: ", error, engine.url)
     except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+            fail(
+                f"{shown}: {describe_database_error(error)}: this user may not create the "
+                "ledger and outbox; run migrate once as the tables' owner (or have the owner "
+                "run the statements of `ablo-connector migrate --print-sql`), then grant this "
+                "user what `ablo-connector migrate --print-grants ROLE` prints"
+            )
         fail(f"migration failed on {shown}: {describe_database_error(error)}", EX_FAILURE)
     finally:
         engine.dispose()
@@ -87,8 +140,6 @@ def _served_models(
     """The models run would serve, by the very check run makes; exits 78 if it would refuse."""
     from sqlalchemy.exc import OperationalError
 
-    from ..adapters.sql import describe_database_error
-
     try:
         source = sql_source(database_url, models_path, add_secret)
     except ConfigError as error:
@@ -98,6 +149,65 @@ def _served_models(
     except ConfigError as error:
         fail(f"the tables are ready, but run would refuse this database: {error}")
     except OperationalError as error:
-        fail(f"cannot reach the database: {describe_database_error(error)}", EX_UNAVAILABLE)
+        _unreachable("", error, source.engine.url)
     finally:
         source.close()
+
+
+def _print_sql(database_url: str) -> None:
+    """The statements migrate runs on a database that has neither table (no connection)."""
+    from ..adapters.sql import database_url as parse_database_url
+    from ..adapters.sql import migration_statements
+
+    try:
+        dialect = parse_database_url(database_url).get_backend_name()
+    except ConfigError as error:
+        fail(str(error))
+    click.echo(
+        "-- The SQL adapter's ledger and outbox, as `ablo-connector migrate` creates them;\n"
+        "-- run as the owner, in the schema the connector's user finds first on its search_path."
+    )
+    for statement in migration_statements(dialect):
+        click.echo(f"{statement};")
+
+
+def _print_grants(engine: Engine, models_path: str | None, role: str) -> None:
+    """The GRANTs ``role`` needs for the models run would serve (PostgreSQL)."""
+    from sqlalchemy.exc import OperationalError
+
+    from ..adapters.sql import ModelMap, grant_statements, served_tables
+
+    if engine.dialect.name != "postgresql":
+        engine.dispose()
+        click.echo(
+            "-- SQLite has no users and no GRANTs: the connector's user needs to read and write "
+            "the database file and its folder (for the -wal and -shm files)."
+        )
+        return
+    try:
+        models = ModelMap.from_toml(models_path) if models_path else None
+        with engine.connect() as connection:
+            tables = served_tables(connection, models)
+            statements = grant_statements(connection, role, tables)
+    except ConfigError as error:
+        fail(str(error))
+    except OperationalError as error:
+        _unreachable("", error, engine.url)
+    finally:
+        engine.dispose()
+    click.echo(
+        f"-- What {role} needs to serve {len(tables)} table(s) with the ledger and outbox; "
+        "run as their owner."
+    )
+    for statement in statements:
+        click.echo(statement)
+
+
+def _unreachable(where: str, error: OperationalError, url: URL) -> NoReturn:
+    """Exit 78 for a login the database refused (as ``run`` does), else 69."""
+    from ..adapters.sql import configuration_problem, describe_database_error
+
+    problem = configuration_problem(error, url)
+    if problem is not None:
+        fail(f"{where}{problem}")
+    fail(f"{where}cannot reach the database: {describe_database_error(error)}", EX_UNAVAILABLE)

@@ -209,8 +209,12 @@ def _check_database(
         sys.exit(EX_UNAVAILABLE)
     finally:
         source.close()
+    from .check import describe_models
+
     served = sorted({model.name for model in models.values()})
     say(
         f"ok    database: {shown_url(source.engine.url)} "
         f"(ledger and outbox present; models: {', '.join(served)})"
     )
+    for line in describe_models(models):
+        say(line)

@@ -9,13 +9,15 @@ Create the ledger and outbox once with ``ablo-connector migrate --database-url U
 """
 
 from .models import ModelMap, ModelSpec, ServedModel, camel_to_snake, snake_to_camel
-from .schema import migrate
+from .schema import grant_statements, migrate, migration_statements
 from .source import (
     DEFAULT_POOL_SIZE,
     SQLSource,
+    configuration_problem,
     create_database_engine,
     database_url,
     describe_database_error,
+    served_tables,
     shown_url,
 )
 
@@ -26,10 +28,14 @@ __all__ = [
     "SQLSource",
     "ServedModel",
     "camel_to_snake",
+    "configuration_problem",
     "create_database_engine",
     "database_url",
     "describe_database_error",
+    "grant_statements",
     "migrate",
+    "migration_statements",
+    "served_tables",
     "shown_url",
     "snake_to_camel",
 ]

@@ -11,7 +11,9 @@ least a pool must do:
 - at most ``size`` connections, opened on demand with the engine's own
   connect arguments, in autocommit (one statement needs no transaction);
 - a free connection goes to the longest waiter first;
-- a connection older than ``recycle`` seconds is closed instead of reused;
+- a connection older than ``recycle`` seconds is closed instead of reused,
+  and so is one opened before :meth:`ReadConnections.renew` (its prepared
+  statements predate a schema change);
 - a connection that failed is closed, and when it failed because the
   server went away, every idle one is closed too (opened before the failure,
   they are suspect): the caller's retry then opens a fresh one;
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -56,12 +59,13 @@ class ReadConnections:
         )
         self.open = 0
         self._closed = False
+        self._renewed_at = -math.inf
 
     async def acquire(self) -> tuple[Any, float]:
         """A connection and when it was opened; give it back with :meth:`release`."""
         while self._idle:
             connection, opened = self._idle.pop()  # the most recent: it is warm
-            if connection.closed or time.monotonic() - opened > self._recycle:
+            if connection.closed or self._expired(opened):
                 self._discard(connection)
                 continue
             return connection, opened
@@ -99,12 +103,21 @@ class ReadConnections:
         One past ``recycle`` is closed here too: under steady load a
         connection goes from caller to waiter and is never idle.
         """
-        if failed or self._closed or connection.closed or time.monotonic() - opened > self._recycle:
+        if failed or self._closed or connection.closed or self._expired(opened):
             if connection.closed or connection.broken:
                 self._drop_idle()
             self._discard(connection)
             return
         self._give_back((connection, opened))
+
+    def renew(self) -> None:
+        """Replace every connection open now: the idle ones at once, the busy
+        ones when they come back (their prepared statements are stale)."""
+        self._renewed_at = time.monotonic()
+        self._drop_idle()
+
+    def _expired(self, opened: float) -> bool:
+        return opened <= self._renewed_at or time.monotonic() - opened > self._recycle
 
     async def close(self) -> None:
         """Close every idle connection now, and the busy ones as they come back."""

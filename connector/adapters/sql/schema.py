@@ -8,6 +8,8 @@ works with the engine's tooling. Every statement is safe to run again.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -16,7 +18,15 @@ from sqlalchemy.dialects import postgresql
 from ...errors import ConfigError
 from .models import LEDGER_TABLE, OUTBOX_TABLE
 
-__all__ = ["ledger", "migrate", "migration_statements", "outbox", "verify_tables"]
+__all__ = [
+    "grant_statements",
+    "last_issued_cursor",
+    "ledger",
+    "migrate",
+    "migration_statements",
+    "outbox",
+    "verify_tables",
+]
 
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
@@ -48,6 +58,42 @@ outbox: Final = sa.Table(
     sa.Column("occurred_at", sa.BigInteger),
     sa.Column("created_at", sa.DateTime(timezone=True)),
 )
+
+
+_HIGHEST_CURSOR: Final = sa.select(sa.func.max(outbox.c.cursor)).scalar_subquery()
+_SQLITE_SEQUENCE: Final = sa.table("sqlite_sequence", sa.column("name"), sa.column("seq"))
+
+# The highest cursor the outbox ever handed out: its key's sequence, which
+# pruning does not rewind (an empty outbox still knows it), or the highest row
+# left. PostgreSQL: pg_sequence_last_value needs USAGE on the sequence, which
+# the connector's user has anyway; SQLite: AUTOINCREMENT keeps it in
+# sqlite_sequence.
+_LAST_ISSUED_CURSOR: Final[dict[str, sa.Select[Any]]] = {
+    "postgresql": sa.select(
+        sa.func.greatest(
+            _HIGHEST_CURSOR,
+            sa.func.pg_sequence_last_value(
+                sa.cast(sa.func.pg_get_serial_sequence(OUTBOX_TABLE, "cursor"), postgresql.REGCLASS)
+            ),
+        )
+    ),
+    "sqlite": sa.select(
+        sa.func.max(
+            sa.func.coalesce(_HIGHEST_CURSOR, 0),
+            sa.func.coalesce(
+                sa.select(_SQLITE_SEQUENCE.c.seq)
+                .where(_SQLITE_SEQUENCE.c.name == OUTBOX_TABLE)
+                .scalar_subquery(),
+                0,
+            ),
+        )
+    ),
+}
+
+
+def last_issued_cursor(dialect: str) -> sa.Select[Any]:
+    """A statement for the highest outbox cursor ever issued (NULL: none yet)."""
+    return _LAST_ISSUED_CURSOR[dialect]
 
 
 _POSTGRESQL: Final = (
@@ -192,3 +238,63 @@ def verify_tables(inspector: Any) -> None:
             raise ConfigError(
                 f"{table.name} lacks columns {missing}: run `ablo-connector migrate` to upgrade it"
             )
+
+
+# A serial column's default, as PostgreSQL prints it: nextval('name'::regclass).
+_NEXTVAL: Final = re.compile(r"nextval\('((?:[^']|'')+)'::regclass\)")
+_QUALIFIED_SEQUENCE: Final = sa.text(
+    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = CAST(:name AS regclass)"
+)
+# What the connector does to each table, and so the least it needs.
+_SERVED_PRIVILEGES: Final = "SELECT, INSERT, UPDATE, DELETE"
+_LEDGER_PRIVILEGES: Final = "SELECT, INSERT, UPDATE"
+_OUTBOX_PRIVILEGES: Final = "SELECT, INSERT"
+
+
+def grant_statements(connection: sa.Connection, role: str, served: Sequence[sa.Table]) -> list[str]:
+    """The GRANTs (PostgreSQL) that let ``role`` serve ``served`` with the
+    ledger and outbox, and nothing more: no ownership, no CREATE.
+
+    Tables are named with their schema. A sequence is granted where an
+    INSERT calls nextval() (a serial column's default, the outbox's cursor);
+    an identity column needs none.
+    """
+    preparer = connection.dialect.identifier_preparer
+    inspector = sa.inspect(connection)
+    default_schema = str(inspector.default_schema_name)
+    grantee = preparer.quote(role)
+
+    def qualified(schema: str | None, name: str) -> str:
+        return f"{preparer.quote_schema(schema or default_schema)}.{preparer.quote(name)}"
+
+    def sequences(table: sa.Table) -> list[str]:
+        found = []
+        for column in table.columns:
+            default = column.server_default
+            match = _NEXTVAL.search(str(getattr(default, "arg", "")))
+            if match is not None:
+                name = match.group(1).replace("''", "'")
+                found.append(connection.execute(_QUALIFIED_SEQUENCE, {"name": name}).scalar_one())
+        return found
+
+    outbox_sequences = [qualified(None, f"{OUTBOX_TABLE}_cursor_seq")]  # as migrate creates it
+    if inspector.has_table(OUTBOX_TABLE):
+        existing = sa.Table(OUTBOX_TABLE, sa.MetaData(), autoload_with=connection)
+        outbox_sequences = sequences(existing)
+    schemas = dict.fromkeys([table.schema or default_schema for table in served] + [default_schema])
+    statements = [
+        f"GRANT USAGE ON SCHEMA {preparer.quote_schema(str(s))} TO {grantee};" for s in schemas
+    ]
+    for table in served:
+        name = qualified(table.schema, table.name)
+        statements.append(f"GRANT {_SERVED_PRIVILEGES} ON {name} TO {grantee};")
+        statements += [f"GRANT USAGE ON SEQUENCE {seq} TO {grantee};" for seq in sequences(table)]
+    statements.append(
+        f"GRANT {_LEDGER_PRIVILEGES} ON {qualified(None, LEDGER_TABLE)} TO {grantee};"
+    )
+    statements.append(
+        f"GRANT {_OUTBOX_PRIVILEGES} ON {qualified(None, OUTBOX_TABLE)} TO {grantee};"
+    )
+    statements += [f"GRANT USAGE ON SEQUENCE {seq} TO {grantee};" for seq in outbox_sequences]
+    return statements

@@ -28,8 +28,10 @@ import asyncio
 import collections
 import datetime as dt
 import logging
+import os
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,18 +53,28 @@ from ...serve.datasource import DataSource, MaybeAwaitable, RequestContext
 from ...serve.models import ModelNames
 from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
 from .connections import ReadConnections
-from .models import ModelMap, ServedModel
+from .drift import (
+    SCHEMA_CHANGED,
+    PoolRenewal,
+    SchemaChanged,
+    Unservable,
+    describe_changes,
+    is_schema_change,
+)
+from .models import ModelMap, ModelSpec, ServedModel
 from .query import MAX_BOUND_VALUES, column_for, plan_list
-from .schema import ledger, outbox, verify_tables
+from .schema import last_issued_cursor, ledger, outbox, verify_tables
 from .values import json_text, python_type, to_column_value, to_json_row, to_json_value
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
     "shown_url",
     "SQLSource",
+    "configuration_problem",
     "create_database_engine",
     "database_url",
     "describe_database_error",
+    "served_tables",
 ]
 
 log = logging.getLogger("connector.sql")
@@ -82,8 +94,11 @@ DEFAULT_POOL_SIZE: Final = 10
 # a failover never meets a request first (which would then retry once).
 POOL_RECYCLE_SECONDS: Final = 1800
 POOL_TIMEOUT_SECONDS: Final = 10.0  # waiting for a free pooled connection
-# List page shapes kept compiled (where fields and operators, order, cursor).
+# List page shapes kept compiled (where fields and operators, order, cursor):
+# at most this many, holding at most this many bytes (SQL text and keys; no
+# request's values), whichever comes first.
 _MAX_PAGE_SHAPES: Final = 256
+_MAX_PAGE_SHAPE_BYTES: Final = 4 * 1024 * 1024
 _UNSEEN: Final[Any] = object()  # a shape not compiled yet (None: one SQLAlchemy must run)
 
 
@@ -130,19 +145,61 @@ def _require_psycopg() -> None:
         ) from None
 
 
-def _postgres_connect_args(statement_timeout: float | None) -> dict[str, Any]:
-    # statement_timeout cancels a statement that runs longer, in the database:
-    # a request past its deadline has been answered already, and its query
-    # must not keep holding a connection and its locks.
-    return {
-        "connect_timeout": 10,
-        "application_name": "ablo-connector",
-        **(
-            {"options": f"-c statement_timeout={int(statement_timeout * 1000)}"}
-            if statement_timeout
-            else {}
-        ),
-    }
+def _postgres_connect_args(url: sa.URL, statement_timeout: float | None) -> dict[str, Any]:
+    """The adapter's connection settings, merged into the URL's own: nothing
+    the user set (in the URL, or in libpq's PG* variables) is replaced.
+
+    ``statement_timeout`` cancels a statement that runs longer, in the
+    database: a request past its deadline has been answered already, and its
+    query must not keep holding a connection and its locks. It travels in
+    libpq's ``options``, ahead of the user's own ``options`` (or PGOPTIONS,
+    which an explicit ``options`` would silently replace): the server applies
+    them in order, so the user's ``-c search_path=…`` always survives and the
+    user's own ``-c statement_timeout=…`` wins over ours.
+    """
+    given = url.query
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in given and not os.environ.get("PGCONNECT_TIMEOUT"):
+        args["connect_timeout"] = 10
+    if "fallback_application_name" not in given:
+        # libpq uses it only when neither the URL nor PGAPPNAME names the application.
+        args["fallback_application_name"] = "ablo-connector"
+    options = given.get("options", os.environ.get("PGOPTIONS"))
+    user_options = " ".join(options) if isinstance(options, tuple) else options
+    ours = f"-c statement_timeout={int(statement_timeout * 1000)}" if statement_timeout else ""
+    merged = " ".join(part for part in (ours, user_options) if part)
+    if merged:
+        args["options"] = merged
+    return args
+
+
+def configuration_problem(error: sa_exc.OperationalError, url: sa.URL) -> str | None:
+    """A connection failure that waiting will not cure, as one line, or None.
+
+    The one place that tells a refused login, an unknown user or database
+    (exit 78, a configuration mistake, for ``run``, ``migrate`` and
+    ``check`` alike) from a database that cannot be reached right now.
+    """
+    text = str(getattr(error, "orig", None) or error)
+    user = url.username or "(the default user)"
+    if "password authentication failed" in text or "no password supplied" in text:
+        return (
+            f"the database refused the login of user {user!r}: wrong or missing password "
+            "in the database URL"
+        )
+    if re.search(r'role "[^"]*" does not exist', text):
+        return f"the database has no user {user!r}: check the user in the database URL"
+    if re.search(r'database "[^"]*" does not exist', text):
+        return (
+            f"database {url.database!r} does not exist on {url.host}:{url.port or 5432}: "
+            "create it, or fix the database URL"
+        )
+    if "no pg_hba.conf entry" in text or "authentication failed" in text:
+        return (
+            f"the database does not accept user {user!r} from this host (pg_hba.conf), "
+            "or its authentication failed"
+        )
+    return None
 
 
 def _existing_sqlite_file(parsed: sa.URL) -> None:
@@ -179,7 +236,7 @@ def create_database_engine(
             pool_timeout=pool_timeout,
             pool_pre_ping=True,  # scripts and migrate are not latency-bound
             json_serializer=json_text,
-            connect_args=_postgres_connect_args(statement_timeout),
+            connect_args=_postgres_connect_args(parsed, statement_timeout),
         )
     if must_exist:
         _existing_sqlite_file(parsed)
@@ -209,7 +266,7 @@ def _create_postgres_async_engine(
         # Reads need no transaction; writes ask for one (_LoopDatabase).
         isolation_level="AUTOCOMMIT",
         json_serializer=json_text,
-        connect_args=_postgres_connect_args(statement_timeout),
+        connect_args=_postgres_connect_args(parsed, statement_timeout),
     )
 
 
@@ -222,7 +279,11 @@ def _read_connector(
     import psycopg
 
     cargs, cparams = engine.sync_engine.dialect.create_connect_args(engine.url)
-    params = {**cparams, **_postgres_connect_args(statement_timeout), "autocommit": True}
+    params = {
+        **cparams,
+        **_postgres_connect_args(engine.url, statement_timeout),
+        "autocommit": True,
+    }
 
     async def connect() -> Any:
         return await psycopg.AsyncConnection.connect(*cargs, **params)
@@ -271,17 +332,27 @@ def _run_write(engine: sa.Engine, work: Callable[..., T], args: tuple[Any, ...])
 
 @dataclass(slots=True)
 class _Compiled:
-    """A statement compiled once for the driver, with what binding and reading it takes."""
+    """A statement compiled once for the driver, with what binding and reading it takes.
+
+    It keeps no request's values: a long-lived statement's ``defaults`` are
+    its own, and a list page's shape takes each request's values from that
+    request's statement (``slots``).
+    """
 
     sql: str
     defaults: dict[str, Any]
     bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
     columns: tuple[sa.types.TypeEngine[Any], ...]
-    # For a statement built per request (a list page): binds its own values.
-    statement: Any = None
+    # A list page's shape: each placeholder's position among the values
+    # SQLAlchemy extracts from a statement of that shape (its cache key's).
+    slots: tuple[tuple[str, int], ...] = ()
     # Known after the first execution (some depend on the type the driver reports).
     result_processors: tuple[Callable[[Any], Any] | None, ...] | None = None
     described: bool = False
+
+    def values_of(self, extracted: Sequence[Any]) -> dict[str, Any]:
+        """The values to bind, from the bound parameters of one statement of this shape."""
+        return {name: extracted[position].effective_value for name, position in self.slots}
 
     def learn(self, dialect: sa.Dialect, description: Sequence[Any]) -> None:
         processors = tuple(
@@ -300,6 +371,62 @@ def _completed_at_execution(compiled: Any) -> bool:
         or compiled.literal_execute_params
         or getattr(compiled, "escaped_bind_names", None)
     )
+
+
+def _approximate_size(key: Any) -> int:
+    """Bytes held by a cache key (nested tuples of names, numbers and shared
+    objects such as types, which count only as a reference)."""
+    size, pending, seen = 0, [key], set()
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, tuple):
+            size += sys.getsizeof(item)
+            pending.extend(item)
+        elif isinstance(item, str | bytes | int | float):
+            size += sys.getsizeof(item)
+    return size
+
+
+class _PageShapes:
+    """The compiled list page shapes, the most recently used kept, bounded by
+    count and by bytes: a shape holds its SQL text and its key, which grow
+    with its conditions (64 at most), never with the values of a request."""
+
+    def __init__(self, max_shapes: int, max_bytes: int) -> None:
+        self._max_shapes = max_shapes
+        self._max_bytes = max_bytes
+        self._shapes: collections.OrderedDict[Any, tuple[_Compiled | None, int]] = (
+            collections.OrderedDict()
+        )
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def get(self, key: Any) -> _Compiled | None:
+        """The shape for ``key`` (None: SQLAlchemy must run it), or ``_UNSEEN``."""
+        found = self._shapes.get(key)
+        if found is None:
+            return _UNSEEN  # type: ignore[no-any-return]
+        self._shapes.move_to_end(key)
+        return found[0]
+
+    def put(self, key: Any, shape: _Compiled | None) -> None:
+        size = _approximate_size(key) + (0 if shape is None else 2 * sys.getsizeof(shape.sql))
+        self._shapes[key] = (shape, size)
+        self.bytes += size
+        while self._shapes and (
+            len(self._shapes) > self._max_shapes or self.bytes > self._max_bytes
+        ):
+            _, (_, dropped) = self._shapes.popitem(last=False)
+            self.bytes -= dropped
+
+    def clear(self) -> None:
+        self._shapes.clear()
+        self.bytes = 0
 
 
 def _process_rows(compiled: _Compiled, rows: list[Any]) -> list[Any]:
@@ -332,7 +459,22 @@ class _LoopDatabase:
         self._dialect = engine.sync_engine.dialect
         self._compiled: dict[sa.Select[Any], _Compiled] = {}
         # List pages by shape; None: a shape SQLAlchemy must run (see fetch_page).
-        self._shapes: collections.OrderedDict[Any, _Compiled | None] = collections.OrderedDict()
+        self._shapes = _PageShapes(_MAX_PAGE_SHAPES, _MAX_PAGE_SHAPE_BYTES)
+        self._renewal = PoolRenewal(engine.sync_engine)
+
+    def forget_statements(self) -> None:
+        """Drop the compiled statements: their result processors follow the
+        column types they were compiled for, and their models may be gone."""
+        self._compiled.clear()
+        self._shapes.clear()
+
+    def renew(self) -> None:
+        """Forget what was prepared before a served table changed: compiled
+        statements and every connection's prepared statements."""
+        self.forget_statements()
+        self._renewal.renew()
+        if self._read_connections is not None:
+            self._read_connections.renew()
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         return await greenlet_spawn(_run_read, self._reads, work, args)
@@ -340,24 +482,54 @@ class _LoopDatabase:
     async def write(self, work: Callable[..., T], *args: Any) -> T:
         return await greenlet_spawn(_run_write, self._writes, work, args)
 
-    def _compiled_for(self, statement: sa.Select[Any], cache_key: Any = None) -> _Compiled:
+    def _compiled_for(self, statement: sa.Select[Any]) -> _Compiled:
+        """A long-lived statement (a model's load, a page of events), compiled."""
+        compiled = statement.compile(dialect=self._dialect)
+        return _Compiled(
+            compiled.string,
+            dict(compiled.params),
+            self._bind_processors(compiled),
+            tuple(column.type for column in statement.selected_columns),
+        )
+
+    def _shape_for(self, statement: sa.Select[Any], cache_key: Any) -> _Compiled | None:
+        """The compiled form of every list page of ``statement``'s shape, or None
+        for a shape SQLAlchemy must run: one whose SQL is only complete at
+        execution (an IN list expanded then), or with a value compiled into it
+        (which could be this request's, and must not be kept or reused)."""
         dialect = self._dialect
-        if cache_key is None:
-            compiled = statement.compile(dialect=dialect)
-        else:  # the compiled form of every statement of this shape
-            compiled = dialect.statement_compiler(dialect, statement, cache_key=cache_key)
+        compiled = dialect.statement_compiler(dialect, statement, cache_key=cache_key)
+        if _completed_at_execution(compiled):
+            return None
+        # Statements of one shape extract their bound parameters in the same
+        # order, and each keeps its key in the compiled SQL's placeholders.
+        extracted = cache_key.bindparams
+        position = {bind.key: index for index, bind in enumerate(extracted)}
+        slots = []
+        for bind, name in compiled.bind_names.items():  # name: as the SQL text has it
+            index = position.get(bind.key)
+            if index is None:
+                return None
+            slots.append((name, index))
+        shape = _Compiled(
+            compiled.string,
+            {},
+            self._bind_processors(compiled),
+            tuple(column.type for column in statement.selected_columns),
+            slots=tuple(slots),
+        )
+        if shape.values_of(extracted) != compiled.construct_params(extracted_parameters=extracted):
+            return None  # not the values SQLAlchemy would bind: let it run this shape
+        return shape
+
+    def _bind_processors(self, compiled: Any) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+        dialect = self._dialect
         binds = []
         for bind, name in compiled.bind_names.items():  # name: as the SQL text has it
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 binds.append((name, processor))
-        return _Compiled(
-            compiled.string,
-            dict(compiled.params),
-            tuple(binds),
-            tuple(column.type for column in statement.selected_columns),
-            statement=compiled,
-        )
+        return tuple(binds)
 
     async def fetch_page(self, statement: sa.Select[Any]) -> Sequence[Any]:
         """The rows of a statement built per request (a list page).
@@ -374,22 +546,13 @@ class _LoopDatabase:
             return await self.read(_all, statement)
         if self._dialect.server_version_info is None:
             await self._set_up_dialect()
-        shapes = self._shapes
-        compiled = shapes.get(cache_key.key, _UNSEEN)
-        if compiled is _UNSEEN:
-            candidate = self._compiled_for(statement, cache_key)
-            source = candidate.statement
-            compiled = candidate if not _completed_at_execution(source) else None
-            shapes[cache_key.key] = compiled
-            if len(shapes) > _MAX_PAGE_SHAPES:
-                shapes.popitem(last=False)
-        else:
-            shapes.move_to_end(cache_key.key)
-        if compiled is None:
+        shape = self._shapes.get(cache_key.key)
+        if shape is _UNSEEN:
+            shape = self._shape_for(statement, cache_key)
+            self._shapes.put(cache_key.key, shape)
+        if shape is None:
             return await self.read(_all, statement)
-        return await self._run(
-            compiled, compiled.statement.construct_params(extracted_parameters=cache_key.bindparams)
-        )
+        return await self._run(shape, shape.values_of(cache_key.bindparams))
 
     async def _set_up_dialect(self) -> None:
         """Connect SQLAlchemy's engine once: its dialect learns the server then
@@ -439,7 +602,7 @@ class _LoopDatabase:
             # unless the failure was the connection itself.
             disconnect = bool(connection.closed or connection.broken)
             pool.release(connection, opened, failed=disconnect)
-            raise self._wrapped(error, disconnect) from None
+            raise self._wrapped(error, disconnect, compiled.sql) from None
         except BaseException:
             # Cancelled mid-statement: the connection's state is unknown.
             pool.release(connection, opened, failed=True)
@@ -447,12 +610,14 @@ class _LoopDatabase:
         pool.release(connection, opened)
         return rows
 
-    def _wrapped(self, error: Exception, invalidated: bool = False) -> sa_exc.StatementError:
+    def _wrapped(
+        self, error: Exception, invalidated: bool = False, sql: str | None = None
+    ) -> sa_exc.StatementError:
         """A driver's error as SQLAlchemy's execute raises it, so the adapter
-        classifies both paths' failures alike."""
+        classifies both paths' failures alike (with the SQL, never the values)."""
         dialect = self._dialect
         return sa_exc.DBAPIError.instance(
-            None, None, error, dialect.loaded_dbapi.Error,
+            sql, None, error, dialect.loaded_dbapi.Error,
             connection_invalidated=invalidated, dialect=dialect,
         )  # fmt: skip
 
@@ -478,7 +643,7 @@ class _LoopDatabase:
                 self._pool._invalidate(fairy, error)
             else:
                 fairy.close()
-            raise self._wrapped(error, disconnect) from None
+            raise self._wrapped(error, disconnect, compiled.sql) from None
         except BaseException:
             # Cancelled mid-statement: the connection's state is unknown.
             fairy.invalidate()
@@ -508,6 +673,15 @@ class _ThreadDatabase:
             self._reads = self._reads.execution_options(isolation_level="AUTOCOMMIT")
         self._writes = engine.execution_options(ablo_write=True)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="ablo-sql")
+        self._renewal = PoolRenewal(engine)
+
+    def forget_statements(self) -> None:
+        """Nothing is compiled here: SQLAlchemy's own cache keys on the tables."""
+
+    def renew(self) -> None:
+        """Replace the pooled connections (a PostgreSQL engine's may hold
+        statements prepared before a served table changed)."""
+        self._renewal.renew()
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -553,6 +727,50 @@ def _fetch(
 
 def _all(connection: sa.Connection, statement: sa.Executable) -> Sequence[Any]:
     return connection.execute(statement).all()
+
+
+def _reflect_models(
+    connection: sa.Connection, specs: Mapping[str, ModelSpec], *, skip_without_id: bool
+) -> tuple[dict[str, ServedModel], dict[str, str], list[str]]:
+    """Each model of ``specs`` as its table stands: the served ones, why the
+    others cannot be served, and the tables skipped for having no id column."""
+    metadata = sa.MetaData()
+    dialect = connection.dialect.name
+    served: dict[str, ServedModel] = {}
+    problems: dict[str, str] = {}
+    skipped: list[str] = []
+    for name, spec in specs.items():
+        where = f"{spec.schema}.{spec.table}" if spec.schema else spec.table
+        try:
+            table = sa.Table(spec.table, metadata, schema=spec.schema, autoload_with=connection)
+            if skip_without_id and "id" not in table.columns:
+                skipped.append(spec.table)
+                continue
+            served[name] = ServedModel.reflect(name, spec, table, dialect)
+        except sa_exc.NoSuchTableError:
+            problems[name] = f"model {name!r}: table {where!r} does not exist"
+        except ConfigError as error:
+            problems[name] = str(error)
+        except sa_exc.OperationalError as error:
+            if spec.schema and "unknown database" in str(error.orig):
+                problems[name] = (
+                    f"model {name!r}: SQLite has no schema {spec.schema!r} (on SQLite a "
+                    "schema is an attached database: leave `schema` out)"
+                )
+            else:
+                raise
+    return served, problems, skipped
+
+
+def served_tables(connection: sa.Connection, models: ModelMap | None) -> list[sa.Table]:
+    """The tables ``run`` would serve with ``models`` (every table with an id
+    column without them), whether or not the ledger and outbox exist yet; a
+    ConfigError names a map ``run`` would refuse."""
+    specs = models or ModelMap.of_tables(sa.inspect(connection).get_table_names())
+    served, problems, _ = _reflect_models(connection, specs, skip_without_id=models is None)
+    if problems:
+        raise ConfigError(next(iter(problems.values())))
+    return [model.table for model in served.values()]
 
 
 def _sqlite_variable_limit(connection: sa.Connection) -> int:
@@ -635,6 +853,13 @@ class SQLSource(DataSource):
         self._max_bound_values = MAX_BOUND_VALUES
         self._healthy = True
         self._last_error: str | None = None
+        # After a served table changed (see .drift): the models that cannot be
+        # served as mapped, and why; a problem with the ledger or outbox; and a
+        # count of reflections, so that concurrent requests reflect once.
+        self._unservable: dict[str, str] = {}
+        self._schema_problem: str | None = None
+        self._reflections = 0
+        self._schema_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
         url = shown_url(self.engine.url)
@@ -660,13 +885,18 @@ class SQLSource(DataSource):
         it returns when the database can serve and raises
         ``SourceError("database_unreachable")`` (or
         ``"source_adapter_misconfigured"``) with the reason, never the URL's
-        password or SQL, when it cannot.
+        password or SQL, when it cannot. While a served table has changed so
+        that a model cannot be served as mapped (its table, or a mapped column,
+        is gone), it reflects again and raises ``"source_schema_changed"``
+        naming each such model, until they can be served again.
         """
         try:
             if self._models is None:
                 await self._prepare_on_loop()
             else:
                 await self._database.read(_select_one)
+                if self._schema_problems() is not None:  # is it back? (the table, the column)
+                    await self._reflect_after_change(self._reflections, renew=False)
         except ConfigError as error:
             self._unhealthy(str(error))
             raise SourceError("source_adapter_misconfigured", str(error), status=503) from None
@@ -675,7 +905,14 @@ class SQLSource(DataSource):
             raise SourceError(
                 "database_unreachable", describe_database_error(error), status=503
             ) from None
+        except SourceError as error:  # reflecting again met the database down
+            self._unhealthy(error.message)
+            raise SourceError("database_unreachable", error.message, status=503) from None
         self._healthy, self._last_error = True, None
+        problems = self._schema_problems()
+        if problems is not None:
+            # The database answers; some of what it serves does not (/readyz names it).
+            raise SchemaChanged(problems)
 
     def _unhealthy(self, reason: str) -> None:
         self._healthy, self._last_error = False, reason
@@ -702,10 +939,11 @@ class SQLSource(DataSource):
         if isinstance(self._database, _LoopDatabase):
             # Reflection is not latency-bound: a short-lived synchronous engine
             # does it, so that the CLI can fail fast before the loop starts.
+            url = self.engine.url.set(drivername="postgresql+psycopg")
             engine = sa.create_engine(
-                self.engine.url.set(drivername="postgresql+psycopg"),
+                url,
                 poolclass=NullPool,
-                connect_args=_postgres_connect_args(self._statement_timeout),
+                connect_args=_postgres_connect_args(url, self._statement_timeout),
             )
             try:
                 self._models = self._prepare_with(lambda: _run_read(engine, self._reflect, ()))
@@ -722,7 +960,7 @@ class SQLSource(DataSource):
         try:
             models = reflect()
         except sa_exc.OperationalError as error:
-            problem = self._configuration_problem(error)
+            problem = configuration_problem(error, self.engine.url)
             if problem is not None:
                 raise ConfigError(problem) from None
             self._unhealthy(describe_database_error(error))
@@ -749,32 +987,8 @@ class SQLSource(DataSource):
             ", ".join(sorted(models)),
         )
 
-    def _configuration_problem(self, error: sa_exc.OperationalError) -> str | None:
-        """A connection failure that waiting will not cure, as one line, or None."""
-        url = self.engine.url
-        text = str(getattr(error, "orig", None) or error)
-        user = url.username or "(the default user)"
-        if "password authentication failed" in text or "no password supplied" in text:
-            return (
-                f"the database refused the login of user {user!r}: wrong or missing password "
-                "in the database URL"
-            )
-        if re.search(r'role "[^"]*" does not exist', text):
-            return f"the database has no user {user!r}: check the user in the database URL"
-        if re.search(r'database "[^"]*" does not exist', text):
-            return (
-                f"database {url.database!r} does not exist on {url.host}:{url.port or 5432}: "
-                "create it, or fix the database URL"
-            )
-        if "no pg_hba.conf entry" in text or "authentication failed" in text:
-            return (
-                f"the database does not accept user {user!r} from this host (pg_hba.conf), "
-                "or its authentication failed"
-            )
-        return None
-
     def _reflect(self, connection: sa.Connection) -> dict[str, ServedModel]:
-        metadata = sa.MetaData()
+        """Every model at startup, or a ConfigError naming the first that cannot be served."""
         dialect = connection.dialect.name
         inspector = sa.inspect(connection)
         verify_tables(inspector)
@@ -783,25 +997,12 @@ class SQLSource(DataSource):
         specs = self.model_map or ModelMap.of_tables(inspector.get_table_names())
         if not specs:
             raise ConfigError("the database has no tables to serve (create one, or pass --models)")
-        served: dict[str, ServedModel] = {}
-        skipped: list[str] = []
-        for name, spec in specs.items():
-            where = f"{spec.schema}.{spec.table}" if spec.schema else spec.table
-            try:
-                table = sa.Table(spec.table, metadata, schema=spec.schema, autoload_with=connection)
-            except sa_exc.NoSuchTableError:
-                raise ConfigError(f"model {name!r}: table {where!r} does not exist") from None
-            except sa_exc.OperationalError as error:
-                if spec.schema and "unknown database" in str(error.orig):
-                    raise ConfigError(
-                        f"model {name!r}: SQLite has no schema {spec.schema!r} (on SQLite a "
-                        "schema is an attached database: leave `schema` out)"
-                    ) from None
-                raise
-            if self.model_map is None and "id" not in table.columns:
-                skipped.append(spec.table)  # served by name only when it has an id
-                continue
-            served[name] = ServedModel.reflect(name, spec, table, dialect)
+        # Without a map, a table is served by name only when it has an id.
+        served, problems, skipped = _reflect_models(
+            connection, specs, skip_without_id=self.model_map is None
+        )
+        if problems:
+            raise ConfigError(next(iter(problems.values())))
         if skipped:
             log.warning(
                 "not serving table(s) without an id column: %s (map one with --models: "
@@ -821,6 +1022,19 @@ class SQLSource(DataSource):
         )
         return served
 
+    def _reflect_served(
+        self, connection: sa.Connection
+    ) -> tuple[dict[str, ServedModel], dict[str, str]]:
+        """The models served since startup, as their tables stand now, and why
+        any cannot be served any more (a table or a mapped column is gone)."""
+        verify_tables(sa.inspect(connection))
+        served = self._models or {}
+        specs = self.model_map or ModelMap.of_tables(served)  # without a map: model = table
+        reflected, problems, _ = _reflect_models(
+            connection, {name: specs[name] for name in served}, skip_without_id=False
+        )
+        return reflected, problems
+
     def close(self) -> None:
         """Drop the pooled connections without waiting (use :meth:`aclose` in a loop)."""
         self._database.forget()
@@ -835,11 +1049,12 @@ class SQLSource(DataSource):
         return names if names is not None else self._reflected_names()
 
     async def _reflected_names(self) -> ModelNames:
-        await self._served()
+        await self._reflected()
         assert self._model_names is not None
         return self._model_names
 
-    async def _served(self) -> Mapping[str, ServedModel]:
+    async def _reflected(self) -> Mapping[str, ServedModel]:
+        """The served models, reflected now if that has not happened yet."""
         models = self._models
         if models is None:  # not reflected yet (the database was down at startup)
             with _answers(), self._database_errors():
@@ -853,7 +1068,7 @@ class SQLSource(DataSource):
         return models
 
     async def _model(self, name: str) -> ServedModel:
-        models = self._models or await self._served()
+        models = self._models or await self._reflected()
         model = models.get(name)
         if model is None:  # an alias, from a caller other than the dispatcher
             names = self._model_names
@@ -863,6 +1078,100 @@ class SQLSource(DataSource):
                 raise names.unknown(name)
             model = models[declared]
         return model
+
+    async def _served(self, name: str) -> ServedModel:
+        """The model for a request, unless its table changed so that it cannot be served."""
+        served = await self._model(name)
+        problem = self._unservable.get(served.name)
+        if problem is not None:
+            raise Unservable(
+                f"{problem}: the table changed while being served; retry once it is fixed",
+                model=served.name,
+            )
+        return served
+
+    # ------------------------------------------------------------ schema changes
+
+    async def _on_current_schema(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``; if a served table changed under it, renew what was
+        prepared, reflect again, and run it once more from the start (against
+        the new reflection). A second change answers 503 ``source_schema_changed``."""
+        reflections = self._reflections
+        try:
+            return await operation()
+        except Unservable:
+            raise
+        except SchemaChanged:
+            await self._reflect_after_change(reflections, renew=True)
+        return await operation()
+
+    async def _reflect_after_change(self, reflections: int, *, renew: bool) -> None:
+        """Reflect the served models again, unless someone did since ``reflections``;
+        ``renew`` first replaces every connection's prepared statements."""
+        if self._schema_lock is None:
+            self._schema_lock = asyncio.Lock()
+        async with self._schema_lock:
+            if self._reflections != reflections or self._models is None:
+                return  # another request did it while this one waited (or none was made yet)
+            if renew:
+                self._database.renew()
+            with _answers(), self._database_errors():
+                try:
+                    models, problems = await self._database.read(self._reflect_served)
+                except ConfigError as error:  # the ledger or the outbox is gone
+                    if self._schema_problem != str(error):
+                        log.error("cannot serve commits and events: %s", error)
+                    self._schema_problem = str(error)
+                    self._reflections += 1
+                    return
+            self._adopt(models, problems)
+            self._reflections += 1
+
+    def _adopt(self, models: Mapping[str, ServedModel], problems: Mapping[str, str]) -> None:
+        """Serve a new reflection, saying once per model what changed."""
+        old = self._models or {}
+        if self._schema_problem is not None:
+            log.info("the ledger and outbox are back: serving commits and events again")
+            self._schema_problem = None
+        dialect = self.engine.dialect
+        adopted: dict[str, ServedModel] = {}
+        for name, model in models.items():
+            changes = describe_changes(old[name], model, dialect) if name in old else []
+            if name in self._unservable:
+                log.info("model %r can be served again (table %s)", name, model.table.fullname)
+            elif changes:
+                log.warning(
+                    "model %r (table %s) changed: %s; serving it as it is now",
+                    name, model.table.fullname, "; ".join(changes),
+                )  # fmt: skip
+            else:
+                continue  # the same as before: keep it (and its compiled statements)
+            adopted[name] = model
+        if adopted:
+            self._database.forget_statements()
+        elif not problems and not self._unservable:
+            log.info("a served table changed, but no served model did; statements prepared again")
+        for name, problem in problems.items():
+            if self._unservable.get(name) != problem:
+                # The problem starts "model 'x' (table 'y'): ", said once here.
+                detail = (
+                    problem.split(": ", 1)[-1] if problem.startswith(f"model {name!r}") else problem
+                )
+                log.warning(
+                    "cannot serve model %r any more: %s; it answers 503 %s until it can",
+                    name, detail, SCHEMA_CHANGED,
+                )  # fmt: skip
+        # A model that cannot be served keeps its last reflection (it is not
+        # used): requests for it still find it, and answer 503, not 400.
+        self._models = {**old, **adopted}
+        self._unservable = dict(problems)
+
+    def _schema_problems(self) -> str | None:
+        """What the probe reports while a served table cannot be served as mapped."""
+        problems = list(self._unservable.values())
+        if self._schema_problem is not None:
+            problems.insert(0, self._schema_problem)
+        return "; ".join(problems) if problems else None
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         with self._database_errors():
@@ -904,18 +1213,24 @@ class SQLSource(DataSource):
     # ------------------------------------------------------------ reads
 
     async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any] | None:
-        served = await self._model(model)
+        return await self._on_current_schema(lambda: self._load(model, id))
+
+    async def _load(self, model: str, id: str) -> dict[str, Any] | None:
+        served = await self._served(model)
         key = to_column_value(served.id, "id", id)
-        with _answers():
+        with _answers(served):
             rows = await self._fetch(served.load_statement, {"ablo_id": key})
         return to_json_row(served.values_to_fields(rows[0])) if rows else None
 
     async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
-        served = await self._model(model)
+        return await self._on_current_schema(lambda: self._list(model, query))
+
+    async def _list(self, model: str, query: ListQuery) -> ListPage:
+        served = await self._served(model)
         plan = plan_list(served, query, self.page_size, self.max_page_size, self._max_bound_values)
         if plan.limit == 0:
             return ListPage(rows=[])
-        with _answers():
+        with _answers(served):
             found = await self._retrying(lambda: self._database.fetch_page(plan.statement))
         page = found[: plan.limit]
         more = len(found) > plan.limit
@@ -931,14 +1246,33 @@ class SQLSource(DataSource):
     ) -> EventsPage:
         after = _outbox_cursor(cursor)
         count = min(self.page_size if limit is None else limit, self.max_page_size)
-        if count == 0:
-            return EventsPage(events=[], next_cursor=cursor)
+        return await self._on_current_schema(lambda: self._events(cursor, after, count))
+
+    async def _events(self, cursor: str | None, after: int, count: int) -> EventsPage:
+        if self._schema_problem is not None:
+            raise Unservable(self._schema_problem)
+        rows: list[Any] = []
         with _answers():
-            rows = await self._fetch(_EVENTS, {"after": after, "count": count})
+            if count > 0:
+                rows = await self._fetch(_EVENTS, {"after": after, "count": count})
+            if not rows and after > 0:
+                await self._check_issued(after)
         events = [_event(dict(zip(_OUTBOX_COLUMNS, row, strict=True))) for row in rows]
         # The last delivered cursor, or the one given: the engine always has
         # a position to resume from and never sees an event twice.
         return EventsPage(events=events, next_cursor=events[-1]["cursor"] if events else cursor)
+
+    async def _check_issued(self, after: int) -> None:
+        """Refuse a cursor past every cursor the outbox issued: the engine would
+        wait there for events that, in a rewound outbox, come under lower cursors.
+        Asked only when no event follows ``after`` (a page of events proves it)."""
+        (last,) = (await self._fetch(last_issued_cursor(self.engine.dialect.name), {}))[0]
+        if after > (last or 0):
+            raise SourceError(
+                "source_cursor_invalid",
+                "the events cursor is past the last event this source issued (was the "
+                "outbox recreated, truncated or restored from an older backup?)",
+            )
 
     # ------------------------------------------------------------ commit
 
@@ -959,9 +1293,14 @@ class SQLSource(DataSource):
             raise SourceError(
                 "source_commit_requires_correlation_id", "a commit needs a correlationId"
             )
+        return await self._on_current_schema(lambda: self._commit(commit))
+
+    async def _commit(self, commit: CommitRequest) -> CommitResult:
         # Resolve every model before the transaction: a bad name costs no lock.
-        models = [await self._model(op.model) for op in commit.operations]
-        with _answers():
+        models = [await self._served(op.model) for op in commit.operations]
+        if self._schema_problem is not None:
+            raise Unservable(self._schema_problem)
+        with _answers(*models):
             rows = await self._write(self._commit_in, commit, models)
         return CommitResult(rows=rows)
 
@@ -974,35 +1313,41 @@ class SQLSource(DataSource):
         organization = commit.scope.organization_id if commit.scope else None
         if not self._reserve(connection, key, intent):
             return self._replay(connection, key, commit.replayable_intent_hashes)
-        rows = [
+        applied = [
             self._apply(connection, served, op)
             for op, served in zip(commit.operations, models, strict=True)
         ]
-        if connection.dialect.name == "postgresql":
+        rows = [row for row, _ in applied]
+        occurred_at = _now_ms()
+        # One event per operation that changed a row: deleting a row that is
+        # already gone succeeds, but nothing happened to tell the engine about.
+        # Event ids keep the operation's index, so they stay stable on replay.
+        events = [
+            {
+                "id": f"{key}:{index}",
+                "model": op.model,
+                "entity_id": str(row.get("id", "")),
+                "type": op.type,
+                "data": None if op.type == "DELETE" else row,
+                "organization_id": organization,
+                "correlation_id": key,
+                "transaction_id": op.transaction_id,
+                "occurred_at": occurred_at,
+            }
+            for index, (op, (row, changed)) in enumerate(
+                zip(commit.operations, applied, strict=True)
+            )
+            if changed
+        ]
+        if events and connection.dialect.name == "postgresql":
             # Cursors come from a sequence when the row is inserted, not
             # when the transaction commits: without this lock a reader
             # could see cursor 8 committed while 7 is still in flight,
             # move past it, and never see 7. Held from here to COMMIT
             # only (the row changes above stay concurrent).
             connection.execute(sa.select(sa.func.pg_advisory_xact_lock(OUTBOX_LOCK)))
-        occurred_at = _now_ms()
-        connection.execute(
-            outbox.insert(),
-            [
-                {
-                    "id": f"{key}:{index}",
-                    "model": op.model,
-                    "entity_id": str(row.get("id", "")),
-                    "type": op.type,
-                    "data": None if op.type == "DELETE" else row,
-                    "organization_id": organization,
-                    "correlation_id": key,
-                    "transaction_id": op.transaction_id,
-                    "occurred_at": occurred_at,
-                }
-                for index, (op, row) in enumerate(zip(commit.operations, rows, strict=True))
-            ],
-        )
+        if events:
+            connection.execute(outbox.insert(), events)
         connection.execute(
             ledger.update().where(ledger.c.client_tx_id == key).values(response=rows)
         )
@@ -1067,7 +1412,8 @@ class SQLSource(DataSource):
 
     def _apply(
         self, connection: sa.Connection, served: ServedModel, op: Operation
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], bool]:
+        """The row as it stands after ``op``, and whether ``op`` changed anything."""
         raw_id = op.id if op.id is not None else (op.input or {}).get("id")
         if not isinstance(raw_id, str) or not raw_id:
             raise SourceError(
@@ -1083,11 +1429,11 @@ class SQLSource(DataSource):
 
         if op.type == "CREATE":
             values[served.id.name] = key
-            return self._one(connection, served, table.insert().values(values), key)
+            return self._one(connection, served, table.insert().values(values), key), True
         if op.type == "DELETE":
             found = self._returning(connection, served, table.delete().where(match), key)
             # Deleting what is already gone is done, not an error.
-            return found if found is not None else {"id": raw_id}
+            return (found, True) if found is not None else ({"id": raw_id}, False)
 
         if op.type in ("ARCHIVE", "UNARCHIVE"):
             archived_at = served.archived_at
@@ -1111,7 +1457,7 @@ class SQLSource(DataSource):
                 status=404,
                 model=op.model,
             )
-        return found
+        return found, True
 
     def _returning(
         self, connection: sa.Connection, served: ServedModel, statement: Any, key: Any
@@ -1206,14 +1552,15 @@ _UNSENDABLE: Final = "a value cannot be sent to the database (e.g. a NUL charact
 
 
 @contextmanager
-def _answers() -> Iterator[None]:
+def _answers(*models: ServedModel) -> Iterator[None]:
     """Database failures as answers: the caller's mistake, a conflict, or retry later.
 
     Whether a failure is the caller's mistake is read from the SQLSTATE class
     on PostgreSQL and from the message on SQLite. No answer carries SQL text
     or a bound value: PostgreSQL's messages quote the rejected input, so an
     answer names the condition and the schema objects (column, constraint,
-    type) from the error's fields instead. The full message stays in the log.
+    type, and the field of ``models`` whose value was refused) from the
+    error's fields instead. The full message stays in the log.
     """
     try:
         yield
@@ -1221,7 +1568,7 @@ def _answers() -> Iterator[None]:
         raise
     except sa_exc.StatementError as error:
         if isinstance(error, sa_exc.DBAPIError):
-            raise _refusal(error) from None
+            raise _refusal(error, models) from None
         # A value the driver could not bind (e.g. an integer past 64 bits).
         log.warning("a value could not be bound: %s", type(error.orig).__name__)
         raise SourceError(
@@ -1267,6 +1614,8 @@ def _refused_as(error: sa_exc.DBAPIError) -> str:
     sqlstate = getattr(original, "sqlstate", None)
     if sqlstate == _QUERY_CANCELED:
         return "source_database_timeout"
+    if is_schema_change(error):
+        return SCHEMA_CHANGED
     if sqlstate:
         caller = _CALLER_CLASSES.get(sqlstate[:2])
         if caller is not None:
@@ -1283,7 +1632,7 @@ def _refused_as(error: sa_exc.DBAPIError) -> str:
     return "source_database_error"
 
 
-def _refusal(error: sa_exc.DBAPIError) -> SourceError:
+def _refusal(error: sa_exc.DBAPIError, models: Sequence[ServedModel] = ()) -> SourceError:
     original = error.orig
     sqlstate = getattr(original, "sqlstate", None)
     if sqlstate == _QUERY_CANCELED:
@@ -1292,11 +1641,21 @@ def _refusal(error: sa_exc.DBAPIError) -> SourceError:
             "the database cancelled a statement that ran past its statement timeout",
             status=504,
         )
+    if is_schema_change(error):
+        # Each request's own line is DEBUG: the reflection that follows logs
+        # what changed, once per model.
+        log.debug("a served table changed: %s", describe_database_error(error))
+        return SchemaChanged("a table this source serves changed while the request ran; retry")
     if sqlstate:
         caller = _CALLER_CLASSES.get(sqlstate[:2])
         if caller is not None:
             log.info("the database refused a request: %s", describe_database_error(error))
-            return SourceError(caller[0], _condition(error), status=caller[1])
+            field = _refused_field(error, models)
+            if field is None:
+                return SourceError(caller[0], _condition(error), status=caller[1])
+            return SourceError(
+                caller[0], f"field {field!r}: {_condition(error)}", status=caller[1], field=field
+            )
     else:
         text = str(original).lower()
         for phrase, code, status in _SQLITE_CALLER:
@@ -1314,6 +1673,43 @@ def _refusal(error: sa_exc.DBAPIError) -> SourceError:
         return SourceError("source_database_unavailable", _UNAVAILABLE, status=503)
     log.error("database error: %s", describe_database_error(error))
     return SourceError("source_database_error", "the database failed this request", status=500)
+
+
+# How SQLAlchemy names bound values in the SQL it hands psycopg: %(name)s.
+_PLACEHOLDER: Final = re.compile(r"%\(([^)]*)\)s")
+# Where PostgreSQL says which bound value it could not read (the CONTEXT line
+# "unnamed portal parameter $2"; its words may be translated, the $2 is not).
+_PARAMETER_NUMBER: Final = re.compile(r"\$(\d+)")
+# A comparison's value is bound as the column's key plus a number (mood_1).
+_ANONYMOUS_SUFFIX: Final = re.compile(r"_\d+$")
+_LOAD_ID_BIND: Final = "ablo_id"  # see ServedModel.load_statement
+
+
+def _refused_field(error: sa_exc.DBAPIError, models: Sequence[ServedModel]) -> str | None:
+    """The field whose value PostgreSQL refused while binding it (an enum
+    label it does not have, an address that is not one), or None.
+
+    The error names the parameter by number only; psycopg numbers the
+    statement's placeholders in order of first appearance, and SQLAlchemy
+    names each after the column it is written to or compared with.
+    """
+    context = getattr(getattr(error.orig, "diag", None), "context", None)
+    number = _PARAMETER_NUMBER.search(context or "")
+    if number is None or not models or not error.statement:
+        return None
+    names = list(dict.fromkeys(_PLACEHOLDER.findall(error.statement)))
+    index = int(number.group(1)) - 1
+    if not 0 <= index < len(names):
+        return None
+    name = names[index]
+    if name == _LOAD_ID_BIND:
+        return "id"
+    for candidate in (name, _ANONYMOUS_SUFFIX.sub("", name)):
+        for served in models:
+            field = served.fields.get(candidate)
+            if field is not None:
+                return field
+    return None
 
 
 def _condition(error: sa_exc.DBAPIError) -> str:

@@ -97,12 +97,31 @@ def checked_text(field: str, value: str) -> str:
     return value
 
 
+def _checked_document(field: str, value: Any) -> Any:
+    """``value``, if every string in it (keys too) is text a database can
+    store: a JSON column's value is written as JSON text, which a lone
+    surrogate cannot be encoded into."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            checked_text(field, item)
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return value
+
+
 def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
     """``value`` (decoded JSON) as the Python type ``column`` binds."""
     if value is None:
         return None
     if isinstance(value, str):
         checked_text(field, value)
+    if isinstance(value, dict | list):
+        _checked_document(field, value)
     kind = python_type(column)
     if kind is None:
         return json.dumps(value) if isinstance(value, dict | list) else value
