@@ -43,3 +43,21 @@ def postgres_server() -> Any:
 
     with running_postgres() as server:
         yield server
+
+
+@pytest.fixture
+def mariadb() -> Any:
+    """A private MariaDB of this test's own (it may stop and start it)."""
+    from tests.mariadb import running_mariadb
+
+    with running_mariadb() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Any:
+    """One private MariaDB for every test that only needs a fresh database."""
+    from tests.mariadb import running_mariadb
+
+    with running_mariadb() as server:
+        yield server
