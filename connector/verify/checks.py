@@ -316,8 +316,10 @@ async def replay_other_intent_refused(session: Session) -> str | None:
             'SourceError("idempotency_conflict", ..., status=409) when they differ'
         )
         if other.status != 409 or other.error != "idempotency_conflict":
-            raise _violation(
-                other,
+            raise Violation(
+                f"{describe(first.sent)}; then, under the same correlationId, "
+                f"{describe(other.sent).split(': ', 1)[1]}",
+                other.shown(),
                 f"HTTP 409 idempotency_conflict ({how}), as for a key reused for another change",
                 fix,
             )
@@ -1003,7 +1005,9 @@ async def unknown_model(session: Session) -> str | None:
         if reply.status == 400 and reply.error == "source_unknown_model":
             continue
         answer = reply.body if isinstance(reply.body, dict) else {}
-        empty = answer.get("row", ...) is None if body["type"] == "load" else answer.get("rows") == []
+        empty = (
+            answer.get("row", ...) is None if body["type"] == "load" else answer.get("rows") == []
+        )
         if reply.ok and empty:
             continue
         if 400 <= reply.status < 500 and reply.error:

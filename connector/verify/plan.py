@@ -115,7 +115,8 @@ class Plan:
 
 
 def sample_value(spec: FieldSpec, number: int) -> Any:
-    """A value of ``spec``'s kind for a field the checks do not compare (a required column)."""
+    """A value of ``spec``'s kind for a field the checks do not compare (a required
+    column), distinct for each ``number`` where the kind allows."""
     if spec.kind == "text":
         return f"verify {number}"[: spec.max_length or None]
     if spec.kind == "integer":

@@ -193,8 +193,8 @@ class Session:
         values: dict[str, Any] = {self.plan.text.name: text}
         if self.plan.integer is not None and integer is not _UNSET:
             values[self.plan.integer.name] = integer
-        for number, spec in enumerate(self.plan.others, start=1):
-            values[spec.name] = sample_value(spec, number)
+        for spec in self.plan.others:  # a new number for each row: some columns are unique
+            values[spec.name] = sample_value(spec, next(self._numbers))
         return values
 
     # ------------------------------------------------------------ requests
