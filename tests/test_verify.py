@@ -4,6 +4,8 @@ that each break one guarantee, which must fail that check and no other."""
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sqlite3
 import subprocess
 import sys
@@ -45,13 +47,14 @@ def statuses(report: Report) -> dict[str, str]:
     return {outcome.name: outcome.status for outcome in report.outcomes}
 
 
-def command(*args: str, cwd: Path = REPO, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "connector", "verify", *args],
-        cwd=cwd,
+        cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=90,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -103,10 +106,12 @@ def test_the_sql_adapter_passes_every_check_on_each_database(
     database: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     extra: list[str] = []
+    env: dict[str, str] = {}
     if database == "sqlite":
         url = tasks_database(tmp_path / "verify_test.db")
+        extra += ["--database-url", url]
     else:
-        from tests.postgres import create_database, drop_database
+        from tests.postgres import create_database, drop_database, require_password
 
         server = request.getfixturevalue("postgres_server")
         url = create_database(server)
@@ -117,9 +122,20 @@ def test_the_sql_adapter_passes_every_check_on_each_database(
             migrate(engine)
         finally:
             engine.dispose()
+        # A login with a password, as in production: it must show nowhere.
+        role, password = f"verifier_{secrets.token_hex(4)}", secrets.token_hex(12)
+        require_password(server, role, password)
+        execute(
+            url,
+            f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}",
+            f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        )
+        env["ABLO_DATABASE_URL"] = url.replace("postgres@", f"{role}:{password}@")
         extra.append("--allow-any-database")  # the tests' databases are named t_<hex>
-    result = command("--database-url", url, "--json", *extra)
+    result = command("--json", *extra, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+    if env:
+        assert password not in result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert (report["passed"], report["failed"], report["notRun"]) == (len(ALL), 0, [])
     assert [item["name"] for item in report["checks"]] == ALL
@@ -254,7 +270,8 @@ async def test_the_sql_adapter_plan_fills_required_columns_and_skips_integer_ids
         url,
         "CREATE TABLE counters (id INTEGER PRIMARY KEY, label TEXT, n INTEGER)",
         """CREATE TABLE notes (id TEXT PRIMARY KEY, slug TEXT NOT NULL UNIQUE, body TEXT,
-           rank INTEGER, made DATE NOT NULL, pinned BOOLEAN NOT NULL, weight REAL DEFAULT 1)""",
+           rank INTEGER, made DATE NOT NULL, pinned BOOLEAN NOT NULL, weight REAL DEFAULT 1,
+           summary TEXT)""",
     )
     engine = database_engine(url)
     try:
@@ -270,6 +287,9 @@ async def test_the_sql_adapter_plan_fills_required_columns_and_skips_integer_ids
         assert [(spec.name, spec.kind) for spec in plan.others] == [
             ("slug", "text"), ("made", "date"), ("pinned", "boolean"),
         ]  # fmt: skip
+        # --field chooses the text column; the integer one is still the kit's choice.
+        chosen = plan_for(source, None, [FieldSpec("summary", "text")])
+        assert (chosen.text.name, chosen.integer and chosen.integer.name) == ("summary", "rank")
         report = await verify_source(
             source, plan, select_checks(["commit-returns-rows", "list-where-operators"])
         )

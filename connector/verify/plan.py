@@ -252,10 +252,10 @@ def _sql_model_plan(
 ) -> tuple[Plan | None, str]:
     """The plan for one model, or why the kit cannot write it.
 
-    With fields ``given`` (``--field``), the first given text field is the one
-    the kit tags rows through and the first given integer the one it compares;
-    without, the first columns that fit. Every other column a row needs gets
-    a value of its type.
+    The text field the kit tags rows through and the integer field it
+    compares are the first of their kind among the fields ``given``
+    (``--field``), else the first columns of that kind that fit. Every other
+    column a row needs (and every field given) gets a value of its type.
     """
     id_column = served.columns["id"]
     if _kind_of(id_column) != "text":
@@ -270,13 +270,14 @@ def _sql_model_plan(
         return None, f"it has no field {missing[0]!r}"
     columns = {n: c for n, c in served.columns.items() if n != "id"}
     kinds = {n: given[n].kind if n in given else _kind_of(c) for n, c in columns.items()}
-    candidates = list(given) if given else list(columns)
+
+    def candidates(kind: FieldKind) -> list[str]:
+        """The fields given of this kind, else every column of it."""
+        named = [n for n in given if kinds[n] == kind]
+        return named or [n for n in columns if kinds[n] == kind]
+
     text_name = next(
-        (
-            n
-            for n in candidates
-            if kinds[n] == "text" and not _unique(columns[n]) and not _too_short(columns[n])
-        ),
+        (n for n in candidates("text") if not _unique(columns[n]) and not _too_short(columns[n])),
         None,
     )
     if text_name is None:
@@ -284,7 +285,7 @@ def _sql_model_plan(
             "it has no text column the kit can write (one that is not unique and holds "
             f"{_MIN_TEXT_LENGTH} characters or more)"
         )
-    integers = [n for n in candidates if kinds[n] == "integer" and not _unique(columns[n])]
+    integers = [n for n in candidates("integer") if not _unique(columns[n])]
     # A nullable integer lets the kit check IS NULL too.
     integer_name = next((n for n in integers if columns[n].nullable), None) or next(
         iter(integers), None
