@@ -86,12 +86,12 @@ class MissingRowIsError(MemorySource):
 
 
 class SlowMissingRow(MemorySource):
-    """Takes 3 s to find that a row is missing (a scan where an index was needed)."""
+    """Takes 2 s to find that a row is missing (a scan where an index was needed)."""
 
     async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any] | None:
         row = await super().load(model, id, ctx)
         if row is None:
-            await asyncio.sleep(3)
+            await asyncio.sleep(2)
         return row
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from examples.memory_source import MemorySource
 from examples.sqlite_source import SQLiteSource
 from tests.broken_sources import BROKEN, SlowMissingRow
 from tests.conftest import REPO
-from tests.helpers import TASKS_DDL, execute
+from tests.helpers import TASKS_DDL, execute, process
 
 ALL = [item.name for item in CHECKS]
 
@@ -237,6 +239,19 @@ def test_only_and_skip_choose_checks_by_name() -> None:
     unknown = command("--handler", "examples.memory_source:MemorySource", "--only", "lod")
     assert unknown.returncode == 2
     assert "no check named 'lod'; the checks are: commit-returns-rows," in unknown.stderr
+
+
+async def test_ctrl_c_stops_the_checks_and_still_deletes_the_rows() -> None:
+    # Each load of a missing row takes 2 s here: the interrupt lands in one.
+    args = ["verify", "--handler", "tests.broken_sources:SlowMissingRow"]
+    async with process(args) as running:
+        await running.wait_for_output("PASS  load-finds-committed-row")
+        running.signal(signal.SIGINT)
+        assert await running.wait() == 130
+        output = running.output()
+    assert "interrupted: deleting the rows written" in output
+    assert "SKIP  answers-within-deadline" in output and "(interrupted)" in output
+    assert re.search(r"\d+ passed, 0 failed, \d+ skipped; deleted the \d+ rows it wrote", output)
 
 
 def test_a_database_that_does_not_look_like_a_test_one_is_refused(tmp_path: Path) -> None:

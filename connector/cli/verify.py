@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import EX_FAILURE, EX_UNAVAILABLE, ConfigError
+from ..errors import EX_FAILURE, EX_INTERRUPTED, EX_UNAVAILABLE, ConfigError
 from ..ops.logs import configure_logging
 from .options import GroupedCommand, env_file_option, fail, option
 from .sources import check_source_choice, guard_url_options, pool_size_option, source_options
@@ -131,6 +133,8 @@ def verify(
     from ..verify.report import header_lines, outcome_lines, summary_line
 
     formatter = configure_logging(log_level)
+    # The command's own warnings (a password typed where `ps` shows it) whatever the level.
+    logging.getLogger("connector.cli").setLevel(min(logging.WARNING, logging.getLogger().level))
 
     def say(text: str, *, err: bool = False) -> None:
         click.echo(formatter.redact(text), err=err)
@@ -172,7 +176,22 @@ def verify(
             for line in outcome_lines(outcome):
                 say(line)
 
+    interrupted = False
+
     async def run_then_close(source: DataSource) -> Report:
+        # The first Ctrl-C stops the checks and still deletes the rows written;
+        # a second one ends the command at once (Python's own SIGINT again).
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def first_interrupt() -> None:
+            nonlocal interrupted
+            interrupted = True
+            loop.remove_signal_handler(signal.SIGINT)
+            say("interrupted: deleting the rows written (Ctrl-C again to leave them)", err=True)
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGINT, first_interrupt)
         try:
             return await verify_source(
                 source,
@@ -181,8 +200,10 @@ def verify(
                 request_timeout=request_timeout,
                 on_outcome=show,
                 keep_rows=keep_rows,
+                stop=stop,
             )
         finally:
+            loop.remove_signal_handler(signal.SIGINT)
             if _is_sql(source):
                 await source.aclose()  # type: ignore[attr-defined]
 
@@ -193,7 +214,7 @@ def verify(
     if as_json:
         say(json.dumps(report.to_json(), ensure_ascii=False))
     say(summary_line(report), err=as_json)
-    sys.exit(EX_FAILURE if report.failed else 0)
+    sys.exit(EX_INTERRUPTED if interrupted else EX_FAILURE if report.failed else 0)
 
 
 def _handler_source(handler_spec: str) -> DataSource:

@@ -15,7 +15,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -141,9 +141,11 @@ async def verify_source(
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     on_outcome: Callable[[Outcome], None] | None = None,
     keep_rows: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> Report:
     """Run ``checks`` (default: all) against ``source`` over the real wire; delete the
-    rows written unless ``keep_rows``."""
+    rows written unless ``keep_rows``. Once ``stop`` is set, the check under way is
+    abandoned and the others are not run, but the rows are still deleted."""
     from ..dev.engine import DevEngine
 
     checks = list(CHECKS if checks is None else checks)
@@ -169,7 +171,7 @@ async def verify_source(
             session = Session(engine, plan, served, request_timeout)
             try:
                 for item in checks:
-                    outcome = await _run_one(item, session)
+                    outcome = await _unless_stopped(item, _run_one(item, session), stop)
                     report.outcomes.append(outcome)
                     if on_outcome is not None:
                         on_outcome(outcome)
@@ -199,6 +201,28 @@ async def _ready(connector: Connector, serving: asyncio.Task[None]) -> None:
         serving.result()  # the connector's own error (a handler it refuses, say)
         raise ConfigError("the connector stopped before it was ready")
     raise ConfigError("the connector did not register with the local engine within 30 s")
+
+
+async def _unless_stopped(
+    item: Check, running: Coroutine[Any, Any, Outcome], stop: asyncio.Event | None
+) -> Outcome:
+    if stop is None:
+        return await running
+    if stop.is_set():
+        running.close()
+        return Outcome(item, "not run", "interrupted")
+    task = asyncio.ensure_future(running)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when="FIRST_COMPLETED")
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return Outcome(item, "not run", "interrupted")
 
 
 async def _run_one(item: Check, session: Session) -> Outcome:
