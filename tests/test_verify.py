@@ -337,3 +337,12 @@ def test_the_pytest_helper_reports_each_check_as_a_test(tmp_path: Path) -> None:
     assert f"1 failed, {2 * len(ALL) - 1} passed" in result.stdout
     assert "test_ignores_intent[replay-other-intent-refused]" in result.stdout
     assert "expected: HTTP 409 idempotency_conflict" in result.stdout
+
+
+def test_the_readme_lists_every_check_in_order() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Prove it: `ablo-connector verify`", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| `([a-z-]+)` \|", section, re.MULTILINE) == ALL
+    assert section.rstrip().endswith(
+        "Prove it: `ablo-connector verify --handler mymodule:MySource`."
+    )
