@@ -95,6 +95,11 @@ class SlowMissingRow(MemorySource):
         return row
 
 
+class CaseSensitiveModels(MemorySource):
+    """Serves ``workItems`` without declaring it: a commit for ``workitems``, as the
+    engine's clients send it, lands under another name."""
+
+
 #: Each broken handler, and the one check it must fail.
 BROKEN: dict[type[MemorySource], str] = {
     ReplaysTwice: "replay-returns-first-answer",
@@ -103,4 +108,5 @@ BROKEN: dict[type[MemorySource], str] = {
     RedeliversPage: "events-cursor-advances",
     SkipsEvent: "events-in-commit-order",
     MissingRowIsError: "load-missing-is-null",
+    CaseSensitiveModels: "commit-model-lowercased",
 }

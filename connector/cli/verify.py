@@ -132,6 +132,18 @@ def verify(
     )
     from ..verify.report import header_lines, outcome_lines, summary_line
 
+    if list_checks:
+        for item in CHECKS:
+            click.echo(f"{item.name}: {item.guarantee}")
+            click.echo(f"    needs: {', '.join(sorted(item.needs | item.needs_any)) or 'nothing'}")
+            click.echo(f"    documented: {item.documented}")
+        return
+    try:
+        parsed: list[FieldSpec] = [parse_field(text) for text in fields]
+        checks = select_checks(_names(only), _names(skip))
+    except (ValueError, ConfigError) as error:
+        fail(f"{'--field ' if isinstance(error, ValueError) else ''}{error}", _USAGE)
+
     formatter = configure_logging(log_level)
     # The command's own warnings (a password typed where `ps` shows it) whatever the level.
     logging.getLogger("connector.cli").setLevel(min(logging.WARNING, logging.getLogger().level))
@@ -139,17 +151,6 @@ def verify(
     def say(text: str, *, err: bool = False) -> None:
         click.echo(formatter.redact(text), err=err)
 
-    if list_checks:
-        for item in CHECKS:
-            say(f"{item.name}: {item.guarantee}")
-            say(f"    needs: {', '.join(sorted(item.needs | item.needs_any)) or 'nothing'}")
-            say(f"    documented: {item.documented}")
-        return
-    try:
-        parsed: list[FieldSpec] = [parse_field(text) for text in fields]
-        checks = select_checks(_names(only), _names(skip))
-    except (ValueError, ConfigError) as error:
-        fail(f"{'--field ' if isinstance(error, ValueError) else ''}{error}", _USAGE)
     source: DataSource | None = None
     try:
         guard_url_options(ctx, formatter.add_secret)

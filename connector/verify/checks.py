@@ -981,6 +981,34 @@ async def list_cursor_stable(session: Session) -> str | None:
 
 
 @check(
+    "commit-model-lowercased",
+    "a commit naming the model in lowercase, as the engine's clients send it, writes that model",
+    'README, "Write a handler" ("Model names")',
+    needs=["commit", "load"],
+)
+async def commit_model_lowercased(session: Session) -> str | None:
+    lowered = session.model.lower()
+    if lowered == session.model:
+        return f"the model's name {session.model!r} is lowercase already"
+    row_id = session.new_id("lowercase", model=lowered)
+    operation = {
+        **session.create(row_id, session.values(session.text("lowercase"))),
+        "model": lowered,
+    }
+    reply = await session.commit([operation])
+    session.expect_ok(reply, f"a commit naming the model {lowered!r}", "HTTP 200")
+    if await session.row(row_id) is None:
+        raise _violation(
+            reply,
+            f"the row written to {session.model!r}: load {session.model} {row_id!r} finds it",
+            f"declare the models you serve (model_names = ({session.model!r},)) and the "
+            f"dispatcher hands you {session.model!r} for {lowered!r}",
+            got=f"{reply.shown(160)}, then load {session.model} {row_id!r} found nothing",
+        )
+    return None
+
+
+@check(
     "unknown-model",
     "a model the source does not serve is answered 400 source_unknown_model (or found empty), "
     "never a crash",

@@ -258,32 +258,31 @@ async def _clean_up(session: Session, report: Report) -> None:
         report.cleanup = "cannot delete: the source does not serve commit"
         report.left_behind = list(session.written)
         return
-    by_scope: dict[str, list[str]] = {}
-    scopes: dict[str, Mapping[str, Any] | None] = {}
-    for row_id, scope in session.written.items():
-        key = json.dumps(scope, sort_keys=True)
-        by_scope.setdefault(key, []).append(row_id)
-        scopes[key] = scope
+    groups: dict[str, list[str]] = {}
+    where: dict[str, tuple[str, Mapping[str, Any] | None]] = {}
+    for row_id, (model, scope) in session.written.items():
+        key = json.dumps([model, scope], sort_keys=True)
+        groups.setdefault(key, []).append(row_id)
+        where[key] = (model, scope)
     left: list[str] = []
-    for key, ids in by_scope.items():
+    for key, ids in groups.items():
         for start in range(0, len(ids), _CLEANUP_BATCH):
-            batch = ids[start : start + _CLEANUP_BATCH]
-            left += await _delete(session, batch, scopes[key])
+            left += await _delete(session, ids[start : start + _CLEANUP_BATCH], *where[key])
     report.left_behind = left
     deleted = len(session.written) - len(left)
-    report.cleanup = f"deleted the {deleted} rows it wrote" + (
-        f"; {len(left)} could not be deleted" if left else ""
-    )
+    report.cleanup = (
+        "deleted the row it wrote" if deleted == 1 else f"deleted the {deleted} rows it wrote"
+    ) + (f"; {len(left)} could not be deleted" if left else "")
 
 
 async def _delete(
-    session: Session, ids: Sequence[str], scope: Mapping[str, Any] | None
+    session: Session, ids: Sequence[str], model: str, scope: Mapping[str, Any] | None
 ) -> list[str]:
     """Delete ``ids`` in one commit, or one by one if the source refuses the batch
     (some refuse to delete a row that was never written); returns those left."""
 
     def delete(row_id: str) -> dict[str, Any]:
-        return {"type": "DELETE", "model": session.model, "id": row_id}
+        return {"type": "DELETE", "model": model, "id": row_id}
 
     with contextlib.suppress(NotServed):
         reply = await session.commit(
@@ -295,6 +294,6 @@ async def _delete(
             return [] if reply.status == 404 else list(ids)
         left = []
         for row_id in ids:
-            left += await _delete(session, [row_id], scope)
+            left += await _delete(session, [row_id], model, scope)
         return left
     return list(ids)

@@ -163,18 +163,24 @@ class Session:
         self.model = plan.model
         self.served = frozenset(served)
         self.replies: list[Reply] = []
-        #: id → the scope it was written under (None: none), for the clean-up.
-        self.written: dict[str, Mapping[str, Any] | None] = {}
+        #: id → the model and scope (None: none) it was written under, for the clean-up.
+        self.written: dict[str, tuple[str, Mapping[str, Any] | None]] = {}
         self._numbers = itertools.count(1)
 
     # ------------------------------------------------------------ names
 
     def new_id(
-        self, tag: str, *, write: bool = True, scope: Mapping[str, Any] | None = None
+        self,
+        tag: str,
+        *,
+        write: bool = True,
+        scope: Mapping[str, Any] | None = None,
+        model: str | None = None,
     ) -> str:
+        """A new id of this run; unless ``write`` is false, the clean-up deletes it."""
         row_id = f"{self.plan.prefix}{tag}-{next(self._numbers)}"
         if write:
-            self.written[row_id] = scope
+            self.written[row_id] = (model or self.model, scope)
         return row_id
 
     def text(self, tag: str) -> str:
