@@ -124,12 +124,23 @@ class SQLiteSource(DataSource):
                 raise SourceError(
                     "unsupported_operator", f"the SQLite example does not support {condition.op}"
                 )
-            clauses.append(f"json_extract(data, ?) {op} ?")
             value = condition.value
+            # As the engine evaluates a condition: = null means IS NULL, and a null
+            # is not equal to any value given (SQL alone would match no row for either).
+            if value is None and op in ("=", "!="):
+                clauses.append(f"json_extract(data, ?) IS {'' if op == '=' else 'NOT '}NULL")
+                params.append(_json_path(condition.field))
+                continue
+            if op == "!=":
+                clauses.append("(json_extract(data, ?) != ? OR json_extract(data, ?) IS NULL)")
+            else:
+                clauses.append(f"json_extract(data, ?) {op} ?")
             params += [
                 _json_path(condition.field),
                 int(value) if isinstance(value, bool) else value,
             ]
+            if op == "!=":
+                params.append(_json_path(condition.field))
         # Sorted by the field (nulls last), then by id; the cursor is the last row's
         # position in that order (a keyset), so rows inserted while someone pages
         # never shift a page the way an offset would.

@@ -717,9 +717,14 @@ def _operator_cases(session: Session, group: str) -> list[_Case]:
             case("NOT IN", [number(1), number(3)], "ab", "aa Ba", True),
         ]
         if session.plan.integer.nullable:
+            # As the engine evaluates a condition (and the SQL adapter, on purpose):
+            # = null is IS NULL, and a null is "not equal" to any value given.
             cases += [
                 case("IS", None, "bb", "aa ab Ba", True),
                 case("IS NOT", None, "aa ab Ba", "bb", True),
+                case("=", None, "bb", "aa ab Ba", True),
+                case("!=", number(1), "ab Ba bb", "aa", True),
+                case("NOT IN", [number(1), number(3)], "ab bb", "aa Ba", True),
             ]
     return cases
 
@@ -784,8 +789,9 @@ async def list_where_operators(session: Session) -> str | None:
                 "apply the condition to every row, and refuse an operator you cannot serve "
                 "with a 400 (SourceError) rather than answering rows it does not match"
                 if wrong_in
-                else "apply the operator as SQL does (LIKE: % any run, _ one character, "
-                "case-sensitive; ILIKE: case-insensitive; IN: any of the list; IS: null)",
+                else "apply the operator as the engine does (= null: IS NULL; != and NOT IN: "
+                "nulls included; LIKE: % any run, _ one character, case-sensitive; ILIKE: "
+                "case-insensitive; IN: any of the list)",
             )
     notes = []
     by_answer: dict[str, list[str]] = {}
