@@ -482,7 +482,8 @@ async def replay_writes_no_second_event(session: Session) -> str | None:
 
 @check(
     "events-carry-identity",
-    "each operation's event carries its model, entityId, type, correlationId and transactionId",
+    "each operation's event carries its model, entityId, type, correlationId and "
+    "transactionId (and no legacy clientTxId)",
     _RETURNS + " (Event) and " + _PER_OPERATION + " (events)",
     needs=["commit", "events"],
 )
@@ -524,11 +525,14 @@ async def events_carry_identity(session: Session) -> str | None:
         ]
         if not isinstance(found[0].get("id"), str) or not found[0]["id"]:
             wrong.append("it has no id (the engine's replay key)")
+        if found[0].get("clientTxId") is not None:
+            wrong.append("clientTxId is set: it is the legacy echo identity, left empty")
         if wrong:
             raise _violation(
                 reply,
                 f"an event {shorten(wanted, 300)}",
-                "copy commit.correlation_id and each operation's transaction_id into its event",
+                "copy commit.correlation_id and each operation's transaction_id into its "
+                "event, and leave client_tx_id None",
                 got=f"the event {shorten(found[0], 300)}: {'; '.join(wrong)}",
             )
         event_ids.add(found[0]["id"])
