@@ -249,8 +249,9 @@ def _database_source(
         source.close()
         raise ConfigError(
             f"verify writes rows, and the database {name!r} ({shown}) does not look like a "
-            "test database (its name has no 'test', 'dev', 'ci', 'tmp', 'scratch' or "
-            "'sandbox'); point it at one, or pass --allow-any-database to write there anyway"
+            "test database (its name holds neither 'test' nor 'verify', nor a word dev, ci, "
+            "tmp, temp, scratch or sandbox); point it at one, or pass --allow-any-database to "
+            "write there anyway"
         )
     try:
         source.prepare()

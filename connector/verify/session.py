@@ -8,7 +8,7 @@ included. Every request is a new delivery (its own ``webhook-id``), as the
 engine's retry after a connector restart is: the connector's replay memory
 never answers for the handler.
 
-It also keeps what the run wrote (ids, with the scope they were written
+It also keeps what the run wrote (ids, with the model and scope they were written
 under) so the runner can delete them, and every answer with its time, for
 the deadline check.
 """
