@@ -1243,6 +1243,6 @@ async def answers_within_deadline(session: Session) -> str | None:
             "an error, before the deadline",
         )
     if not session.replies:
-        return None
+        return "no request was sent: run it with the other checks"
     slowest = max(session.replies, key=lambda reply: reply.seconds)
     return f"slowest {slowest.seconds * 1000:.0f} ms ({slowest.sent.get('type')}) of {len(session.replies)}"
