@@ -6,6 +6,7 @@ ablo-connector run --handler examples.memory_source:MemorySource ...
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from typing import Any
 
@@ -35,18 +36,26 @@ class MemorySource(DataSource):
         return self.rows.get((model, id))
 
     async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
-        rows = [row for (m, _), row in sorted(self.rows.items()) if m == model]
+        rows = [row for (m, _), row in self.rows.items() if m == model]
         for condition in query.where:
             if condition.op != "=":
                 raise SourceError(
                     "unsupported_operator", f"only '=' is supported, not {condition.op}"
                 )
             rows = [row for row in rows if row.get(condition.field) == condition.value]
-        start = int(query.cursor or 0)
+        order_by, descending = query.order_by or "id", query.order == "desc"
+        rows.sort(key=lambda row: _position(row, order_by), reverse=descending)
+        rows.sort(key=lambda row: row.get(order_by) is None)  # stable: nulls last either way
+        if query.cursor:
+            # A keyset cursor, the position of the last row served: a row inserted
+            # before it while someone pages cannot shift the next page (an offset would).
+            last = tuple(json.loads(query.cursor))
+            rows = [row for row in rows if _comes_after(_position(row, order_by), last, descending)]
         limit = query.limit or 100
-        page = rows[start : start + limit]
-        more = start + limit < len(rows)
-        return ListPage(rows=page, next_cursor=str(start + limit) if more else None)
+        page = rows[:limit]
+        more = len(rows) > limit
+        cursor = json.dumps(_position(page[-1], order_by)) if more else None
+        return ListPage(rows=page, next_cursor=cursor)
 
     async def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:
         key = commit.correlation_id or ""
@@ -58,10 +67,12 @@ class MemorySource(DataSource):
                     "idempotency_conflict", "correlationId reused with another intent", status=409
                 )
             return result
+        # All or nothing: refuse the commit before applying any of its operations.
+        if not all(op.id for op in commit.operations):
+            raise SourceError("source_commit_invalid", "every operation needs an id")
         changed = []
         for op in commit.operations:
-            if not op.id:
-                raise SourceError("source_commit_invalid", "every operation needs an id")
+            assert op.id is not None
             row_key = (op.model, op.id)
             if op.type == "DELETE":
                 self.rows.pop(row_key, None)
@@ -96,3 +107,18 @@ class MemorySource(DataSource):
         page = self.outbox[start : start + count]
         # Always hand back the position, so the next poll resumes after this page.
         return EventsPage(events=page, next_cursor=str(start + len(page)))
+
+
+def _position(row: dict[str, Any], order_by: str) -> tuple[bool, Any, str]:
+    """Where a row sorts: nulls last, then by the field, then by id."""
+    value = row.get(order_by)
+    return (value is None, value, row["id"])
+
+
+def _comes_after(position: tuple[Any, ...], last: tuple[Any, ...], descending: bool) -> bool:
+    if position[0] != last[0]:
+        return bool(position[0])  # nulls come last, in either order
+    for mine, theirs in zip(position[1:], last[1:], strict=True):
+        if mine != theirs:
+            return bool(mine < theirs if descending else mine > theirs)
+    return False

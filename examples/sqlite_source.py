@@ -116,37 +116,68 @@ class SQLiteSource(DataSource):
         return None if found is None else json.loads(found[0])
 
     def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
-        clauses, params = ["model = ?"], [model]
+        clauses: list[str] = ["model = ?"]
+        params: list[Any] = [model]
         for condition in query.where:
             op = _OPERATORS.get(condition.op)
             if op is None or isinstance(condition.value, list):
                 raise SourceError(
                     "unsupported_operator", f"the SQLite example does not support {condition.op}"
                 )
-            clauses.append(f"json_extract(data, ?) {op} ?")
             value = condition.value
+            # As the engine evaluates a condition: = null means IS NULL, and a null
+            # is not equal to any value given (SQL alone would match no row for either).
+            if value is None and op in ("=", "!="):
+                clauses.append(f"json_extract(data, ?) IS {'' if op == '=' else 'NOT '}NULL")
+                params.append(_json_path(condition.field))
+                continue
+            if op == "!=":
+                clauses.append("(json_extract(data, ?) != ? OR json_extract(data, ?) IS NULL)")
+            else:
+                clauses.append(f"json_extract(data, ?) {op} ?")
             params += [
                 _json_path(condition.field),
                 int(value) if isinstance(value, bool) else value,
             ]
-        order = "DESC" if query.order == "desc" else "ASC"
-        order_by = "json_extract(data, ?) " + order + ", id" if query.order_by else "id " + order
-        if query.order_by:
-            params.append(_json_path(query.order_by))
+            if op == "!=":
+                params.append(_json_path(condition.field))
+        # Sorted by the field (nulls last), then by id; the cursor is the last row's
+        # position in that order (a keyset), so rows inserted while someone pages
+        # never shift a page the way an offset would.
+        descending = query.order == "desc"
+        direction, beyond = ("DESC", "<") if descending else ("ASC", ">")
+        sort = "json_extract(data, ?)" if query.order_by else "NULL"
+        sort_params = [_json_path(query.order_by)] if query.order_by else []
+        if query.cursor:
+            try:
+                value, last_id = json.loads(query.cursor)
+            except (ValueError, TypeError):
+                raise SourceError(
+                    "source_cursor_invalid", "not a cursor this source issued"
+                ) from None
+            if value is None:
+                clauses.append(f"({sort} IS NULL AND id {beyond} ?)")
+                params += [*sort_params, last_id]
+            else:
+                clauses.append(
+                    f"({sort} {beyond} ? OR ({sort} = ? AND id {beyond} ?) OR {sort} IS NULL)"
+                )
+                params += [*sort_params, value, *sort_params, value, last_id, *sort_params]
         limit = min(query.limit or 100, 1000)
-        offset = int(query.cursor) if query.cursor and query.cursor.isdigit() else 0
-        rows = (
+        found = (
             self._db()
             .execute(
-                f"SELECT data FROM records WHERE {' AND '.join(clauses)} ORDER BY {order_by} LIMIT ? OFFSET ?",
-                (*params, limit + 1, offset),
+                f"SELECT data, {sort} FROM records WHERE {' AND '.join(clauses)} "
+                f"ORDER BY {sort} IS NULL, {sort} {direction}, id {direction} LIMIT ?",
+                (*sort_params, *params, *sort_params, *sort_params, limit + 1),
             )
             .fetchall()
         )
-        more = len(rows) > limit
+        rows = [json.loads(r[0]) for r in found[:limit]]
+        more = len(found) > limit
         return ListPage(
-            rows=[json.loads(r[0]) for r in rows[:limit]],
-            next_cursor=str(offset + limit) if more else None,
+            rows=rows,
+            next_cursor=json.dumps([found[limit - 1][1], rows[-1]["id"]]) if more else None,
         )
 
     def commit(self, commit: CommitRequest, ctx: RequestContext) -> CommitResult:

@@ -10,7 +10,8 @@ get one line on stderr, never a traceback.
 - :mod:`.dev`: ``dev``, ``dev-engine`` and ``request``, for developers;
 - :mod:`.options`: options generated from ``Config``, grouped ``--help``;
 - :mod:`.sources`: the handler or the SQL adapter to serve;
-- :mod:`.check`: the steps of ``check``.
+- :mod:`.check`: the steps of ``check``;
+- :mod:`.verify`: ``verify``, the guarantees a source keeps.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .dev import dev, dev_engine, request
 from .migrate import migrate
 from .options import interrupted, wants_json_logs
 from .run import check, run
+from .verify import verify
 
 __all__ = ["main"]
 
@@ -118,5 +120,5 @@ def main() -> None:
     """
 
 
-for command in (run, check, migrate, dev, dev_engine, request):
+for command in (run, check, verify, migrate, dev, dev_engine, request):
     main.add_command(command)
