@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import signal
 import time
@@ -222,9 +223,12 @@ async def test_wrong_key_without_the_flag_keeps_trying_slowly() -> None:
             {"ABLO_API_KEY": "sk_test_wrong_again_11"},
         ) as connector,
     ):
-        await asyncio.sleep(3.5)
+        await eventually(lambda: engine.rejected_handshakes >= 3, timeout=30)
         assert connector.returncode is None
-        assert 3 <= engine.rejected_handshakes <= 5
+    rejected = [at for at, what, _ in engine.history if what == "rejected"]
+    # Every retry waits the slowest step of the schedule (1 s here, ±10 %).
+    gaps = [later - earlier for earlier, later in itertools.pairwise(rejected)]
+    assert gaps and all(gap >= 0.85 for gap in gaps), gaps
 
 
 async def test_supersede_between_processes_then_a_clean_rolling_stop() -> None:

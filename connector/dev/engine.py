@@ -277,6 +277,7 @@ class DevEngine:
         )
         if bearer is None or bearer not in self._keys:
             self.rejected_handshakes += 1
+            self._event("rejected", self.rejected_handshakes)
             return _json_response(
                 401,
                 {
