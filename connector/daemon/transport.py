@@ -56,7 +56,7 @@ _WRITE_LIMIT: Final = 32 * 1024
 _FIN_TEXT: Final = 0x81  # FIN, opcode 1
 _MASKED: Final = 0x80
 
-__all__ = ["CoalescingClientConnection", "MaskKeys", "masked_text_frame"]
+__all__ = ["CoalescingClientConnection", "MaskKeys", "masked_text_frame", "proxy_for"]
 
 log = logging.getLogger("connector.connection")
 
@@ -94,6 +94,21 @@ class _PrivateParts:
         if not usable or fragmented_send is None:
             return None
         return cls(queued, fragmented_send)
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy websockets will dial ``url`` through (from the environment), or None.
+
+    websockets does not document this function, and 16 moved it to another module.
+    """
+    try:
+        from websockets.proxy import get_proxy  # websockets 16 and later
+    except ImportError:
+        from websockets.uri import get_proxy  # type: ignore[attr-defined,no-redef]
+    from websockets.uri import parse_uri
+
+    proxy: str | None = get_proxy(parse_uri(url))
+    return proxy
 
 
 _fallback_logged = False
