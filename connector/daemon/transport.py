@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib
 import logging
 import os
 import struct
@@ -99,16 +100,24 @@ class _PrivateParts:
 def proxy_for(url: str) -> str | None:
     """The proxy websockets will dial ``url`` through (from the environment), or None.
 
-    websockets does not document this function, and 16 moved it to another module.
+    websockets does not document the function that knows, and 16 moved it
+    from ``websockets.uri`` to ``websockets.proxy``.
     """
-    try:
-        from websockets.proxy import get_proxy  # websockets 16 and later
-    except ImportError:
-        from websockets.uri import get_proxy  # type: ignore[attr-defined,no-redef]
     from websockets.uri import parse_uri
 
-    proxy: str | None = get_proxy(parse_uri(url))
-    return proxy
+    for module in ("websockets.proxy", "websockets.uri"):
+        get_proxy = getattr(_module_or_none(module), "get_proxy", None)
+        if get_proxy is not None:
+            proxy: str | None = get_proxy(parse_uri(url))
+            return proxy
+    return None  # a websockets without proxy support dials directly
+
+
+def _module_or_none(name: str) -> object:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 _fallback_logged = False
