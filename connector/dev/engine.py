@@ -189,7 +189,7 @@ class DevEngine:
             ping_interval=self.ping_interval,
             max_size=None,
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = next(iter(self._server.sockets)).getsockname()[1]
 
     async def restart(self, down_for: float = 0.0) -> None:
         """Crash the transport: abort every connection without a close frame,
