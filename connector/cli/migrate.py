@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 
 __all__ = ["migrate"]
 
-_INSUFFICIENT_PRIVILEGE = "42501"
-
 
 @click.command(
     cls=GroupedCommand, short_help="Create or upgrade the SQL adapter's ledger and outbox."
@@ -85,7 +83,12 @@ def migrate(
     import sqlalchemy as sa
     from sqlalchemy.exc import DBAPIError, OperationalError
 
-    from ..adapters.sql import create_database_engine, describe_database_error, shown_url
+    from ..adapters.sql import (
+        create_database_engine,
+        describe_database_error,
+        lacks_privilege,
+        shown_url,
+    )
     from ..adapters.sql import migrate as migrate_tables
 
     formatter = configure_logging("warning")
@@ -114,7 +117,7 @@ def migrate(
     except OperationalError as error:
         _unreachable(f"{shown}: ", error, engine.url)
     except DBAPIError as error:
-        if getattr(error.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+        if lacks_privilege(error, engine.url):
             fail(
                 f"{shown}: {describe_database_error(error)}: this user may not create the "
                 "ledger and outbox; run migrate once as the tables' owner (or have the owner "
@@ -175,14 +178,12 @@ def _print_grants(engine: Engine, models_path: str | None, role: str) -> None:
     """The GRANTs ``role`` needs for the models run would serve (PostgreSQL)."""
     from sqlalchemy.exc import OperationalError
 
-    from ..adapters.sql import ModelMap, grant_statements, served_tables
+    from ..adapters.sql import ModelMap, grant_statements, no_grants_note, served_tables
 
-    if engine.dialect.name != "postgresql":
+    note = no_grants_note(engine.url)
+    if note is not None:
         engine.dispose()
-        click.echo(
-            "-- SQLite has no users and no GRANTs: the connector's user needs to read and write "
-            "the database file and its folder (for the -wal and -shm files)."
-        )
+        click.echo(note)
         return
     try:
         models = ModelMap.from_toml(models_path) if models_path else None

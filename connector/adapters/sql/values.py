@@ -26,15 +26,14 @@ from ...errors import SourceError
 __all__ = [
     "INTEGER_BITS",
     "ValueRejected",
-    "integer_bits",
     "json_text",
     "to_column_value",
     "to_json_row",
     "to_json_value",
 ]
 
-# Where a column's integer width is kept once reflected (``Column.info``):
-# the bound check below costs one dict hit, and a value past it is the
+# Where a column's integer width is kept once reflected (``Column.info``,
+# from its dialect's ``integer_bits``): the bound check below costs one dict hit, and a value past it is the
 # caller's mistake (400), not an overflow inside the driver.
 INTEGER_BITS: Final = "ablo_integer_bits"
 
@@ -67,15 +66,6 @@ def python_type(column: sa.Column[Any]) -> type | None:
         return column.type.python_type
     except NotImplementedError:  # NullType and friends: let the database decide
         return None
-
-
-def integer_bits(column_type: sa.types.TypeEngine[Any], dialect: str) -> int:
-    """How many bits an integer column holds on ``dialect``."""
-    if isinstance(column_type, sa.SmallInteger):
-        return 16
-    if isinstance(column_type, sa.BigInteger) or dialect != "postgresql":
-        return 64  # SQLite stores every INTEGER in 64 bits
-    return 32
 
 
 def _in_range(column: sa.Column[Any], field: str, value: int) -> int:
