@@ -160,17 +160,18 @@ def _served_models(
 def _print_sql(database_url: str) -> None:
     """The statements migrate runs on a database that has neither table (no connection)."""
     from ..adapters.sql import database_url as parse_database_url
-    from ..adapters.sql import migration_statements
+    from ..adapters.sql import migration_statements, print_sql_note
 
     try:
-        dialect = parse_database_url(database_url).get_backend_name()
+        url = parse_database_url(database_url)
     except ConfigError as error:
         fail(str(error))
+    statements = migration_statements(url.get_backend_name())
+    note = print_sql_note(url)
     click.echo(
-        "-- The SQL adapter's ledger and outbox, as `ablo-connector migrate` creates them;\n"
-        "-- run as the owner, in the schema the connector's user finds first on its search_path."
+        f"-- The SQL adapter's ledger and outbox, as `ablo-connector migrate` creates them;\n{note}"
     )
-    for statement in migration_statements(dialect):
+    for statement in statements:
         click.echo(f"{statement};")
 
 

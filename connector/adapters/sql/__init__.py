@@ -15,6 +15,7 @@ from .engines import (
     database_url,
     lacks_privilege,
     no_grants_note,
+    print_sql_note,
     shown_url,
 )
 from .models import ModelMap, ModelSpec, ServedModel, camel_to_snake, snake_to_camel
@@ -38,6 +39,7 @@ __all__ = [
     "migrate",
     "migration_statements",
     "no_grants_note",
+    "print_sql_note",
     "served_tables",
     "shown_url",
     "snake_to_camel",

@@ -130,15 +130,18 @@ class ReadConnections:
             return await self._open_reserved()
         return handed
 
-    def release(self, connection: Any, opened: float, *, failed: bool = False) -> None:
-        """Give a connection back; ``failed`` closes it (and the idle ones, if it is broken).
+    def release(
+        self, connection: Any, opened: float, *, failed: bool = False, lost: bool = False
+    ) -> None:
+        """Give a connection back; ``failed`` closes it, and the idle ones too
+        when it is broken or ``lost`` (the server went away: they are suspect).
 
         One past ``recycle`` is closed here too: under steady load a
         connection goes from caller to waiter and is never idle.
         """
         driver = self._driver
         if failed or self._closed or driver.closed(connection) or self._expired(opened):
-            if driver.closed(connection) or driver.broken(connection):
+            if lost or driver.closed(connection) or driver.broken(connection):
                 self._drop_idle()
             self._discard(connection)
             return

@@ -14,6 +14,7 @@ __all__ = [
     "database_url",
     "lacks_privilege",
     "no_grants_note",
+    "print_sql_note",
     "shown_url",
 ]
 
@@ -76,3 +77,9 @@ def no_grants_note(url: sa.URL) -> str | None:
     """What ``migrate --print-grants`` says where the database has no GRANTs, or None."""
     dialect, _ = dialect_of_url(url)
     return dialect.no_grants_note
+
+
+def print_sql_note(url: sa.URL) -> str:
+    """What ``migrate --print-sql`` says first: who runs the DDL, and where."""
+    dialect, _ = dialect_of_url(url)
+    return dialect.print_sql_note

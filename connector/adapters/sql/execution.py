@@ -49,6 +49,7 @@ __all__ = [
     "Serving",
     "ThreadDatabase",
     "run_read",
+    "run_write",
     "select_one",
 ]
 
@@ -76,14 +77,21 @@ class LoopDriver(Protocol):
     write_options: ClassVar[Mapping[str, Any]]
 
     async def run_read(
-        self, connection: Any, sql: str, values: Mapping[str, Any]
+        self, connection: Any, sql: str, values: Mapping[str, Any] | Sequence[Any]
     ) -> tuple[list[Any], Sequence[Any]]:
-        """Run one compiled read on a driver connection: its rows and its
-        cursor's description."""
+        """Run one compiled read on a driver connection (its values by name,
+        or in placeholder order): its rows and its cursor's description."""
         ...
 
-    def connection_lost(self, connection: Any) -> bool:
-        """Whether a driver connection that just failed is gone (not just its statement)."""
+    def run_write(
+        self, engine: sa.Engine, work: Callable[[sa.Connection], T], args: tuple[Any, ...]
+    ) -> T:
+        """Run ``work`` in one transaction on ``engine``, committed if it returns."""
+        ...
+
+    def connection_lost(self, connection: Any, error: BaseException) -> bool:
+        """Whether a driver connection that just failed with ``error`` is gone
+        (not just its statement)."""
         ...
 
     def reflection_engine(self, url: sa.URL, statement_timeout: float | None) -> sa.Engine:
@@ -96,7 +104,7 @@ def run_read(engine: sa.Engine, work: Callable[..., T], args: tuple[Any, ...]) -
         return work(connection, *args)
 
 
-def _run_write(engine: sa.Engine, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+def run_write(engine: sa.Engine, work: Callable[..., T], args: tuple[Any, ...]) -> T:
     with engine.begin() as connection:
         return work(connection, *args)
 
@@ -117,6 +125,8 @@ class _Compiled:
     # A list page's shape: each placeholder's position among the values
     # SQLAlchemy extracts from a statement of that shape (its cache key's).
     slots: tuple[tuple[str, int], ...] = ()
+    # A driver with positional placeholders (%s): the names in their order.
+    positions: tuple[str, ...] | None = None
     # Known after the first execution (some depend on the type the driver reports).
     result_processors: tuple[Callable[[Any], Any] | None, ...] | None = None
     described: bool = False
@@ -125,13 +135,27 @@ class _Compiled:
         """The values to bind, from the bound parameters of one statement of this shape."""
         return {name: extracted[position].effective_value for name, position in self.slots}
 
+    def parameters(self, values: dict[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
+        """``values`` as the driver takes them: by name, or in placeholder order."""
+        if self.positions is None:
+            return values
+        return tuple(values[name] for name in self.positions)
+
     def learn(self, dialect: sa.Dialect, description: Sequence[Any]) -> None:
+        # A description entry is a sequence whose second item is the type code.
         processors = tuple(
-            column.dialect_impl(dialect).result_processor(dialect, described.type_code)
+            column.dialect_impl(dialect).result_processor(dialect, described[1])
             for column, described in zip(self.columns, description, strict=True)
         )
         self.result_processors = processors if any(p is not None for p in processors) else None
         self.described = True
+
+
+_Parameters = dict[str, Any] | tuple[Any, ...]
+
+
+def _positions(compiled: Any) -> tuple[str, ...] | None:
+    return tuple(compiled.positiontup) if compiled.positional else None
 
 
 def _completed_at_execution(compiled: Any) -> bool:
@@ -270,7 +294,7 @@ class LoopDatabase:
         return await greenlet_spawn(run_read, self._reads, work, args)
 
     async def write(self, work: Callable[..., T], *args: Any) -> T:
-        return await greenlet_spawn(_run_write, self._writes, work, args)
+        return await greenlet_spawn(self._driver.run_write, self._writes, work, args)
 
     def _compiled_for(self, statement: sa.Select[Any]) -> _Compiled:
         """A long-lived statement (a model's load, a page of events), compiled."""
@@ -280,6 +304,7 @@ class LoopDatabase:
             dict(compiled.params),
             self._bind_processors(compiled),
             tuple(column.type for column in statement.selected_columns),
+            positions=_positions(compiled),
         )
 
     def _shape_for(self, statement: sa.Select[Any], cache_key: Any) -> _Compiled | None:
@@ -307,6 +332,7 @@ class LoopDatabase:
             self._bind_processors(compiled),
             tuple(column.type for column in statement.selected_columns),
             slots=tuple(slots),
+            positions=_positions(compiled),
         )
         if shape.values_of(extracted) != compiled.construct_params(extracted_parameters=extracted):
             return None  # not the values SQLAlchemy would bind: let it run this shape
@@ -365,15 +391,16 @@ class LoopDatabase:
         SQLAlchemy's pool, without them); its rows, processed."""
         for name, processor in compiled.bind_processors:
             values[name] = processor(values[name])
+        parameters = compiled.parameters(values)
         pool = self._read_connections
         if pool is None:
-            rows = await greenlet_spawn(self._fetch_in_greenlet, compiled, values)
+            rows = await greenlet_spawn(self._fetch_in_greenlet, compiled, parameters)
         else:
-            rows = await self._fetch_directly(pool, compiled, values)
+            rows = await self._fetch_directly(pool, compiled, parameters)
         return _process_rows(compiled, rows)
 
     async def _fetch_directly(
-        self, pool: ReadConnections, compiled: _Compiled, values: dict[str, Any]
+        self, pool: ReadConnections, compiled: _Compiled, values: _Parameters
     ) -> list[Any]:
         dialect = self._dialect
         driver_error = dialect.loaded_dbapi.Error
@@ -388,8 +415,8 @@ class LoopDatabase:
         except driver_error as error:
             # In autocommit a failed statement leaves the connection usable,
             # unless the failure was the connection itself.
-            disconnect = self._driver.connection_lost(connection)
-            pool.release(connection, opened, failed=disconnect)
+            disconnect = self._driver.connection_lost(connection, error)
+            pool.release(connection, opened, failed=disconnect, lost=disconnect)
             raise self._wrapped(error, disconnect, compiled.sql) from None
         except BaseException:
             # Cancelled mid-statement: the connection's state is unknown.
@@ -409,7 +436,7 @@ class LoopDatabase:
             connection_invalidated=invalidated, dialect=dialect,
         )  # fmt: skip
 
-    def _fetch_in_greenlet(self, compiled: _Compiled, values: dict[str, Any]) -> list[Any]:
+    def _fetch_in_greenlet(self, compiled: _Compiled, values: _Parameters) -> list[Any]:
         # Checkout, statement and checkin in one greenlet: one switch in and
         # out of it per await, and none per pool operation.
         dialect = self._dialect
@@ -460,9 +487,14 @@ class ThreadDatabase:
     """
 
     def __init__(
-        self, engine: sa.Engine, workers: int, read_options: Mapping[str, Any] | None = None
+        self,
+        engine: sa.Engine,
+        workers: int,
+        read_options: Mapping[str, Any] | None = None,
+        write: Callable[[sa.Engine, Callable[..., Any], tuple[Any, ...]], Any] | None = None,
     ) -> None:
         self.engine = engine
+        self._run_write = write or run_write
         self._reads = engine.execution_options(ablo_read=True)
         if read_options:
             self._reads = self._reads.execution_options(**read_options)
@@ -488,7 +520,7 @@ class ThreadDatabase:
 
     async def write(self, work: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _run_write, self._writes, work, args)
+        return await loop.run_in_executor(self._executor, self._run_write, self._writes, work, args)
 
     async def fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
         return await self.read(_fetch, statement, params)
@@ -514,8 +546,12 @@ def select_one(connection: sa.Connection) -> None:
     connection.exec_driver_sql("SELECT 1").close()
 
 
-def load_row(connection: sa.Connection, served: ServedModel, key: Any) -> Any:
-    return connection.execute(served.load_statement, {"ablo_id": key}).first()
+def load_row(
+    connection: sa.Connection, served: ServedModel, key: Any, *, lock: bool = False
+) -> Any:
+    """A row by id; ``lock`` takes its row lock (FOR UPDATE, where the database has one)."""
+    statement = served.load_statement.with_for_update() if lock else served.load_statement
+    return connection.execute(statement, {"ablo_id": key}).first()
 
 
 def _fetch(

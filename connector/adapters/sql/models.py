@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from ...errors import ConfigError
 from ...serve.models import ModelNames
-from .values import INTEGER_BITS
+from .values import INTEGER_BITS, INTEGER_UNSIGNED
 
 if TYPE_CHECKING:
     from .dialects import Dialect
@@ -244,6 +244,7 @@ class ServedModel:
                 )
             if isinstance(column.type, sa.Integer):
                 column.info[INTEGER_BITS] = dialect.integer_bits(column.type)
+                column.info[INTEGER_UNSIGNED] = dialect.integer_unsigned(column.type)
             columns[field_name] = column
             fields[column_name] = field_name
         if "id" not in columns:

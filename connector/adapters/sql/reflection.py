@@ -35,6 +35,7 @@ def reflect_models(
             if skip_without_id and "id" not in table.columns:
                 skipped.append(spec.table)
                 continue
+            dialect.adapt_reflected(connection, table)
             served[name] = ServedModel.reflect(name, spec, table, dialect)
         except sa_exc.NoSuchTableError:
             problems[name] = f"model {name!r}: table {where!r} does not exist"

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ...errors import ConfigError
-from .dialects import dialect_named, registered
+from .dialects import dialect_named, find_dialect, registered
 from .tables import LEDGER_TABLE, OUTBOX_TABLE, ledger, outbox
 
 __all__ = [
@@ -35,7 +35,7 @@ def last_issued_cursor(dialect: str) -> sa.Select[Any]:
 
 
 def migration_statements(dialect: str) -> tuple[str, ...]:
-    found = registered().get(dialect)
+    found = find_dialect(dialect)
     if found is None:
         raise ConfigError(
             f"no migrations for the {dialect!r} dialect (supported: "
@@ -54,13 +54,15 @@ def migrate(engine: sa.Engine) -> list[str]:
     """
     dialect = dialect_named(engine.dialect.name)
     creates = dict(zip((LEDGER_TABLE, OUTBOX_TABLE), dialect.create_statements, strict=True))
-    changes: list[str] = []
     with engine.begin() as connection:
+        # Every change is decided before the first is made: MySQL commits
+        # each CREATE and ALTER by itself, so a table migrate cannot complete
+        # must stop it before it changes anything.
         inspector = sa.inspect(connection)
+        planned: list[tuple[str, str]] = []  # (statement, the change it makes)
         for table in (ledger, outbox):
             if not inspector.has_table(table.name):
-                connection.exec_driver_sql(creates[table.name])
-                changes.append(f"created table {table.name}")
+                planned.append((creates[table.name], f"created table {table.name}"))
                 continue
             present = {column["name"] for column in inspector.get_columns(table.name)}
             for column in table.columns:
@@ -73,12 +75,16 @@ def migrate(engine: sa.Engine) -> list[str]:
                         "to an existing table: is it the adapter's table? (rename it, or drop it "
                         "if it holds nothing you need, and run migrate again)"
                     )
-                connection.exec_driver_sql(
-                    f"ALTER TABLE {table.name} ADD COLUMN {column.name} {definition}"
+                planned.append(
+                    (
+                        f"ALTER TABLE {table.name} ADD COLUMN {column.name} {definition}",
+                        f"added column {table.name}.{column.name}",
+                    )
                 )
-                changes.append(f"added column {table.name}.{column.name}")
+        for statement, _ in planned:
+            connection.exec_driver_sql(statement)
         verify_tables(sa.inspect(connection))
-    return changes
+    return [change for _, change in planned]
 
 
 def verify_tables(inspector: Any) -> None:

@@ -146,7 +146,9 @@ class SQLSource(DataSource):
             self._database = self._dialect.loop_database(url, serving)
         elif isinstance(url, sa.Engine):
             self._dialect = dialect_named(url.dialect.name)
-            self._database = ThreadDatabase(url, pool_size, self._dialect.thread_read_options)
+            self._database = ThreadDatabase(
+                url, pool_size, self._dialect.thread_read_options, self._dialect.run_write
+            )
         else:
             self._dialect, parsed = dialect_of_url(url)
             self._database = self._dialect.serving_database(parsed, serving)
@@ -285,6 +287,7 @@ class SQLSource(DataSource):
 
     def _reflect(self, connection: sa.Connection) -> dict[str, ServedModel]:
         """Every model at startup, or a ConfigError naming the first that cannot be served."""
+        self._dialect.check_server(connection)
         inspector = sa.inspect(connection)
         verify_tables(inspector)
         limit = self._dialect.bound_value_limit(connection)
@@ -758,7 +761,9 @@ class SQLSource(DataSource):
             row = connection.execute(statement.returning(*served.selected)).first()
             return None if row is None else to_json_row(served.values_to_fields(row))
         if statement.is_delete:
-            before = self._select(connection, served, key)
+            # Read, locked, what the DELETE is about to remove (MySQL 8 has
+            # no DELETE … RETURNING; a commit in between must not change it).
+            before = self._select(connection, served, key, lock=True)
             connection.execute(statement)
             return before
         if connection.execute(statement).rowcount == 0:
@@ -773,9 +778,9 @@ class SQLSource(DataSource):
         return row
 
     def _select(
-        self, connection: sa.Connection, served: ServedModel, key: Any
+        self, connection: sa.Connection, served: ServedModel, key: Any, *, lock: bool = False
     ) -> dict[str, Any] | None:
-        row = load_row(connection, served, key)
+        row = load_row(connection, served, key, lock=lock)
         return None if row is None else to_json_row(served.values_to_fields(row))
 
 

@@ -25,6 +25,7 @@ from ...errors import SourceError
 
 __all__ = [
     "INTEGER_BITS",
+    "INTEGER_UNSIGNED",
     "ValueRejected",
     "json_text",
     "to_column_value",
@@ -33,9 +34,11 @@ __all__ = [
 ]
 
 # Where a column's integer width is kept once reflected (``Column.info``,
-# from its dialect's ``integer_bits``): the bound check below costs one dict hit, and a value past it is the
-# caller's mistake (400), not an overflow inside the driver.
+# from its dialect's ``integer_bits``), and whether it is unsigned (MySQL's
+# UNSIGNED): the bound check below costs a dict hit, and a value past it is
+# the caller's mistake (400), not an overflow inside the driver.
 INTEGER_BITS: Final = "ablo_integer_bits"
+INTEGER_UNSIGNED: Final = "ablo_integer_unsigned"
 
 
 class ValueRejected(SourceError):
@@ -70,6 +73,10 @@ def python_type(column: sa.Column[Any]) -> type | None:
 
 def _in_range(column: sa.Column[Any], field: str, value: int) -> int:
     bits = column.info.get(INTEGER_BITS, 64)
+    if column.info.get(INTEGER_UNSIGNED, False):
+        if 0 <= value < 1 << bits:
+            return value
+        raise ValueRejected(field, f"an integer within unsigned {bits}-bit range", value)
     limit = 1 << (bits - 1)
     if -limit <= value < limit:
         return value

@@ -22,13 +22,14 @@ A dialect is chosen once, by name, when a source or an engine is built
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from ....errors import ConfigError
+from ..execution import run_write
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
     from ..execution import Database, LoopDatabase, Serving
     from ..models import ServedModel
 
-__all__ = ["Dialect", "dialect_named", "dialect_of_url", "registered"]
+__all__ = ["Dialect", "dialect_named", "dialect_of_url", "find_dialect", "registered"]
+
+T = TypeVar("T")
 
 
 class Dialect:
@@ -67,6 +70,10 @@ class Dialect:
     #: What ``migrate --print-grants`` prints where the database has no GRANTs
     #: (None: it has them, see :meth:`grant_statements`).
     no_grants_note: ClassVar[str | None] = None
+    #: The first lines ``migrate --print-sql`` prints: who runs the DDL, and where.
+    print_sql_note: ClassVar[str] = (
+        "-- run as the owner, in the schema the connector's user finds first on its search_path."
+    )
     #: Execution options of a read on an :class:`sqlalchemy.Engine` passed in.
     thread_read_options: ClassVar[Mapping[str, Any]] = {}
 
@@ -100,6 +107,13 @@ class Dialect:
             f"{self.name} is served in worker threads: pass a sqlalchemy.Engine, not an AsyncEngine"
         )
 
+    def run_write(
+        self, engine: sa.Engine, work: Callable[[sa.Connection], T], args: tuple[Any, ...]
+    ) -> T:
+        """Run ``work`` (a commit) in one transaction on ``engine``; what the
+        dialect's commit-order lock needs released after it, it releases."""
+        return run_write(engine, work, args)
+
     # ------------------------------------------------------------ a list
 
     def pattern_match(
@@ -122,6 +136,10 @@ class Dialect:
     ) -> tuple[sa.ColumnElement[Any], ...]:
         """The ORDER BY terms that sort ``column`` as ``ordered`` says, NULLs last."""
         return (ordered.nulls_last(),)
+
+    def check_server(self, connection: sa.Connection) -> None:
+        """At start: refuse (ConfigError, one line) a server the adapter cannot
+        serve as documented, and log what the operator should know."""
 
     # ------------------------------------------------------------ a commit
 
@@ -198,6 +216,14 @@ class Dialect:
         """How many bits an integer column of ``column_type`` holds."""
         return 64
 
+    def integer_unsigned(self, column_type: sa.types.TypeEngine[Any]) -> bool:
+        """Whether an integer column of ``column_type`` holds no negative values."""
+        return False
+
+    def adapt_reflected(self, connection: sa.Connection, table: sa.Table) -> None:
+        """Correct what reflection could not know of ``table``'s columns (a
+        type the database reports as another), before the table is served."""
+
     def bound_value_limit(self, connection: sa.Connection) -> int | None:
         """The most values one statement may bind, if the database says so
         per connection (None: the adapter's own limit holds)."""
@@ -213,9 +239,14 @@ def registered() -> dict[str, Dialect]:
     return {dialect.name: dialect for dialect in (SQLite(), PostgreSQL())}
 
 
+def find_dialect(name: str) -> Dialect | None:
+    """The dialect of this name or URL scheme, if there is one."""
+    return next((d for d in registered().values() if name == d.name or name in d.schemes), None)
+
+
 def dialect_named(name: str) -> Dialect:
     """The dialect SQLAlchemy calls ``name`` (an engine's ``dialect.name``)."""
-    dialect = registered().get(name)
+    dialect = find_dialect(name)
     if dialect is None:
         raise ConfigError(f"unsupported database {name!r}: the SQL adapter serves {_served()}")
     return dialect

@@ -325,14 +325,14 @@ class PostgreSQL(Dialect):
         )
 
     async def run_read(
-        self, connection: Any, sql: str, values: Mapping[str, Any]
+        self, connection: Any, sql: str, values: Mapping[str, Any] | Sequence[Any]
     ) -> tuple[list[Any], Sequence[Any]]:
         cursor = connection.cursor()
         await cursor.execute(sql, values, prepare=True)
         rows: list[Any] = await cursor.fetchall()
         return rows, cursor.description
 
-    def connection_lost(self, connection: Any) -> bool:
+    def connection_lost(self, connection: Any, error: BaseException) -> bool:
         return bool(connection.closed or connection.broken)
 
     # ------------------------------------------------------------ a commit

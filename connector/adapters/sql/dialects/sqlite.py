@@ -194,7 +194,7 @@ class SQLite(Dialect):
             statement_timeout=serving.statement_timeout,
             must_exist=True,
         )
-        return ThreadDatabase(engine, serving.pool_size, self.thread_read_options)
+        return ThreadDatabase(engine, serving.pool_size, self.thread_read_options, self.run_write)
 
     # ------------------------------------------------------------ a commit
 
