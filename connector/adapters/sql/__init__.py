@@ -1,4 +1,4 @@
-"""Serve SQL tables (SQLite, PostgreSQL) as an Ablo Data Source, with no handler code.
+"""Serve SQL tables (SQLite, PostgreSQL, MySQL, MariaDB) as an Ablo Data Source, with no code.
 
     from connector.adapters.sql import ModelMap, SQLSource
 

@@ -233,10 +233,11 @@ class Dialect:
 @functools.cache
 def registered() -> dict[str, Dialect]:
     """Every dialect, by name, in the order messages list them."""
+    from .mysql import MySQL
     from .postgresql import PostgreSQL
     from .sqlite import SQLite
 
-    return {dialect.name: dialect for dialect in (SQLite(), PostgreSQL())}
+    return {dialect.name: dialect for dialect in (SQLite(), PostgreSQL(), MySQL())}
 
 
 def find_dialect(name: str) -> Dialect | None:
