@@ -114,9 +114,9 @@ def migrate(
         tables = set(sa.inspect(engine).get_table_names()) - {"ablo_idempotency", "ablo_outbox"}
     except ConfigError as error:
         fail(f"{shown}: {error}")
-    except OperationalError as error:
-        _unreachable(f"{shown}: ", error, engine.url)
     except DBAPIError as error:
+        # Before an outage: MySQL's drivers raise a missing privilege as an
+        # OperationalError.
         if lacks_privilege(error, engine.url):
             fail(
                 f"{shown}: {describe_database_error(error)}: this user may not create the "
@@ -124,6 +124,8 @@ def migrate(
                 "run the statements of `ablo-connector migrate --print-sql`), then grant this "
                 "user what `ablo-connector migrate --print-grants ROLE` prints"
             )
+        if isinstance(error, OperationalError):
+            _unreachable(f"{shown}: ", error, engine.url)
         fail(f"migration failed on {shown}: {describe_database_error(error)}", EX_FAILURE)
     finally:
         engine.dispose()

@@ -571,6 +571,9 @@ class MySQL(Dialect):
             )
         if errno == 1130:
             return f"the database does not accept user {user!r} from this host"
+        if errno in _LACKS_PRIVILEGE:
+            # The server's line names the command and the table, never a value.
+            return f"user {user!r} lacks a privilege the connector needs: {_message(error.orig)}"
         if errno in (1251, 2059):
             return (
                 f"the database asks user {user!r} for an authentication method the driver "
