@@ -128,7 +128,8 @@ class _Compiled:
     # A driver with positional placeholders (%s): the names in their order.
     positions: tuple[str, ...] | None = None
     # Known after the first execution (some depend on the type the driver reports).
-    result_processors: tuple[Callable[[Any], Any] | None, ...] | None = None
+    # The columns whose values the driver's type needs converted, by position.
+    result_processors: tuple[tuple[int, Callable[[Any], Any]], ...] | None = None
     described: bool = False
 
     def values_of(self, extracted: Sequence[Any]) -> dict[str, Any]:
@@ -147,7 +148,8 @@ class _Compiled:
             column.dialect_impl(dialect).result_processor(dialect, described[1])
             for column, described in zip(self.columns, description, strict=True)
         )
-        self.result_processors = processors if any(p is not None for p in processors) else None
+        converted = tuple((i, p) for i, p in enumerate(processors) if p is not None)
+        self.result_processors = converted or None
         self.described = True
 
 
@@ -228,10 +230,13 @@ def _process_rows(compiled: _Compiled, rows: list[Any]) -> list[Any]:
     processors = compiled.result_processors
     if processors is None:
         return rows
-    return [
-        tuple(value if p is None else p(value) for p, value in zip(processors, row, strict=True))
-        for row in rows
-    ]
+    processed = []
+    for row in rows:
+        values = list(row)
+        for index, processor in processors:
+            values[index] = processor(values[index])
+        processed.append(values)
+    return processed
 
 
 class LoopDatabase:
