@@ -264,6 +264,16 @@ async def test_zero_dates_and_out_of_range_values_are_400s(
         zero = (await client.ok({"type": "load", "model": "things", "id": "zero"}))["row"]
         assert zero["due"] == "0000-00-00 00:00:00"
         assert ids(await client.ok({"type": "list", "model": "things"})) == ["zero"]
+        # Paging past it by that column: the cursor is refused, no row is skipped.
+        dated = {"type": "CREATE", "model": "things", "id": "later", "input": {"due": "2026-01-01"}}
+        assert (await client.commit("c_dated", dated))[0] == 200
+        by_due = {"type": "list", "model": "things", "query": {"orderBy": "due", "limit": 1}}
+        first = await client.ok(by_due)
+        assert ids(first) == ["zero"]
+        status, body = await client(
+            {**by_due, "query": {**by_due["query"], "cursor": first["nextCursor"]}}
+        )
+        assert (status, body["error"]) == (400, "source_cursor_invalid"), body
         assert client.source.healthy
     finally:
         await client.close()
@@ -273,10 +283,24 @@ async def test_zero_dates_and_out_of_range_values_are_400s(
 
 
 async def test_a_session_without_strict_mode_stops_the_start_in_one_line(database: str) -> None:
-    lax = database + "?init_command=" + quote("SET SESSION sql_mode = ''")
-    with pytest.raises(ConfigError, match="without a strict sql_mode") as refused:
-        SQLSource(lax, MODELS).prepare()
-    assert "\n" not in str(refused.value)
+    """The URL's session settings win over the adapter's; one that turns
+    strict mode off is refused at start."""
+    for lax in (
+        database + "?init_command=" + quote("SET SESSION sql_mode = ''"),
+        database + "?sql_mode=ANSI_QUOTES",
+    ):
+        with pytest.raises(ConfigError, match="without a strict sql_mode") as refused:
+            SQLSource(lax, MODELS).prepare()
+        assert "\n" not in str(refused.value)
+    zone = database + "?init_command=" + quote("SET SESSION time_zone = '+01:00'")
+    source = SQLSource(zone, MODELS)
+    try:
+        source.prepare()
+        (offset,) = (await source._database.fetch(sa.select(sa.func.timediff(
+            sa.func.now(), sa.func.utc_timestamp())), {}))[0]  # fmt: skip
+        assert str(offset) == "1:00:00"
+    finally:
+        await source.aclose()
 
 
 async def test_a_server_without_strict_mode_is_told_and_still_refused_truncation(
@@ -478,3 +502,26 @@ async def test_reflection_reports_mysql_types_as_served(database: str) -> None:
         assert columns.medium.info["ablo_integer_bits"] == 24
     finally:
         source.close()
+
+
+async def test_a_model_in_another_database_is_served_beside_the_ledger(
+    database: str, mariadb_server: PrivateMariaDB
+) -> None:
+    """On MySQL a model's `schema` names another database on the server; the
+    ledger and outbox stay in the URL's."""
+    other = create_database(mariadb_server)
+    other_name = other.rsplit("/", 1)[1]
+    execute(other, "CREATE TABLE items (id VARCHAR(64) PRIMARY KEY, name TEXT)")
+    models = {"models": {"item": {"table": "items", "schema": other_name}}}
+    client = Client(SQLSource(database, models))
+    try:
+        operation = {"type": "CREATE", "model": "item", "id": "i1", "input": {"name": "elsewhere"}}
+        status, body = await client.commit("c_other", operation)
+        assert (status, body["rows"]) == (200, [{"id": "i1", "name": "elsewhere"}]), body
+        assert scalar(other, "SELECT name FROM items") == "elsewhere"
+        assert scalar(database, "SELECT COUNT(*) FROM ablo_outbox") == 1
+        loaded = await client.ok({"type": "load", "model": "item", "id": "i1"})
+        assert loaded["row"]["name"] == "elsewhere"
+    finally:
+        await client.close()
+        drop_database(mariadb_server, other)

@@ -29,7 +29,7 @@ __all__ = ["migrate"]
     env="ABLO_DATABASE_URL",
     required=True,
     metavar="URL",
-    help="The database to prepare (sqlite:///app.db, postgresql://…).",
+    help="The database to prepare (sqlite:///app.db, postgresql://…, mysql://…).",
 )
 @option(
     "--models",
@@ -51,7 +51,8 @@ __all__ = ["migrate"]
     "grants_for",
     group="source",
     metavar="ROLE",
-    help="Print the GRANTs ROLE needs to serve the models (PostgreSQL), and change nothing. "
+    help="Print the GRANTs ROLE needs to serve the models (PostgreSQL, MySQL: ROLE or "
+    "ROLE@HOST), and change nothing. "
     "Connects as the URL's user, which needs no privilege beyond reading the catalog.",
 )
 @click.pass_context
@@ -67,7 +68,7 @@ def migrate(
 
     Creates ablo_idempotency and ablo_outbox with the same names and columns
     as the engine's own migrations, in the first schema of the user's
-    search_path, adds columns an older ledger or outbox lacks (printing each
+    search_path (MySQL: in the URL's database), adds columns an older ledger or outbox lacks (printing each
     change), then makes the check `run` makes, with the same --models: a
     migrate that succeeds means run accepts the database. Your own tables
     are never touched. Exit 69 when the database cannot be reached, 78 for a
@@ -178,7 +179,7 @@ def _print_sql(database_url: str) -> None:
 
 
 def _print_grants(engine: Engine, models_path: str | None, role: str) -> None:
-    """The GRANTs ``role`` needs for the models run would serve (PostgreSQL)."""
+    """The GRANTs ``role`` needs for the models run would serve (none on SQLite)."""
     from sqlalchemy.exc import OperationalError
 
     from ..adapters.sql import ModelMap, grant_statements, no_grants_note, served_tables
