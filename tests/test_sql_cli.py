@@ -500,6 +500,13 @@ async def test_mariadb_migrate_run_and_a_restart_end_to_end(
                 await connector.stop()
         assert "serving 1 model(s) from mysql+asyncmy://" in output
         assert password not in output and KEY not in output
+        check = ["check", "--models", str(models)]
+        async with process(check, {"ABLO_API_KEY": "", "ABLO_DATABASE_URL": url}) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+            shown = cli.output()
+        assert "ok    database: mysql+asyncmy://" in shown and "models: task)" in shown
+        assert "      model task: table tasks, id column id, fields title, done, priority" in shown
+        assert password not in shown
     finally:
         mariadb.drop_database(mariadb_server, root)
         mariadb_server.execute(f"DROP USER IF EXISTS '{user}'@'%'")

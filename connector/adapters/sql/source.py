@@ -107,9 +107,9 @@ class SQLSource(DataSource):
     from the moment the database could not be reached until a request or
     :meth:`probe` succeeds again.
 
-    ``pool_size`` bounds the connections: on PostgreSQL up to ``pool_size``
-    for reads (see :mod:`.connections`) and as many through SQLAlchemy's
-    pool for commits and probes.
+    ``pool_size`` bounds the connections: on PostgreSQL, MySQL and MariaDB
+    up to ``pool_size`` for reads (see :mod:`.connections`) and as many
+    through SQLAlchemy's pool for commits and probes.
 
     ``url`` may also be an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`
     (served on the event loop, every read through its pool) or an
