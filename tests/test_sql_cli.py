@@ -531,6 +531,15 @@ async def test_run_and_migrate_refuse_a_mariadb_that_cannot_work(mariadb_server:
                     output = connector.output()
                 assert message in output and "Traceback" not in output, (command, output)
                 assert PASSWORD not in output and "cannot reach" not in output
+        # A database without the ledger and outbox: run says to migrate first.
+        bare = mariadb.create_database(mariadb_server)
+        try:
+            execute(bare, TASKS_DDL["mysql"])
+            async with process(["run", "--database-url", bare], ENV) as connector:
+                assert await connector.wait(30) == 78, connector.output()
+                assert "run `ablo-connector migrate --database-url ...` once" in connector.output()
+        finally:
+            mariadb.drop_database(mariadb_server, bare)
         closed = f"mysql://app:{PASSWORD}@127.0.0.1:{free_port()}/app"
         async with process(["migrate", "--database-url", closed]) as unreachable:
             assert await unreachable.wait(30) == 69
