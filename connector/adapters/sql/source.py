@@ -30,7 +30,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
@@ -500,7 +500,7 @@ class SQLSource(DataSource):
     async def _fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
         return await self._retrying(lambda: self._database.fetch(statement, params))
 
-    def _answers(self, *models: ServedModel) -> Any:
+    def _answers(self, *models: ServedModel) -> AbstractContextManager[None]:
         """Database failures as answers, by this source's dialect (see .answers)."""
         return answers(self._dialect, *models)
 

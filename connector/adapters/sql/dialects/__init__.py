@@ -258,8 +258,10 @@ def dialect_of_url(url: str | sa.URL) -> tuple[Dialect, sa.URL]:
     try:
         parsed = sa.make_url(url)
     except (sa_exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
-        forms = " or ".join(dialect.url_form for dialect in registered().values())
-        raise ConfigError(f"the database URL is not valid (expected {forms})") from None
+        *others, last = [dialect.url_form for dialect in registered().values()]
+        raise ConfigError(
+            f"the database URL is not valid (expected {', '.join(others)} or {last})"
+        ) from None
     scheme, _, driver = parsed.drivername.partition("+")
     for dialect in registered().values():
         if scheme in dialect.schemes:
