@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from ...errors import ConfigError
 from ...serve.models import ModelNames
-from .values import INTEGER_BITS, INTEGER_UNSIGNED
+from .values import INTEGER_BITS, INTEGER_UNSIGNED, TEXT_CAPACITY
 
 if TYPE_CHECKING:
     from .dialects import Dialect
@@ -245,6 +245,10 @@ class ServedModel:
             if isinstance(column.type, sa.Integer):
                 column.info[INTEGER_BITS] = dialect.integer_bits(column.type)
                 column.info[INTEGER_UNSIGNED] = dialect.integer_unsigned(column.type)
+            elif isinstance(column.type, sa.String):
+                capacity = dialect.text_capacity(column.type)
+                if capacity is not None:
+                    column.info[TEXT_CAPACITY] = capacity
             columns[field_name] = column
             fields[column_name] = field_name
         if "id" not in columns:

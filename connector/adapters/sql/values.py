@@ -26,6 +26,7 @@ from ...errors import SourceError
 __all__ = [
     "INTEGER_BITS",
     "INTEGER_UNSIGNED",
+    "TEXT_CAPACITY",
     "ValueRejected",
     "json_text",
     "to_column_value",
@@ -39,6 +40,9 @@ __all__ = [
 # the caller's mistake (400), not an overflow inside the driver.
 INTEGER_BITS: Final = "ablo_integer_bits"
 INTEGER_UNSIGNED: Final = "ablo_integer_unsigned"
+# How many characters of ASCII text a text column holds, where its type
+# bounds it (from its dialect's ``text_capacity``; absent: unbounded or unknown).
+TEXT_CAPACITY: Final = "ablo_text_capacity"
 
 
 class ValueRejected(SourceError):

@@ -220,6 +220,12 @@ class Dialect:
         """Whether an integer column of ``column_type`` holds no negative values."""
         return False
 
+    def text_capacity(self, column_type: sa.types.TypeEngine[Any]) -> int | None:
+        """How many characters of ASCII text a column of ``column_type`` holds
+        (None: no bound the type states)."""
+        length = getattr(column_type, "length", None)
+        return length if isinstance(length, int) else None
+
     def adapt_reflected(self, connection: sa.Connection, table: sa.Table) -> None:
         """Correct what reflection could not know of ``table``'s columns (a
         type the database reports as another), before the table is served."""

@@ -325,6 +325,15 @@ def _read_connector(
     return connect
 
 
+# The bytes each of MySQL's TEXT types holds (None: LONGTEXT's 4 GiB).
+_TEXT_BYTES: Final = (
+    (mysql.TINYTEXT, 255),
+    (mysql.MEDIUMTEXT, 16_777_215),
+    (mysql.LONGTEXT, None),
+    (mysql.TEXT, 65_535),
+)
+
+
 class _AsyncmyConnections:
     """What :class:`ReadConnections` asks of an asyncmy connection."""
 
@@ -665,6 +674,14 @@ class MySQL(Dialect):
 
     def integer_unsigned(self, column_type: sa.types.TypeEngine[Any]) -> bool:
         return bool(getattr(column_type, "unsigned", False))
+
+    def text_capacity(self, column_type: sa.types.TypeEngine[Any]) -> int | None:
+        # MySQL's TEXT types state no length, yet bound their bytes (ASCII:
+        # characters); LONGTEXT's 4 GiB is no bound a request can reach.
+        for text_type, capacity in _TEXT_BYTES:
+            if isinstance(column_type, text_type):
+                return capacity
+        return super().text_capacity(column_type)
 
     def adapt_reflected(self, connection: sa.Connection, table: sa.Table) -> None:
         """``TINYINT(1)`` is MySQL's ``BOOLEAN``: served as true and false.
