@@ -256,9 +256,13 @@ class MySQLLock(LeaderLock):
         was_held = self._let_go()
         connection, self._connection = self._connection, None
         checking, self._checking = self._checking, None
-        if checking is not None and not checking.done():
-            checking.cancel()
         if connection is None:
+            return
+        if checking is not None and not checking.done():
+            # A probe still waits on this session (a network that may be gone):
+            # no RELEASE_LOCK beside it; closing the session frees the lock.
+            checking.cancel()
+            connection.close()
             return
         if was_held and connection.connected:
             try:
