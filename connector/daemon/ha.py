@@ -67,8 +67,8 @@ vanished leader (host lost, cut off, frozen) keeps the lock. PostgreSQL
 enforces it on the lock's own session with ``idle_session_timeout`` (14+),
 ``tcp_user_timeout`` (12+) and ``tcp_keepalives_*``, which any user may set;
 MySQL and MariaDB with ``wait_timeout`` (and the ``net_*_timeout``s) on the
-lock's session; a Lease expires T after a standby last *saw it change*, on the standby's own
-clock, as client-go judges it. A take-over then takes: the time until the
+lock's session; a Lease expires T after a standby last *saw it change*, on
+the standby's own clock, as client-go judges it. A take-over then takes: the time until the
 lock is free (at once when the leader's process dies or its session is
 killed; T when its host vanishes), plus one standby retry
 (``ha_retry_interval``, 0.5 s), plus S, plus dialing the engine.
