@@ -393,6 +393,8 @@ async def test_a_database_url_with_a_bad_port_is_one_line_and_78(command: str) -
         f"postgresql://ha:{SECRET}@127.0.0.1:1/app?name=orders",
         f"postgresql://ha:{SECRET}%zz@127.0.0.1:1/app?name=orders",  # a bad % escape
         f"postgresql://ha@127.0.0.1:1/app?name=orders&password={SECRET}",
+        f"mysql://ha:{SECRET}@127.0.0.1:1/?name=orders",
+        f"mariadb://ha:{SECRET}%zz@127.0.0.1:1/?name=orders",
     ],
 )
 async def test_a_lock_password_never_appears_and_the_command_line_draws_a_warning(

@@ -35,6 +35,9 @@ def test_repr_shows_no_key_and_no_lock_password() -> None:
         "postgresql://app:ab#TOPSECRET@127.0.0.1:1/db",
         "postgresql://app@127.0.0.1:1/db?%70assword=TOPSECRET&name=x",
         "postgresql://app@127.0.0.1:1/db?sslpassword=TOPSECRET",
+        "mysql://app:TOPSECRET@127.0.0.1:1/?name=x",
+        "mariadb://app:ab?TOPSECRET@127.0.0.1:1/",
+        "mysql://app@127.0.0.1:1/?name=x&password=TOPSECRET",
     ):
         assert "TOPSECRET" not in repr(Config(api_key=KEY, ha_lock=lock)), lock
 

@@ -17,6 +17,7 @@ import pytest
 from connector import Config, ConfigError, Connector, DataSource
 from connector.daemon import ha
 from connector.daemon.ha import FileLock, LeaderLock, LeaseLock, PostgresLock, lock_from_url
+from connector.daemon.ha_mysql import MySQLLock
 from connector.dev.engine import DevEngine
 from tests.helpers import Process, connector_args, eventually, free_port
 
@@ -510,3 +511,173 @@ async def test_postgres_leader_notices_a_killed_session_at_once(postgres_server:
         assert not lock.may_serve()
     finally:
         await lock.release()
+
+
+# ------------------------------------------------------------ MySQL / MariaDB
+
+
+def _mysql_lock(port: int, name: str, lease: float = 3.0) -> MySQLLock:
+    lock = lock_from_url(f"mysql://root@127.0.0.1:{port}/?name={name}", lease_duration=lease)
+    assert isinstance(lock, MySQLLock)
+    return lock
+
+
+def _held_by(server: Any, lock: MySQLLock) -> str:
+    """The connection id holding ``lock`` on ``server``, as root sees it ("NULL": free)."""
+    return str(server.execute(f"SELECT IS_USED_LOCK('{lock.lock_name}')")).strip()
+
+
+def test_mysql_lock_urls_and_their_refusals() -> None:
+    lock = lock_from_url("mariadb://ha:pw@db.internal:3307/app?name=orders&ssl=true")
+    assert isinstance(lock, MySQLLock) and lock.lock_name == "ablo-connector:orders"
+    assert lock.description == "mysql lock 'orders'" and "pw" not in repr(lock)
+    assert isinstance(lock_from_url("mysql://ha@db/"), MySQLLock)
+    longest = "n" * (64 - len("ablo-connector:"))
+    at_the_limit = lock_from_url(f"mysql://ha@db/?name={longest}")
+    assert isinstance(at_the_limit, MySQLLock) and len(at_the_limit.lock_name) == 64
+    for url, message in (
+        (f"mysql://ha@db/?name={longest}x", "MySQL allows 64 for a GET_LOCK name, so at most 49"),
+        ("mysql://ha@db/?name=x&sslmode=required", "unknown parameter(s) sslmode"),
+        ("mysql://ha@db/?ssl=yes", "ssl= takes true or false"),
+        ("mysql://ha@db:port/", "the port is not a number"),
+    ):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            lock_from_url(url)
+    # At start, a bad lock URL is a ConfigError (exit 78) that never shows the password.
+    with pytest.raises(ConfigError, match="at most 49") as refused:
+        Connector(
+            Config(api_key=KEY, ha_lock=f"mysql://ha:TOPSECRET@db/?name={longest}x"), DataSource()
+        )
+    assert "TOPSECRET" not in str(refused.value)
+
+
+async def test_mysql_lock_is_exclusive_never_reentered_and_released(mariadb_server: Any) -> None:
+    name = _lock_name()
+    first, second = _mysql_lock(mariadb_server.port, name), _mysql_lock(mariadb_server.port, name)
+    try:
+        assert await first.try_acquire()
+        assert not await second.try_acquire()
+        # Asking again on the holding session must not take the lock a second
+        # time: GET_LOCK is re-entrant, and one release would then leave it held.
+        await first.release()
+        assert await first.try_acquire()
+        first._held = False  # as if this replica had forgotten it leads
+        assert not await first.try_acquire(), "GET_LOCK re-entered on the holding session"
+        first._held = True
+        await first.release()
+        assert _held_by(mariadb_server, first) == "NULL", "released once, free at once"
+        assert await second.try_acquire()
+    finally:
+        await first.release()
+        await second.release()
+    assert _held_by(mariadb_server, second) == "NULL"
+
+
+async def test_mysql_lock_session_is_dropped_by_the_server_after_the_lease(
+    mariadb_server: Any,
+) -> None:
+    """A leader cut off from MariaDB fences itself within 2/3 T, and the server
+    frees its lock after T (wait_timeout), not before."""
+    from tests.tcp_proxy import FreezableProxy
+
+    proxy = await FreezableProxy(mariadb_server.port).start()
+    name = _lock_name()
+    leader = _mysql_lock(proxy.port, name)
+    standby = _mysql_lock(mariadb_server.port, name)
+    try:
+        assert await leader.try_acquire()
+        cursor = leader._connection.cursor()
+        await cursor.execute(
+            "SELECT @@session.wait_timeout, @@session.net_read_timeout, @@session.net_write_timeout"
+        )
+        assert await cursor.fetchone() == (3, 3, 3)
+        watcher = asyncio.create_task(leader.wait_lost())
+        assert not await standby.try_acquire()
+
+        proxy.freeze()  # packets to and from the leader vanish; nothing is closed
+        frozen = time.monotonic()
+        await eventually(lambda: not leader.may_serve(), timeout=leader.settle_delay + 1)
+        await asyncio.wait_for(watcher, leader.lost_after + 2)
+        assert not leader.held
+        released = time.monotonic()
+        await leader.release()  # never waits on the network it cannot reach
+        assert time.monotonic() - released < 0.5
+
+        while not await standby.try_acquire():
+            await asyncio.sleep(0.1)
+        took = time.monotonic() - frozen
+        assert 3.0 - leader.confirm_interval - 0.2 < took < 3.0 + 1.5, took
+    finally:
+        await leader.release()
+        await standby.release()
+        await proxy.close()
+
+
+async def test_mysql_leader_notices_a_killed_session_at_its_next_probe(
+    mariadb_server: Any,
+) -> None:
+    lock = _mysql_lock(mariadb_server.port, _lock_name(), lease=15)
+    try:
+        assert await lock.try_acquire()
+        watcher = asyncio.create_task(lock.wait_lost())
+        await asyncio.sleep(0.2)
+        holder = _held_by(mariadb_server, lock)
+        assert holder == str(lock._connection_id)
+        killed = time.monotonic()
+        await asyncio.to_thread(mariadb_server.execute, f"KILL CONNECTION {holder}")
+        await asyncio.wait_for(watcher, 3)
+        assert time.monotonic() - killed < lock.confirm_interval + 1
+        assert not lock.may_serve()
+    finally:
+        await lock.release()
+
+
+async def test_mysql_probe_on_another_session_confirms_nothing(mariadb_server: Any) -> None:
+    """A connection that reaches another session (a multiplexing pooler, a
+    reconnect) must not confirm a lock that session holds for someone else."""
+    name = _lock_name()
+    leader, other = _mysql_lock(mariadb_server.port, name), _mysql_lock(mariadb_server.port, name)
+    try:
+        assert await leader.try_acquire()
+        first_session = leader._connection
+        assert await leader._check()
+        await leader.release()
+        assert await other.try_acquire()
+        # The old leader's "connection" now lands on the session holding the lock.
+        leader._connection, leader._held = other._connection, True
+        assert not await leader._check()
+        leader._connection = first_session
+    finally:
+        leader._connection = None
+        await leader.release()
+        await other.release()
+
+
+async def test_mysql_lock_refuses_a_galera_node(monkeypatch: Any) -> None:
+    """GET_LOCK is local to one Galera node (and MariaDB 10.11 allows it there):
+    two replicas reaching two nodes would both lead, so such a server is refused.
+    A one-node cluster on the private server (Debian's mariadb-server depends on
+    galera-4, which provides the library)."""
+    import tests.mariadb as harness
+
+    monkeypatch.setattr(
+        harness, "_SERVER_OPTIONS", (*harness._SERVER_OPTIONS, "--wsrep-on=ON",
+        "--wsrep-provider=/usr/lib/galera/libgalera_smm.so", "--wsrep-cluster-address=gcomm://",
+        "--binlog-format=ROW"),
+    )  # fmt: skip
+    with harness.running_mariadb() as node:
+        assert node.execute("SELECT @@wsrep_on, GET_LOCK('plain', 0)").split() == ["1", "1"]
+        lock = _mysql_lock(node.port, "orders")
+        with pytest.raises(ConfigError, match="Galera cluster node"):
+            await lock.try_acquire()
+        assert _held_by(node, lock) == "NULL" and lock._connection is None
+        args = connector_args(
+            "http://127.0.0.1:9", "tests.handlers:TestSource",
+            "--ha-lock", f"mysql://root@127.0.0.1:{node.port}/?name=orders",
+        )  # fmt: skip
+        proc = await Process(args, ENV).start()
+        try:
+            assert await proc.wait(20) == 78
+            assert "Galera cluster node" in proc.output()
+        finally:
+            await proc.stop()

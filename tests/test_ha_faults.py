@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 from connector.daemon.ha import FileLock, LeaseLock, PostgresLock
+from connector.daemon.ha_mysql import MySQLLock
 from connector.dev.engine import DevEngine, EngineResult, Exchange
 from tests.helpers import Process, connector_args, eventually
 from tests.tcp_proxy import FreezableProxy
@@ -45,6 +46,7 @@ RETRY = 0.5  # Config.ha_retry_interval: how often a standby tries the lock
 # loaded 2-core machine (it takes well under 0.5 s when idle).
 DIAL = 1.5
 PG_LEASE = 4.0  # --ha-lease-duration for the PostgreSQL rounds (15 s by default)
+MYSQL_LEASE = 4.0  # and for the MySQL rounds (wait_timeout 4 s)
 K8S_LEASE = 3.0
 
 
@@ -343,6 +345,80 @@ async def test_postgres_lock_fault_matrix(postgres: Any) -> None:
                 recover=resume_leader,
             )  # fmt: skip
             await m.run_round("kill-backend", kill_backend, bound=at_once, leader_changes=False)
+            await m.run_round("sigkill", kill_leader, bound=at_once, leader_changes=True)
+        finally:
+            for proxy in proxies.values():
+                await proxy.close()
+        m.verdict()
+
+
+# ------------------------------------------------------------ MySQL / MariaDB
+
+
+@pytest.mark.timeout(150)
+async def test_mysql_lock_fault_matrix(mariadb: Any) -> None:
+    settle = MySQLLock({}, "x", lease_duration=MYSQL_LEASE).settle_delay
+    proxies: dict[int, FreezableProxy] = {}
+
+    async with matrix() as m:
+
+        async def spawn() -> None:
+            proxy = await FreezableProxy(mariadb.port).start()
+            url = f"mysql://root@127.0.0.1:{proxy.port}/?name=orders"
+            proc = await m.spawn("--ha-lock", url, "--ha-lease-duration", str(MYSQL_LEASE))
+            proxies[proc.pid] = proxy
+
+        async def kill_session(round_: Round) -> None:
+            holder = await asyncio.to_thread(
+                mariadb.execute, "SELECT IS_USED_LOCK('ablo-connector:orders')"
+            )
+            assert holder.strip().isdigit(), holder
+            await asyncio.to_thread(mariadb.execute, f"KILL CONNECTION {holder.strip()}")
+
+        down = {"for": 0.0}
+
+        async def restart(round_: Round) -> None:
+            started = time.monotonic()
+            await asyncio.to_thread(mariadb.stop)
+            await asyncio.to_thread(mariadb.start)
+            down["for"] = time.monotonic() - started
+
+        async def partition(round_: Round) -> None:
+            proxies[round_.old_leader].freeze()
+
+        async def heal(round_: Round) -> None:
+            proxies[round_.old_leader].thaw()
+
+        async def stop_leader(round_: Round) -> None:
+            m.replicas[round_.old_leader].signal(signal.SIGSTOP)
+
+        async def resume_leader(round_: Round) -> None:
+            m.replicas[round_.old_leader].signal(signal.SIGCONT)
+
+        async def kill_leader(round_: Round) -> None:
+            m.replicas[round_.old_leader].signal(signal.SIGKILL)
+
+        try:
+            for _ in range(3):
+                await spawn()
+            await m.elected()
+            # Free at once: the session is gone (killed, or its process died);
+            # the leader learns it at its next probe.
+            at_once = lambda _: RETRY + settle + DIAL  # noqa: E731
+            # Free after T: the server drops a silent session (wait_timeout).
+            after_lease = lambda _: MYSQL_LEASE + RETRY + settle + DIAL  # noqa: E731
+            await m.run_round("kill-session", kill_session, bound=at_once, leader_changes=False)
+            await m.run_round(
+                "restart", restart, bound=lambda _: down["for"] + at_once(_), leader_changes=False
+            )
+            await m.run_round(
+                "partition", partition, bound=after_lease, leader_changes=True, recover=heal
+            )
+            await m.run_round(
+                "sigstop", stop_leader, bound=after_lease, leader_changes=True,
+                recover=resume_leader,
+            )  # fmt: skip
+            await m.run_round("kill-session", kill_session, bound=at_once, leader_changes=False)
             await m.run_round("sigkill", kill_leader, bound=at_once, leader_changes=True)
         finally:
             for proxy in proxies.values():

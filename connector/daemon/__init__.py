@@ -6,5 +6,5 @@
 - :mod:`.signals`: SIGTERM/SIGINT for the daemon;
 - :mod:`.transport`: writes of one loop turn in one send;
 - :mod:`.failures`: why a connection failed, as a short reason for ``/readyz``;
-- :mod:`.ha`: leader locks for standby replicas.
+- :mod:`.ha`: leader locks for standby replicas (:mod:`.ha_mysql`: the ``mysql://`` one).
 """

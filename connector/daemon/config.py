@@ -228,15 +228,16 @@ class Config:
     ha_lock: str | None = setting(
         None,
         "--ha-lock",
-        "Run as one of several replicas: dial only while holding this lock (file:///path, postgresql://…, k8s://namespace/lease).",
+        "Run as one of several replicas: dial only while holding this lock (file:///path, "
+        "postgresql://…, mysql://…, k8s://namespace/lease).",
         group="operations",
         metavar="URL",
     )
     ha_lease_duration: float = setting(
         15.0,
         "--ha-lease-duration",
-        "Seconds a vanished leader (host lost, cut off, frozen) keeps a postgresql:// or "
-        "k8s:// lock before a standby takes over.",
+        "Seconds a vanished leader (host lost, cut off, frozen) keeps a postgresql://, "
+        "mysql:// or k8s:// lock before a standby takes over.",
         group="operations",
         minimum=3,
     )

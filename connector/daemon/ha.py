@@ -5,7 +5,8 @@ with ``--ha-lock URL`` a replica dials only while it holds the lock, and the
 others wait. A backend is a :class:`LeaderLock`: try to take the lock,
 confirm now and then that it is still ours, give it back. ``file:///path``
 (``flock``, for replicas on one host), ``postgresql://…`` (a session
-advisory lock, for replicas on any hosts that reach the database) and
+advisory lock, for replicas on any hosts that reach the database),
+``mysql://…`` (``GET_LOCK`` on a dedicated session, in :mod:`.ha_mysql`) and
 ``k8s://namespace/lease`` (a Kubernetes Lease); :func:`lock_from_url` picks one.
 
 Why two leaders never serve at once
@@ -54,6 +55,9 @@ file              ``stat`` vs ``fstat``  0.25 s      0.5 s      the path no long
 postgresql        ``pg_backend_pid()``   0.5 s       2 s        its session fails or closes
                   on the lock's session                         (the socket is watched), or
                                                                 no confirmation for 2/3 T
+mysql             ``IS_USED_LOCK()``,    0.5 s       2 s        its session fails or another
+                  ``CONNECTION_ID()``                           answers, or no confirmation
+                  on the lock's session                         for 2/3 T
 k8s Lease         renewing the Lease     2T/15       4T/15      a write conflict, or no
                                                                 renewal for 2/3 T
 ================  =====================  ==========  =========  ==============================
@@ -62,8 +66,9 @@ T is ``lease_duration`` (``--ha-lease-duration``, 15 s by default): how long a
 vanished leader (host lost, cut off, frozen) keeps the lock. PostgreSQL
 enforces it on the lock's own session with ``idle_session_timeout`` (14+),
 ``tcp_user_timeout`` (12+) and ``tcp_keepalives_*``, which any user may set;
-a Lease expires T after a standby last *saw it change*, on the standby's own
-clock, as client-go judges it. A take-over then takes: the time until the
+MySQL and MariaDB with ``wait_timeout`` (and the ``net_*_timeout``s) on the
+lock's session; a Lease expires T after a standby last *saw it change*, on
+the standby's own clock, as client-go judges it. A take-over then takes: the time until the
 lock is free (at once when the leader's process dies or its session is
 killed; T when its host vanishes), plus one standby retry
 (``ha_retry_interval``, 0.5 s), plus S, plus dialing the engine.
@@ -660,6 +665,10 @@ def lock_from_url(url: str, *, lease_duration: float = DEFAULT_LEASE_DURATION) -
         return PostgresLock(
             urlunsplit(parts._replace(query=rest)), name, lease_duration=lease_duration
         )
+    if parts.scheme in ("mysql", "mariadb"):
+        from .ha_mysql import mysql_lock_from_url
+
+        return mysql_lock_from_url(parts, lease_duration=lease_duration)
     if parts.scheme == "k8s":
         segments = [unquote(p) for p in (parts.netloc + parts.path).split("/") if p]
         if len(segments) not in (1, 2):
@@ -691,7 +700,7 @@ def lock_from_url(url: str, *, lease_duration: float = DEFAULT_LEASE_DURATION) -
         return FileLock(path)
     raise ValueError(
         f"--ha-lock {url!r}: unsupported scheme {parts.scheme!r} "
-        "(supported: file://, postgresql://, k8s://)"
+        "(supported: file://, postgresql://, mysql://, k8s://)"
     )
 
 
