@@ -539,7 +539,7 @@ class SQLSource(DataSource):
         if plan.limit == 0:
             return ListPage(rows=[])
         with self._answers(served):
-            found = await self._retrying(lambda: self._database.fetch_page(plan.statement))
+            found = await self._retrying(lambda: self._database.fetch_page(plan))
         page = found[: plan.limit]
         more = len(found) > plan.limit
         fields = served.values_to_fields
