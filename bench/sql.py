@@ -567,7 +567,9 @@ def render(result: dict[str, Any]) -> str:
         )
     for operation, ratio in result.get("ratios", {}).items():
         lines.append(
-            f"{operation}: connector / driver alone: throughput at 64 {ratio['rps_at_64']}x "
+            f"{operation}: connector / "
+            f"{'driver in autocommit' if operation.endswith('(autocommit)') else 'driver alone'}: "
+            f"throughput at 64 {ratio['rps_at_64']}x "
             f"({ratio['rps_at_64_range'][0]}-{ratio['rps_at_64_range'][1]}), "
             f"p50 at 1 {ratio['p50_at_1']}x, p99 at 64 {ratio['p99_at_64']}x "
             f"(medians of the per-round ratios; the yardstick: {result['yardstick']})"
