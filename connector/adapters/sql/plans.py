@@ -38,6 +38,9 @@ log = logging.getLogger("connector.sql")
 
 MAX_PENDING: Final = 16
 MAX_SHAPES_READ: Final = 1024
+# Below this many rows (the planner's estimate, where it gives one) reading
+# them all is what a planner rightly chooses, and no index would help.
+MIN_ROWS: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,27 @@ def _nodes(document: Any) -> Iterator[dict[str, Any]]:
             pending.extend(item)
 
 
+def estimated_rows(connection: sa.Connection, table: sa.Table) -> float | None:
+    """The database's estimate of ``table``'s rows (None: it keeps none)."""
+    name = connection.dialect.name
+    if name == "postgresql":
+        found = connection.execute(
+            sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"),
+            {"name": table.fullname},
+        ).scalar()
+    elif name == "mysql":
+        found = connection.execute(
+            sa.text(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :name"
+            ),
+            {"schema": table.schema, "name": table.name},
+        ).scalar()
+    else:
+        return None
+    return None if found is None else float(found)
+
+
 class ShapePlans:
     """Reads the plan of each list shape once, in the background, and reports
     the shapes that read every row (:attr:`full_table`)."""
@@ -170,6 +194,9 @@ class ShapePlans:
         reasons = full_table_reasons(self._dialect_name, rows)
         if not reasons:
             return None
+        table_rows = await self._read(estimated_rows, plan.model.table)
+        if table_rows is not None and table_rows < MIN_ROWS:
+            return None  # reading them all is what a planner rightly chooses
         return FullTableShape(
             plan.model.name,
             plan.model.table.fullname,
