@@ -19,8 +19,10 @@ paired rounds (the yardstick, then the connector, back to back):
   process, driven by the engine side of ``bench/run.py`` (pre-signed request
   frames, every request its own ``webhook-id``, closed loop on 127.0.0.1);
 
-for ``load`` by id, ``list`` (limit 50) and ``commit`` (one UPDATE with its
-ledger and outbox rows), each at 1 and 64 in flight.
+for ``load`` by id, ``list`` (limit 50, ``done = false``, ``priority >= 2``,
+ordered by ``due_at``) and ``commit`` (one UPDATE with its ledger and
+outbox rows), each at 1 and 64 in flight. The ratios are printed against
+the driver alone and against it in autocommit.
 
     python bench/sql.py                       # 3 rounds, medians
     python bench/sql.py --rounds 5 --pool-size 15
@@ -84,6 +86,15 @@ TASKS_DDL = {
 }
 # The outbox lock the adapter takes on MySQL and MariaDB (dialects/mysql.py).
 MYSQL_OUTBOX_LOCK = "LEFT(CONCAT('ablo_outbox.', DATABASE()), 64)"
+# A list page with an equality and a range filter and one order, and the
+# SQL the adapter runs for it on each database (NULLs last, then the id).
+LIST_QUERY = {"where": [["done", False], ["priority", ">=", 2]], "orderBy": "dueAt", "limit": 50}
+LIST_SQL = {
+    "postgresql": f"SELECT {COLUMNS} FROM tasks WHERE done = %s AND priority >= %s "
+    "ORDER BY due_at ASC NULLS LAST, id ASC LIMIT %s",
+    "mysql": f"SELECT {COLUMNS} FROM tasks WHERE done = %s AND priority >= %s "
+    "ORDER BY due_at IS NULL, due_at ASC, id ASC LIMIT %s",
+}
 OPERATIONS = ("load", "list", "commit")
 LEVELS = (1, 64)
 
@@ -162,7 +173,7 @@ def request_bodies(operation: str, count: int, tag: str) -> list[str]:
         if operation == "load":
             return {"type": "load", "model": "task", "id": f"t{i % ROWS}"}
         if operation == "list":
-            return {"type": "list", "model": "task", "query": {"limit": 50}}
+            return {"type": "list", "model": "task", "query": LIST_QUERY}
         return {
             "type": "commit",
             "correlationId": f"{tag}_{i}",
@@ -235,7 +246,7 @@ class Driver(Yardstick):
 
     async def list(self, i: int, tag: str) -> None:
         async with self.pool.connection() as connection:
-            cursor = await connection.execute(f"SELECT {COLUMNS} FROM tasks ORDER BY id LIMIT 51")
+            cursor = await connection.execute(LIST_SQL["postgresql"], (False, 2, 51))
             await cursor.fetchall()
 
     async def commit(self, i: int, tag: str) -> None:
@@ -302,7 +313,7 @@ class AsyncmyDriver(Yardstick):
         await self._read(f"SELECT {COLUMNS} FROM tasks WHERE id = %s LIMIT 1", (f"t{i % ROWS}",))
 
     async def list(self, i: int, tag: str) -> None:
-        await self._read(f"SELECT {COLUMNS} FROM tasks ORDER BY id LIMIT 51", ())
+        await self._read(LIST_SQL["mysql"], (False, 2, 51))
 
     async def commit(self, i: int, tag: str) -> None:
         key, task = f"{tag}_{i}", f"t{i % ROWS}"
@@ -513,21 +524,27 @@ async def rounds(
         ratios: dict[str, dict[str, Any]] = {}
         for operation in args.operations:
 
-            def paired(level: int, field: str, op: str = operation) -> list[float]:
+            def paired(
+                level: int, field: str, path: str = "driver", op: str = operation
+            ) -> list[float]:
                 pairs = zip(
-                    samples[(op, "driver", level)], samples[(op, "connector", level)], strict=True
+                    samples[(op, path, level)], samples[(op, "connector", level)], strict=True
                 )
                 return [getattr(c, field) / getattr(d, field) for d, c in pairs]
 
-            throughput, latency, tail = paired(64, "rps"), paired(1, "p50_ms"), paired(64, "p99_ms")
-            ratios[operation] = {
-                "rps_at_64": round(statistics.median(throughput), 3),
-                "p50_at_1": round(statistics.median(latency), 3),
-                "p99_at_64": round(statistics.median(tail), 3),
-                "rps_at_64_range": [round(min(throughput), 3), round(max(throughput), 3)],
-                "p50_at_1_range": [round(min(latency), 3), round(max(latency), 3)],
-                "p99_at_64_range": [round(min(tail), 3), round(max(tail), 3)],
-            }
+            for path, name in (("driver", operation), ("driver-ac", f"{operation} (autocommit)")):
+                if (operation, path, 1) not in samples:
+                    continue
+                throughput, latency = paired(64, "rps", path), paired(1, "p50_ms", path)
+                tail = paired(64, "p99_ms", path)
+                ratios[name] = {
+                    "rps_at_64": round(statistics.median(throughput), 3),
+                    "p50_at_1": round(statistics.median(latency), 3),
+                    "p99_at_64": round(statistics.median(tail), 3),
+                    "rps_at_64_range": [round(min(throughput), 3), round(max(throughput), 3)],
+                    "p50_at_1_range": [round(min(latency), 3), round(max(latency), 3)],
+                    "p99_at_64_range": [round(min(tail), 3), round(max(tail), 3)],
+                }
         result["ratios"] = ratios
     return result
 
@@ -550,7 +567,10 @@ def render(result: dict[str, Any]) -> str:
         )
     for operation, ratio in result.get("ratios", {}).items():
         lines.append(
-            f"{operation}: connector / driver alone: throughput at 64 {ratio['rps_at_64']}x, "
+            f"{operation}: connector / "
+            f"{'driver in autocommit' if operation.endswith('(autocommit)') else 'driver alone'}: "
+            f"throughput at 64 {ratio['rps_at_64']}x "
+            f"({ratio['rps_at_64_range'][0]}-{ratio['rps_at_64_range'][1]}), "
             f"p50 at 1 {ratio['p50_at_1']}x, p99 at 64 {ratio['p99_at_64']}x "
             f"(medians of the per-round ratios; the yardstick: {result['yardstick']})"
         )

@@ -324,8 +324,9 @@ async def test_cached_list_shapes_keep_no_values_and_stay_within_their_bytes(
 ) -> None:
     """Each cached shape kept its first request's values (the compiled
     statement held its bound parameters): 256 shapes of long LIKE patterns
-    held 200 MiB. Shapes now hold their SQL and key only, within a byte budget."""
-    budget = 512 * 1024
+    held 200 MiB. Shapes now hold their SQL and key only, within a byte budget
+    (small enough here that the 48 shapes, about 170 KB, do not all fit)."""
+    budget = 64 * 1024
     monkeypatch.setattr(
         "connector.adapters.sql.source._MAX_PAGE_SHAPE_BYTES", budget, raising=False
     )

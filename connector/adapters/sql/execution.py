@@ -40,6 +40,7 @@ from .drift import PoolRenewal
 
 if TYPE_CHECKING:
     from .models import ServedModel
+    from .query import ListPlan
 
 __all__ = [
     "Database",
@@ -114,27 +115,20 @@ class _Compiled:
     """A statement compiled once for the driver, with what binding and reading it takes.
 
     It keeps no request's values: a long-lived statement's ``defaults`` are
-    its own, and a list page's shape takes each request's values from that
-    request's statement (``slots``).
+    its own, and a list page's shape has placeholders only, bound from each
+    request's plan.
     """
 
     sql: str
     defaults: dict[str, Any]
     bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
     columns: tuple[sa.types.TypeEngine[Any], ...]
-    # A list page's shape: each placeholder's position among the values
-    # SQLAlchemy extracts from a statement of that shape (its cache key's).
-    slots: tuple[tuple[str, int], ...] = ()
     # A driver with positional placeholders (%s): the names in their order.
     positions: tuple[str, ...] | None = None
     # Known after the first execution (some depend on the type the driver reports).
     # The columns whose values the driver's type needs converted, by position.
     result_processors: tuple[tuple[int, Callable[[Any], Any]], ...] | None = None
     described: bool = False
-
-    def values_of(self, extracted: Sequence[Any]) -> dict[str, Any]:
-        """The values to bind, from the bound parameters of one statement of this shape."""
-        return {name: extracted[position].effective_value for name, position in self.slots}
 
     def parameters(self, values: dict[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
         """``values`` as the driver takes them: by name, or in placeholder order."""
@@ -312,36 +306,22 @@ class LoopDatabase:
             positions=_positions(compiled),
         )
 
-    def _shape_for(self, statement: sa.Select[Any], cache_key: Any) -> _Compiled | None:
+    def _shape_for(self, statement: sa.Select[Any], names: Any) -> _Compiled | None:
         """The compiled form of every list page of ``statement``'s shape, or None
         for a shape SQLAlchemy must run: one whose SQL is only complete at
-        execution (an IN list expanded then), or with a value compiled into it
-        (which could be this request's, and must not be kept or reused)."""
+        execution (an IN list expanded then), or whose placeholders are not
+        exactly the plan's values (``names``)."""
         dialect = self._dialect
-        compiled = dialect.statement_compiler(dialect, statement, cache_key=cache_key)
-        if _completed_at_execution(compiled):
+        compiled = statement.compile(dialect=dialect)
+        if _completed_at_execution(compiled) or set(compiled.bind_names.values()) != set(names):
             return None
-        # Statements of one shape extract their bound parameters in the same
-        # order, and each keeps its key in the compiled SQL's placeholders.
-        extracted = cache_key.bindparams
-        position = {bind.key: index for index, bind in enumerate(extracted)}
-        slots = []
-        for bind, name in compiled.bind_names.items():  # name: as the SQL text has it
-            index = position.get(bind.key)
-            if index is None:
-                return None
-            slots.append((name, index))
-        shape = _Compiled(
+        return _Compiled(
             compiled.string,
             {},
             self._bind_processors(compiled),
             tuple(column.type for column in statement.selected_columns),
-            slots=tuple(slots),
             positions=_positions(compiled),
         )
-        if shape.values_of(extracted) != compiled.construct_params(extracted_parameters=extracted):
-            return None  # not the values SQLAlchemy would bind: let it run this shape
-        return shape
 
     def _bind_processors(self, compiled: Any) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
         dialect = self._dialect
@@ -352,28 +332,27 @@ class LoopDatabase:
                 binds.append((name, processor))
         return tuple(binds)
 
-    async def fetch_page(self, statement: sa.Select[Any]) -> Sequence[Any]:
-        """The rows of a statement built per request (a list page).
+    async def fetch_page(self, plan: ListPlan) -> Sequence[Any]:
+        """The rows of a list page.
 
         On the read connections, as a prepared statement, when its shape
-        allows: compiled once per shape (SQLAlchemy's cache key, the way its
-        own compiled cache works), its values bound from the statement at
-        hand. A shape whose SQL is only complete at execution (an IN list
+        allows: compiled once per shape (:attr:`ListPlan.key`), its values
+        bound from the plan, with no SQLAlchemy statement built per request.
+        A shape whose SQL is only complete at execution (an IN list
         expanded then) goes through SQLAlchemy.
         """
-        pool = self._read_connections
-        cache_key = statement._generate_cache_key() if pool is not None else None
-        if pool is None or cache_key is None:
-            return await self.read(_all, statement)
+        if self._read_connections is None:
+            return await self.read(_fetch, plan.statement(), plan.values)
         if self._dialect.server_version_info is None:
             await self._set_up_dialect()
-        shape = self._shapes.get(cache_key.key)
+        key = plan.key
+        shape = self._shapes.get(key)
         if shape is _UNSEEN:
-            shape = self._shape_for(statement, cache_key)
-            self._shapes.put(cache_key.key, shape)
+            shape = self._shape_for(plan.statement(), plan.values)
+            self._shapes.put(key, shape)
         if shape is None:
-            return await self.read(_all, statement)
-        return await self._run(shape, shape.values_of(cache_key.bindparams))
+            return await self.read(_fetch, plan.statement(), plan.values)
+        return await self._run(shape, dict(plan.values))
 
     async def _set_up_dialect(self) -> None:
         """Connect SQLAlchemy's engine once: its dialect learns the server then
@@ -530,8 +509,8 @@ class ThreadDatabase:
     async def fetch(self, statement: sa.Select[Any], params: Mapping[str, Any]) -> list[Any]:
         return await self.read(_fetch, statement, params)
 
-    async def fetch_page(self, statement: sa.Select[Any]) -> Sequence[Any]:
-        return await self.read(_all, statement)
+    async def fetch_page(self, plan: ListPlan) -> Sequence[Any]:
+        return await self.read(_fetch, plan.statement(), plan.values)
 
     async def dispose(self) -> None:
         self.forget()
@@ -563,7 +542,3 @@ def _fetch(
     connection: sa.Connection, statement: sa.Select[Any], params: Mapping[str, Any]
 ) -> list[Any]:
     return list(connection.execute(statement, params).all())
-
-
-def _all(connection: sa.Connection, statement: sa.Executable) -> Sequence[Any]:
-    return connection.execute(statement).all()

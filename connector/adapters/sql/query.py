@@ -81,10 +81,17 @@ def _where_invalid(condition: Condition, why: str) -> SourceError:
     )
 
 
-def condition_clause(
-    model: ServedModel, condition: Condition, dialect: Dialect
-) -> sa.ColumnElement[bool]:
-    """One ``where`` entry as a SQL expression, with NULL handled on purpose.
+# One condition's shape: its field, its operator, and what of its value the
+# SQL depends on (NULL or not, IS's constant, an IN list holding NULL); never
+# the value itself.
+_ConditionShape = tuple[str, str, Any]
+
+
+def condition_shape(
+    model: ServedModel, index: int, condition: Condition, values: dict[str, Any]
+) -> _ConditionShape:
+    """One ``where`` entry checked: its shape, its value converted to its
+    column's and put in ``values`` under its placeholder's name.
 
     ``= null`` means IS NULL; ``!=`` and ``NOT IN`` include rows whose value
     is NULL (they are not equal to anything given), as in the engine's own
@@ -92,21 +99,14 @@ def condition_clause(
     """
     column = column_for(model, condition.field, "where")
     op, value = condition.op, condition.value
+    name = _placeholder(column, index)
 
     if op in ("IN", "NOT IN"):
         if not isinstance(value, list):
             raise _where_invalid(condition, "the value must be an array")
         present = [to_column_value(column, condition.field, v) for v in value if v is not None]
-        has_null = len(present) != len(value)
-        if op == "IN":
-            clause = column.in_(present)
-            return sa.or_(clause, column.is_(None)) if has_null else clause
-        excluded = column.not_in(present)
-        return (
-            sa.and_(excluded, column.is_not(None))
-            if has_null
-            else sa.or_(excluded, column.is_(None))
-        )
+        values[name] = present
+        return condition.field, op, len(present) != len(value)
 
     if isinstance(value, list):
         raise _where_invalid(condition, "an array is only allowed with IN and NOT IN")
@@ -114,16 +114,13 @@ def condition_clause(
     if op in ("IS", "IS NOT"):
         if value is not None and not isinstance(value, bool):
             raise _where_invalid(condition, "the value must be null, true or false")
-        return column.is_(value) if op == "IS" else column.is_not(value)
+        return condition.field, op, value
 
-    if op == "=":
+    if op in ("=", "!="):
         if value is None:
-            return column.is_(None)
-        return column == to_column_value(column, condition.field, value)  # type: ignore[no-any-return]
-    if op == "!=":
-        if value is None:
-            return column.is_not(None)
-        return column.is_distinct_from(to_column_value(column, condition.field, value))
+            return condition.field, op, None
+        values[name] = to_column_value(column, condition.field, value)
+        return condition.field, op, True
 
     if value is None:
         raise _where_invalid(condition, "cannot compare with null (use IS or IS NOT)")
@@ -132,11 +129,50 @@ def condition_clause(
             raise _where_invalid(condition, "the pattern must be a string")
         if len(value) > MAX_PATTERN_LENGTH:
             raise _where_invalid(condition, f"the pattern is longer than {MAX_PATTERN_LENGTH}")
-        return dialect.pattern_match(column, op, checked_text(condition.field, value))
-    compare = _COMPARISONS.get(op)
-    if compare is None:  # the request model admits only known operators; belt and braces
+        values[name] = checked_text(condition.field, value)
+        return condition.field, op, True
+    if op not in _COMPARISONS:  # the request model admits only known operators; belt and braces
         raise _where_invalid(condition, "unsupported operator")
-    return compare(column, to_column_value(column, condition.field, value))  # type: ignore[no-any-return]
+    values[name] = to_column_value(column, condition.field, value)
+    return condition.field, op, True
+
+
+def _placeholder(column: sa.Column[Any], index: int) -> str:
+    """A condition's placeholder: named after its column, as SQLAlchemy names
+    its own (a driver's error that numbers a placeholder then names a field)."""
+    return f"{column.name}_{index + 1}"
+
+
+def condition_clause(
+    model: ServedModel, index: int, shape: _ConditionShape, dialect: Dialect
+) -> sa.ColumnElement[bool]:
+    """One ``where`` entry of ``shape`` as a SQL expression, its value a placeholder."""
+    field, op, variant = shape
+    column = model.columns[field]
+    name = _placeholder(column, index)
+
+    if op in ("IN", "NOT IN"):
+        listed: sa.BindParameter[Any] = sa.bindparam(name, expanding=True)
+        if op == "IN":
+            clause = column.in_(listed)
+            return sa.or_(clause, column.is_(None)) if variant else clause
+        excluded = column.not_in(listed)
+        return (
+            sa.and_(excluded, column.is_not(None))
+            if variant
+            else sa.or_(excluded, column.is_(None))
+        )
+    if op in ("IS", "IS NOT"):
+        return column.is_(variant) if op == "IS" else column.is_not(variant)
+    if op == "=":
+        return column.is_(None) if variant is None else column == sa.bindparam(name)
+    if op == "!=":
+        return (
+            column.is_not(None) if variant is None else column.is_distinct_from(sa.bindparam(name))
+        )
+    if op in PATTERN_OPERATORS:
+        return dialect.pattern_match(column, op, name)
+    return _COMPARISONS[op](column, sa.bindparam(name))  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------ cursors
@@ -181,12 +217,57 @@ def decode_cursor(cursor: str, order_by: str | None, descending: bool) -> tuple[
 # ------------------------------------------------------------------ plans
 
 
+# Where a page starts: at the first row, after an id, after a row whose
+# order value is NULL, or after one whose order value is not.
+_FIRST, _AFTER_ID, _AFTER_NULL, _AFTER_VALUE = "first", "after id", "after null", "after value"
+_LIMIT: Final = "ablo_limit"
+_AFTER_ID_VALUE: Final = "ablo_after_id"
+_AFTER_ORDER_VALUE: Final = "ablo_after_value"
+
+
 @dataclass(frozen=True, slots=True)
 class ListPlan:
-    statement: sa.Select[Any]
+    """One page: its shape (everything its SQL depends on, never a value)
+    and this request's values, by placeholder name. Every page of one shape
+    runs the same SQL, so a database compiles it once (see :attr:`key`)."""
+
+    model: ServedModel
+    conditions: tuple[_ConditionShape, ...]
+    start: str
     limit: int
     order_field: str | None
     descending: bool
+    values: dict[str, Any]
+    dialect: Dialect
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What tells this page's SQL from another's: its table (a new
+        reflection is a new one) and its shape."""
+        return (self.model.table, self.conditions, self.start, self.order_field, self.descending)
+
+    def statement(self) -> sa.Select[Any]:
+        """The SELECT of every page of this shape, its values placeholders
+        (bound from :attr:`values`). It fetches one extra row to know if
+        more remain."""
+        model, dialect = self.model, self.dialect
+        order_column = model.columns[self.order_field] if self.order_field else None
+        statement = sa.select(*model.selected).where(
+            *(condition_clause(model, i, shape, dialect) for i, shape in enumerate(self.conditions))
+        )
+        if self.start != _FIRST:
+            statement = statement.where(_after(order_column, model.id, self.start, self.descending))
+
+        def direction(column: sa.Column[Any]) -> Any:
+            return column.desc() if self.descending else column.asc()
+
+        if order_column is not None:
+            statement = statement.order_by(
+                *dialect.nulls_last(direction(order_column), order_column)
+            )
+        return statement.order_by(direction(model.id)).limit(
+            sa.bindparam(_LIMIT, type_=sa.Integer())
+        )
 
     def next_cursor(self, model: ServedModel, last_row: Sequence[Any]) -> str:
         """The cursor after ``last_row``, a row of ``model.selected`` in order."""
@@ -224,56 +305,53 @@ def plan_list(
     dialect: Dialect,
     max_bound_values: int = MAX_BOUND_VALUES,
 ) -> ListPlan:
-    """The SELECT for one page (it fetches one extra row to know if more remain)."""
+    """The plan of one page: the query checked, its values converted."""
     _check_size(query, max_bound_values)
     limit = min(page_size if query.limit is None else query.limit, max_page_size)
     descending = query.order == "desc"
     order_field = query.order_by if query.order_by not in (None, "id") else None
     order_column = column_for(model, order_field, "orderBy") if order_field else None
-    id_column = model.id
-
-    statement = sa.select(*model.selected).where(
-        *(condition_clause(model, condition, dialect) for condition in query.where)
+    values: dict[str, Any] = {_LIMIT: limit + 1}
+    conditions = tuple(
+        condition_shape(model, i, condition, values) for i, condition in enumerate(query.where)
     )
-
+    start = _FIRST
     if query.cursor is not None:
         value, last_id = decode_cursor(query.cursor, order_field, descending)
         try:
-            last_id = to_column_value(id_column, "id", last_id)
+            values[_AFTER_ID_VALUE] = to_column_value(model.id, "id", last_id)
             if order_column is not None and value is not None:
-                value = to_column_value(order_column, order_field or "", value)
+                values[_AFTER_ORDER_VALUE] = to_column_value(order_column, order_field or "", value)
         except SourceError:
             raise _cursor_invalid("its values do not fit the columns") from None
-        statement = statement.where(_after(order_column, id_column, value, last_id, descending))
-
-    def direction(column: sa.Column[Any]) -> Any:
-        return column.desc() if descending else column.asc()
-
-    if order_column is not None:
-        statement = statement.order_by(*dialect.nulls_last(direction(order_column), order_column))
-    statement = statement.order_by(direction(id_column)).limit(limit + 1)
-    return ListPlan(statement, limit, order_field, descending)
+        if order_column is None:
+            start = _AFTER_ID
+        else:
+            start = _AFTER_NULL if value is None else _AFTER_VALUE
+    return ListPlan(model, conditions, start, limit, order_field, descending, values, dialect)
 
 
 def _after(
     order_column: sa.Column[Any] | None,
     id_column: sa.Column[Any],
-    value: Any,
-    last_id: Any,
+    start: str,
     descending: bool,
 ) -> sa.ColumnElement[bool]:
-    def beyond(column: sa.Column[Any], value: Any) -> sa.ColumnElement[bool]:
-        # A bound of the column's type: SQLAlchemy refuses < and > against a
-        # bare True or False (a boolean order column).
-        bound = sa.literal(value, column.type)
+    def beyond(column: sa.Column[Any], name: str) -> sa.ColumnElement[bool]:
+        # A placeholder of the column's type: SQLAlchemy refuses < and >
+        # against a bare True or False (a boolean order column).
+        bound = sa.bindparam(name, type_=column.type)
         return (column < bound) if descending else (column > bound)
 
-    if order_column is None:
-        return beyond(id_column, last_id)
-    if value is None:  # already among the NULLs, which sort last
-        return sa.and_(order_column.is_(None), beyond(id_column, last_id))
+    if order_column is None or start == _AFTER_ID:
+        return beyond(id_column, _AFTER_ID_VALUE)
+    if start == _AFTER_NULL:  # already among the NULLs, which sort last
+        return sa.and_(order_column.is_(None), beyond(id_column, _AFTER_ID_VALUE))
     return sa.or_(
-        beyond(order_column, value),
-        sa.and_(order_column == value, beyond(id_column, last_id)),
+        beyond(order_column, _AFTER_ORDER_VALUE),
+        sa.and_(
+            order_column == sa.bindparam(_AFTER_ORDER_VALUE, type_=order_column.type),
+            beyond(id_column, _AFTER_ID_VALUE),
+        ),
         order_column.is_(None),
     )

@@ -49,6 +49,7 @@ from .engines import configuration_problem, create_database_engine, database_url
 from .execution import Database, Serving, ThreadDatabase, load_row, select_one
 from .execution import LoopDatabase as _LoopDatabase  # noqa: F401  (the tests patch it here)
 from .models import ModelMap, ServedModel
+from .plans import FullTableShape, ShapePlans
 from .query import MAX_BOUND_VALUES, column_for, plan_list
 from .reflection import reflect_models, served_tables
 from .schema import ledger, outbox, verify_tables
@@ -172,6 +173,8 @@ class SQLSource(DataSource):
         self._schema_problem: str | None = None
         self._reflections = 0
         self._schema_lock: asyncio.Lock | None = None
+        # Each list shape's plan, read once in the background (see .plans).
+        self._plans = ShapePlans(self.engine.dialect.name, self._database.read)
 
     def __repr__(self) -> str:
         url = shown_url(self.engine.url)
@@ -343,7 +346,24 @@ class SQLSource(DataSource):
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
+        await self._plans.close()
         await self._database.dispose()
+
+    @property
+    def full_table_shapes(self) -> Sequence[FullTableShape]:
+        """The list shapes served so far whose plan reads or sorts every row
+        of their table (each logged once, with the index that would serve it)."""
+        return tuple(self._plans.full_table)
+
+    async def shape_plan(self, model: str, query: ListQuery) -> FullTableShape | None:
+        """Read now the plan of a list page of ``model`` for ``query``: the
+        shape if it reads or sorts every row (``check`` asks this)."""
+        served = await self._served(model)
+        plan = plan_list(
+            served, query, self.page_size, self.max_page_size, self._dialect, self._max_bound_values
+        )
+        with self._answers(served):
+            return await self._plans.inspect(plan)
 
     def served_models(self) -> MaybeAwaitable[ModelNames]:
         """The names requests may use: the map's at once, else the tables' once reflected."""
@@ -539,7 +559,8 @@ class SQLSource(DataSource):
         if plan.limit == 0:
             return ListPage(rows=[])
         with self._answers(served):
-            found = await self._retrying(lambda: self._database.fetch_page(plan.statement))
+            found = await self._retrying(lambda: self._database.fetch_page(plan))
+        self._plans.served(plan)
         page = found[: plan.limit]
         more = len(found) > plan.limit
         fields = served.values_to_fields

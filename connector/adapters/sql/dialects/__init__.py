@@ -117,12 +117,13 @@ class Dialect:
     # ------------------------------------------------------------ a list
 
     def pattern_match(
-        self, column: sa.ColumnElement[Any], op: str, pattern: str
+        self, column: sa.ColumnElement[Any], op: str, placeholder: str
     ) -> sa.ColumnElement[bool]:
         """``column`` against a ``LIKE``/``NOT LIKE``/``ILIKE``/``NOT ILIKE``
-        ``pattern``: ``LIKE`` case-sensitive, ``ILIKE`` not, a backslash
-        escaping ``%`` and ``_``. SQLAlchemy writes ILIKE as ``lower(c) LIKE
-        lower(v)`` where the database lacks it."""
+        pattern bound as ``placeholder``: ``LIKE`` case-sensitive, ``ILIKE``
+        not, a backslash escaping ``%`` and ``_``. SQLAlchemy writes ILIKE as
+        ``lower(c) LIKE lower(v)`` where the database lacks it."""
+        pattern: sa.BindParameter[Any] = sa.bindparam(placeholder)
         if op == "LIKE":
             return column.like(pattern, escape="\\")
         if op == "NOT LIKE":

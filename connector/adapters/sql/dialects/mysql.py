@@ -540,13 +540,12 @@ class MySQL(Dialect):
     # ------------------------------------------------------------ a list
 
     def pattern_match(
-        self, column: sa.ColumnElement[Any], op: str, pattern: str
+        self, column: sa.ColumnElement[Any], op: str, placeholder: str
     ) -> sa.ColumnElement[bool]:
+        bound: sa.ColumnElement[Any] = sa.bindparam(placeholder, type_=sa.String())
         if op in ("ILIKE", "NOT ILIKE"):
             column = sa.func.lower(column)
-            bound: sa.ColumnElement[Any] = sa.func.lower(sa.literal(pattern, sa.String()))
-        else:
-            bound = sa.literal(pattern, sa.String())
+            bound = sa.func.lower(bound)
         exact = bound.collate(_EXACT)
         if op in ("LIKE", "ILIKE"):
             return column.like(exact, escape="\\")
