@@ -55,6 +55,20 @@ __all__ = ["migrate"]
     "ROLE@HOST), and change nothing. "
     "Connects as the URL's user, which needs no privilege beyond reading the catalog.",
 )
+@option(
+    "--capture",
+    group="source",
+    is_flag=True,
+    help="Also install the triggers that record every write to the served tables (the "
+    "application's own too) in the outbox, or bring them up to date; a model whose map "
+    "says capture = false is left out.",
+)
+@option(
+    "--remove-capture",
+    group="source",
+    is_flag=True,
+    help="Remove every capture trigger migrate --capture installed, and change nothing else.",
+)
 @click.pass_context
 def migrate(
     ctx: click.Context,
@@ -63,6 +77,8 @@ def migrate(
     models_path: str | None,
     print_sql: bool,
     grants_for: str | None,
+    capture: bool,
+    remove_capture: bool,
 ) -> None:
     """Create the idempotency ledger and the outbox (safe to run again).
 
@@ -85,16 +101,21 @@ def migrate(
     from sqlalchemy.exc import DBAPIError, OperationalError
 
     from ..adapters.sql import (
+        ModelMap,
         create_database_engine,
         describe_database_error,
         lacks_privilege,
+        migrate_capture,
         shown_url,
     )
     from ..adapters.sql import migrate as migrate_tables
+    from ..adapters.sql.models import INFRASTRUCTURE_TABLES
 
     formatter = configure_logging("warning")
     if print_sql and grants_for is not None:
         fail("give --print-sql or --print-grants, not both")
+    if capture and remove_capture:
+        fail("give --capture or --remove-capture, not both")
     try:
         guard_url_options(ctx, formatter.add_secret)
     except ConfigError as error:
@@ -112,7 +133,10 @@ def migrate(
         return
     try:
         changes = migrate_tables(engine)
-        tables = set(sa.inspect(engine).get_table_names()) - {"ablo_idempotency", "ablo_outbox"}
+        if capture or remove_capture:
+            models = ModelMap.from_toml(models_path) if models_path else None
+            changes += migrate_capture(engine, models, remove=remove_capture)
+        tables = set(sa.inspect(engine).get_table_names()) - INFRASTRUCTURE_TABLES
     except ConfigError as error:
         fail(f"{shown}: {error}")
     except DBAPIError as error:

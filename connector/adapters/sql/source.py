@@ -42,13 +42,22 @@ from ...serve.datasource import DataSource, MaybeAwaitable, RequestContext
 from ...serve.models import ModelNames
 from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
 from .answers import answers, describe_database_error, refused_as
+from .capture import (
+    CommitContext,
+    capture_drift,
+    captured_data,
+    captured_models,
+    is_captured,
+    result_processors,
+    untagged,
+)
 from .dialects import Dialect, dialect_named, dialect_of_url
 from .dialects.postgresql import OUTBOX_LOCK  # re-exported: scripts that take it import it here
 from .drift import SCHEMA_CHANGED, SchemaChanged, Unservable, describe_changes
 from .engines import configuration_problem, create_database_engine, database_url, shown_url
 from .execution import Database, Serving, ThreadDatabase, load_row, select_one
 from .execution import LoopDatabase as _LoopDatabase  # noqa: F401  (the tests patch it here)
-from .models import ModelMap, ServedModel
+from .models import ModelMap, ServedModel, snake_to_camel
 from .query import MAX_BOUND_VALUES, column_for, plan_list
 from .reflection import reflect_models, served_tables
 from .schema import ledger, outbox, verify_tables
@@ -172,6 +181,11 @@ class SQLSource(DataSource):
         self._schema_problem: str | None = None
         self._reflections = 0
         self._schema_lock: asyncio.Lock | None = None
+        # Capture (see .capture): the models whose writes the database records
+        # itself, what no longer matches, and how their captured rows convert.
+        self._captured: frozenset[str] = frozenset()
+        self._capture_drift: dict[str, str] = {}
+        self._capture_readers: dict[str, tuple[ServedModel, Any]] = {}
 
     def __repr__(self) -> str:
         url = shown_url(self.engine.url)
@@ -225,6 +239,10 @@ class SQLSource(DataSource):
         if problems is not None:
             # The database answers; some of what it serves does not (/readyz names it).
             raise SchemaChanged(problems)
+        if self._capture_drift:
+            raise SourceError(
+                "source_capture_stale", "; ".join(self._capture_drift.values()), status=503
+            )
 
     def _unhealthy(self, reason: str) -> None:
         self._healthy, self._last_error = False, reason
@@ -313,6 +331,7 @@ class SQLSource(DataSource):
                 "the database has no table with an id column to serve (create one, or map "
                 "another column as the id with --models)"
             )
+        self._note_capture(connection, served)
         # The dispatcher resolves aliases (a lowercased name) to these names
         # before authorize runs, so a hook that checks the name sees this one.
         self._model_names = ModelNames(
@@ -320,6 +339,16 @@ class SQLSource(DataSource):
             origin="the tables served (pass --models to serve them under other names)",
         )
         return served
+
+    def _note_capture(self, connection: sa.Connection, served: Mapping[str, ServedModel]) -> None:
+        """Which served models the database captures, and say (once, at
+        WARNING) each capture that no longer matches its table or the map."""
+        if self._dialect.capture_state_create is None:
+            return
+        self._captured = frozenset(captured_models(connection)) & set(served)
+        self._capture_drift = capture_drift(connection, served)
+        for line in self._capture_drift.values():
+            log.warning("%s", line)
 
     def _reflect_served(
         self, connection: sa.Connection
@@ -565,10 +594,50 @@ class SQLSource(DataSource):
                 rows = await self._fetch(_EVENTS, {"after": after, "count": count})
             if not rows and after > 0:
                 await self._check_issued(after)
-        events = [_event(dict(zip(_OUTBOX_COLUMNS, row, strict=True))) for row in rows]
+        found = [dict(zip(_OUTBOX_COLUMNS, row, strict=True)) for row in rows]
+        if any(is_captured(row["data"]) for row in found):
+            await self._convert_captured(found, after)
+        events = [_event(row) for row in found]
         # The last delivered cursor, or the one given: the engine always has
         # a position to resume from and never sees an event twice.
         return EventsPage(events=events, next_cursor=events[-1]["cursor"] if events else cursor)
+
+    async def _convert_captured(self, rows: Sequence[dict[str, Any]], after: int) -> None:
+        """Each captured row (see .capture) as ``load`` would have answered
+        it right after its write: the same fields and conversions."""
+        models = self._models or {}
+        last = rows[-1]["cursor"]
+        pending = [row for row in rows if is_captured(row["data"])]
+        for name in dict.fromkeys(row["model"] for row in pending):
+            served = models.get(name)
+            mine = [row for row in pending if row["model"] == name]
+            if served is None:  # no longer served: its columns under field names
+                for row in mine:
+                    raw = row["data"][0]
+                    row["data"] = to_json_value(
+                        {snake_to_camel(k): untagged(v) for k, v in raw.items()}
+                    )
+                continue
+            reader = self._capture_readers.get(name)
+            if reader is None or reader[0] is not served:
+                statement = self._dialect.captured_rows_statement(served)
+                conversion = (
+                    statement
+                    if statement is not None
+                    else result_processors(served, self._database.engine.dialect)
+                )
+                reader = self._capture_readers[name] = (served, conversion)
+            conversion = reader[1]
+            if isinstance(conversion, dict):
+                for row in mine:
+                    row["data"] = captured_data(served, row["data"][0], conversion)
+                continue
+            typed = await self._fetch(conversion, {"after": after, "last": last, "model": name})
+            by_cursor = {values[0]: values[1:] for values in typed}
+            for row in mine:
+                recorded = {served.fields[c] for c in row["data"][0] if c in served.fields}
+                fields = served.values_to_fields(by_cursor[row["cursor"]])
+                row["data"] = to_json_row({k: v for k, v in fields.items() if k in recorded})
 
     async def _check_issued(self, after: int) -> None:
         """Refuse a cursor past every cursor the outbox issued: the engine would
@@ -629,12 +698,20 @@ class SQLSource(DataSource):
         }
         if not self._dialect.reserve(connection, reservation):
             return self._replay(connection, key, commit.replayable_intent_hashes)
-        applied = [
-            self._apply(connection, served, op)
-            for op, served in zip(commit.operations, models, strict=True)
-        ]
-        rows = [row for row, _ in applied]
         occurred_at = _now_ms()
+        # On a captured model the database's triggers write the events (see
+        # .capture): the commit tells them who it is, and writes none itself.
+        context = CommitContext(key, organization, occurred_at)
+        captured = self._captured
+        applied = []
+        for index, (op, served) in enumerate(zip(commit.operations, models, strict=True)):
+            if served.name in captured:
+                entity = str(op.id if op.id is not None else (op.input or {}).get("id", ""))
+                self._dialect.before_captured_operation(
+                    connection, context, (served.name, entity, f"{key}:{index}", op.type, op.transaction_id)
+                )  # fmt: skip
+            applied.append(self._apply(connection, served, op))
+        rows = [row for row, _ in applied]
         # One event per operation that changed a row: deleting a row that is
         # already gone succeeds, but nothing happened to tell the engine about.
         # Event ids keep the operation's index, so they stay stable on replay.
@@ -650,11 +727,21 @@ class SQLSource(DataSource):
                 "transaction_id": op.transaction_id,
                 "occurred_at": occurred_at,
             }
-            for index, (op, (row, changed)) in enumerate(
-                zip(commit.operations, applied, strict=True)
+            for index, (op, served, (row, changed)) in enumerate(
+                zip(commit.operations, models, applied, strict=True)
             )
-            if changed
+            if changed and served.name not in captured
         ]
+        context.operations = [
+            (served.name, str(row.get("id", "")), f"{key}:{index}", op.type, op.transaction_id)
+            for index, (op, served, (row, changed)) in enumerate(
+                zip(commit.operations, models, applied, strict=True)
+            )
+            if changed and served.name in captured and _writes(op)
+        ]
+        if any(served.name in captured for served in models):
+            self._dialect.before_captured_operation(connection, context, None)
+            self._dialect.captured_commit(connection, context)
         if events:
             # Cursors are drawn when a row is inserted, not when the
             # transaction commits: without the dialect's lock a reader could
@@ -791,6 +878,11 @@ _EVENTS: Final = (
     .limit(sa.bindparam("count"))
 )
 _OUTBOX_COLUMNS: Final = tuple(column.name for column in outbox.columns)
+
+
+def _writes(op: Operation) -> bool:
+    """Whether ``op`` writes its row (an UPDATE without values only reads it)."""
+    return op.type != "UPDATE" or any(name != "id" for name in op.input or {})
 
 
 def _supports_returning(connection: sa.Connection, statement: Any) -> bool:

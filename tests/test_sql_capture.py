@@ -1,0 +1,348 @@
+"""Capture: writes made by the application itself, through a plain database
+session (the standard library's sqlite3, psycopg: never the project's code),
+reach ``events`` exactly once, in commit order, with ``data`` equal to what
+``load`` answered right after the write; the connector's own commits go
+through the same triggers, once each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from connector import SourceError
+from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
+from connector.adapters.sql.capture import migrate_capture
+from tests.helpers import TASKS_DDL, execute
+from tests.postgres import create_database, drop_database
+from tests.test_sql_adapter import Client, create, update
+
+DIALECTS = ["sqlite", "postgresql"]
+MAP = {"models": {"task": {"table": "tasks", "exclude": ["secret"]}}}
+
+
+@pytest.fixture(params=DIALECTS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        path = tmp_path / "app.db"
+        sqlite3.connect(path).close()
+        yield f"sqlite:///{path}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = create_database(server)
+    try:
+        yield url
+    finally:
+        drop_database(server, url)
+
+
+def install(url: str, models: dict[str, Any] = MAP, *, remove: bool = False) -> list[str]:
+    engine = create_database_engine(url)
+    try:
+        changes = migrate(engine)
+        return changes + migrate_capture(engine, ModelMap.from_dict(models), remove=remove)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def captured(database_url: str) -> str:
+    backend = sa.make_url(database_url).get_backend_name()
+    execute(database_url, TASKS_DDL[backend], "ALTER TABLE tasks ADD COLUMN secret TEXT")
+    install(database_url)
+    return database_url
+
+
+class Session:
+    """A plain database session of the application's (not the project's code)."""
+
+    def __init__(self, url: str) -> None:
+        parsed = sa.make_url(url)
+        self.postgres = parsed.get_backend_name() == "postgresql"
+        if self.postgres:
+            import psycopg
+
+            self.connection: Any = psycopg.connect(
+                host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database
+            )
+        else:
+            self.connection = sqlite3.connect(str(parsed.database), isolation_level=None)
+            self.connection.execute("PRAGMA busy_timeout=30000")
+
+    def run(self, sql: str, *values: Any) -> None:
+        sql = sql.replace("?", "%s") if self.postgres else sql
+        self.connection.execute(sql, values)
+
+    def begin(self) -> None:
+        if not self.postgres:
+            self.connection.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.connection.commit() if self.postgres else self.connection.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.connection.rollback() if self.postgres else self.connection.execute("ROLLBACK")
+
+    def write(self, sql: str, *values: Any) -> None:
+        self.begin()
+        self.run(sql, *values)
+        self.commit()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture
+async def client(captured: str) -> AsyncIterator[Client]:
+    source = SQLSource(captured, MAP)
+    source.prepare()
+    c = Client(source)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def session(captured: str) -> Iterator[Session]:
+    s = Session(captured)
+    yield s
+    s.close()
+
+
+async def all_events(client: Client, cursor: str | None = None, limit: int = 1000) -> list[Any]:
+    found: list[Any] = []
+    while True:
+        page = await client.events(cursor, limit)
+        found += page["events"]
+        if not page["events"]:
+            return found
+        cursor = page["nextCursor"]
+
+
+async def load(client: Client, id: str) -> Any:
+    answer = await client.ok({"type": "load", "model": "task", "id": id})
+    return answer["row"]
+
+
+async def test_the_applications_own_writes_are_events_equal_to_load(
+    client: Client, session: Session
+) -> None:
+    loaded = []
+    session.write(
+        "INSERT INTO tasks (id, title, priority, estimate, secret) VALUES ('t1', 'One', 3, 0.1, 'pw')"
+    )
+    loaded.append(await load(client, "t1"))
+    session.write("UPDATE tasks SET done = true, estimate = 0.30000000000000004 WHERE id = 't1'")
+    loaded.append(await load(client, "t1"))
+    session.write("UPDATE tasks SET due_at = '2024-05-06 07:08:09.123456+00' WHERE id = 't1'")
+    loaded.append(await load(client, "t1"))
+    session.write("DELETE FROM tasks WHERE id = 't1'")
+    events = await all_events(client)
+    assert [(e["type"], e["model"], e["entityId"]) for e in events] == [
+        ("CREATE", "task", "t1"),
+        ("UPDATE", "task", "t1"),
+        ("UPDATE", "task", "t1"),
+        ("DELETE", "task", "t1"),
+    ]
+    assert [e["data"] for e in events[:3]] == loaded
+    assert "data" not in events[3]  # null for a DELETE
+    assert all("secret" not in e.get("data", {}) for e in events)
+    assert [int(e["cursor"]) for e in events] == sorted(int(e["cursor"]) for e in events)
+    assert len({e["id"] for e in events}) == 4
+
+
+async def test_a_write_of_only_an_excluded_column_or_a_rollback_is_no_event(
+    client: Client, session: Session
+) -> None:
+    session.write("INSERT INTO tasks (id, title) VALUES ('t1', 'One')")
+    session.write("UPDATE tasks SET secret = 'changed' WHERE id = 't1'")
+    session.write("UPDATE tasks SET title = 'One' WHERE id = 't1'")  # the same value
+    session.begin()
+    session.run("UPDATE tasks SET title = 'Never' WHERE id = 't1'")
+    session.run("INSERT INTO tasks (id, title) VALUES ('t2', 'Never')")
+    session.rollback()
+    events = await all_events(client)
+    assert [(e["type"], e["entityId"]) for e in events] == [("CREATE", "t1")]
+
+
+async def test_archiving_in_the_database_is_an_archive_event(
+    client: Client, session: Session
+) -> None:
+    session.write("INSERT INTO tasks (id, title) VALUES ('t1', 'One')")
+    session.write("UPDATE tasks SET archived_at = '2024-01-02 03:04:05+00' WHERE id = 't1'")
+    session.write("UPDATE tasks SET archived_at = NULL WHERE id = 't1'")
+    events = await all_events(client)
+    assert [e["type"] for e in events] == ["CREATE", "ARCHIVE", "UNARCHIVE"]
+
+
+async def test_the_connectors_own_commits_are_recorded_once(
+    client: Client, session: Session
+) -> None:
+    status, _ = await client.commit(
+        "c1",
+        create("a", priority=1),
+        {**update("a", title="A2"), "transactionId": "tx-2"},
+        {"type": "ARCHIVE", "model": "task", "id": "a"},
+        {"type": "DELETE", "model": "task", "id": "missing"},
+    )
+    assert status == 200
+    session.write("UPDATE tasks SET priority = 9 WHERE id = 'a'")
+    events = await all_events(client)
+    assert [(e["id"], e["type"], e.get("correlationId")) for e in events] == [
+        ("c1:0", "CREATE", "c1"),
+        ("c1:1", "UPDATE", "c1"),
+        ("c1:2", "ARCHIVE", "c1"),
+        (events[3]["id"], "UPDATE", None),
+    ]
+    assert events[1]["transactionId"] == "tx-2"
+    assert events[2]["data"]["title"] == "A2" and events[2]["data"]["archivedAt"] is not None
+    assert events[3]["data"] == await load(client, "a")
+    # A replay writes nothing more.
+    status, _ = await client.commit("c1", create("a", priority=1), update("a", title="A2"))
+    assert len(await all_events(client)) == 4
+
+
+async def test_a_bulk_update_of_10000_rows_pages_out_completely(
+    client: Client, session: Session
+) -> None:
+    session.begin()
+    if session.postgres:
+        session.run(
+            "INSERT INTO tasks (id, title) SELECT 'r' || i, 't' FROM generate_series(1, 10000) i"
+        )
+    else:
+        session.run(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000) "
+            "INSERT INTO tasks (id, title) SELECT 'r' || i, 't' FROM n"
+        )
+    session.commit()
+    session.write("UPDATE tasks SET priority = 7")
+    events = await all_events(client, limit=1000)
+    assert len(events) == 20000
+    updates = events[10000:]
+    assert {e["type"] for e in updates} == {"UPDATE"}
+    assert len({e["entityId"] for e in updates}) == 10000
+    assert all(e["data"]["priority"] == 7 for e in updates)
+
+
+async def test_capture_drift_is_reported_and_migrate_brings_it_up_to_date(
+    captured: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    execute(captured, "ALTER TABLE tasks ADD COLUMN notes TEXT")
+    source = SQLSource(captured, MAP)
+    with caplog.at_level(logging.WARNING, logger="connector.sql"):
+        source.prepare()
+    lines = [r.getMessage() for r in caplog.records if "capture" in r.getMessage()]
+    assert len(lines) == 1
+    assert "model 'task'" in lines[0] and "'notes' added" in lines[0]
+    assert "ablo-connector migrate --capture" in lines[0]
+    with pytest.raises(SourceError) as stale:
+        await source.probe()
+    assert stale.value.code == "source_capture_stale"
+    await source.aclose()
+
+    changes = install(captured)
+    assert changes == ["updated the capture of model 'task' (table tasks): column 'notes' added"]
+    assert install(captured) == []  # again: nothing to change
+    source = SQLSource(captured, MAP)
+    source.prepare()
+    await source.probe()
+    client = Client(source)
+    try:
+        Session(captured).write("INSERT INTO tasks (id, title, notes) VALUES ('n', 'N', 'x')")
+        (event,) = await all_events(client)
+        assert event["data"]["notes"] == "x"
+    finally:
+        await client.close()
+
+
+async def test_capture_false_opts_out_and_remove_drops_it(captured: str) -> None:
+    opted_out = {"models": {"task": {"table": "tasks", "capture": False}}}
+    assert install(captured, opted_out) == ["removed the capture of model 'task' (table tasks)"]
+    Session(captured).write("INSERT INTO tasks (id, title) VALUES ('x', 'X')")
+    assert install(captured) == ["installed the capture of model 'task' (table tasks)"]
+    assert install(captured, remove=True) == ["removed the capture of model 'task' (table tasks)"]
+    Session(captured).write("INSERT INTO tasks (id, title) VALUES ('y', 'Y')")
+    client = Client(SQLSource(captured, MAP))
+    try:
+        assert await all_events(client) == []
+        # Without capture, the connector writes its own events, as before.
+        status, _ = await client.commit("c", create("z"))
+        assert status == 200
+        assert [e["id"] for e in await all_events(client)] == ["c:0"]
+    finally:
+        await client.close()
+
+
+def _postgres_only(url: str) -> None:
+    if sa.make_url(url).get_backend_name() != "postgresql":
+        pytest.skip("SQLite has one writer at a time: nothing runs concurrently there")
+
+
+async def test_a_long_transaction_stalls_no_writer_and_its_event_is_not_skipped(
+    client: Client, captured: str
+) -> None:
+    _postgres_only(captured)
+    long_running = Session(captured)
+    other = Session(captured)
+    try:
+        long_running.run("INSERT INTO tasks (id, title) VALUES ('early', 'drawn first')")
+        # Another writer commits meanwhile, without waiting for the long one.
+        finished = threading.Event()
+
+        def write() -> None:
+            other.write("INSERT INTO tasks (id, title) VALUES ('later', 'committed first')")
+            finished.set()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        assert await asyncio.to_thread(finished.wait, 30)
+        thread.join()
+        first = await client.events()
+        assert [e["entityId"] for e in first["events"]] == ["later"]
+        long_running.commit()
+        rest = await all_events(client, first["nextCursor"])
+        assert [e["entityId"] for e in rest] == ["early"]
+    finally:
+        long_running.close()
+        other.close()
+
+
+async def test_concurrent_writers_are_read_in_commit_order_without_gaps(
+    client: Client, captured: str
+) -> None:
+    _postgres_only(captured)
+    writers = 6
+    per_writer = 40
+
+    def work(number: int) -> None:
+        session = Session(captured)
+        try:
+            for index in range(per_writer):
+                session.write(f"INSERT INTO tasks (id, title) VALUES ('w{number}-{index}', 't')")
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    seen: list[str] = []
+    cursor = None
+    done: Callable[[], bool] = lambda: not any(t.is_alive() for t in threads)  # noqa: E731
+    while True:
+        finished = done()
+        page = await client.events(cursor, 7)
+        seen += [e["entityId"] for e in page["events"]]
+        cursor = page["nextCursor"]
+        if finished and not page["events"]:
+            break
+    for thread in threads:
+        thread.join()
+    assert len(seen) == writers * per_writer
+    assert len(set(seen)) == len(seen)
