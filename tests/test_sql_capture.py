@@ -104,6 +104,7 @@ async def client(captured: str) -> AsyncIterator[Client]:
     source = SQLSource(captured, MAP)
     source.prepare()
     c = Client(source)
+    c.source_url = captured  # type: ignore[attr-defined]
     yield c
     await c.close()
 
@@ -346,3 +347,49 @@ async def test_concurrent_writers_are_read_in_commit_order_without_gaps(
         thread.join()
     assert len(seen) == writers * per_writer
     assert len(set(seen)) == len(seen)
+
+
+# ------------------------------------------------------------ retention
+
+
+async def test_retention_prunes_only_what_the_engine_has_read_and_expired_ledger_rows(
+    client: Client, session: Session
+) -> None:
+    for index in range(5):
+        session.write(f"INSERT INTO tasks (id, title) VALUES ('p{index}', 't')")
+    status, _ = await client.commit("fresh", create("q"))
+    assert status == 200
+    old = "'2000-01-01 00:00:00'"
+    session.write(f"UPDATE ablo_outbox SET created_at = {old}")
+    session.write(f"UPDATE ablo_idempotency SET expires_at = {old}")
+    session.write(
+        "INSERT INTO ablo_idempotency (client_tx_id, response, expires_at) "
+        "VALUES ('kept', '[]', '2999-01-01 00:00:00')"
+    )
+    source = client.source
+    # However old, nothing the engine has not paged past goes.
+    assert await source.prune() == (0, 1)
+    await source.probe()
+    gauges = source.probe_gauges()
+    assert gauges["ablo_connector_outbox_events"] == 6
+    assert gauges["ablo_connector_outbox_oldest_unread_age_seconds"] > 365 * 86400
+
+    first = await client.events(None, 3)
+    assert await source.prune() == (0, 0)  # the engine has not asked past these three yet
+    second = await client.events(first["nextCursor"], 3)  # so it has read the first three
+    assert await source.prune() == (3, 0)
+    rest = await all_events(client, first["nextCursor"])
+    assert [e["id"] for e in rest] == [e["id"] for e in second["events"]]
+    assert [e["entityId"] for e in rest] == ["p3", "p4", "q"]
+    # The cursor the engine holds stays valid, and so do those before it.
+    assert (await client.events(first["nextCursor"]))["events"] == second["events"]
+    await source.probe()
+    assert source.probe_gauges()["ablo_connector_outbox_events"] == 3
+    ledger = [
+        row[0]
+        for row in execute(
+            client.source_url,  # type: ignore[attr-defined]
+            "SELECT client_tx_id FROM ablo_idempotency",
+        )[0]
+    ]
+    assert ledger == ["kept"]

@@ -82,6 +82,14 @@ log = logging.getLogger("connector.sql")
 T = TypeVar("T")
 
 LEDGER_RETENTION: Final = dt.timedelta(days=30)
+#: How long outbox events are kept once the engine has paged past them.
+DEFAULT_OUTBOX_RETENTION: Final = 7 * 24 * 3600.0
+# Pruning: rows per DELETE (each its own short transaction, so no lock is
+# held for long: see bench/retention.py), at most every so often, for at most
+# so long per probe.
+_PRUNE_BATCH: Final = 1000
+_PRUNE_EVERY_SECONDS: Final = 10.0
+_PRUNE_BUDGET_SECONDS: Final = 1.0
 # Database connections held open. On PostgreSQL more connections than this
 # bought no throughput at 64 requests in flight on a 2-core host (see
 # bench/sql.py); requests beyond it wait for a connection on the event loop.
@@ -134,7 +142,10 @@ class SQLSource(DataSource):
         max_page_size: int = 1000,
         pool_size: int = DEFAULT_POOL_SIZE,
         statement_timeout: float | None = 30.0,
+        outbox_retention: float | None = DEFAULT_OUTBOX_RETENTION,
     ) -> None:
+        if outbox_retention is not None and outbox_retention < 0:
+            raise ConfigError("the outbox retention must be at least 0 seconds")
         if page_size < 1 or max_page_size < page_size:
             raise ConfigError("page_size must be at least 1 and at most max_page_size")
         if pool_size < 1:
@@ -186,6 +197,12 @@ class SQLSource(DataSource):
         self._captured: frozenset[str] = frozenset()
         self._capture_drift: dict[str, str] = {}
         self._capture_readers: dict[str, tuple[ServedModel, Any]] = {}
+        # Retention (see _prune): the highest cursor the engine has paged
+        # past (it asked for events after it), unknown (0) until it asks.
+        self.outbox_retention = outbox_retention
+        self._read_past = 0
+        self._pruned_at = -_PRUNE_EVERY_SECONDS
+        self._gauges: dict[str, float] = {}
 
     def __repr__(self) -> str:
         url = shown_url(self.engine.url)
@@ -239,10 +256,79 @@ class SQLSource(DataSource):
         if problems is not None:
             # The database answers; some of what it serves does not (/readyz names it).
             raise SchemaChanged(problems)
+        await self._keep_outbox()
         if self._capture_drift:
             raise SourceError(
                 "source_capture_stale", "; ".join(self._capture_drift.values()), status=503
             )
+
+    def probe_gauges(self) -> Mapping[str, float]:
+        """The outbox as the last probe measured it (see ``metrics.SOURCE_GAUGES``)."""
+        return self._gauges
+
+    async def _keep_outbox(self) -> None:
+        """Prune what retention allows, then measure the outbox (at each probe)."""
+        if self._schema_problem is not None:
+            return
+        try:
+            with self._answers():
+                now = time.monotonic()
+                if (
+                    self.outbox_retention is not None
+                    and now - self._pruned_at >= _PRUNE_EVERY_SECONDS
+                ):
+                    self._pruned_at = now
+                    await self.prune(_PRUNE_BUDGET_SECONDS)
+                self._gauges = await self._read(self._measure_outbox, self._read_past)
+        except (SourceError, sa_exc.SQLAlchemyError) as error:
+            log.warning("could not prune or measure the outbox: %s", error)
+
+    async def prune(self, budget: float = _PRUNE_BUDGET_SECONDS) -> tuple[int, int]:
+        """Delete, in batches of at most 1000 rows (each its own short
+        transaction), outbox events older than :attr:`outbox_retention` that
+        the engine has paged past, and ledger rows past ``expires_at``, until
+        none is left or ``budget`` seconds have gone; (events, ledger rows)
+        deleted. An event the engine has not paged past is never deleted."""
+        deadline = time.monotonic() + budget
+        events = ledger_rows = 0
+        for work, kind in ((_prune_outbox, "events"), (_prune_ledger, "ledger")):
+            while time.monotonic() < deadline:
+                if kind == "events":
+                    if self.outbox_retention is None or self._read_past == 0:
+                        break
+                    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.outbox_retention)
+                    deleted = await self._write(work, self._read_past, cutoff)
+                    events += deleted
+                else:
+                    deleted = await self._write(work, dt.datetime.now(dt.UTC))
+                    ledger_rows += deleted
+                if deleted < _PRUNE_BATCH:
+                    break
+        if events or ledger_rows:
+            log.info("pruned %d outbox event(s) and %d ledger row(s)", events, ledger_rows)
+        return events, ledger_rows
+
+    @staticmethod
+    def _measure_outbox(connection: sa.Connection, read_past: int) -> dict[str, float]:
+        span = connection.execute(
+            sa.select(sa.func.min(outbox.c.cursor), sa.func.max(outbox.c.cursor))
+        ).one()
+        held = 0 if span[0] is None else span[1] - span[0] + 1
+        oldest = connection.execute(
+            sa.select(outbox.c.created_at)
+            .where(outbox.c.cursor > read_past)
+            .order_by(outbox.c.cursor)
+            .limit(1)
+        ).scalar()
+        age = 0.0
+        if oldest is not None:
+            if oldest.tzinfo is None:  # SQLite, MySQL: UTC without an offset
+                oldest = oldest.replace(tzinfo=dt.UTC)
+            age = max(0.0, (dt.datetime.now(dt.UTC) - oldest).total_seconds())
+        return {
+            "ablo_connector_outbox_events": float(held),
+            "ablo_connector_outbox_oldest_unread_age_seconds": age,
+        }
 
     def _unhealthy(self, reason: str) -> None:
         self._healthy, self._last_error = False, reason
@@ -582,6 +668,8 @@ class SQLSource(DataSource):
         self, cursor: str | None, limit: int | None, ctx: RequestContext
     ) -> EventsPage:
         after = _outbox_cursor(cursor)
+        # Asking for what follows ``after`` says the engine has read up to it.
+        self._read_past = max(self._read_past, after)
         count = min(self.page_size if limit is None else limit, self.max_page_size)
         return await self._on_current_schema(lambda: self._events(cursor, after, count))
 
@@ -878,6 +966,37 @@ _EVENTS: Final = (
     .limit(sa.bindparam("count"))
 )
 _OUTBOX_COLUMNS: Final = tuple(column.name for column in outbox.columns)
+
+
+def _prune_outbox(connection: sa.Connection, read_past: int, cutoff: dt.datetime) -> int:
+    # The lowest cursors first, at most one batch, never past what the engine
+    # has read; a range on the key, so no scan and only these rows locked.
+    # (The derived table is how MySQL takes a LIMIT in a DELETE's subquery.)
+    lowest = (
+        sa.select(outbox.c.cursor)
+        .where(outbox.c.cursor <= read_past)
+        .order_by(outbox.c.cursor)
+        .limit(_PRUNE_BATCH)
+        .subquery()
+    )
+    bound = sa.select(sa.func.max(lowest.c.cursor)).scalar_subquery()
+    result = connection.execute(
+        outbox.delete().where(outbox.c.cursor <= bound, outbox.c.created_at < cutoff)
+    )
+    return int(result.rowcount)
+
+
+def _prune_ledger(connection: sa.Connection, now: dt.datetime) -> int:
+    expired = (
+        sa.select(ledger.c.client_tx_id)
+        .where(ledger.c.expires_at < now)
+        .limit(_PRUNE_BATCH)
+        .subquery()
+    )
+    result = connection.execute(
+        ledger.delete().where(ledger.c.client_tx_id.in_(sa.select(expired.c.client_tx_id)))
+    )
+    return int(result.rowcount)
 
 
 def _writes(op: Operation) -> bool:
