@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,96 @@ async def test_the_connectors_own_commits_are_recorded_once(
     assert len(await all_events(client)) == 4
 
 
+async def connector_commits(client: Client) -> list[dict[str, Any]]:
+    """A run of connector commits, no-ops included; the events they wrote,
+    without what differs between two runs (cursors, clocks)."""
+    archive = {"type": "ARCHIVE", "model": "task", "id": "a"}
+    unarchive = {"type": "UNARCHIVE", "model": "task", "id": "a"}
+    commits = [
+        ("c1", create("a", priority=1), {**update("a", title="A2"), "transactionId": "tx-2"}),
+        ("c2", update("a", title="A2"), update("a"), archive),
+        ("c3", unarchive, unarchive, {"type": "DELETE", "model": "task", "id": "missing"}),
+        ("c4", {"type": "DELETE", "model": "task", "id": "a"}, create("b")),
+    ]
+    for key, *operations in commits:
+        status, body = await client.commit(key, *operations)
+        assert status == 200, body
+    events = await all_events(client)
+    for event in events:
+        del event["cursor"], event["occurredAt"]
+        if (event.get("data") or {}).get("archivedAt") is not None:
+            event["data"]["archivedAt"] = "archived"  # the clock's, not the same twice
+    return events
+
+
+async def test_the_connectors_own_commits_write_the_events_they_wrote_without_capture(
+    client: Client, captured: str
+) -> None:
+    """One event per operation that found its row, as the engine's reference
+    adapters write them: a no-op UPDATE, an UPDATE without values and an
+    UNARCHIVE of a row that is not archived each write one, captured or not."""
+    with_capture = await connector_commits(client)
+    assert [e["id"] for e in with_capture] == [
+        "c1:0", "c1:1", "c2:0", "c2:1", "c2:2", "c3:0", "c3:1", "c4:0", "c4:1",
+    ]  # fmt: skip
+    install(captured, remove=True)
+    execute(
+        captured, "DELETE FROM tasks", "DELETE FROM ablo_outbox", "DELETE FROM ablo_idempotency"
+    )
+    without = Client(SQLSource(captured, MAP))
+    try:
+        assert await connector_commits(without) == with_capture
+    finally:
+        await without.close()
+
+
+async def test_an_update_of_a_rows_id_is_a_delete_and_a_create(
+    client: Client, session: Session
+) -> None:
+    session.write("INSERT INTO tasks (id, title) VALUES ('old', 'Moved')")
+    session.write("UPDATE tasks SET id = 'new' WHERE id = 'old'")
+    events = await all_events(client)
+    assert [(e["type"], e["entityId"]) for e in events] == [
+        ("CREATE", "old"),
+        ("DELETE", "old"),
+        ("CREATE", "new"),
+    ]
+    assert "data" not in events[1]
+    assert events[2]["data"] == await load(client, "new")
+
+
+async def test_retention_without_delete_privilege_warns_once(
+    captured: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _postgres_only(captured)
+    role = f"nodel_{uuid.uuid4().hex[:8]}"
+    execute(
+        captured,
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON tasks TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE ON ablo_idempotency TO {role}",
+        f"GRANT SELECT, INSERT ON ablo_outbox TO {role}",
+        f"GRANT SELECT ON ablo_capture TO {role}",
+        f"GRANT USAGE ON SEQUENCE ablo_outbox_cursor_seq TO {role}",
+    )
+    # Every probe prunes (the daemon's probes prune every 10 s at most).
+    monkeypatch.setattr("connector.adapters.sql.source._PRUNE_EVERY_SECONDS", 0.0)
+    source = SQLSource(captured.replace("postgres@", f"{role}@"), MAP)
+    try:
+        source.prepare()
+        with caplog.at_level(logging.WARNING, logger="connector.sql"):
+            for _ in range(3):
+                await source.probe()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert "may not delete from ablo_outbox and ablo_idempotency" in warnings[0]
+        assert "--print-grants" in warnings[0]
+        assert source.probe_gauges()["ablo_connector_outbox_events"] == 0  # still measured
+    finally:
+        await source.aclose()
+        execute(captured, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
 async def test_a_bulk_update_of_10000_rows_pages_out_completely(
     client: Client, session: Session
 ) -> None:
@@ -261,6 +352,18 @@ async def test_capture_drift_is_reported_and_migrate_brings_it_up_to_date(
         assert event["data"]["notes"] == "x"
     finally:
         await client.close()
+
+
+async def test_a_model_renamed_in_the_map_is_capture_drift(captured: str) -> None:
+    source = SQLSource(captured, {"models": {"job": {"table": "tasks"}}})
+    try:
+        source.prepare()
+        with pytest.raises(SourceError) as stale:
+            await source.probe()
+        assert stale.value.code == "source_capture_stale"
+        assert "captured as model 'task', but served as model 'job'" in stale.value.message
+    finally:
+        await source.aclose()
 
 
 async def test_capture_false_opts_out_and_remove_drops_it(captured: str) -> None:

@@ -61,7 +61,7 @@ __all__ = ["migrate"]
     is_flag=True,
     help="Also install the triggers that record every write to the served tables (the "
     "application's own too) in the outbox, or bring them up to date; a model whose map "
-    "says capture = false is left out.",
+    "says capture = false is left out. With --print-sql: print that DDL instead.",
 )
 @option(
     "--remove-capture",
@@ -120,7 +120,9 @@ def migrate(
         guard_url_options(ctx, formatter.add_secret)
     except ConfigError as error:
         fail(str(error))
-    if print_sql:
+    if print_sql and remove_capture:
+        fail("--print-sql prints what --capture installs; --remove-capture prints nothing")
+    if print_sql and not capture:
         _print_sql(database_url)
         return
     try:
@@ -130,6 +132,9 @@ def migrate(
     shown = shown_url(engine.url)
     if grants_for is not None:
         _print_grants(engine, models_path, grants_for)
+        return
+    if print_sql:
+        _print_capture_sql(engine, models_path)
         return
     try:
         changes = migrate_tables(engine)
@@ -197,6 +202,30 @@ def _print_sql(database_url: str) -> None:
     note = print_sql_note(url)
     click.echo(
         f"-- The SQL adapter's ledger and outbox, as `ablo-connector migrate` creates them;\n{note}"
+    )
+    for statement in statements:
+        click.echo(f"{statement};")
+
+
+def _print_capture_sql(engine: Engine, models_path: str | None) -> None:
+    """The statements ``migrate --capture`` runs on a database without capture."""
+    from sqlalchemy.exc import OperationalError
+
+    from ..adapters.sql import ModelMap
+    from ..adapters.sql.capture import capture_sql
+
+    try:
+        models = ModelMap.from_toml(models_path) if models_path else None
+        statements = capture_sql(engine, models)
+    except ConfigError as error:
+        fail(str(error))
+    except OperationalError as error:
+        _unreachable("", error, engine.url)
+    finally:
+        engine.dispose()
+    click.echo(
+        "-- The capture triggers, as `ablo-connector migrate --capture` installs them on a "
+        "database without capture; run as the tables' owner, after the ledger and outbox exist."
     )
     for statement in statements:
         click.echo(f"{statement};")

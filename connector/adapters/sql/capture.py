@@ -4,10 +4,16 @@
 write one ``ablo_outbox`` event for each row an INSERT, UPDATE or DELETE
 changes, in the writer's own transaction (triggers; each database's DDL is
 its dialect's). The application's writes (its handlers, an admin, ``psql``)
-then reach the engine as the connector's own do, and the connector's own
-commits go through the very same triggers: the commit tells them its
-``correlationId`` and each operation's ``transactionId`` (see
-:class:`CommitContext`), so each change is recorded once.
+then reach the engine as the connector's own do. An UPDATE that changes a
+row's id is recorded as a DELETE of the old id and a CREATE of the new one.
+
+The connector's own commits write their events themselves, exactly as on a
+table without capture (one per operation that found its row, ``id``
+``correlationId:index``, with its ``transactionId``: a no-op UPDATE too, as
+the engine's reference adapters do), under the same lock and sequence the
+triggers use: the commit tells the triggers which rows it writes (see
+:class:`CommitContext`), and they leave those rows to it, so each change is
+recorded once, by one ordering mechanism.
 
 What a trigger stores as ``data`` is the row as the database holds it,
 column by column, wrapped in a one-element JSON array: a served row is always
@@ -46,6 +52,7 @@ __all__ = [
     "CaptureSpec",
     "CommitContext",
     "capture_drift",
+    "capture_sql",
     "capture_spec",
     "captured_data",
     "captured_models",
@@ -54,6 +61,10 @@ __all__ = [
 ]
 
 CAPTURE_TABLE: Final = "ablo_capture"
+# Part of each capture's signature: a new version of the triggers' DDL makes
+# ``run`` report every capture installed by an older one, and ``migrate
+# --capture`` reinstall it.
+_TRIGGER_VERSION: Final = 2
 #: Where a SQLite commit tells its triggers which operation runs (no session variables there).
 CONTEXT_TABLE: Final = "ablo_capture_context"
 
@@ -87,6 +98,7 @@ class CaptureSpec:
         digest = hashlib.sha256(self.model.encode()).hexdigest()[:12]
         object.__setattr__(self, "trigger_name", f"ablo_capture_{digest}")
         shape = [
+            _TRIGGER_VERSION,
             self.model,
             self.schema,
             self.table,
@@ -224,9 +236,18 @@ def capture_drift(connection: sa.Connection, served: Mapping[str, ServedModel]) 
     """Per captured model whose capture no longer matches its table or the
     map, one line saying what differs and what to run."""
     drift: dict[str, str] = {}
+    tables = {(model.table.schema, model.table.name): name for name, model in served.items()}
     for name, old in _installed(connection).items():
         model = served.get(name)
         if model is None:
+            # Its table served under another name (the map renamed the model):
+            # the triggers would record its writes under the old name.
+            other = tables.get((old.schema, old.table))
+            if other is not None:
+                drift[other] = (
+                    f"table {old.table} is captured as model {name!r}, but served as model "
+                    f"{other!r}: run `ablo-connector migrate --capture` with the same --models"
+                )
             continue
         spec = capture_spec(model)
         if spec.signature != old.signature:
@@ -238,31 +259,20 @@ def capture_drift(connection: sa.Connection, served: Mapping[str, ServedModel]) 
     return drift
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class CommitContext:
-    """What a connector commit tells the capture triggers about itself."""
+    """The rows a connector commit writes, by (model, id as the database
+    casts it to text): the capture triggers leave these to the commit, which
+    writes their events itself."""
 
-    correlation_id: str
-    organization_id: str | None
-    occurred_at: int
-    #: Per changed operation, in order: (model, entity id, event id, type, transactionId).
-    operations: list[tuple[str, str, str, str, str | None]] = field(default_factory=list)
+    rows: frozenset[tuple[str, str]]
+
+    def keys(self) -> list[str]:
+        """Each row as the triggers look it up: ``model``, a newline, the id."""
+        return sorted(f"{model}\n{entity}" for model, entity in self.rows)
 
     def as_json(self) -> str:
-        ops: dict[str, list[dict[str, Any]]] = {}
-        for model, entity, event_id, kind, transaction in self.operations:
-            ops.setdefault(f"{model}\n{entity}", []).append(
-                {"id": event_id, "type": kind, "transactionId": transaction}
-            )
-        return json.dumps(
-            {
-                "correlationId": self.correlation_id,
-                "organizationId": self.organization_id,
-                "occurredAt": self.occurred_at,
-                "ops": ops,
-            },
-            separators=(",", ":"),
-        )
+        return json.dumps(dict.fromkeys(self.keys(), True), separators=(",", ":"))
 
 
 def is_captured(data: Any) -> bool:
@@ -308,10 +318,30 @@ def result_processors(served: ServedModel, dialect: sa.Dialect) -> dict[str, Any
     return found
 
 
-def migrate_capture(engine: sa.Engine, models: Any, *, remove: bool = False) -> list[str]:
-    """``migrate --capture``: capture every model ``run`` would serve with
-    ``models`` (a :class:`~.models.ModelMap` or None), except those whose map
-    says ``capture = false``; ``remove``: remove every capture instead."""
+def capture_sql(engine: sa.Engine, models: Any) -> list[str]:
+    """``migrate --print-sql --capture``: the statements ``migrate --capture``
+    would run to capture, from nothing, every model ``run`` would serve with
+    ``models`` (for the tables' owner to run), bookkeeping included."""
+    dialect, served, wanted = _wanted(engine, models)
+    statements = list(dialect.capture_setup_statements())
+    with engine.connect() as connection:
+        for name in sorted(wanted):
+            spec = capture_spec(served[name])
+            statements += dialect.install_capture_statements(connection, spec)
+            bookkeeping = capture_table.insert().values(
+                model=name,
+                schema_name=spec.schema,
+                table_name=spec.table,
+                trigger_name=spec.trigger_name,
+                columns=json.dumps(list(spec.columns)),
+                signature=spec.signature,
+            )
+            compiled = bookkeeping.compile(engine, compile_kwargs={"literal_binds": True})
+            statements.append(str(compiled))
+    return statements
+
+
+def _wanted(engine: sa.Engine, models: Any) -> tuple[Dialect, dict[str, ServedModel], set[str]]:
     from .dialects import dialect_named
     from .models import ModelMap
     from .reflection import reflect_models
@@ -319,8 +349,6 @@ def migrate_capture(engine: sa.Engine, models: Any, *, remove: bool = False) -> 
     dialect = dialect_named(engine.dialect.name)
     if dialect.capture_state_create is None:
         raise ConfigError(f"capture is not available on {dialect.name} yet")
-    if remove:
-        return remove_capture(engine, dialect)
     with engine.connect() as connection:
         specs = models or ModelMap.of_tables(sa.inspect(connection).get_table_names())
         served, problems, _ = reflect_models(
@@ -328,5 +356,19 @@ def migrate_capture(engine: sa.Engine, models: Any, *, remove: bool = False) -> 
         )
     if problems:
         raise ConfigError(next(iter(problems.values())))
-    wanted = {name for name in served if specs[name].capture}
+    return dialect, served, {name for name in served if specs[name].capture}
+
+
+def migrate_capture(engine: sa.Engine, models: Any, *, remove: bool = False) -> list[str]:
+    """``migrate --capture``: capture every model ``run`` would serve with
+    ``models`` (a :class:`~.models.ModelMap` or None), except those whose map
+    says ``capture = false``; ``remove``: remove every capture instead."""
+    from .dialects import dialect_named
+
+    dialect = dialect_named(engine.dialect.name)
+    if dialect.capture_state_create is None:
+        raise ConfigError(f"capture is not available on {dialect.name} yet")
+    if remove:
+        return remove_capture(engine, dialect)
+    dialect, served, wanted = _wanted(engine, models)
     return install_capture(engine, dialect, served, wanted)

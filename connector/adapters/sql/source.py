@@ -26,6 +26,7 @@ a fresh one (a commit may, because the ledger makes it idempotent).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -203,6 +204,7 @@ class SQLSource(DataSource):
         self._read_past = 0
         self._pruned_at = -_PRUNE_EVERY_SECONDS
         self._gauges: dict[str, float] = {}
+        self._outbox_problem: str | None = None  # said once, until it is solved
 
     def __repr__(self) -> str:
         url = shown_url(self.engine.url)
@@ -270,18 +272,41 @@ class SQLSource(DataSource):
         """Prune what retention allows, then measure the outbox (at each probe)."""
         if self._schema_problem is not None:
             return
+        failed: Exception | None = None
+        pruned = False
+        now = time.monotonic()
+        if self.outbox_retention is not None and now - self._pruned_at >= _PRUNE_EVERY_SECONDS:
+            self._pruned_at = now
+            try:
+                await self.prune(_PRUNE_BUDGET_SECONDS)
+                pruned = True
+            except (SourceError, sa_exc.SQLAlchemyError) as error:
+                failed = error
         try:
-            with self._answers():
-                now = time.monotonic()
-                if (
-                    self.outbox_retention is not None
-                    and now - self._pruned_at >= _PRUNE_EVERY_SECONDS
-                ):
-                    self._pruned_at = now
-                    await self.prune(_PRUNE_BUDGET_SECONDS)
-                self._gauges = await self._read(self._measure_outbox, self._read_past)
+            self._gauges = await self._read(self._measure_outbox, self._read_past)
         except (SourceError, sa_exc.SQLAlchemyError) as error:
-            log.warning("could not prune or measure the outbox: %s", error)
+            failed = failed or error
+        if failed is not None:
+            self._outbox_trouble(failed)
+        elif self._outbox_problem is not None and (pruned or self.outbox_retention is None):
+            log.info("pruning and measuring the outbox work again")
+            self._outbox_problem = None
+
+    def _outbox_trouble(self, error: Exception) -> None:
+        """Say once (not at every probe) why retention cannot do its work."""
+        if isinstance(error, sa_exc.DBAPIError) and self._dialect.lacks_privilege(error.orig):
+            problem = (
+                "the database user may not delete from ablo_outbox and ablo_idempotency, so "
+                "neither is pruned (grant DELETE on both: `ablo-connector migrate --print-grants "
+                "ROLE` prints the GRANTs); serving goes on"
+            )
+        elif isinstance(error, sa_exc.SQLAlchemyError):
+            problem = f"could not prune or measure the outbox: {describe_database_error(error)}"
+        else:
+            problem = f"could not prune or measure the outbox: {error}"
+        if problem != self._outbox_problem:
+            log.warning("%s", problem)
+            self._outbox_problem = problem
 
     async def prune(self, budget: float = _PRUNE_BUDGET_SECONDS) -> tuple[int, int]:
         """Delete, in batches of at most 1000 rows (each its own short
@@ -786,20 +811,19 @@ class SQLSource(DataSource):
         }
         if not self._dialect.reserve(connection, reservation):
             return self._replay(connection, key, commit.replayable_intent_hashes)
-        occurred_at = _now_ms()
-        # On a captured model the database's triggers write the events (see
-        # .capture): the commit tells them who it is, and writes none itself.
-        context = CommitContext(key, organization, occurred_at)
-        captured = self._captured
-        applied = []
-        for index, (op, served) in enumerate(zip(commit.operations, models, strict=True)):
-            if served.name in captured:
-                entity = str(op.id if op.id is not None else (op.input or {}).get("id", ""))
-                self._dialect.before_captured_operation(
-                    connection, context, (served.name, entity, f"{key}:{index}", op.type, op.transaction_id)
-                )  # fmt: skip
-            applied.append(self._apply(connection, served, op))
+        # On a captured table the triggers leave the rows this commit writes
+        # to it (see .capture): its events are written below, as everywhere.
+        context = self._capture_context(commit.operations, models)
+        if context is not None:
+            self._dialect.begin_captured_commit(connection, context)
+        applied = [
+            self._apply(connection, served, op)
+            for op, served in zip(commit.operations, models, strict=True)
+        ]
+        if context is not None:
+            self._dialect.end_captured_commit(connection, context)
         rows = [row for row, _ in applied]
+        occurred_at = _now_ms()
         # One event per operation that changed a row: deleting a row that is
         # already gone succeeds, but nothing happened to tell the engine about.
         # Event ids keep the operation's index, so they stay stable on replay.
@@ -815,21 +839,11 @@ class SQLSource(DataSource):
                 "transaction_id": op.transaction_id,
                 "occurred_at": occurred_at,
             }
-            for index, (op, served, (row, changed)) in enumerate(
-                zip(commit.operations, models, applied, strict=True)
+            for index, (op, (row, changed)) in enumerate(
+                zip(commit.operations, applied, strict=True)
             )
-            if changed and served.name not in captured
+            if changed
         ]
-        context.operations = [
-            (served.name, str(row.get("id", "")), f"{key}:{index}", op.type, op.transaction_id)
-            for index, (op, served, (row, changed)) in enumerate(
-                zip(commit.operations, models, applied, strict=True)
-            )
-            if changed and served.name in captured and _writes(op)
-        ]
-        if any(served.name in captured for served in models):
-            self._dialect.before_captured_operation(connection, context, None)
-            self._dialect.captured_commit(connection, context)
         if events:
             # Cursors are drawn when a row is inserted, not when the
             # transaction commits: without the dialect's lock a reader could
@@ -843,6 +857,21 @@ class SQLSource(DataSource):
         if commit.echo is not None:
             self._dialect.emit_echo(connection, commit.echo.payload)
         return rows
+
+    def _capture_context(
+        self, operations: Sequence[Operation], models: Sequence[ServedModel]
+    ) -> CommitContext | None:
+        """The captured rows ``operations`` write, each id as the request
+        gives it and as the database casts the column's value to text."""
+        rows: set[tuple[str, str]] = set()
+        for op, served in zip(operations, models, strict=True):
+            raw_id = op.id if op.id is not None else (op.input or {}).get("id")
+            if served.name not in self._captured or not isinstance(raw_id, str):
+                continue
+            rows.add((served.name, raw_id))
+            with contextlib.suppress(SourceError):  # a bad id: _apply refuses it
+                rows.add((served.name, str(to_column_value(served.id, "id", raw_id))))
+        return CommitContext(frozenset(rows)) if rows else None
 
     def _replay(self, connection: sa.Connection, key: str, intents: Sequence[str]) -> Sequence[Any]:
         now = dt.datetime.now(dt.UTC)
@@ -997,11 +1026,6 @@ def _prune_ledger(connection: sa.Connection, now: dt.datetime) -> int:
         ledger.delete().where(ledger.c.client_tx_id.in_(sa.select(expired.c.client_tx_id)))
     )
     return int(result.rowcount)
-
-
-def _writes(op: Operation) -> bool:
-    """Whether ``op`` writes its row (an UPDATE without values only reads it)."""
-    return op.type != "UPDATE" or any(name != "id" for name in op.input or {})
 
 
 def _supports_returning(connection: sa.Connection, statement: Any) -> bool:

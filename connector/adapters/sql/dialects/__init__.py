@@ -235,17 +235,13 @@ class Dialect:
         """The DDL that removes what :meth:`install_capture_statements` created."""
         raise NotImplementedError
 
-    def before_captured_operation(
-        self,
-        connection: sa.Connection,
-        context: CommitContext,
-        operation: tuple[str, str, str, str, str | None] | None,
-    ) -> None:
-        """Before a commit's ``operation`` on a captured model runs (None:
-        after the last), where the triggers learn of it as it runs."""
+    def begin_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+        """Before a connector commit writes a captured table: tell the
+        triggers which rows it writes (and records itself)."""
 
-    def captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
-        """Before COMMIT, where the triggers learn the commit as it commits."""
+    def end_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+        """After its last write (before COMMIT): what :meth:`begin_captured_commit`
+        set up and must not outlive the commit."""
 
     def captured_rows_statement(self, served: ServedModel) -> sa.Select[Any] | None:
         """A statement that turns the captured rows of ``served`` (outbox

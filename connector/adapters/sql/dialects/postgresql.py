@@ -158,8 +158,9 @@ _QUALIFIED_SEQUENCE: Final = sa.text(
 )
 # What the connector does to each table, and so the least it needs.
 _SERVED_PRIVILEGES: Final = "SELECT, INSERT, UPDATE, DELETE"
-_LEDGER_PRIVILEGES: Final = "SELECT, INSERT, UPDATE"
-_OUTBOX_PRIVILEGES: Final = "SELECT, INSERT"
+# DELETE: retention prunes both (see SQLSource.prune).
+_LEDGER_PRIVILEGES: Final = "SELECT, INSERT, UPDATE, DELETE"
+_OUTBOX_PRIVILEGES: Final = "SELECT, INSERT, DELETE"
 
 # ------------------------------------------------------------ the driver's errors
 
@@ -465,6 +466,8 @@ class PostgreSQL(Dialect):
             f"GRANT {_OUTBOX_PRIVILEGES} ON {qualified(None, OUTBOX_TABLE)} TO {grantee};"
         )
         statements += [f"GRANT USAGE ON SEQUENCE {seq} TO {grantee};" for seq in outbox_sequences]
+        if inspector.has_table(CAPTURE_TABLE):  # the connector reads which models are captured
+            statements.append(f"GRANT SELECT ON {qualified(None, CAPTURE_TABLE)} TO {grantee};")
         return statements
 
     # ------------------------------------------------------------ values
@@ -491,13 +494,11 @@ class PostgreSQL(Dialect):
     # transaction takes the lock only in its commit, so one that runs for
     # minutes holds it for the few milliseconds its events take to insert.
     #
-    # The connector's own commits: before COMMIT the adapter sets
-    # ``ablo.commit`` (transaction-local) to its correlationId and, per row it
-    # changed, the event id, type and transactionId; the trigger takes the
-    # k-th entry for the k-th change of that (model, id). An UPDATE that
-    # writes the values a row already has changes nothing served and fires no
-    # trigger; should a later operation of the same commit change the same row
-    # again, its event carries the earlier operation's id (same correlationId).
+    # The connector's own commits write their own events (see .capture),
+    # drawing cursors under OUTBOX_LOCK like the triggers. The commit sets
+    # ``ablo.commit`` (transaction-local) to the rows it writes, and the
+    # deferred trigger, running at that transaction's COMMIT, leaves those
+    # rows alone: each change is recorded once.
 
     capture_state_create: ClassVar[str | None] = f"""CREATE TABLE IF NOT EXISTS {CAPTURE_TABLE} (
   model        TEXT PRIMARY KEY,
@@ -534,16 +535,20 @@ class PostgreSQL(Dialect):
         old_values = ", ".join(f"OLD.{quote(c)}::text" for c in spec.columns)
         new_values = ", ".join(f"NEW.{quote(c)}::text" for c in spec.columns)
         id_column = quote(spec.id_column)
+
+        def outbox_row(entity: str, kind: str, data: str) -> str:
+            return (
+                f"INSERT INTO {OUTBOX_TABLE} (cursor, id, model, entity_id, type, data, "
+                f"occurred_at) VALUES (drawn, 'capture:' || drawn, {model}, {entity}, {kind}, "
+                f"{data}, (extract(epoch FROM clock_timestamp()) * 1000)::bigint);"
+            )
+
         body = f"""
 DECLARE
   entity text;
+  moved_from text;
   kind text;
   row_data jsonb;
-  commit_context jsonb;
-  taken jsonb;
-  slot text;
-  position int;
-  operation jsonb;
   drawn bigint;
 BEGIN
   IF TG_OP = 'DELETE' THEN
@@ -553,28 +558,24 @@ BEGIN
     entity := NEW.{id_column}::text;
     row_data := jsonb_build_array(jsonb_build_object({pairs}));
     kind := CASE WHEN TG_OP = 'INSERT' THEN 'CREATE' ELSE {kind} END;
-  END IF;
-  PERFORM pg_advisory_xact_lock({OUTBOX_LOCK});
-  drawn := nextval({_literal(sequence)}::regclass);
-  commit_context := NULLIF(current_setting('ablo.commit', true), '')::jsonb;
-  IF commit_context IS NOT NULL THEN
-    slot := {model} || chr(10) || entity;
-    taken := COALESCE(NULLIF(current_setting('ablo.taken', true), '')::jsonb, '{{}}'::jsonb);
-    position := COALESCE((taken ->> slot)::int, 0);
-    operation := commit_context -> 'ops' -> slot -> position;
-    IF operation IS NOT NULL THEN
-      PERFORM set_config('ablo.taken', jsonb_set(taken, ARRAY[slot], to_jsonb(position + 1))::text, true);
-      INSERT INTO {OUTBOX_TABLE} (cursor, id, model, entity_id, type, data, organization_id,
-                                  correlation_id, transaction_id, occurred_at)
-      VALUES (drawn, operation ->> 'id', {model}, entity, operation ->> 'type', row_data,
-              commit_context ->> 'organizationId', commit_context ->> 'correlationId',
-              operation ->> 'transactionId', (commit_context ->> 'occurredAt')::bigint);
-      RETURN NULL;
+    IF TG_OP = 'UPDATE' AND OLD.{id_column}::text IS DISTINCT FROM entity THEN
+      -- A new id is another row: the old one is gone, the new one created.
+      moved_from := OLD.{id_column}::text;
+      kind := 'CREATE';
     END IF;
   END IF;
-  INSERT INTO {OUTBOX_TABLE} (cursor, id, model, entity_id, type, data, occurred_at)
-  VALUES (drawn, 'capture:' || drawn, {model}, entity, kind, row_data,
-          (extract(epoch FROM clock_timestamp()) * 1000)::bigint);
+  -- A connector commit writes the events of the rows it writes itself.
+  IF NULLIF(current_setting('ablo.commit', true), '')::jsonb ? ({model} || chr(10) || entity)
+  THEN
+    RETURN NULL;
+  END IF;
+  PERFORM pg_advisory_xact_lock({OUTBOX_LOCK});
+  IF moved_from IS NOT NULL THEN
+    drawn := nextval({_literal(sequence)}::regclass);
+    {outbox_row("moved_from", "'DELETE'", "NULL")}
+  END IF;
+  drawn := nextval({_literal(sequence)}::regclass);
+  {outbox_row("entity", "kind", "row_data")}
   RETURN NULL;
 END"""
         trigger = quote(spec.trigger_name)
@@ -599,7 +600,8 @@ END"""
             f"DROP FUNCTION IF EXISTS {where}{quote(trigger_name)}()",
         ]
 
-    def captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+    def begin_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+        # Transaction-local: the deferred triggers read it at this COMMIT.
         connection.execute(sa.select(sa.func.set_config("ablo.commit", context.as_json(), True)))
 
     def captured_rows_statement(self, served: ServedModel) -> sa.Select[Any] | None:

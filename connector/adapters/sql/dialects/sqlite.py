@@ -258,12 +258,12 @@ class SQLite(Dialect):
     # AUTOINCREMENT cursors become visible in the order they are drawn, the
     # triggers' and the adapter's alike: nothing more is needed.
     #
-    # The connector's own commits: SQLite has no session variables, and its
-    # triggers run as each statement does, so before each operation on a
-    # captured model the adapter writes that operation (its event id, type,
-    # transactionId, the commit's correlationId) into ablo_capture_context,
-    # and removes it after; a trigger that finds the row for its (model, id)
-    # writes the event under it. The table is empty outside a commit.
+    # The connector's own commits write their own events (see .capture).
+    # SQLite has no session variables, so the commit writes the rows it is
+    # about to write into ablo_capture_context, in its own transaction, and
+    # empties it after its last write: a trigger that finds its row there
+    # leaves the event to the commit. Outside a commit the table is empty
+    # (and no other writer can see it during one: one writer at a time).
 
     capture_state_create: ClassVar[str | None] = f"""CREATE TABLE IF NOT EXISTS {CAPTURE_TABLE} (
   model        TEXT PRIMARY KEY,
@@ -279,14 +279,8 @@ class SQLite(Dialect):
         return [
             str(self.capture_state_create),
             f"""CREATE TABLE IF NOT EXISTS {CONTEXT_TABLE} (
-  model           TEXT NOT NULL,
-  entity_id       TEXT NOT NULL,
-  event_id        TEXT NOT NULL,
-  type            TEXT NOT NULL,
-  transaction_id  TEXT,
-  correlation_id  TEXT,
-  organization_id TEXT,
-  occurred_at     INTEGER
+  model     TEXT NOT NULL,
+  entity_id TEXT NOT NULL
 )""",
         ]
 
@@ -306,15 +300,13 @@ class SQLite(Dialect):
                 f"WHEN 'blob' THEN json_object('blob', hex({item})) ELSE {item} END"
             )
 
-        def event(row: str, kind: str, data: str) -> str:
+        def event(row: str, kind: str, data: str, condition: str = "1") -> str:
             entity = f"CAST({row}.{quote(spec.id_column)} AS TEXT)"
-            return f"""INSERT INTO {OUTBOX_TABLE} (id, model, entity_id, type, data, organization_id,
-                             correlation_id, transaction_id, occurred_at)
-  SELECT COALESCE(c.event_id, 'capture:' || lower(hex(randomblob(12)))), {model}, {entity},
-         COALESCE(c.type, {kind}), {data}, c.organization_id, c.correlation_id,
-         c.transaction_id,
-         COALESCE(c.occurred_at, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
-  FROM (SELECT 1) LEFT JOIN {CONTEXT_TABLE} c ON c.model = {model} AND c.entity_id = {entity};"""
+            return f"""INSERT INTO {OUTBOX_TABLE} (id, model, entity_id, type, data, occurred_at)
+  SELECT 'capture:' || lower(hex(randomblob(12))), {model}, {entity}, {kind}, {data},
+         CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+  WHERE {condition} AND NOT EXISTS (
+    SELECT 1 FROM {CONTEXT_TABLE} c WHERE c.model = {model} AND c.entity_id = {entity});"""
 
         data = (
             "json_array(json_object("
@@ -331,12 +323,16 @@ class SQLite(Dialect):
                 "ELSE 'ARCHIVE' END ELSE 'UPDATE' END"
             )
         changed = " OR ".join(f"OLD.{quote(c)} IS NOT NEW.{quote(c)}" for c in spec.columns)
+        # A new id is another row: the old one is gone, the new one created.
+        moved = f"OLD.{quote(spec.id_column)} IS NOT NEW.{quote(spec.id_column)}"
         name = spec.trigger_name
         return [
             f"CREATE TRIGGER {quote(name + '_insert')} AFTER INSERT ON {table} BEGIN\n"
             f"  {event('NEW', repr('CREATE'), data)}\nEND",
             f"CREATE TRIGGER {quote(name + '_update')} AFTER UPDATE ON {table} WHEN {changed} "
-            f"BEGIN\n  {event('NEW', kind, data)}\nEND",
+            f"BEGIN\n  {event('OLD', repr('DELETE'), 'NULL', moved)}\n"
+            f"  {event('NEW', repr('CREATE'), data, moved)}\n"
+            f"  {event('NEW', kind, data, f'NOT ({moved})')}\nEND",
             f"CREATE TRIGGER {quote(name + '_delete')} AFTER DELETE ON {table} BEGIN\n"
             f"  {event('OLD', repr('DELETE'), 'NULL')}\nEND",
         ]
@@ -349,23 +345,13 @@ class SQLite(Dialect):
             for kind in ("insert", "update", "delete")
         ]
 
-    def before_captured_operation(
-        self,
-        connection: sa.Connection,
-        context: CommitContext,
-        operation: tuple[str, str, str, str, str | None] | None,
-    ) -> None:
-        connection.exec_driver_sql(f"DELETE FROM {CONTEXT_TABLE}")
-        if operation is None:
-            return
-        model, entity, event_id, kind, transaction = operation
+    def begin_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
         connection.exec_driver_sql(
-            f"INSERT INTO {CONTEXT_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                model, entity, event_id, kind, transaction,
-                context.correlation_id, context.organization_id, context.occurred_at,
-            ),
-        )  # fmt: skip
+            f"INSERT INTO {CONTEXT_TABLE} (model, entity_id) VALUES (?, ?)", list(context.rows)
+        )
+
+    def end_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+        connection.exec_driver_sql(f"DELETE FROM {CONTEXT_TABLE}")
 
 
 def _literal(text: str) -> str:
