@@ -745,9 +745,17 @@ def test_serving_needs_the_ledger_and_outbox(database_url: str) -> None:
 def test_migrate_is_idempotent_and_uses_the_engines_names(database_url: str) -> None:
     engine = create_database_engine(database_url)
     try:
-        assert migrate(engine) == ["created table ablo_idempotency", "created table ablo_outbox"]
+        assert migrate(engine) == [
+            "created table ablo_idempotency",
+            "created table ablo_outbox",
+            "created index ablo_idempotency_expires_at",
+        ]
         assert migrate(engine) == []
         inspector = sa.inspect(engine)
+        # Retention finds expired ledger rows by it, without a scan of the ledger.
+        assert ["expires_at"] in [
+            i["column_names"] for i in inspector.get_indexes("ablo_idempotency")
+        ]
         ledger = {c["name"]: c for c in inspector.get_columns("ablo_idempotency")}
         outbox = {c["name"]: c for c in inspector.get_columns("ablo_outbox")}
         assert list(ledger) == [
@@ -817,6 +825,7 @@ async def test_migrate_upgrades_older_tables_until_run_accepts_them(database_url
             "added column ablo_outbox.correlation_id",
             "added column ablo_outbox.transaction_id",
             "added column ablo_outbox.created_at",
+            "created index ablo_idempotency_expires_at",
         ]
         assert migrate(engine) == []
     finally:

@@ -616,8 +616,9 @@ async def test_migrate_prints_the_ddl_and_the_grants_of_a_least_privilege_mysql_
         grants = statements(printed)
         assert grants == [
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON {name}.tasks TO '{user}'@'%'",
-            f"GRANT SELECT, INSERT, UPDATE ON {name}.ablo_idempotency TO '{user}'@'%'",
-            f"GRANT SELECT, INSERT ON {name}.ablo_outbox TO '{user}'@'%'",
+            # DELETE on both: retention prunes them.
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {name}.ablo_idempotency TO '{user}'@'%'",
+            f"GRANT SELECT, INSERT, DELETE ON {name}.ablo_outbox TO '{user}'@'%'",
         ], printed
         mariadb_server.execute(";".join(grants))
         async with process(["migrate"], as_user_env) as cli:
@@ -643,3 +644,62 @@ async def test_migrate_prints_the_ddl_and_the_grants_of_a_least_privilege_mysql_
     finally:
         mariadb.drop_database(mariadb_server, root)
         mariadb_server.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+async def test_migrate_prints_the_capture_ddl_and_the_grants_retention_and_capture_need(
+    postgres_server: Any,
+) -> None:
+    """The owner runs what ``--print-sql --capture`` prints; the connector's
+    user, granted what ``--print-grants`` prints, serves the captured table
+    and prunes both the outbox and the ledger."""
+    import psycopg
+
+    from connector.adapters.sql import SQLSource
+    from tests.test_sql_adapter import Client
+
+    url = create_database(postgres_server)
+    role = f"cap_{uuid.uuid4().hex[:8]}"
+    execute(url, TASKS_DDL["postgresql"], f"CREATE ROLE {role} LOGIN")
+    try:
+        async with process(["migrate", "--database-url", url]) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+        async with process(["migrate", "--database-url", url, "--print-sql", "--capture"]) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+            ddl = cli.output()
+        assert "CREATE CONSTRAINT TRIGGER" in ddl and "INSERT INTO ablo_capture" in ddl
+        assert execute(url, "SELECT to_regclass('ablo_capture') IS NULL")[0] == [(True,)]
+        with psycopg.connect(url, autocommit=True) as owner:
+            owner.execute(ddl.encode())
+        async with process(["migrate", "--database-url", url, "--capture"]) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+            assert "capture" not in cli.output()  # what was printed is what it installs
+        async with process(["migrate", "--database-url", url, "--print-grants", role]) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+            grants = [line for line in cli.output().splitlines() if line.startswith("GRANT")]
+        assert f"GRANT SELECT, INSERT, DELETE ON public.ablo_outbox TO {role};" in grants
+        assert (
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.ablo_idempotency TO {role};" in grants
+        )
+        assert f"GRANT SELECT ON public.ablo_capture TO {role};" in grants
+        execute(url, *grants)
+        execute(url, "INSERT INTO tasks (id, title) VALUES ('app', 'written by the application')")
+        client = Client(SQLSource(url.replace("postgres@", f"{role}@")))  # as migrate: no map
+        try:
+            status, body = await client.commit(
+                "c_cap", {"type": "CREATE", "model": "tasks", "id": "t1", "input": {"title": "T"}}
+            )
+            assert status == 200, body
+            first = await client.events()
+            assert [e["entityId"] for e in first["events"]] == ["app", "t1"]
+            await client.events(first["nextCursor"])  # the engine has read both
+            execute(
+                url,
+                "UPDATE ablo_outbox SET created_at = '2000-01-01'",
+                "UPDATE ablo_idempotency SET expires_at = '2000-01-01'",
+            )
+            assert await client.source.prune() == (2, 1)
+        finally:
+            await client.close()
+    finally:
+        drop_database(postgres_server, url)
+        execute(postgres_server.dsn, f"DROP ROLE IF EXISTS {role}")

@@ -161,6 +161,36 @@ def _migrate(url: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_sql_adapter_passes_every_check_with_capture_installed(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """With the triggers recording every write (verify's own clean-up too),
+    the engine's guarantees hold as without them."""
+    from connector.adapters.sql.capture import migrate_capture
+
+    if database == "sqlite":
+        url = tasks_database(tmp_path / "verify_test.db")
+    else:
+        from tests import postgres
+
+        server = request.getfixturevalue("postgres_server")
+        url = postgres.create_database(server)
+        request.addfinalizer(lambda: postgres.drop_database(server, url))
+        execute(url, TASKS_DDL["postgresql"])
+        _migrate(url)
+    engine = database_engine(url)
+    try:
+        assert migrate_capture(engine, None) == [
+            "installed the capture of model 'tasks' (table tasks)"
+        ]
+    finally:
+        engine.dispose()
+    result = command("--database-url", url, "--allow-any-database")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed, 0 failed; deleted the " in result.stdout.splitlines()[-1]
+
+
 # ---------------------------------------------------------------- what fails
 
 

@@ -55,6 +55,20 @@ __all__ = ["migrate"]
     "ROLE@HOST), and change nothing. "
     "Connects as the URL's user, which needs no privilege beyond reading the catalog.",
 )
+@option(
+    "--capture",
+    group="source",
+    is_flag=True,
+    help="Also install the triggers that record every write to the served tables (the "
+    "application's own too) in the outbox, or bring them up to date; a model whose map "
+    "says capture = false is left out. With --print-sql: print that DDL instead.",
+)
+@option(
+    "--remove-capture",
+    group="source",
+    is_flag=True,
+    help="Remove every capture trigger migrate --capture installed, and change nothing else.",
+)
 @click.pass_context
 def migrate(
     ctx: click.Context,
@@ -63,6 +77,8 @@ def migrate(
     models_path: str | None,
     print_sql: bool,
     grants_for: str | None,
+    capture: bool,
+    remove_capture: bool,
 ) -> None:
     """Create the idempotency ledger and the outbox (safe to run again).
 
@@ -85,21 +101,28 @@ def migrate(
     from sqlalchemy.exc import DBAPIError, OperationalError
 
     from ..adapters.sql import (
+        ModelMap,
         create_database_engine,
         describe_database_error,
         lacks_privilege,
+        migrate_capture,
         shown_url,
     )
     from ..adapters.sql import migrate as migrate_tables
+    from ..adapters.sql.models import INFRASTRUCTURE_TABLES
 
     formatter = configure_logging("warning")
     if print_sql and grants_for is not None:
         fail("give --print-sql or --print-grants, not both")
+    if capture and remove_capture:
+        fail("give --capture or --remove-capture, not both")
     try:
         guard_url_options(ctx, formatter.add_secret)
     except ConfigError as error:
         fail(str(error))
-    if print_sql:
+    if print_sql and remove_capture:
+        fail("--print-sql prints what --capture installs; --remove-capture prints nothing")
+    if print_sql and not capture:
         _print_sql(database_url)
         return
     try:
@@ -110,9 +133,15 @@ def migrate(
     if grants_for is not None:
         _print_grants(engine, models_path, grants_for)
         return
+    if print_sql:
+        _print_capture_sql(engine, models_path)
+        return
     try:
         changes = migrate_tables(engine)
-        tables = set(sa.inspect(engine).get_table_names()) - {"ablo_idempotency", "ablo_outbox"}
+        if capture or remove_capture:
+            models = ModelMap.from_toml(models_path) if models_path else None
+            changes += migrate_capture(engine, models, remove=remove_capture)
+        tables = set(sa.inspect(engine).get_table_names()) - INFRASTRUCTURE_TABLES
     except ConfigError as error:
         fail(f"{shown}: {error}")
     except DBAPIError as error:
@@ -173,6 +202,30 @@ def _print_sql(database_url: str) -> None:
     note = print_sql_note(url)
     click.echo(
         f"-- The SQL adapter's ledger and outbox, as `ablo-connector migrate` creates them;\n{note}"
+    )
+    for statement in statements:
+        click.echo(f"{statement};")
+
+
+def _print_capture_sql(engine: Engine, models_path: str | None) -> None:
+    """The statements ``migrate --capture`` runs on a database without capture."""
+    from sqlalchemy.exc import OperationalError
+
+    from ..adapters.sql import ModelMap
+    from ..adapters.sql.capture import capture_sql
+
+    try:
+        models = ModelMap.from_toml(models_path) if models_path else None
+        statements = capture_sql(engine, models)
+    except ConfigError as error:
+        fail(str(error))
+    except OperationalError as error:
+        _unreachable("", error, engine.url)
+    finally:
+        engine.dispose()
+    click.echo(
+        "-- The capture triggers, as `ablo-connector migrate --capture` installs them on a "
+        "database without capture; run as the tables' owner, after the ledger and outbox exist."
     )
     for statement in statements:
         click.echo(f"{statement};")

@@ -31,6 +31,7 @@ from .sources import (
     build_source,
     check_source_choice,
     guard_url_options,
+    outbox_retention_option,
     pool_size_option,
     source_options,
     sql_source,
@@ -51,6 +52,7 @@ def _no_core_dumps() -> None:
 @env_file_option
 @source_options("Your DataSource: a subclass, instance or factory.")
 @pool_size_option
+@outbox_retention_option
 @key_options
 @config_options()
 @logging_options
@@ -62,6 +64,7 @@ def run(
     database_url: str | None,
     models_path: str | None,
     pool_size: int | None,
+    outbox_retention: str | None,
     api_key: str | None,
     api_key_file: str | None,
     log_level: str,
@@ -91,6 +94,7 @@ def run(
             models_path,
             add_secret=formatter.add_secret,
             pool_size=pool_size,
+            outbox_retention=outbox_retention,
         )
         connector = Connector(config, source)
     except ConfigError as error:

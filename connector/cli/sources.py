@@ -21,6 +21,7 @@ __all__ = [
     "check_source_choice",
     "guard_url",
     "guard_url_options",
+    "outbox_retention_option",
     "pool_size_option",
     "source_options",
     "sql_source",
@@ -83,6 +84,37 @@ def pool_size_option(command: _F) -> _F:
     )(command)
 
 
+_DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``90s`` or plain seconds, as seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration (e.g. 7d, 12h, 30m, 90s)") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise click.BadParameter(f"{text!r} is not a duration of 0 or more")
+    return seconds
+
+
+def outbox_retention_option(command: _F) -> _F:
+    """``--outbox-retention``: how long the SQL adapter keeps events the engine has read."""
+    return option(
+        "--outbox-retention",
+        group="source",
+        env="ABLO_OUTBOX_RETENTION",
+        metavar="DURATION",
+        default="7d",
+        help=(
+            "With --database-url: delete outbox events older than this (7d, 12h, 30m, 90s) "
+            "once the engine has paged past them, and ledger rows past their expiry, in "
+            "small batches."
+        ),
+    )(command)
+
+
 def check_source_choice(
     ctx: click.Context, handler_spec: str | None, database_url: str | None, models_path: str | None
 ) -> None:
@@ -102,6 +134,7 @@ def build_source(
     *,
     add_secret: Callable[[str], None] = lambda _: None,
     pool_size: int | None = None,
+    outbox_retention: str | None = None,
 ) -> DataSource:
     """The user's handler, or the SQL adapter over ``database_url``, ready to serve."""
     check_source_choice(ctx, handler_spec, database_url, models_path)
@@ -116,6 +149,11 @@ def build_source(
     from ..adapters.sql import shown_url
 
     source = sql_source(database_url, models_path, add_secret, pool_size)
+    if outbox_retention is not None:
+        try:
+            source.outbox_retention = _duration(outbox_retention)
+        except click.BadParameter as error:
+            raise ConfigError(f"--outbox-retention: {error.message}") from None
     shown = shown_url(source.engine.url)
     try:
         source.prepare()

@@ -452,6 +452,7 @@ class Connector:
                 self.status,
                 self.config.probe_interval,
                 redact=self.dispatcher.verifier.redact,
+                gauges=getattr(self.source, "probe_gauges", None),
             )
             self._probe.start()
 

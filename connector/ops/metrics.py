@@ -28,7 +28,15 @@ from .._version import __version__
 from ..wire.bodies import OPERATIONS
 from .status import AnsweredRequest, ConnectorStatus, Observer, State
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "SOURCE_GAUGES", "Metrics"]
+
+#: The series a source may measure at its probe (``ConnectorStatus.source_gauges``).
+SOURCE_GAUGES: Final = {
+    "ablo_connector_outbox_events": "Events held in the SQL adapter's outbox (the span of "
+    "cursors it holds: rolled-back writes leave gaps).",
+    "ablo_connector_outbox_oldest_unread_age_seconds": "Age of the oldest outbox event the "
+    "engine has not yet paged past (0 when it has read them all): a stalled engine grows it.",
+}
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _DURATION_BUCKETS: Final = (
@@ -177,3 +185,7 @@ class _SourceHealth(Collector):
                 "Whether the source's own probe (e.g. the SQL adapter's database) passes.",
                 value=1.0 if healthy else 0.0,
             )
+        for name, value in self._status.source_gauges.items():
+            description = SOURCE_GAUGES.get(name)
+            if description is not None:
+                yield GaugeMetricFamily(name, description, value=value)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final
 
@@ -43,7 +43,9 @@ class SourceProbe:
         interval: float,
         *,
         redact: Callable[[str], str] = lambda text: text,
+        gauges: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
+        self._gauges = gauges
         self._probe = probe
         self._status = status
         self._interval = interval
@@ -85,6 +87,8 @@ class SourceProbe:
             self._record("probe_failed", f"{type(error).__name__}: {error}")
         else:
             self._record(None, None)
+        if self._gauges is not None:
+            self._status.source_gauges = dict(self._gauges())
 
     async def _call(self) -> None:
         if self._is_async:

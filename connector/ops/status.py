@@ -86,6 +86,9 @@ class ConnectorStatus:
     source_healthy: bool | None = None
     source_error: str | None = None
     source_error_message: str | None = None
+    #: What the source measured at its last probe (the SQL adapter's outbox),
+    #: by series name (see ``metrics.SOURCE_GAUGES``).
+    source_gauges: dict[str, float] = field(default_factory=dict)
     #: Since when it has been serving (see :attr:`serving`), on the monotonic clock.
     serving_since: float | None = None
     _listeners: list[Callable[[ConnectorStatus], None]] = field(default_factory=list, repr=False)

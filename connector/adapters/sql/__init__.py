@@ -9,6 +9,7 @@ Create the ledger and outbox once with ``ablo-connector migrate --database-url U
 """
 
 from .answers import describe_database_error
+from .capture import migrate_capture
 from .engines import (
     configuration_problem,
     create_database_engine,
@@ -37,6 +38,7 @@ __all__ = [
     "grant_statements",
     "lacks_privilege",
     "migrate",
+    "migrate_capture",
     "migration_statements",
     "no_grants_note",
     "print_sql_note",

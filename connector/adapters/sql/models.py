@@ -29,7 +29,10 @@ __all__ = ["ModelMap", "ModelSpec", "ServedModel", "camel_to_snake", "snake_to_c
 
 LEDGER_TABLE: Final = "ablo_idempotency"
 OUTBOX_TABLE: Final = "ablo_outbox"
-INFRASTRUCTURE_TABLES: Final = frozenset({LEDGER_TABLE, OUTBOX_TABLE})
+# The adapter's own tables (the last two only where capture is installed).
+INFRASTRUCTURE_TABLES: Final = frozenset(
+    {LEDGER_TABLE, OUTBOX_TABLE, "ablo_capture", "ablo_capture_context"}
+)
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
@@ -57,9 +60,11 @@ class ModelSpec:
     exclude: frozenset[str] = frozenset()
     #: The model's typename on the engine's clients, another name it answers to.
     typename: str | None = None
+    #: Whether ``migrate --capture`` records the application's own writes to it.
+    capture: bool = True
 
 
-_SPEC_KEYS: Final = frozenset({"table", "schema", "fields", "exclude", "typename"})
+_SPEC_KEYS: Final = frozenset({"table", "schema", "fields", "exclude", "typename", "capture"})
 
 
 class ModelMap(Mapping[str, ModelSpec]):
@@ -120,6 +125,9 @@ class ModelMap(Mapping[str, ModelSpec]):
             fields = raw.get("fields", {})
             exclude = raw.get("exclude", [])
             typename = raw.get("typename")
+            capture = raw.get("capture", True)
+            if not isinstance(capture, bool):
+                raise ConfigError(f"{where}: capture must be true or false")
             if typename is not None and (not isinstance(typename, str) or not typename):
                 raise ConfigError(f"{where}: typename must be a non-empty string")
             if not isinstance(table, str) or not table:
@@ -132,7 +140,9 @@ class ModelMap(Mapping[str, ModelSpec]):
                 raise ConfigError(f"{where}: fields must map field names to column names")
             if not isinstance(exclude, list) or not all(isinstance(c, str) for c in exclude):
                 raise ConfigError(f"{where}: exclude must be a list of column names")
-            specs[name] = ModelSpec(table, schema, dict(fields), frozenset(exclude), typename)
+            specs[name] = ModelSpec(
+                table, schema, dict(fields), frozenset(exclude), typename, capture
+            )
         model_map = cls(specs, origin=origin)
         model_map.names  # noqa: B018 - refuses, now, a map whose models share a name
         return model_map

@@ -26,6 +26,7 @@ a fresh one (a commit may, because the ledger makes it idempotent).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -42,13 +43,22 @@ from ...serve.datasource import DataSource, MaybeAwaitable, RequestContext
 from ...serve.models import ModelNames
 from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
 from .answers import answers, describe_database_error, refused_as
+from .capture import (
+    CommitContext,
+    capture_drift,
+    captured_data,
+    captured_models,
+    is_captured,
+    result_processors,
+    untagged,
+)
 from .dialects import Dialect, dialect_named, dialect_of_url
 from .dialects.postgresql import OUTBOX_LOCK  # re-exported: scripts that take it import it here
 from .drift import SCHEMA_CHANGED, SchemaChanged, Unservable, describe_changes
 from .engines import configuration_problem, create_database_engine, database_url, shown_url
 from .execution import Database, Serving, ThreadDatabase, load_row, select_one
 from .execution import LoopDatabase as _LoopDatabase  # noqa: F401  (the tests patch it here)
-from .models import ModelMap, ServedModel
+from .models import ModelMap, ServedModel, snake_to_camel
 from .plans import FullTableShape, ShapePlans
 from .query import MAX_BOUND_VALUES, column_for, plan_list
 from .reflection import reflect_models, served_tables
@@ -74,6 +84,14 @@ log = logging.getLogger("connector.sql")
 T = TypeVar("T")
 
 LEDGER_RETENTION: Final = dt.timedelta(days=30)
+#: How long outbox events are kept once the engine has paged past them.
+DEFAULT_OUTBOX_RETENTION: Final = 7 * 24 * 3600.0
+# Pruning: rows per DELETE (each its own short transaction, so no lock is
+# held for long: see bench/retention.py), at most every so often, for at most
+# so long per probe.
+_PRUNE_BATCH: Final = 1000
+_PRUNE_EVERY_SECONDS: Final = 10.0
+_PRUNE_BUDGET_SECONDS: Final = 1.0
 # Database connections held open. On PostgreSQL more connections than this
 # bought no throughput at 64 requests in flight on a 2-core host (see
 # bench/sql.py); requests beyond it wait for a connection on the event loop.
@@ -126,7 +144,10 @@ class SQLSource(DataSource):
         max_page_size: int = 1000,
         pool_size: int = DEFAULT_POOL_SIZE,
         statement_timeout: float | None = 30.0,
+        outbox_retention: float | None = DEFAULT_OUTBOX_RETENTION,
     ) -> None:
+        if outbox_retention is not None and outbox_retention < 0:
+            raise ConfigError("the outbox retention must be at least 0 seconds")
         if page_size < 1 or max_page_size < page_size:
             raise ConfigError("page_size must be at least 1 and at most max_page_size")
         if pool_size < 1:
@@ -175,6 +196,18 @@ class SQLSource(DataSource):
         self._schema_lock: asyncio.Lock | None = None
         # Each list shape's plan, read once in the background (see .plans).
         self._plans = ShapePlans(self.engine.dialect.name, self._database.read)
+        # Capture (see .capture): the models whose writes the database records
+        # itself, what no longer matches, and how their captured rows convert.
+        self._captured: frozenset[str] = frozenset()
+        self._capture_drift: dict[str, str] = {}
+        self._capture_readers: dict[str, tuple[ServedModel, Any]] = {}
+        # Retention (see _prune): the highest cursor the engine has paged
+        # past (it asked for events after it), unknown (0) until it asks.
+        self.outbox_retention = outbox_retention
+        self._read_past = 0
+        self._pruned_at = -_PRUNE_EVERY_SECONDS
+        self._gauges: dict[str, float] = {}
+        self._outbox_problem: str | None = None  # said once, until it is solved
 
     def __repr__(self) -> str:
         url = shown_url(self.engine.url)
@@ -228,6 +261,102 @@ class SQLSource(DataSource):
         if problems is not None:
             # The database answers; some of what it serves does not (/readyz names it).
             raise SchemaChanged(problems)
+        await self._keep_outbox()
+        if self._capture_drift:
+            raise SourceError(
+                "source_capture_stale", "; ".join(self._capture_drift.values()), status=503
+            )
+
+    def probe_gauges(self) -> Mapping[str, float]:
+        """The outbox as the last probe measured it (see ``metrics.SOURCE_GAUGES``)."""
+        return self._gauges
+
+    async def _keep_outbox(self) -> None:
+        """Prune what retention allows, then measure the outbox (at each probe)."""
+        if self._schema_problem is not None:
+            return
+        failed: Exception | None = None
+        pruned = False
+        now = time.monotonic()
+        if self.outbox_retention is not None and now - self._pruned_at >= _PRUNE_EVERY_SECONDS:
+            self._pruned_at = now
+            try:
+                await self.prune(_PRUNE_BUDGET_SECONDS)
+                pruned = True
+            except (SourceError, sa_exc.SQLAlchemyError) as error:
+                failed = error
+        try:
+            self._gauges = await self._read(self._measure_outbox, self._read_past)
+        except (SourceError, sa_exc.SQLAlchemyError) as error:
+            failed = failed or error
+        if failed is not None:
+            self._outbox_trouble(failed)
+        elif self._outbox_problem is not None and (pruned or self.outbox_retention is None):
+            log.info("pruning and measuring the outbox work again")
+            self._outbox_problem = None
+
+    def _outbox_trouble(self, error: Exception) -> None:
+        """Say once (not at every probe) why retention cannot do its work."""
+        if isinstance(error, sa_exc.DBAPIError) and self._dialect.lacks_privilege(error.orig):
+            problem = (
+                "the database user may not delete from ablo_outbox and ablo_idempotency, so "
+                "neither is pruned (grant DELETE on both: `ablo-connector migrate --print-grants "
+                "ROLE` prints the GRANTs); serving goes on"
+            )
+        elif isinstance(error, sa_exc.SQLAlchemyError):
+            problem = f"could not prune or measure the outbox: {describe_database_error(error)}"
+        else:
+            problem = f"could not prune or measure the outbox: {error}"
+        if problem != self._outbox_problem:
+            log.warning("%s", problem)
+            self._outbox_problem = problem
+
+    async def prune(self, budget: float = _PRUNE_BUDGET_SECONDS) -> tuple[int, int]:
+        """Delete, in batches of at most 1000 rows (each its own short
+        transaction), outbox events older than :attr:`outbox_retention` that
+        the engine has paged past, and ledger rows past ``expires_at``, until
+        none is left or ``budget`` seconds have gone; (events, ledger rows)
+        deleted. An event the engine has not paged past is never deleted."""
+        deadline = time.monotonic() + budget
+        events = ledger_rows = 0
+        for work, kind in ((_prune_outbox, "events"), (_prune_ledger, "ledger")):
+            while time.monotonic() < deadline:
+                if kind == "events":
+                    if self.outbox_retention is None or self._read_past == 0:
+                        break
+                    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.outbox_retention)
+                    deleted = await self._write(work, self._read_past, cutoff)
+                    events += deleted
+                else:
+                    deleted = await self._write(work, dt.datetime.now(dt.UTC))
+                    ledger_rows += deleted
+                if deleted < _PRUNE_BATCH:
+                    break
+        if events or ledger_rows:
+            log.info("pruned %d outbox event(s) and %d ledger row(s)", events, ledger_rows)
+        return events, ledger_rows
+
+    @staticmethod
+    def _measure_outbox(connection: sa.Connection, read_past: int) -> dict[str, float]:
+        span = connection.execute(
+            sa.select(sa.func.min(outbox.c.cursor), sa.func.max(outbox.c.cursor))
+        ).one()
+        held = 0 if span[0] is None else span[1] - span[0] + 1
+        oldest = connection.execute(
+            sa.select(outbox.c.created_at)
+            .where(outbox.c.cursor > read_past)
+            .order_by(outbox.c.cursor)
+            .limit(1)
+        ).scalar()
+        age = 0.0
+        if oldest is not None:
+            if oldest.tzinfo is None:  # SQLite, MySQL: UTC without an offset
+                oldest = oldest.replace(tzinfo=dt.UTC)
+            age = max(0.0, (dt.datetime.now(dt.UTC) - oldest).total_seconds())
+        return {
+            "ablo_connector_outbox_events": float(held),
+            "ablo_connector_outbox_oldest_unread_age_seconds": age,
+        }
 
     def _unhealthy(self, reason: str) -> None:
         self._healthy, self._last_error = False, reason
@@ -316,6 +445,7 @@ class SQLSource(DataSource):
                 "the database has no table with an id column to serve (create one, or map "
                 "another column as the id with --models)"
             )
+        self._note_capture(connection, served)
         # The dispatcher resolves aliases (a lowercased name) to these names
         # before authorize runs, so a hook that checks the name sees this one.
         self._model_names = ModelNames(
@@ -323,6 +453,16 @@ class SQLSource(DataSource):
             origin="the tables served (pass --models to serve them under other names)",
         )
         return served
+
+    def _note_capture(self, connection: sa.Connection, served: Mapping[str, ServedModel]) -> None:
+        """Which served models the database captures, and say (once, at
+        WARNING) each capture that no longer matches its table or the map."""
+        if self._dialect.capture_state_create is None:
+            return
+        self._captured = frozenset(captured_models(connection)) & set(served)
+        self._capture_drift = capture_drift(connection, served)
+        for line in self._capture_drift.values():
+            log.warning("%s", line)
 
     def _reflect_served(
         self, connection: sa.Connection
@@ -574,6 +714,8 @@ class SQLSource(DataSource):
         self, cursor: str | None, limit: int | None, ctx: RequestContext
     ) -> EventsPage:
         after = _outbox_cursor(cursor)
+        # Asking for what follows ``after`` says the engine has read up to it.
+        self._read_past = max(self._read_past, after)
         count = min(self.page_size if limit is None else limit, self.max_page_size)
         return await self._on_current_schema(lambda: self._events(cursor, after, count))
 
@@ -586,10 +728,50 @@ class SQLSource(DataSource):
                 rows = await self._fetch(_EVENTS, {"after": after, "count": count})
             if not rows and after > 0:
                 await self._check_issued(after)
-        events = [_event(dict(zip(_OUTBOX_COLUMNS, row, strict=True))) for row in rows]
+        found = [dict(zip(_OUTBOX_COLUMNS, row, strict=True)) for row in rows]
+        if any(is_captured(row["data"]) for row in found):
+            await self._convert_captured(found, after)
+        events = [_event(row) for row in found]
         # The last delivered cursor, or the one given: the engine always has
         # a position to resume from and never sees an event twice.
         return EventsPage(events=events, next_cursor=events[-1]["cursor"] if events else cursor)
+
+    async def _convert_captured(self, rows: Sequence[dict[str, Any]], after: int) -> None:
+        """Each captured row (see .capture) as ``load`` would have answered
+        it right after its write: the same fields and conversions."""
+        models = self._models or {}
+        last = rows[-1]["cursor"]
+        pending = [row for row in rows if is_captured(row["data"])]
+        for name in dict.fromkeys(row["model"] for row in pending):
+            served = models.get(name)
+            mine = [row for row in pending if row["model"] == name]
+            if served is None:  # no longer served: its columns under field names
+                for row in mine:
+                    raw = row["data"][0]
+                    row["data"] = to_json_value(
+                        {snake_to_camel(k): untagged(v) for k, v in raw.items()}
+                    )
+                continue
+            reader = self._capture_readers.get(name)
+            if reader is None or reader[0] is not served:
+                statement = self._dialect.captured_rows_statement(served)
+                conversion = (
+                    statement
+                    if statement is not None
+                    else result_processors(served, self._database.engine.dialect)
+                )
+                reader = self._capture_readers[name] = (served, conversion)
+            conversion = reader[1]
+            if isinstance(conversion, dict):
+                for row in mine:
+                    row["data"] = captured_data(served, row["data"][0], conversion)
+                continue
+            typed = await self._fetch(conversion, {"after": after, "last": last, "model": name})
+            by_cursor = {values[0]: values[1:] for values in typed}
+            for row in mine:
+                recorded = {served.fields[c] for c in row["data"][0] if c in served.fields}
+                fields = served.values_to_fields(by_cursor[row["cursor"]])
+                row["data"] = to_json_row({k: v for k, v in fields.items() if k in recorded})
 
     async def _check_issued(self, after: int) -> None:
         """Refuse a cursor past every cursor the outbox issued: the engine would
@@ -650,10 +832,17 @@ class SQLSource(DataSource):
         }
         if not self._dialect.reserve(connection, reservation):
             return self._replay(connection, key, commit.replayable_intent_hashes)
+        # On a captured table the triggers leave the rows this commit writes
+        # to it (see .capture): its events are written below, as everywhere.
+        context = self._capture_context(commit.operations, models)
+        if context is not None:
+            self._dialect.begin_captured_commit(connection, context)
         applied = [
             self._apply(connection, served, op)
             for op, served in zip(commit.operations, models, strict=True)
         ]
+        if context is not None:
+            self._dialect.end_captured_commit(connection, context)
         rows = [row for row, _ in applied]
         occurred_at = _now_ms()
         # One event per operation that changed a row: deleting a row that is
@@ -689,6 +878,21 @@ class SQLSource(DataSource):
         if commit.echo is not None:
             self._dialect.emit_echo(connection, commit.echo.payload)
         return rows
+
+    def _capture_context(
+        self, operations: Sequence[Operation], models: Sequence[ServedModel]
+    ) -> CommitContext | None:
+        """The captured rows ``operations`` write, each id as the request
+        gives it and as the database casts the column's value to text."""
+        rows: set[tuple[str, str]] = set()
+        for op, served in zip(operations, models, strict=True):
+            raw_id = op.id if op.id is not None else (op.input or {}).get("id")
+            if served.name not in self._captured or not isinstance(raw_id, str):
+                continue
+            rows.add((served.name, raw_id))
+            with contextlib.suppress(SourceError):  # a bad id: _apply refuses it
+                rows.add((served.name, str(to_column_value(served.id, "id", raw_id))))
+        return CommitContext(frozenset(rows)) if rows else None
 
     def _replay(self, connection: sa.Connection, key: str, intents: Sequence[str]) -> Sequence[Any]:
         now = dt.datetime.now(dt.UTC)
@@ -812,6 +1016,37 @@ _EVENTS: Final = (
     .limit(sa.bindparam("count"))
 )
 _OUTBOX_COLUMNS: Final = tuple(column.name for column in outbox.columns)
+
+
+def _prune_outbox(connection: sa.Connection, read_past: int, cutoff: dt.datetime) -> int:
+    # The lowest cursors first, at most one batch, never past what the engine
+    # has read; a range on the key, so no scan and only these rows locked.
+    # (The derived table is how MySQL takes a LIMIT in a DELETE's subquery.)
+    lowest = (
+        sa.select(outbox.c.cursor)
+        .where(outbox.c.cursor <= read_past)
+        .order_by(outbox.c.cursor)
+        .limit(_PRUNE_BATCH)
+        .subquery()
+    )
+    bound = sa.select(sa.func.max(lowest.c.cursor)).scalar_subquery()
+    result = connection.execute(
+        outbox.delete().where(outbox.c.cursor <= bound, outbox.c.created_at < cutoff)
+    )
+    return int(result.rowcount)
+
+
+def _prune_ledger(connection: sa.Connection, now: dt.datetime) -> int:
+    expired = (
+        sa.select(ledger.c.client_tx_id)
+        .where(ledger.c.expires_at < now)
+        .limit(_PRUNE_BATCH)
+        .subquery()
+    )
+    result = connection.execute(
+        ledger.delete().where(ledger.c.client_tx_id.in_(sa.select(expired.c.client_tx_id)))
+    )
+    return int(result.rowcount)
 
 
 def _supports_returning(connection: sa.Connection, statement: Any) -> bool:

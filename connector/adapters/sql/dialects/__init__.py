@@ -34,6 +34,7 @@ from ..execution import run_write
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from ..capture import CaptureSpec, CommitContext
     from ..execution import Database, LoopDatabase, Serving
     from ..models import ServedModel
 
@@ -210,6 +211,44 @@ class Dialect:
     ) -> list[str]:
         """The GRANTs ``role`` needs to serve ``served`` with the ledger and outbox."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------ capture
+
+    #: ``CREATE TABLE`` of ``ablo_capture`` (None: this database has no capture yet).
+    capture_state_create: ClassVar[str | None] = None
+
+    def capture_setup_statements(self) -> list[str]:
+        """What ``migrate --capture`` creates before the first model's triggers."""
+        return [self.capture_state_create] if self.capture_state_create else []
+
+    def capture_teardown_statements(self) -> list[str]:
+        """What removing every capture drops once the triggers are gone."""
+        return []
+
+    def install_capture_statements(self, connection: sa.Connection, spec: CaptureSpec) -> list[str]:
+        """The DDL that makes the database record every change to ``spec``'s
+        table into the outbox, in the writer's transaction."""
+        raise NotImplementedError
+
+    def remove_capture_statements(
+        self, schema: str | None, table: str, trigger_name: str
+    ) -> list[str]:
+        """The DDL that removes what :meth:`install_capture_statements` created."""
+        raise NotImplementedError
+
+    def begin_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+        """Before a connector commit writes a captured table: tell the
+        triggers which rows it writes (and records itself)."""
+
+    def end_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+        """After its last write (before COMMIT): what :meth:`begin_captured_commit`
+        set up and must not outlive the commit."""
+
+    def captured_rows_statement(self, served: ServedModel) -> sa.Select[Any] | None:
+        """A statement that turns the captured rows of ``served`` (outbox
+        cursors ``after`` < cursor <= ``last``) into the model's selected
+        columns, typed by the database (None: done in Python)."""
+        return None
 
     # ------------------------------------------------------------ values
 

@@ -160,8 +160,9 @@ _LAST_ISSUED_CURSOR: Final = sa.select(
 
 # What the connector does to each table, and so the least it needs.
 _SERVED_PRIVILEGES: Final = "SELECT, INSERT, UPDATE, DELETE"
-_LEDGER_PRIVILEGES: Final = "SELECT, INSERT, UPDATE"
-_OUTBOX_PRIVILEGES: Final = "SELECT, INSERT"
+# DELETE: retention prunes both (see SQLSource.prune).
+_LEDGER_PRIVILEGES: Final = "SELECT, INSERT, UPDATE, DELETE"
+_OUTBOX_PRIVILEGES: Final = "SELECT, INSERT, DELETE"
 
 # ------------------------------------------------------------ the driver's errors
 

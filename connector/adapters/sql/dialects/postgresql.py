@@ -29,10 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from ....errors import ConfigError
+from ..capture import CAPTURE_TABLE, CaptureSpec, CommitContext
 from ..connections import ReadConnections
 from ..execution import Database, LoopDatabase, Serving
 from ..models import ServedModel
-from ..tables import HIGHEST_CURSOR, LEDGER_TABLE, OUTBOX_TABLE, ledger
+from ..tables import HIGHEST_CURSOR, LEDGER_TABLE, OUTBOX_TABLE, ledger, outbox
 from ..values import json_text
 from . import Dialect
 
@@ -157,8 +158,9 @@ _QUALIFIED_SEQUENCE: Final = sa.text(
 )
 # What the connector does to each table, and so the least it needs.
 _SERVED_PRIVILEGES: Final = "SELECT, INSERT, UPDATE, DELETE"
-_LEDGER_PRIVILEGES: Final = "SELECT, INSERT, UPDATE"
-_OUTBOX_PRIVILEGES: Final = "SELECT, INSERT"
+# DELETE: retention prunes both (see SQLSource.prune).
+_LEDGER_PRIVILEGES: Final = "SELECT, INSERT, UPDATE, DELETE"
+_OUTBOX_PRIVILEGES: Final = "SELECT, INSERT, DELETE"
 
 # ------------------------------------------------------------ the driver's errors
 
@@ -464,6 +466,8 @@ class PostgreSQL(Dialect):
             f"GRANT {_OUTBOX_PRIVILEGES} ON {qualified(None, OUTBOX_TABLE)} TO {grantee};"
         )
         statements += [f"GRANT USAGE ON SEQUENCE {seq} TO {grantee};" for seq in outbox_sequences]
+        if inspector.has_table(CAPTURE_TABLE):  # the connector reads which models are captured
+            statements.append(f"GRANT SELECT ON {qualified(None, CAPTURE_TABLE)} TO {grantee};")
         return statements
 
     # ------------------------------------------------------------ values
@@ -474,3 +478,160 @@ class PostgreSQL(Dialect):
         if isinstance(column_type, sa.BigInteger):
             return 64
         return 32
+
+    # ------------------------------------------------------------ capture
+    #
+    # Ordering. A reader pages by cursor and never goes back, so a cursor must
+    # not become visible while a smaller one can still commit. Cursors come
+    # from a sequence, drawn when a row is inserted; so the capture triggers
+    # are constraint triggers DEFERRABLE INITIALLY DEFERRED: PostgreSQL queues
+    # each row change (with its OLD and NEW) and runs the trigger at COMMIT,
+    # where it takes OUTBOX_LOCK (transaction-scoped) and only then draws the
+    # cursor and inserts the event. Every outbox write, the adapter's own
+    # included (lock_commit_order), draws its cursors under that lock, which
+    # is held until the transaction's end: cursors become visible in the order
+    # they were drawn. Application transactions are not serialized on it: a
+    # transaction takes the lock only in its commit, so one that runs for
+    # minutes holds it for the few milliseconds its events take to insert.
+    #
+    # The connector's own commits write their own events (see .capture),
+    # drawing cursors under OUTBOX_LOCK like the triggers. The commit sets
+    # ``ablo.commit`` (transaction-local) to the rows it writes, and the
+    # deferred trigger, running at that transaction's COMMIT, leaves those
+    # rows alone: each change is recorded once.
+
+    capture_state_create: ClassVar[str | None] = f"""CREATE TABLE IF NOT EXISTS {CAPTURE_TABLE} (
+  model        TEXT PRIMARY KEY,
+  schema_name  TEXT,
+  table_name   TEXT NOT NULL,
+  trigger_name TEXT NOT NULL,
+  columns      TEXT NOT NULL,
+  signature    TEXT NOT NULL,
+  installed_at TIMESTAMPTZ
+)"""
+
+    def capture_teardown_statements(self) -> list[str]:
+        return [f"DROP TABLE IF EXISTS {CAPTURE_TABLE}"]
+
+    def install_capture_statements(self, connection: sa.Connection, spec: CaptureSpec) -> list[str]:
+        quote = connection.dialect.identifier_preparer.quote
+        schema = spec.schema or str(sa.inspect(connection).default_schema_name)
+        table = f"{quote(schema)}.{quote(spec.table)}"
+        function = f"{quote(schema)}.{quote(spec.trigger_name)}"
+        sequence = connection.execute(
+            sa.select(sa.func.pg_get_serial_sequence(OUTBOX_TABLE, "cursor"))
+        ).scalar_one()
+        model = _literal(spec.model)
+        pairs = ", ".join(f"{_literal(c)}, NEW.{quote(c)}" for c in spec.columns)
+        kind = "'UPDATE'"
+        if spec.archived_column is not None:
+            archived = quote(spec.archived_column)
+            others = [quote(c) for c in spec.columns if c != spec.archived_column]
+            same = " AND ".join(f"OLD.{c}::text IS NOT DISTINCT FROM NEW.{c}::text" for c in others)
+            kind = (
+                f"CASE WHEN {same or 'true'} THEN CASE WHEN NEW.{archived} IS NULL "
+                "THEN 'UNARCHIVE' ELSE 'ARCHIVE' END ELSE 'UPDATE' END"
+            )
+        old_values = ", ".join(f"OLD.{quote(c)}::text" for c in spec.columns)
+        new_values = ", ".join(f"NEW.{quote(c)}::text" for c in spec.columns)
+        id_column = quote(spec.id_column)
+
+        def outbox_row(entity: str, kind: str, data: str) -> str:
+            return (
+                f"INSERT INTO {OUTBOX_TABLE} (cursor, id, model, entity_id, type, data, "
+                f"occurred_at) VALUES (drawn, 'capture:' || drawn, {model}, {entity}, {kind}, "
+                f"{data}, (extract(epoch FROM clock_timestamp()) * 1000)::bigint);"
+            )
+
+        body = f"""
+DECLARE
+  entity text;
+  moved_from text;
+  kind text;
+  row_data jsonb;
+  drawn bigint;
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    entity := OLD.{id_column}::text;
+    kind := 'DELETE';
+  ELSE
+    entity := NEW.{id_column}::text;
+    row_data := jsonb_build_array(jsonb_build_object({pairs}));
+    kind := CASE WHEN TG_OP = 'INSERT' THEN 'CREATE' ELSE {kind} END;
+    IF TG_OP = 'UPDATE' AND OLD.{id_column}::text IS DISTINCT FROM entity THEN
+      -- A new id is another row: the old one is gone, the new one created.
+      moved_from := OLD.{id_column}::text;
+      kind := 'CREATE';
+    END IF;
+  END IF;
+  -- A connector commit writes the events of the rows it writes itself.
+  IF NULLIF(current_setting('ablo.commit', true), '')::jsonb ? ({model} || chr(10) || entity)
+  THEN
+    RETURN NULL;
+  END IF;
+  PERFORM pg_advisory_xact_lock({OUTBOX_LOCK});
+  IF moved_from IS NOT NULL THEN
+    drawn := nextval({_literal(sequence)}::regclass);
+    {outbox_row("moved_from", "'DELETE'", "NULL")}
+  END IF;
+  drawn := nextval({_literal(sequence)}::regclass);
+  {outbox_row("entity", "kind", "row_data")}
+  RETURN NULL;
+END"""
+        trigger = quote(spec.trigger_name)
+        return [
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $ablo${body}\n$ablo$",
+            f"CREATE CONSTRAINT TRIGGER {trigger} AFTER INSERT OR DELETE ON {table} "
+            f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {function}()",
+            f"CREATE CONSTRAINT TRIGGER {quote(spec.trigger_name + '_update')} AFTER UPDATE ON "
+            f"{table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN "
+            f"(({old_values}) IS DISTINCT FROM ({new_values})) EXECUTE FUNCTION {function}()",
+        ]
+
+    def remove_capture_statements(
+        self, schema: str | None, table: str, trigger_name: str
+    ) -> list[str]:
+        quote = _QUOTE.quote
+        where = f"{quote(schema)}." if schema else ""
+        qualified = f"{where}{quote(table)}"
+        return [
+            f"DROP TRIGGER IF EXISTS {quote(trigger_name)} ON {qualified}",
+            f"DROP TRIGGER IF EXISTS {quote(trigger_name + '_update')} ON {qualified}",
+            f"DROP FUNCTION IF EXISTS {where}{quote(trigger_name)}()",
+        ]
+
+    def begin_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+        # Transaction-local: the deferred triggers read it at this COMMIT.
+        connection.execute(sa.select(sa.func.set_config("ablo.commit", context.as_json(), True)))
+
+    def captured_rows_statement(self, served: ServedModel) -> sa.Select[Any] | None:
+        # The row the trigger stored, as a record of the table's own type:
+        # every value read back by the type's input function, so the driver
+        # gets what it gets from the table itself.
+        preparer = _QUOTE
+        table = served.table
+        name = (
+            f"{preparer.quote_schema(table.schema)}.{preparer.quote(table.name)}"
+            if table.schema
+            else preparer.quote(table.name)
+        )
+        populated = sa.func.jsonb_populate_record(
+            sa.literal_column(f"NULL::{name}"), outbox.c.data[0]
+        ).table_valued(*[sa.column(c.name, c.type) for c in served.selected], name="captured")
+        return (
+            sa.select(outbox.c.cursor, *populated.columns)
+            .select_from(outbox.join(populated, sa.true()))
+            .where(
+                outbox.c.cursor > sa.bindparam("after"),
+                outbox.c.cursor <= sa.bindparam("last"),
+                outbox.c.model == sa.bindparam("model"),
+                sa.func.jsonb_typeof(outbox.c.data) == "array",
+            )
+        )
+
+
+_QUOTE: Final = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

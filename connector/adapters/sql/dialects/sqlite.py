@@ -25,6 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import sqlite
 
 from ....errors import ConfigError, describe_error
+from ..capture import CAPTURE_TABLE, CONTEXT_TABLE, CaptureSpec, CommitContext
 from ..execution import Database, Serving, ThreadDatabase
 from ..models import ServedModel
 from ..tables import HIGHEST_CURSOR, LEDGER_TABLE, OUTBOX_TABLE, ledger
@@ -249,3 +250,109 @@ class SQLite(Dialect):
         raw = connection.connection.dbapi_connection
         limit: int = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[union-attr]
         return limit - 64
+
+    # ------------------------------------------------------------ capture
+    #
+    # Ordering: SQLite has one writer at a time (a commit holds the write
+    # lock from BEGIN IMMEDIATE, an application's from its first write), so
+    # AUTOINCREMENT cursors become visible in the order they are drawn, the
+    # triggers' and the adapter's alike: nothing more is needed.
+    #
+    # The connector's own commits write their own events (see .capture).
+    # SQLite has no session variables, so the commit writes the rows it is
+    # about to write into ablo_capture_context, in its own transaction, and
+    # empties it after its last write: a trigger that finds its row there
+    # leaves the event to the commit. Outside a commit the table is empty
+    # (and no other writer can see it during one: one writer at a time).
+
+    capture_state_create: ClassVar[str | None] = f"""CREATE TABLE IF NOT EXISTS {CAPTURE_TABLE} (
+  model        TEXT PRIMARY KEY,
+  schema_name  TEXT,
+  table_name   TEXT NOT NULL,
+  trigger_name TEXT NOT NULL,
+  columns      TEXT NOT NULL,
+  signature    TEXT NOT NULL,
+  installed_at TIMESTAMP
+)"""
+
+    def capture_setup_statements(self) -> list[str]:
+        return [
+            str(self.capture_state_create),
+            f"""CREATE TABLE IF NOT EXISTS {CONTEXT_TABLE} (
+  model     TEXT NOT NULL,
+  entity_id TEXT NOT NULL
+)""",
+        ]
+
+    def capture_teardown_statements(self) -> list[str]:
+        return [f"DROP TABLE IF EXISTS {CONTEXT_TABLE}", f"DROP TABLE IF EXISTS {CAPTURE_TABLE}"]
+
+    def install_capture_statements(self, connection: sa.Connection, spec: CaptureSpec) -> list[str]:
+        quote = connection.dialect.identifier_preparer.quote
+        table = quote(spec.table)
+        model = _literal(spec.model)
+
+        def value(row: str, column: str) -> str:
+            # JSON would round a REAL to 15 digits and cannot hold a BLOB.
+            item = f"{row}.{quote(column)}"
+            return (
+                f"CASE typeof({item}) WHEN 'real' THEN json_object('real', printf('%!.17g', {item})) "
+                f"WHEN 'blob' THEN json_object('blob', hex({item})) ELSE {item} END"
+            )
+
+        def event(row: str, kind: str, data: str, condition: str = "1") -> str:
+            entity = f"CAST({row}.{quote(spec.id_column)} AS TEXT)"
+            return f"""INSERT INTO {OUTBOX_TABLE} (id, model, entity_id, type, data, occurred_at)
+  SELECT 'capture:' || lower(hex(randomblob(12))), {model}, {entity}, {kind}, {data},
+         CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+  WHERE {condition} AND NOT EXISTS (
+    SELECT 1 FROM {CONTEXT_TABLE} c WHERE c.model = {model} AND c.entity_id = {entity});"""
+
+        data = (
+            "json_array(json_object("
+            + ", ".join(f"{_literal(c)}, {value('NEW', c)}" for c in spec.columns)
+            + "))"
+        )
+        kind = "'UPDATE'"
+        if spec.archived_column is not None:
+            archived = quote(spec.archived_column)
+            others = [quote(c) for c in spec.columns if c != spec.archived_column]
+            same = " AND ".join(f"OLD.{c} IS NEW.{c}" for c in others) or "1"
+            kind = (
+                f"CASE WHEN {same} THEN CASE WHEN NEW.{archived} IS NULL THEN 'UNARCHIVE' "
+                "ELSE 'ARCHIVE' END ELSE 'UPDATE' END"
+            )
+        changed = " OR ".join(f"OLD.{quote(c)} IS NOT NEW.{quote(c)}" for c in spec.columns)
+        # A new id is another row: the old one is gone, the new one created.
+        moved = f"OLD.{quote(spec.id_column)} IS NOT NEW.{quote(spec.id_column)}"
+        name = spec.trigger_name
+        return [
+            f"CREATE TRIGGER {quote(name + '_insert')} AFTER INSERT ON {table} BEGIN\n"
+            f"  {event('NEW', repr('CREATE'), data)}\nEND",
+            f"CREATE TRIGGER {quote(name + '_update')} AFTER UPDATE ON {table} WHEN {changed} "
+            f"BEGIN\n  {event('OLD', repr('DELETE'), 'NULL', moved)}\n"
+            f"  {event('NEW', repr('CREATE'), data, moved)}\n"
+            f"  {event('NEW', kind, data, f'NOT ({moved})')}\nEND",
+            f"CREATE TRIGGER {quote(name + '_delete')} AFTER DELETE ON {table} BEGIN\n"
+            f"  {event('OLD', repr('DELETE'), 'NULL')}\nEND",
+        ]
+
+    def remove_capture_statements(
+        self, schema: str | None, table: str, trigger_name: str
+    ) -> list[str]:
+        return [
+            f'DROP TRIGGER IF EXISTS "{trigger_name}_{kind}"'
+            for kind in ("insert", "update", "delete")
+        ]
+
+    def begin_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+        connection.exec_driver_sql(
+            f"INSERT INTO {CONTEXT_TABLE} (model, entity_id) VALUES (?, ?)", list(context.rows)
+        )
+
+    def end_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+        connection.exec_driver_sql(f"DELETE FROM {CONTEXT_TABLE}")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -1,0 +1,498 @@
+"""Capture: writes made by the application itself, through a plain database
+session (the standard library's sqlite3, psycopg: never the project's code),
+reach ``events`` exactly once, in commit order, with ``data`` equal to what
+``load`` answered right after the write; the connector's own commits go
+through the same triggers, once each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from connector import SourceError
+from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
+from connector.adapters.sql.capture import migrate_capture
+from tests.helpers import TASKS_DDL, execute
+from tests.postgres import create_database, drop_database
+from tests.test_sql_adapter import Client, create, update
+
+DIALECTS = ["sqlite", "postgresql"]
+MAP = {"models": {"task": {"table": "tasks", "exclude": ["secret"]}}}
+
+
+@pytest.fixture(params=DIALECTS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        path = tmp_path / "app.db"
+        sqlite3.connect(path).close()
+        yield f"sqlite:///{path}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = create_database(server)
+    try:
+        yield url
+    finally:
+        drop_database(server, url)
+
+
+def install(url: str, models: dict[str, Any] = MAP, *, remove: bool = False) -> list[str]:
+    engine = create_database_engine(url)
+    try:
+        changes = migrate(engine)
+        return changes + migrate_capture(engine, ModelMap.from_dict(models), remove=remove)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def captured(database_url: str) -> str:
+    backend = sa.make_url(database_url).get_backend_name()
+    execute(database_url, TASKS_DDL[backend], "ALTER TABLE tasks ADD COLUMN secret TEXT")
+    install(database_url)
+    return database_url
+
+
+class Session:
+    """A plain database session of the application's (not the project's code)."""
+
+    def __init__(self, url: str) -> None:
+        parsed = sa.make_url(url)
+        self.postgres = parsed.get_backend_name() == "postgresql"
+        if self.postgres:
+            import psycopg
+
+            self.connection: Any = psycopg.connect(
+                host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database
+            )
+        else:
+            self.connection = sqlite3.connect(str(parsed.database), isolation_level=None)
+            self.connection.execute("PRAGMA busy_timeout=30000")
+
+    def run(self, sql: str, *values: Any) -> None:
+        sql = sql.replace("?", "%s") if self.postgres else sql
+        self.connection.execute(sql, values)
+
+    def begin(self) -> None:
+        if not self.postgres:
+            self.connection.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.connection.commit() if self.postgres else self.connection.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.connection.rollback() if self.postgres else self.connection.execute("ROLLBACK")
+
+    def write(self, sql: str, *values: Any) -> None:
+        self.begin()
+        self.run(sql, *values)
+        self.commit()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture
+async def client(captured: str) -> AsyncIterator[Client]:
+    source = SQLSource(captured, MAP)
+    source.prepare()
+    c = Client(source)
+    c.source_url = captured  # type: ignore[attr-defined]
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def session(captured: str) -> Iterator[Session]:
+    s = Session(captured)
+    yield s
+    s.close()
+
+
+async def all_events(client: Client, cursor: str | None = None, limit: int = 1000) -> list[Any]:
+    found: list[Any] = []
+    while True:
+        page = await client.events(cursor, limit)
+        found += page["events"]
+        if not page["events"]:
+            return found
+        cursor = page["nextCursor"]
+
+
+async def load(client: Client, id: str) -> Any:
+    answer = await client.ok({"type": "load", "model": "task", "id": id})
+    return answer["row"]
+
+
+async def test_the_applications_own_writes_are_events_equal_to_load(
+    client: Client, session: Session
+) -> None:
+    loaded = []
+    session.write(
+        "INSERT INTO tasks (id, title, priority, estimate, secret) VALUES ('t1', 'One', 3, 0.1, 'pw')"
+    )
+    loaded.append(await load(client, "t1"))
+    session.write("UPDATE tasks SET done = true, estimate = 0.30000000000000004 WHERE id = 't1'")
+    loaded.append(await load(client, "t1"))
+    session.write("UPDATE tasks SET due_at = '2024-05-06 07:08:09.123456+00' WHERE id = 't1'")
+    loaded.append(await load(client, "t1"))
+    session.write("DELETE FROM tasks WHERE id = 't1'")
+    events = await all_events(client)
+    assert [(e["type"], e["model"], e["entityId"]) for e in events] == [
+        ("CREATE", "task", "t1"),
+        ("UPDATE", "task", "t1"),
+        ("UPDATE", "task", "t1"),
+        ("DELETE", "task", "t1"),
+    ]
+    assert [e["data"] for e in events[:3]] == loaded
+    assert "data" not in events[3]  # null for a DELETE
+    assert all("secret" not in e.get("data", {}) for e in events)
+    assert [int(e["cursor"]) for e in events] == sorted(int(e["cursor"]) for e in events)
+    assert len({e["id"] for e in events}) == 4
+
+
+async def test_a_write_of_only_an_excluded_column_or_a_rollback_is_no_event(
+    client: Client, session: Session
+) -> None:
+    session.write("INSERT INTO tasks (id, title) VALUES ('t1', 'One')")
+    session.write("UPDATE tasks SET secret = 'changed' WHERE id = 't1'")
+    session.write("UPDATE tasks SET title = 'One' WHERE id = 't1'")  # the same value
+    session.begin()
+    session.run("UPDATE tasks SET title = 'Never' WHERE id = 't1'")
+    session.run("INSERT INTO tasks (id, title) VALUES ('t2', 'Never')")
+    session.rollback()
+    events = await all_events(client)
+    assert [(e["type"], e["entityId"]) for e in events] == [("CREATE", "t1")]
+
+
+async def test_archiving_in_the_database_is_an_archive_event(
+    client: Client, session: Session
+) -> None:
+    session.write("INSERT INTO tasks (id, title) VALUES ('t1', 'One')")
+    session.write("UPDATE tasks SET archived_at = '2024-01-02 03:04:05+00' WHERE id = 't1'")
+    session.write("UPDATE tasks SET archived_at = NULL WHERE id = 't1'")
+    events = await all_events(client)
+    assert [e["type"] for e in events] == ["CREATE", "ARCHIVE", "UNARCHIVE"]
+
+
+async def test_the_connectors_own_commits_are_recorded_once(
+    client: Client, session: Session
+) -> None:
+    status, _ = await client.commit(
+        "c1",
+        create("a", priority=1),
+        {**update("a", title="A2"), "transactionId": "tx-2"},
+        {"type": "ARCHIVE", "model": "task", "id": "a"},
+        {"type": "DELETE", "model": "task", "id": "missing"},
+    )
+    assert status == 200
+    session.write("UPDATE tasks SET priority = 9 WHERE id = 'a'")
+    events = await all_events(client)
+    assert [(e["id"], e["type"], e.get("correlationId")) for e in events] == [
+        ("c1:0", "CREATE", "c1"),
+        ("c1:1", "UPDATE", "c1"),
+        ("c1:2", "ARCHIVE", "c1"),
+        (events[3]["id"], "UPDATE", None),
+    ]
+    assert events[1]["transactionId"] == "tx-2"
+    assert events[2]["data"]["title"] == "A2" and events[2]["data"]["archivedAt"] is not None
+    assert events[3]["data"] == await load(client, "a")
+    # A replay writes nothing more.
+    status, _ = await client.commit("c1", create("a", priority=1), update("a", title="A2"))
+    assert len(await all_events(client)) == 4
+
+
+async def connector_commits(client: Client) -> list[dict[str, Any]]:
+    """A run of connector commits, no-ops included; the events they wrote,
+    without what differs between two runs (cursors, clocks)."""
+    archive = {"type": "ARCHIVE", "model": "task", "id": "a"}
+    unarchive = {"type": "UNARCHIVE", "model": "task", "id": "a"}
+    commits = [
+        ("c1", create("a", priority=1), {**update("a", title="A2"), "transactionId": "tx-2"}),
+        ("c2", update("a", title="A2"), update("a"), archive),
+        ("c3", unarchive, unarchive, {"type": "DELETE", "model": "task", "id": "missing"}),
+        ("c4", {"type": "DELETE", "model": "task", "id": "a"}, create("b")),
+    ]
+    for key, *operations in commits:
+        status, body = await client.commit(key, *operations)
+        assert status == 200, body
+    events = await all_events(client)
+    for event in events:
+        del event["cursor"], event["occurredAt"]
+        if (event.get("data") or {}).get("archivedAt") is not None:
+            event["data"]["archivedAt"] = "archived"  # the clock's, not the same twice
+    return events
+
+
+async def test_the_connectors_own_commits_write_the_events_they_wrote_without_capture(
+    client: Client, captured: str
+) -> None:
+    """One event per operation that found its row, as the engine's reference
+    adapters write them: a no-op UPDATE, an UPDATE without values and an
+    UNARCHIVE of a row that is not archived each write one, captured or not."""
+    with_capture = await connector_commits(client)
+    assert [e["id"] for e in with_capture] == [
+        "c1:0", "c1:1", "c2:0", "c2:1", "c2:2", "c3:0", "c3:1", "c4:0", "c4:1",
+    ]  # fmt: skip
+    install(captured, remove=True)
+    execute(
+        captured, "DELETE FROM tasks", "DELETE FROM ablo_outbox", "DELETE FROM ablo_idempotency"
+    )
+    without = Client(SQLSource(captured, MAP))
+    try:
+        assert await connector_commits(without) == with_capture
+    finally:
+        await without.close()
+
+
+async def test_an_update_of_a_rows_id_is_a_delete_and_a_create(
+    client: Client, session: Session
+) -> None:
+    session.write("INSERT INTO tasks (id, title) VALUES ('old', 'Moved')")
+    session.write("UPDATE tasks SET id = 'new' WHERE id = 'old'")
+    events = await all_events(client)
+    assert [(e["type"], e["entityId"]) for e in events] == [
+        ("CREATE", "old"),
+        ("DELETE", "old"),
+        ("CREATE", "new"),
+    ]
+    assert "data" not in events[1]
+    assert events[2]["data"] == await load(client, "new")
+
+
+async def test_retention_without_delete_privilege_warns_once(
+    captured: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _postgres_only(captured)
+    role = f"nodel_{uuid.uuid4().hex[:8]}"
+    execute(
+        captured,
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON tasks TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE ON ablo_idempotency TO {role}",
+        f"GRANT SELECT, INSERT ON ablo_outbox TO {role}",
+        f"GRANT SELECT ON ablo_capture TO {role}",
+        f"GRANT USAGE ON SEQUENCE ablo_outbox_cursor_seq TO {role}",
+    )
+    # Every probe prunes (the daemon's probes prune every 10 s at most).
+    monkeypatch.setattr("connector.adapters.sql.source._PRUNE_EVERY_SECONDS", 0.0)
+    source = SQLSource(captured.replace("postgres@", f"{role}@"), MAP)
+    try:
+        source.prepare()
+        with caplog.at_level(logging.WARNING, logger="connector.sql"):
+            for _ in range(3):
+                await source.probe()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert "may not delete from ablo_outbox and ablo_idempotency" in warnings[0]
+        assert "--print-grants" in warnings[0]
+        assert source.probe_gauges()["ablo_connector_outbox_events"] == 0  # still measured
+    finally:
+        await source.aclose()
+        execute(captured, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+async def test_a_bulk_update_of_10000_rows_pages_out_completely(
+    client: Client, session: Session
+) -> None:
+    session.begin()
+    if session.postgres:
+        session.run(
+            "INSERT INTO tasks (id, title) SELECT 'r' || i, 't' FROM generate_series(1, 10000) i"
+        )
+    else:
+        session.run(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000) "
+            "INSERT INTO tasks (id, title) SELECT 'r' || i, 't' FROM n"
+        )
+    session.commit()
+    session.write("UPDATE tasks SET priority = 7")
+    events = await all_events(client, limit=1000)
+    assert len(events) == 20000
+    updates = events[10000:]
+    assert {e["type"] for e in updates} == {"UPDATE"}
+    assert len({e["entityId"] for e in updates}) == 10000
+    assert all(e["data"]["priority"] == 7 for e in updates)
+
+
+async def test_capture_drift_is_reported_and_migrate_brings_it_up_to_date(
+    captured: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    execute(captured, "ALTER TABLE tasks ADD COLUMN notes TEXT")
+    source = SQLSource(captured, MAP)
+    with caplog.at_level(logging.WARNING, logger="connector.sql"):
+        source.prepare()
+    lines = [r.getMessage() for r in caplog.records if "capture" in r.getMessage()]
+    assert len(lines) == 1
+    assert "model 'task'" in lines[0] and "'notes' added" in lines[0]
+    assert "ablo-connector migrate --capture" in lines[0]
+    with pytest.raises(SourceError) as stale:
+        await source.probe()
+    assert stale.value.code == "source_capture_stale"
+    await source.aclose()
+
+    changes = install(captured)
+    assert changes == ["updated the capture of model 'task' (table tasks): column 'notes' added"]
+    assert install(captured) == []  # again: nothing to change
+    source = SQLSource(captured, MAP)
+    source.prepare()
+    await source.probe()
+    client = Client(source)
+    try:
+        Session(captured).write("INSERT INTO tasks (id, title, notes) VALUES ('n', 'N', 'x')")
+        (event,) = await all_events(client)
+        assert event["data"]["notes"] == "x"
+    finally:
+        await client.close()
+
+
+async def test_a_model_renamed_in_the_map_is_capture_drift(captured: str) -> None:
+    source = SQLSource(captured, {"models": {"job": {"table": "tasks"}}})
+    try:
+        source.prepare()
+        with pytest.raises(SourceError) as stale:
+            await source.probe()
+        assert stale.value.code == "source_capture_stale"
+        assert "captured as model 'task', but served as model 'job'" in stale.value.message
+    finally:
+        await source.aclose()
+
+
+async def test_capture_false_opts_out_and_remove_drops_it(captured: str) -> None:
+    opted_out = {"models": {"task": {"table": "tasks", "capture": False}}}
+    assert install(captured, opted_out) == ["removed the capture of model 'task' (table tasks)"]
+    Session(captured).write("INSERT INTO tasks (id, title) VALUES ('x', 'X')")
+    assert install(captured) == ["installed the capture of model 'task' (table tasks)"]
+    assert install(captured, remove=True) == ["removed the capture of model 'task' (table tasks)"]
+    Session(captured).write("INSERT INTO tasks (id, title) VALUES ('y', 'Y')")
+    client = Client(SQLSource(captured, MAP))
+    try:
+        assert await all_events(client) == []
+        # Without capture, the connector writes its own events, as before.
+        status, _ = await client.commit("c", create("z"))
+        assert status == 200
+        assert [e["id"] for e in await all_events(client)] == ["c:0"]
+    finally:
+        await client.close()
+
+
+def _postgres_only(url: str) -> None:
+    if sa.make_url(url).get_backend_name() != "postgresql":
+        pytest.skip("SQLite has one writer at a time: nothing runs concurrently there")
+
+
+async def test_a_long_transaction_stalls_no_writer_and_its_event_is_not_skipped(
+    client: Client, captured: str
+) -> None:
+    _postgres_only(captured)
+    long_running = Session(captured)
+    other = Session(captured)
+    try:
+        long_running.run("INSERT INTO tasks (id, title) VALUES ('early', 'drawn first')")
+        # Another writer commits meanwhile, without waiting for the long one.
+        finished = threading.Event()
+
+        def write() -> None:
+            other.write("INSERT INTO tasks (id, title) VALUES ('later', 'committed first')")
+            finished.set()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        assert await asyncio.to_thread(finished.wait, 30)
+        thread.join()
+        first = await client.events()
+        assert [e["entityId"] for e in first["events"]] == ["later"]
+        long_running.commit()
+        rest = await all_events(client, first["nextCursor"])
+        assert [e["entityId"] for e in rest] == ["early"]
+    finally:
+        long_running.close()
+        other.close()
+
+
+async def test_concurrent_writers_are_read_in_commit_order_without_gaps(
+    client: Client, captured: str
+) -> None:
+    _postgres_only(captured)
+    writers = 6
+    per_writer = 40
+
+    def work(number: int) -> None:
+        session = Session(captured)
+        try:
+            for index in range(per_writer):
+                session.write(f"INSERT INTO tasks (id, title) VALUES ('w{number}-{index}', 't')")
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    seen: list[str] = []
+    cursor = None
+    done: Callable[[], bool] = lambda: not any(t.is_alive() for t in threads)  # noqa: E731
+    while True:
+        finished = done()
+        page = await client.events(cursor, 7)
+        seen += [e["entityId"] for e in page["events"]]
+        cursor = page["nextCursor"]
+        if finished and not page["events"]:
+            break
+    for thread in threads:
+        thread.join()
+    assert len(seen) == writers * per_writer
+    assert len(set(seen)) == len(seen)
+
+
+# ------------------------------------------------------------ retention
+
+
+async def test_retention_prunes_only_what_the_engine_has_read_and_expired_ledger_rows(
+    client: Client, session: Session
+) -> None:
+    for index in range(5):
+        session.write(f"INSERT INTO tasks (id, title) VALUES ('p{index}', 't')")
+    status, _ = await client.commit("fresh", create("q"))
+    assert status == 200
+    old = "'2000-01-01 00:00:00'"
+    session.write(f"UPDATE ablo_outbox SET created_at = {old}")
+    session.write(f"UPDATE ablo_idempotency SET expires_at = {old}")
+    session.write(
+        "INSERT INTO ablo_idempotency (client_tx_id, response, expires_at) "
+        "VALUES ('kept', '[]', '2999-01-01 00:00:00')"
+    )
+    source = client.source
+    # However old, nothing the engine has not paged past goes.
+    assert await source.prune() == (0, 1)
+    await source.probe()
+    gauges = source.probe_gauges()
+    assert gauges["ablo_connector_outbox_events"] == 6
+    assert gauges["ablo_connector_outbox_oldest_unread_age_seconds"] > 365 * 86400
+
+    first = await client.events(None, 3)
+    assert await source.prune() == (0, 0)  # the engine has not asked past these three yet
+    second = await client.events(first["nextCursor"], 3)  # so it has read the first three
+    assert await source.prune() == (3, 0)
+    rest = await all_events(client, first["nextCursor"])
+    assert [e["id"] for e in rest] == [e["id"] for e in second["events"]]
+    assert [e["entityId"] for e in rest] == ["p3", "p4", "q"]
+    # The cursor the engine holds stays valid, and so do those before it.
+    assert (await client.events(first["nextCursor"]))["events"] == second["events"]
+    await source.probe()
+    assert source.probe_gauges()["ablo_connector_outbox_events"] == 3
+    ledger = [
+        row[0]
+        for row in execute(
+            client.source_url,  # type: ignore[attr-defined]
+            "SELECT client_tx_id FROM ablo_idempotency",
+        )[0]
+    ]
+    assert ledger == ["kept"]
