@@ -660,9 +660,13 @@ async def test_mysql_lock_refuses_a_galera_node(monkeypatch: Any) -> None:
     galera-4, which provides the library)."""
     import tests.mariadb as harness
 
+    # Galera's group channel listens on 0.0.0.0:4567 unless told: a port of
+    # its own on loopback, so two runs of the suite side by side never meet.
+    group = f"gmcast.listen_addr=tcp://127.0.0.1:{harness.free_port()}"
     monkeypatch.setattr(
         harness, "_SERVER_OPTIONS", (*harness._SERVER_OPTIONS, "--wsrep-on=ON",
         "--wsrep-provider=/usr/lib/galera/libgalera_smm.so", "--wsrep-cluster-address=gcomm://",
+        f"--wsrep-provider-options={group}", "--wsrep-node-address=127.0.0.1",
         "--binlog-format=ROW"),
     )  # fmt: skip
     with harness.running_mariadb() as node:
