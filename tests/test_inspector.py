@@ -338,19 +338,21 @@ async def test_memory_is_bounded_by_count_and_by_bytes() -> None:
         assert [row["summary"] for row in rows] == ["n5", "n4", "n3"]
 
     recorder = Recorder(max_requests=1000, max_bytes=300 * 1024)
-    big = "x" * (BODY_KEPT * 3)
+    big = RequestFrame(id="r", method="POST", url="u", headers={}, body="x" * (BODY_KEPT * 3))
     for n in range(10):
-        recorder.add(f"r{n}", "POST", "u", {}, big, Answer(200, "é" * 40_000), 0.001, None)
+        frame = big.model_copy(update={"id": f"r{n}"})
+        recorder.add(frame, Answer(200, "é" * 10_000), 0.001, None)
         assert recorder.kept_bytes <= recorder.max_bytes
     kept = recorder.newest_first()
-    assert kept[0].id == "r9" and 1 < len(kept) < 10
-    assert kept[0].request_size == len(big) and len(kept[0].request_body) == BODY_KEPT
-    assert kept[0].answer_size is None  # 40,000 characters: kept whole
+    # Each keeps 64 KiB of its request and 10,000 two-byte characters of its answer.
+    assert [entry.id for entry in kept] == ["r9", "r8"]
+    assert kept[0].request_size == BODY_KEPT * 3 and len(kept[0].request_body) == BODY_KEPT
+    assert kept[0].answer_size is None
     from connector.ops.inspector.views import detail
 
     shown = detail(kept[0])
-    assert shown["request"]["truncated"] is True and shown["request"]["size"] == len(big)
-    assert shown["answer"]["size"] == 80_000 and shown["command"] is None
+    assert shown["request"]["truncated"] is True and shown["request"]["size"] == BODY_KEPT * 3
+    assert shown["answer"]["size"] == 20_000 and shown["command"] is None
 
 
 async def test_state_shows_reconnecting_with_the_next_attempt_time() -> None:

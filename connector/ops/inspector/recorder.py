@@ -5,9 +5,10 @@ The :class:`Recorder` keeps the newest ``max_requests`` entries and at most
 first. Recording an answered request costs one small object and a deque
 append: the request and answer bodies are the strings that were sent,
 referenced rather than copied, except that a body over
-:data:`BODY_KEPT` characters keeps only its beginning. Everything a page
-shows (summaries, shortened headers, pretty JSON) is computed when asked,
-off the request path (see :mod:`.views`).
+:data:`BODY_KEPT` characters keeps only its beginning. Bodies are counted
+by their length (four bytes a character unless ASCII, an upper bound), not
+measured. Everything a page shows (summaries, shortened headers, pretty
+JSON) is computed when asked, off the request path (see :mod:`.views`).
 
 Log lines are tied to a request through a context variable set in the
 request's own task (worker threads get a copy of it), so a handler's own
@@ -18,13 +19,12 @@ from __future__ import annotations
 
 import collections
 import contextvars
-import itertools
 import logging
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Final
 
+from ...wire.frames import RequestFrame
 from ..status import AnsweredRequest
 
 __all__ = ["BODY_KEPT", "Entry", "LogCapture", "Recorder", "capturing_lines", "current_lines"]
@@ -35,22 +35,24 @@ BODY_KEPT: Final = 64 * 1024
 LINES_KEPT: Final = 50
 LINE_KEPT: Final = 4000
 
-# The log lines of the request the current task (or its worker thread) serves.
-_lines: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+# The log lines of the request the current task (or its worker thread) serves,
+# and which inspector collects them (several connectors may share a process).
+_lines: contextvars.ContextVar[tuple[object, list[str]] | None] = contextvars.ContextVar(
     "ablo_inspected_lines", default=None
 )
 
 
-def capturing_lines() -> list[str]:
-    """Start collecting the current task's log lines; returns the list they go to."""
+def capturing_lines(owner: object) -> list[str]:
+    """Start collecting the current task's log lines for ``owner``; returns their list."""
     lines: list[str] = []
-    _lines.set(lines)
+    _lines.set((owner, lines))
     return lines
 
 
-def current_lines() -> list[str] | None:
-    """The list :func:`capturing_lines` started in this task, if any."""
-    return _lines.get()
+def current_lines(owner: object) -> list[str] | None:
+    """The list :func:`capturing_lines` started for ``owner`` in this task, if any."""
+    current = _lines.get()
+    return current[1] if current is not None and current[0] is owner else None
 
 
 def _utf8_size(text: str) -> int:
@@ -59,65 +61,76 @@ def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+def _cost(text: str) -> int:
+    """At least what ``text`` holds in bytes (as UTF-8, and as CPython keeps it),
+    without reading it: its length for ASCII (an O(1) check), four times that otherwise."""
+    return len(text) if text.isascii() else 4 * len(text)
+
+
 class Entry:
-    """One request and its answer, as the inspector keeps them."""
+    """One request and its answer, as the inspector keeps them.
+
+    It holds the request frame and the answer that were served, not copies;
+    only a body over :data:`BODY_KEPT` characters is cut (a new frame, or
+    :attr:`answer_body`, then holds its beginning) and its size noted.
+    """
 
     __slots__ = (
-        "_summary",
         "answer",
         "answer_body",
         "answer_size",
         "cost",
-        "headers",
-        "id",
+        "ended_at",
+        "frame",
         "lines",
-        "method",
         "number",
         "replay_of",
-        "request_body",
         "request_size",
         "seconds",
-        "started_at",
-        "url",
     )
 
     def __init__(
         self,
         number: int,
-        request_id: str,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        body: str,
+        frame: RequestFrame,
         answer: AnsweredRequest,
         seconds: float,
         lines: list[str] | None,
         replay_of: str | None = None,
     ) -> None:
         self.number = number
-        self.id = request_id
-        self.method = method
-        self.url = url
-        self.headers = headers
+        self.frame = frame
         self.answer = answer
         self.seconds = seconds
-        self.started_at = time.time() - seconds
+        self.ended_at = time.time()
         self.lines = lines
         self.replay_of = replay_of
-        self._summary: str | None = None
+        body = frame.body
+        answer_body = answer.body
         # None: the whole body is kept, and its size is computed when shown.
         self.request_size: int | None = None
         self.answer_size: int | None = None
-        answer_body = answer.body
         if len(body) > BODY_KEPT:
             self.request_size = _utf8_size(body)
             body = body[:BODY_KEPT]
+            self.frame = frame.model_copy(update={"body": body})
         if len(answer_body) > BODY_KEPT:
             self.answer_size = _utf8_size(answer_body)
             answer_body = answer_body[:BODY_KEPT]
-        self.request_body = body
         self.answer_body = answer_body
-        self.cost = sys.getsizeof(body) + sys.getsizeof(answer_body)
+        self.cost = _cost(body) + _cost(answer_body)
+
+    @property
+    def id(self) -> str:
+        return self.frame.id
+
+    @property
+    def request_body(self) -> str:
+        return self.frame.body
+
+    @property
+    def started_at(self) -> float:
+        return self.ended_at - self.seconds
 
     @property
     def request_truncated(self) -> bool:
@@ -129,14 +142,14 @@ class Entry:
 
 
 class Recorder:
-    """The newest entries, within a count and a byte budget; tells subscribers of each."""
+    """The newest entries, within a count and a byte budget; tells listeners of each."""
 
     def __init__(self, max_requests: int, max_bytes: int) -> None:
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.kept_bytes = 0
         self._entries: collections.deque[Entry] = collections.deque()
-        self._numbers = itertools.count(1)
+        self._added = 0
         self.listeners: list[Callable[[Entry], None]] = []
 
     def __len__(self) -> int:
@@ -144,27 +157,22 @@ class Recorder:
 
     def add(
         self,
-        request_id: str,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        body: str,
+        frame: RequestFrame,
         answer: AnsweredRequest,
         seconds: float,
         lines: list[str] | None,
         replay_of: str | None = None,
     ) -> Entry:
-        entry = Entry(
-            next(self._numbers), request_id, method, url, headers, body, answer, seconds, lines,
-            replay_of,
-        )  # fmt: skip
+        self._added += 1
+        entry = Entry(self._added, frame, answer, seconds, lines, replay_of)
         entries = self._entries
         entries.append(entry)
         self.kept_bytes += entry.cost
-        while len(entries) > self.max_requests or (
-            self.kept_bytes > self.max_bytes and len(entries) > 1
-        ):
-            self.kept_bytes -= entries.popleft().cost
+        if len(entries) > self.max_requests or self.kept_bytes > self.max_bytes:
+            while len(entries) > self.max_requests or (
+                self.kept_bytes > self.max_bytes and len(entries) > 1
+            ):
+                self.kept_bytes -= entries.popleft().cost
         if self.listeners:
             for listener in self.listeners:
                 listener(entry)
@@ -188,13 +196,16 @@ class LogCapture(logging.Handler):
     there is one) formats the line as the operator's logs show it.
     """
 
-    def __init__(self, redact: Callable[[str], str], formatter: logging.Formatter) -> None:
+    def __init__(
+        self, owner: object, redact: Callable[[str], str], formatter: logging.Formatter
+    ) -> None:
         super().__init__(level=logging.DEBUG)
+        self._owner = owner
         self._redact = redact
         self.setFormatter(formatter)
 
     def emit(self, record: logging.LogRecord) -> None:
-        lines = _lines.get()
+        lines = current_lines(self._owner)
         if lines is None or len(lines) >= LINES_KEPT:
             return
         try:

@@ -177,13 +177,10 @@ class Inspector(Observer):
     # ----------------------------------------------------------- observer
 
     def request_started(self, frame: RequestFrame) -> None:
-        capturing_lines()
+        capturing_lines(self)
 
     def request_done(self, frame: RequestFrame, answer: AnsweredRequest, seconds: float) -> None:
-        self.recorder.add(
-            frame.id, frame.method, frame.url, frame.headers, frame.body, answer, seconds,
-            current_lines(),
-        )  # fmt: skip
+        self.recorder.add(frame, answer, seconds, current_lines(self))
 
     # ----------------------------------------------------------- lifecycle
 
@@ -216,7 +213,7 @@ class Inspector(Observer):
         formatter = installed_formatter() or logging.Formatter(
             "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
         )
-        self._capture = LogCapture(self._redact, formatter)
+        self._capture = LogCapture(self, self._redact, formatter)
         logging.getLogger().addHandler(self._capture)
         log.info(
             "inspector on %s: every request as it happens%s%s",
@@ -384,7 +381,7 @@ class Inspector(Observer):
                 return self._reply(200, self.state())
             if path == "/api/requests":
                 return self._reply(200, self._listed(request.query))
-            if path == "/api/events":
+            if path == "/api/events" and request.method == "GET":
                 return self._stream()
             if path.startswith("/api/requests/"):
                 entry = self._entry(path.removeprefix("/api/requests/"))
@@ -459,7 +456,7 @@ class Inspector(Observer):
             raise _Refusal(429, "inspector_replay_busy", "another replay is running; try again")
         self._replaying = True
         request_id = f"replay_{next(self._replays)}"
-        lines = capturing_lines()  # this task's log lines are the replay's
+        lines = capturing_lines(self)  # this task's log lines are the replay's
         started = time.perf_counter()
         try:
             headers, answer = await self._replay(request_id, body)
@@ -467,10 +464,12 @@ class Inspector(Observer):
             raise _Refusal(503, "inspector_replay_refused", str(refused)) from None
         finally:
             self._replaying = False
+        frame = RequestFrame(
+            id=request_id, method="POST", url=entry.frame.url, headers=dict(headers), body=body
+        )
         added = self.recorder.add(
-            request_id, entry.method, entry.url, headers, body, answer,
-            time.perf_counter() - started, lines, replay_of=entry.id,
-        )  # fmt: skip
+            frame, answer, time.perf_counter() - started, lines, replay_of=entry.id
+        )
         return self._reply(200, detail(added, engine=self.engine_api))
 
     def _replay_body(self, entry: Entry, raw: bytes) -> tuple[str, bool]:

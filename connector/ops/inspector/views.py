@@ -197,9 +197,9 @@ def detail(entry: Entry, *, engine: str | None = None) -> dict[str, Any]:
     return {
         **summary(entry),
         "request": {
-            "method": entry.method,
-            "url": entry.url,
-            "headers": shown_headers(entry.headers),
+            "method": entry.frame.method,
+            "url": entry.frame.url,
+            "headers": shown_headers(entry.frame.headers),
             **_body(entry.request_body, entry.request_size),
         },
         "answer": {
