@@ -428,6 +428,28 @@ def test_nothing_watches_unless_asked() -> None:
     assert connector.observers == [] and connector.observer is None
 
 
+async def test_dev_moves_off_its_default_port_when_it_is_taken() -> None:
+    """4040 is ngrok's too: dev's default moves to the next free port (and says
+    which); a port asked for does not move (exit 78)."""
+    taken = socket.socket()
+    try:
+        with contextlib.suppress(OSError):  # else someone else holds it: taken all the same
+            taken.bind(("127.0.0.1", 4040))
+            taken.listen()
+        args = ["dev", "--port", str(free_port()), "--api-port", str(free_port()),
+                "--exit-after-demo"]  # fmt: skip
+        async with process(args) as dev:
+            assert await dev.wait(60) == 0, dev.output()
+            shown = [line for line in dev.output().splitlines() if line.startswith("inspector:")]
+            assert len(shown) == 1 and "http://127.0.0.1:40" in shown[0]
+            assert "http://127.0.0.1:4040 " not in shown[0]
+        async with process([*args, "--inspect", "4040"]) as dev:
+            assert await dev.wait(60) == 78
+            assert "cannot serve the inspector on 127.0.0.1:4040" in dev.output()
+    finally:
+        taken.close()
+
+
 async def test_a_taken_default_port_moves_to_the_next_one() -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))

@@ -149,8 +149,10 @@ class Connector:
                 token=config.inspect_token,
                 max_requests=config.inspect_requests,
                 max_bytes=config.inspect_memory,
+                max_body=config.max_message_size,
                 replay=self._replay if config.inspect_replay else None,
                 redact=lambda text: redact_logged(verifier.redact(text)),
+                port_fallback=config.inspect_port_fallback,
             )
         # Everything that watches requests: metrics, tracing, the inspector,
         # and an embedding program's own observer.

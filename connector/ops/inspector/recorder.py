@@ -22,7 +22,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NamedTuple
 
 from ...wire.frames import RequestFrame
 from ..status import AnsweredRequest
@@ -67,58 +67,28 @@ def _cost(text: str) -> int:
     return len(text) if text.isascii() else 4 * len(text)
 
 
-class Entry:
+class Entry(NamedTuple):
     """One request and its answer, as the inspector keeps them.
 
     It holds the request frame and the answer that were served, not copies;
     only a body over :data:`BODY_KEPT` characters is cut (a new frame, or
-    :attr:`answer_body`, then holds its beginning) and its size noted.
+    ``answer_body``, then holds its beginning), and its size noted. A tuple:
+    recording one is a single allocation, on the request path.
     """
 
-    __slots__ = (
-        "answer",
-        "answer_body",
-        "answer_size",
-        "cost",
-        "ended_at",
-        "frame",
-        "lines",
-        "number",
-        "replay_of",
-        "request_size",
-        "seconds",
-    )
-
-    def __init__(
-        self,
-        number: int,
-        frame: RequestFrame,
-        answer: AnsweredRequest,
-        seconds: float,
-        lines: list[str] | None,
-        replay_of: str | None = None,
-    ) -> None:
-        self.number = number
-        self.frame = frame
-        self.answer = answer
-        self.seconds = seconds
-        self.ended_at = time.time()
-        self.lines = lines
-        self.replay_of = replay_of
-        body = frame.body
-        answer_body = answer.body
-        # None: the whole body is kept, and its size is computed when shown.
-        self.request_size: int | None = None
-        self.answer_size: int | None = None
-        if len(body) > BODY_KEPT:
-            self.request_size = _utf8_size(body)
-            body = body[:BODY_KEPT]
-            self.frame = frame.model_copy(update={"body": body})
-        if len(answer_body) > BODY_KEPT:
-            self.answer_size = _utf8_size(answer_body)
-            answer_body = answer_body[:BODY_KEPT]
-        self.answer_body = answer_body
-        self.cost = _cost(body) + _cost(answer_body)
+    number: int
+    frame: RequestFrame
+    answer: AnsweredRequest
+    seconds: float
+    ended_at: float
+    lines: list[str] | None
+    replay_of: str | None
+    #: The whole body's size in bytes when it was cut; None when kept whole.
+    request_size: int | None
+    answer_body: str
+    answer_size: int | None
+    #: What it counts against the recorder's byte budget.
+    cost: int
 
     @property
     def id(self) -> str:
@@ -139,6 +109,30 @@ class Entry:
     @property
     def answer_truncated(self) -> bool:
         return self.answer_size is not None
+
+
+def _cut(
+    number: int,
+    frame: RequestFrame,
+    answer: AnsweredRequest,
+    seconds: float,
+    lines: list[str] | None,
+    replay_of: str | None,
+) -> Entry:
+    """The entry of a request or an answer over :data:`BODY_KEPT`: their beginnings."""
+    body, answer_body = frame.body, answer.body
+    request_size = answer_size = None
+    if len(body) > BODY_KEPT:
+        request_size = _utf8_size(body)
+        frame = frame.model_copy(update={"body": body[:BODY_KEPT]})
+    if len(answer_body) > BODY_KEPT:
+        answer_size = _utf8_size(answer_body)
+        answer_body = answer_body[:BODY_KEPT]
+    cost = _cost(frame.body) + _cost(answer_body)
+    return Entry(
+        number, frame, answer, seconds, time.time(), lines, replay_of, request_size,
+        answer_body, answer_size, cost,
+    )  # fmt: skip
 
 
 class Recorder:
@@ -164,7 +158,18 @@ class Recorder:
         replay_of: str | None = None,
     ) -> Entry:
         self._added += 1
-        entry = Entry(self._added, frame, answer, seconds, lines, replay_of)
+        body = frame.body
+        answer_body = answer.body
+        if len(body) > BODY_KEPT or len(answer_body) > BODY_KEPT:
+            entry = _cut(self._added, frame, answer, seconds, lines, replay_of)
+        else:  # the common case, inline: this runs for every request
+            cost = (len(body) if body.isascii() else 4 * len(body)) + (
+                len(answer_body) if answer_body.isascii() else 4 * len(answer_body)
+            )
+            entry = Entry(
+                self._added, frame, answer, seconds, time.time(), lines, replay_of, None,
+                answer_body, None, cost,
+            )  # fmt: skip
         entries = self._entries
         entries.append(entry)
         self.kept_bytes += entry.cost
