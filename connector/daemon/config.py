@@ -44,6 +44,7 @@ MiB: Final = 1024 * 1024
 
 Group = Literal["source", "engine", "limits", "operations", "logging"]
 
+_INSPECT_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,}")
 # RFC 7230 token characters: what a Sec-WebSocket-Protocol entry may hold.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -270,8 +271,8 @@ class Config:
     inspect_token: str | None = setting(
         None,
         "--inspect-token",
-        "The token the inspector asks for (at least 16 characters); required when it listens "
-        "beyond loopback. Prefer the env var: a flag is visible in the process list.",
+        "The token the inspector asks for (at least 16 letters, digits or -_.~); required when "
+        "it listens beyond loopback. Prefer the env var: a flag is visible in the process list.",
         group="operations",
         metavar="TOKEN",
         secret=True,
@@ -342,9 +343,11 @@ class Config:
             )
         token = self.inspect_token or None
         object.__setattr__(self, "inspect_token", token)
-        if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
+        if token is not None and not _INSPECT_TOKEN.fullmatch(token):
+            # It travels in a URL's query and in a cookie: characters neither alters.
             raise ConfigError(
-                "the inspector token must be at least 16 printable characters, without spaces"
+                "the inspector token must be at least 16 letters, digits or - _ . ~ "
+                "(e.g. the output of openssl rand -hex 24)"
             )
         if address is not None and token is None and not _is_loopback(parse_address(address)[0]):
             raise ConfigError(

@@ -6,8 +6,8 @@ first. Recording an answered request costs one small object and a deque
 append: the request and answer bodies are the strings that were sent,
 referenced rather than copied, except that a body over
 :data:`BODY_KEPT` characters keeps only its beginning. Bodies are counted
-by their length (four bytes a character unless ASCII, an upper bound), not
-measured. Everything a page shows (summaries, shortened headers, pretty
+by their length (four bytes a character unless ASCII: an upper bound of
+their UTF-8 size and of what CPython holds), never measured. Everything a page shows (summaries, shortened headers, pretty
 JSON) is computed when asked, off the request path (see :mod:`.views`).
 
 Log lines are tied to a request through a context variable set in the
@@ -22,7 +22,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from ...wire.frames import RequestFrame
 from ..status import AnsweredRequest
@@ -61,42 +61,48 @@ def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _cost(text: str) -> int:
-    """At least what ``text`` holds in bytes (as UTF-8, and as CPython keeps it),
-    without reading it: its length for ASCII (an O(1) check), four times that otherwise."""
-    return len(text) if text.isascii() else 4 * len(text)
-
-
 class Entry(NamedTuple):
     """One request and its answer, as the inspector keeps them.
 
-    It holds the request frame and the answer that were served, not copies;
-    only a body over :data:`BODY_KEPT` characters is cut (a new frame, or
-    ``answer_body``, then holds its beginning), and its size noted. A tuple:
-    recording one is a single allocation, on the request path.
+    The recorder keeps each as a plain tuple of plain values: the strings
+    that were sent (referenced, not copied), numbers, and the headers as
+    one flat tuple of strings. The garbage collector stops visiting such a tuple (an
+    exact tuple, not this class, holding no dict) once it has seen it, so
+    the requests kept cost it nothing; keeping the request frame and the
+    answer objects instead made every kept request a container it visits
+    again and again, and measurably slowed the request path (see the
+    README's figures). This class names the fields when the entry is read.
+    A body over :data:`BODY_KEPT` characters keeps its beginning, and its
+    size is noted.
     """
 
     number: int
-    frame: RequestFrame
-    answer: AnsweredRequest
+    id: str
+    method: str
+    url: str
+    #: The request's header names, then their values, in one flat tuple of strings.
+    headers: tuple[str, ...]
+    request_body: str
+    #: The whole body's size in bytes when it was cut; None when kept whole.
+    request_size: int | None
+    status: int
+    answer_body: str
+    answer_size: int | None
+    operation: str | None
+    model: str | None
+    error: str | None
+    replayed: bool
     seconds: float
     ended_at: float
     lines: list[str] | None
     replay_of: str | None
-    #: The whole body's size in bytes when it was cut; None when kept whole.
-    request_size: int | None
-    answer_body: str
-    answer_size: int | None
     #: What it counts against the recorder's byte budget.
     cost: int
 
     @property
-    def id(self) -> str:
-        return self.frame.id
-
-    @property
-    def request_body(self) -> str:
-        return self.frame.body
+    def header_pairs(self) -> list[tuple[str, str]]:
+        half = len(self.headers) // 2
+        return list(zip(self.headers[:half], self.headers[half:], strict=True))
 
     @property
     def started_at(self) -> float:
@@ -111,30 +117,6 @@ class Entry(NamedTuple):
         return self.answer_size is not None
 
 
-def _cut(
-    number: int,
-    frame: RequestFrame,
-    answer: AnsweredRequest,
-    seconds: float,
-    lines: list[str] | None,
-    replay_of: str | None,
-) -> Entry:
-    """The entry of a request or an answer over :data:`BODY_KEPT`: their beginnings."""
-    body, answer_body = frame.body, answer.body
-    request_size = answer_size = None
-    if len(body) > BODY_KEPT:
-        request_size = _utf8_size(body)
-        frame = frame.model_copy(update={"body": body[:BODY_KEPT]})
-    if len(answer_body) > BODY_KEPT:
-        answer_size = _utf8_size(answer_body)
-        answer_body = answer_body[:BODY_KEPT]
-    cost = _cost(frame.body) + _cost(answer_body)
-    return Entry(
-        number, frame, answer, seconds, time.time(), lines, replay_of, request_size,
-        answer_body, answer_size, cost,
-    )  # fmt: skip
-
-
 class Recorder:
     """The newest entries, within a count and a byte budget; tells listeners of each."""
 
@@ -142,7 +124,7 @@ class Recorder:
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.kept_bytes = 0
-        self._entries: collections.deque[Entry] = collections.deque()
+        self._entries: collections.deque[tuple[Any, ...]] = collections.deque()
         self._added = 0
         self.listeners: list[Callable[[Entry], None]] = []
 
@@ -156,42 +138,72 @@ class Recorder:
         seconds: float,
         lines: list[str] | None,
         replay_of: str | None = None,
-    ) -> Entry:
+    ) -> None:
+        """Keep one answered request (on the request path: as cheap as it gets)."""
         self._added += 1
         body = frame.body
         answer_body = answer.body
-        if len(body) > BODY_KEPT or len(answer_body) > BODY_KEPT:
-            entry = _cut(self._added, frame, answer, seconds, lines, replay_of)
-        else:  # the common case, inline: this runs for every request
-            cost = (len(body) if body.isascii() else 4 * len(body)) + (
-                len(answer_body) if answer_body.isascii() else 4 * len(answer_body)
-            )
-            entry = Entry(
-                self._added, frame, answer, seconds, time.time(), lines, replay_of, None,
-                answer_body, None, cost,
-            )  # fmt: skip
+        request_size = answer_size = None
+        if len(body) > BODY_KEPT:
+            request_size = _utf8_size(body)
+            body = body[:BODY_KEPT]
+        if len(answer_body) > BODY_KEPT:
+            answer_size = _utf8_size(answer_body)
+            answer_body = answer_body[:BODY_KEPT]
+        cost = (len(body) if body.isascii() else 4 * len(body)) + (
+            len(answer_body) if answer_body.isascii() else 4 * len(answer_body)
+        )
+        record = (
+            self._added,
+            frame.id,
+            frame.method,
+            frame.url,
+            (*frame.headers.keys(), *frame.headers.values()),
+            body,
+            request_size,
+            answer.status,
+            answer_body,
+            answer_size,
+            answer.operation,
+            answer.model,
+            answer.error,
+            answer.replayed,
+            seconds,
+            time.time(),
+            lines,
+            replay_of,
+            cost,
+        )  # fmt: skip  (Entry's fields, in order)
         entries = self._entries
-        entries.append(entry)
-        self.kept_bytes += entry.cost
+        entries.append(record)
+        self.kept_bytes += cost
         if len(entries) > self.max_requests or self.kept_bytes > self.max_bytes:
             while len(entries) > self.max_requests or (
                 self.kept_bytes > self.max_bytes and len(entries) > 1
             ):
-                self.kept_bytes -= entries.popleft().cost
+                self.kept_bytes -= entries.popleft()[_COST]
         if self.listeners:
+            entry = Entry._make(record)
             for listener in self.listeners:
                 listener(entry)
-        return entry
 
     def newest_first(self) -> list[Entry]:
-        return list(reversed(self._entries))
+        return [Entry._make(record) for record in reversed(self._entries)]
+
+    def newest(self) -> Entry | None:
+        return Entry._make(self._entries[-1]) if self._entries else None
 
     def find(self, request_id: str) -> Entry | None:
         """The newest entry of this request id (an engine may reuse one)."""
-        for entry in reversed(self._entries):
-            if entry.id == request_id:
-                return entry
+        for record in reversed(self._entries):
+            if record[_ID] == request_id:
+                return Entry._make(record)
         return None
+
+
+# Where Recorder.add puts them in its tuples (Entry's field order).
+_ID: Final = Entry._fields.index("id")
+_COST: Final = Entry._fields.index("cost")
 
 
 class LogCapture(logging.Handler):

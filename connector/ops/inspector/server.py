@@ -180,7 +180,8 @@ class Inspector(Observer):
         capturing_lines(self)
 
     def request_done(self, frame: RequestFrame, answer: AnsweredRequest, seconds: float) -> None:
-        self.recorder.add(frame, answer, seconds, current_lines(self))
+        # An empty list is dropped: only the requests that logged keep one.
+        self.recorder.add(frame, answer, seconds, current_lines(self) or None)
 
     # ----------------------------------------------------------- lifecycle
 
@@ -465,11 +466,11 @@ class Inspector(Observer):
         finally:
             self._replaying = False
         frame = RequestFrame(
-            id=request_id, method="POST", url=entry.frame.url, headers=dict(headers), body=body
+            id=request_id, method="POST", url=entry.url, headers=dict(headers), body=body
         )
-        added = self.recorder.add(
-            frame, answer, time.perf_counter() - started, lines, replay_of=entry.id
-        )
+        self.recorder.add(frame, answer, time.perf_counter() - started, lines, replay_of=entry.id)
+        added = self.recorder.newest()
+        assert added is not None and added.id == request_id
         return self._reply(200, detail(added, engine=self.engine_api))
 
     def _replay_body(self, entry: Entry, raw: bytes) -> tuple[str, bool]:

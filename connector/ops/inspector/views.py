@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable
 from typing import Any, Final
 
 from .recorder import Entry
@@ -48,18 +48,16 @@ _TIMEOUT_CODE: Final = "source_connector_timeout"
 
 def signature_error(entry: Entry) -> str | None:
     """The code verification refused the request with, or None."""
-    answer = entry.answer
-    if answer.status == 401 and answer.operation is None and answer.error in SIGNATURE_FAILURES:
-        return answer.error
+    if entry.status == 401 and entry.operation is None and entry.error in SIGNATURE_FAILURES:
+        return entry.error
     return None
 
 
 def verified(entry: Entry) -> bool | None:
     """True once the signature was verified, False if refused, None if never checked."""
-    answer = entry.answer
     if signature_error(entry) is not None:
         return False
-    if answer.operation is None and answer.error in _NOT_VERIFIED:
+    if entry.operation is None and entry.error in _NOT_VERIFIED:
         return None
     return True
 
@@ -76,10 +74,10 @@ def _shorten(value: str) -> str:
     return " ".join(parts)
 
 
-def shown_headers(headers: Mapping[str, str]) -> dict[str, str]:
+def shown_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {
         name: _shorten(value) if _SENSITIVE_HEADER.search(name) else value
-        for name, value in headers.items()
+        for name, value in headers
     }
 
 
@@ -159,7 +157,6 @@ def _described(entry: Entry) -> tuple[str | None, str | None, str]:
 
 def summary(entry: Entry) -> dict[str, Any]:
     """One row: what the list and the page's table show."""
-    answer = entry.answer
     claimed_operation, claimed_model, what = _described(entry)
     error = signature_error(entry)
     return {
@@ -168,16 +165,16 @@ def summary(entry: Entry) -> dict[str, Any]:
         "time": round(entry.started_at, 3),
         # What the dispatcher resolved; for a request it never read (a bad
         # signature), what its body says.
-        "operation": answer.operation or claimed_operation,
-        "model": answer.model or claimed_model,
+        "operation": entry.operation or claimed_operation,
+        "model": entry.model or claimed_model,
         "summary": what,
-        "status": answer.status,
-        "error": answer.error,
+        "status": entry.status,
+        "error": entry.error,
         "durationMs": round(entry.seconds * 1000, 3),
         "verified": verified(entry),
         "signatureError": error,
-        "replayed": answer.replayed,
-        "deadlineHit": answer.error == _TIMEOUT_CODE,
+        "replayed": entry.replayed,
+        "deadlineHit": entry.error == _TIMEOUT_CODE,
         "replayOf": entry.replay_of,
     }
 
@@ -193,17 +190,16 @@ def _body(text: str, size: int | None) -> dict[str, Any]:
 
 def detail(entry: Entry, *, engine: str | None = None) -> dict[str, Any]:
     """The row, plus the request and the answer as they were, and the request's log lines."""
-    answer = entry.answer
     return {
         **summary(entry),
         "request": {
-            "method": entry.frame.method,
-            "url": entry.frame.url,
-            "headers": shown_headers(entry.frame.headers),
+            "method": entry.method,
+            "url": entry.url,
+            "headers": shown_headers(entry.header_pairs),
             **_body(entry.request_body, entry.request_size),
         },
         "answer": {
-            "status": answer.status,
+            "status": entry.status,
             "headers": {"content-type": "application/json"},
             **_body(entry.answer_body, entry.answer_size),
         },
