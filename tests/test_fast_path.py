@@ -360,3 +360,28 @@ async def test_a_request_that_never_waits_is_done_in_its_first_step_where_python
         assert ran == ["answered"]
         with pytest.raises(RuntimeError, match="boom in the first step"):
             await failed
+
+
+async def test_socket_reads_stay_below_the_mmap_threshold() -> None:
+    """asyncio reads 256 KiB at a time, above glibc's mmap threshold until a larger
+    block happens to be freed: then every read mapped fresh pages, two page
+    faults per request. The connection reads 64 KiB at a time, whatever the
+    process did before; a larger frame still arrives whole."""
+    import gc
+
+    async with (
+        DevEngine(API_KEY) as engine,
+        connector_running(engine.base_url, _TaskBound(), api_key=API_KEY),
+    ):
+        connections = [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, CoalescingClientConnection) and o.state is State.OPEN
+        ]
+        assert connections
+        for connection in connections:
+            inner = connection._coalescing._inner
+            assert inner.max_size == 64 * 1024  # type: ignore[attr-defined]
+        body = {"type": "load", "model": "task", "id": "x" * (300 * 1024)}
+        result = await engine.request(body)
+        assert result.status == 200 and json.loads(result.body)["row"] is not None

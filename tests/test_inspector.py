@@ -306,6 +306,8 @@ async def test_beyond_loopback_every_request_needs_the_token(
         Config(api_key=KEY, inspect_addr="0.0.0.0:4040")
     with pytest.raises(ConfigError, match="16"):
         Config(api_key=KEY, inspect_addr="0.0.0.0:4040", inspect_token="short")
+    with pytest.raises(ConfigError, match="letters, digits"):  # a cookie would cut it at ";"
+        Config(api_key=KEY, inspect_addr="0.0.0.0:4040", inspect_token="a;b+c d" * 4)
     config = Config(api_key=KEY, inspect_addr="0.0.0.0:4040", inspect_token=TOKEN)
     assert TOKEN not in repr(config)
 
