@@ -1,15 +1,20 @@
-"""Benchmark: the SQL adapter on PostgreSQL against the driver alone, in one run.
+"""Benchmark: the SQL adapter on PostgreSQL or MariaDB against the driver alone, in one run.
 
 Starts a private PostgreSQL (``initdb``/``pg_ctl`` on PATH; as root they run
-as the ``postgres`` user), fills ``tasks`` with 256 rows and measures, in
+as the ``postgres`` user) or, with ``--mariadb``, a private MariaDB
+(``tests/mariadb.py``), fills ``tasks`` with 256 rows and measures, in
 paired rounds (the yardstick, then the connector, back to back):
 
-- the yardstick: the same statements through psycopg's async pool alone
-  (``psycopg_pool.AsyncConnectionPool``, 15 connections, its defaults) in
-  this process, with no WebSocket, signing or JSON in the way. With its
-  defaults a read is BEGIN, SELECT and, when the connection goes back,
-  ROLLBACK; the ``driver-ac`` rows show the same reads in autocommit (one
-  round trip, as the adapter does them), for reference;
+- the yardstick: the same statements through the driver's own async pool
+  alone (15 connections, its defaults) in this process, with no WebSocket,
+  signing or JSON in the way: psycopg's ``AsyncConnectionPool`` (a read is
+  BEGIN, SELECT and, when the connection goes back, ROLLBACK), or asyncmy's
+  ``create_pool`` (autocommit off: a read is SELECT, then ROLLBACK, which
+  asyncmy's pool needs to keep the connection). The ``driver-ac`` rows show
+  the same reads in autocommit (one round trip, as the adapter does them),
+  for reference. A commit is the adapter's statements: on MariaDB the
+  ledger INSERT, the UPDATE, the row read back, GET_LOCK, the outbox
+  INSERT, the ledger UPDATE, COMMIT and RELEASE_LOCK;
 - the connector: ``ablo-connector run --database-url … --models …`` as its own
   process, driven by the engine side of ``bench/run.py`` (pre-signed request
   frames, every request its own ``webhook-id``, closed loop on 127.0.0.1);
@@ -19,6 +24,7 @@ ledger and outbox rows), each at 1 and 64 in flight.
 
     python bench/sql.py                       # 3 rounds, medians
     python bench/sql.py --rounds 5 --pool-size 15
+    python bench/sql.py --mariadb             # MariaDB, against asyncmy alone
     python bench/sql.py --sqlite              # the connector on a SQLite file (no yardstick)
     python bench/sql.py --connector-repo DIR  # serve with another checkout (before/after)
 
@@ -59,6 +65,7 @@ from bench.run import (  # noqa: E402
     proc_cpu_seconds,
     proc_status,
 )
+from tests.mariadb import PrivateMariaDB  # noqa: E402  (standard library only)
 from tests.postgres import PrivatePostgres  # noqa: E402  (standard library and psycopg only)
 
 ROWS = 256
@@ -71,7 +78,12 @@ TASKS_DDL = {
     "sqlite": """CREATE TABLE tasks (
         id TEXT PRIMARY KEY, title TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT 0,
         priority INTEGER, due_at TIMESTAMP, archived_at TIMESTAMP, estimate REAL)""",
+    "mysql": """CREATE TABLE tasks (
+        id VARCHAR(64) PRIMARY KEY, title TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT false,
+        priority INTEGER, due_at DATETIME(6), archived_at DATETIME(6), estimate DOUBLE)""",
 }
+# The outbox lock the adapter takes on MySQL and MariaDB (dialects/mysql.py).
+MYSQL_OUTBOX_LOCK = "LEFT(CONCAT('ablo_outbox.', DATABASE()), 64)"
 OPERATIONS = ("load", "list", "commit")
 LEVELS = (1, 64)
 
@@ -90,9 +102,17 @@ class Sample:
     errors: int
 
 
-def rows_sql() -> list[tuple[Any, ...]]:
+def rows_sql(zone: str = "Z") -> list[tuple[Any, ...]]:
     return [
-        (f"t{n}", f"Task {n}", n % 3 == 0, n % 5, f"2026-01-{1 + n % 28:02}T09:00:00Z", None, n / 4)
+        (
+            f"t{n}",
+            f"Task {n}",
+            n % 3 == 0,
+            n % 5,
+            f"2026-01-{1 + n % 28:02}T09:00:00{zone}",
+            None,
+            n / 4,
+        )
         for n in range(ROWS)
     ]
 
@@ -107,6 +127,24 @@ def prepare_postgres(url: str) -> None:
                 f"INSERT INTO tasks ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", rows_sql()
             )
         connection.execute("ANALYZE tasks")
+
+
+def prepare_mariadb(server: PrivateMariaDB) -> None:
+    import pymysql
+
+    connection = pymysql.connect(
+        host="127.0.0.1", port=server.port, user="root", database="test", autocommit=True
+    )
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(TASKS_DDL["mysql"])
+            cursor.executemany(
+                f"INSERT INTO tasks ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [(*row[:4], row[4].replace("T", " "), *row[5:]) for row in rows_sql(zone="")],
+            )
+            cursor.execute("ANALYZE TABLE tasks")
+    finally:
+        connection.close()
 
 
 def prepare_sqlite(path: Path) -> None:
@@ -144,8 +182,36 @@ def request_bodies(operation: str, count: int, tag: str) -> list[str]:
 # ------------------------------------------------------------ the yardstick
 
 
-class Driver:
+class Yardstick:
+    """Drives one of its operations closed-loop, ``in_flight`` at a time."""
+
+    async def drive(
+        self, operation: str, count: int, in_flight: int, tag: str
+    ) -> tuple[list[float], int, float]:
+        call: Callable[[int, str], Awaitable[None]] = getattr(self, operation)
+        latencies: list[float] = []
+        errors = 0
+        numbers = iter(range(count))
+
+        async def worker() -> None:
+            nonlocal errors
+            for i in numbers:
+                sent = time.perf_counter()
+                try:
+                    await call(i, tag)
+                except Exception:
+                    errors += 1
+                latencies.append(time.perf_counter() - sent)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return latencies, errors, time.perf_counter() - started
+
+
+class Driver(Yardstick):
     """The same statements through psycopg's async pool, in this process."""
+
+    name = "psycopg's pool with its defaults"
 
     def __init__(self, url: str, autocommit: bool = False) -> None:
         from psycopg_pool import AsyncConnectionPool
@@ -153,6 +219,12 @@ class Driver:
         self.pool = AsyncConnectionPool(
             url, min_size=15, max_size=15, kwargs={"autocommit": autocommit}, open=False
         )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True)
+
+    async def close(self) -> None:
+        await self.pool.close()
 
     async def load(self, i: int, tag: str) -> None:
         async with self.pool.connection() as connection:
@@ -195,27 +267,76 @@ class Driver:
                 (Jsonb([data]), key),
             )
 
-    async def drive(
-        self, operation: str, count: int, in_flight: int, tag: str
-    ) -> tuple[list[float], int, float]:
-        call: Callable[[int, str], Awaitable[None]] = getattr(self, operation)
-        latencies: list[float] = []
-        errors = 0
-        numbers = iter(range(count))
 
-        async def worker() -> None:
-            nonlocal errors
-            for i in numbers:
-                sent = time.perf_counter()
-                try:
-                    await call(i, tag)
-                except Exception:
-                    errors += 1
-                latencies.append(time.perf_counter() - sent)
+class AsyncmyDriver(Yardstick):
+    """The same statements through asyncmy's pool, in this process."""
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
-        return latencies, errors, time.perf_counter() - started
+    name = "asyncmy's pool with its defaults"
+
+    def __init__(self, server: PrivateMariaDB, autocommit: bool = False) -> None:
+        self._server = server
+        self._autocommit = autocommit
+        self.pool: Any = None
+
+    async def open(self) -> None:
+        import asyncmy
+
+        self.pool = await asyncmy.create_pool(
+            minsize=15, maxsize=15, host="127.0.0.1", port=self._server.port, user="root",
+            database="test", charset="utf8mb4", autocommit=self._autocommit,
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        self.pool.close()
+        await self.pool.wait_closed()
+
+    async def _read(self, sql: str, args: tuple[Any, ...]) -> None:
+        async with self.pool.acquire() as connection:
+            async with connection.cursor() as cursor:
+                await cursor.execute(sql, args)
+                await cursor.fetchall()
+            if not self._autocommit:
+                await connection.rollback()  # else the pool drops it, mid-transaction
+
+    async def load(self, i: int, tag: str) -> None:
+        await self._read(f"SELECT {COLUMNS} FROM tasks WHERE id = %s LIMIT 1", (f"t{i % ROWS}",))
+
+    async def list(self, i: int, tag: str) -> None:
+        await self._read(f"SELECT {COLUMNS} FROM tasks ORDER BY id LIMIT 51", ())
+
+    async def commit(self, i: int, tag: str) -> None:
+        key, task = f"{tag}_{i}", f"t{i % ROWS}"
+        async with self.pool.acquire() as connection:
+            try:
+                await connection.begin()
+                async with connection.cursor() as cursor:
+                    await cursor.execute(
+                        "INSERT INTO ablo_idempotency (client_tx_id, response, request_hash, "
+                        "expires_at, created_at) VALUES (%s, '[]', %s, "
+                        "NOW(6) + INTERVAL 30 DAY, NOW(6))",
+                        (key, "0" * 64),
+                    )
+                    await cursor.execute(
+                        "UPDATE tasks SET title = %s WHERE id = %s", (f"{tag} {i}", task)
+                    )
+                    await cursor.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = %s", (task,))
+                    row = await cursor.fetchone()
+                    data = json.dumps({"id": task, "title": row[1] if row else None})
+                    await cursor.execute(f"SELECT GET_LOCK({MYSQL_OUTBOX_LOCK}, 30)")
+                    await cursor.fetchall()
+                    await cursor.execute(
+                        "INSERT INTO ablo_outbox (id, model, entity_id, type, data, "
+                        "correlation_id, occurred_at) VALUES (%s, 'task', %s, 'UPDATE', %s, %s, %s)",
+                        (f"{key}:0", task, data, key, time.time_ns() // 1_000_000),
+                    )
+                    await cursor.execute(
+                        "UPDATE ablo_idempotency SET response = %s WHERE client_tx_id = %s",
+                        (f"[{data}]", key),
+                    )
+                await connection.commit()
+            finally:
+                async with connection.cursor() as cursor:
+                    await cursor.execute(f"DO RELEASE_LOCK({MYSQL_OUTBOX_LOCK})")
 
 
 # ------------------------------------------------------------ the connector
@@ -267,12 +388,19 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     repo = Path(args.connector_repo).resolve() if args.connector_repo else REPO
     with contextlib.ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ablo-bench-")))
-        driver: Driver | None = None
-        reference: Driver | None = None
+        driver: Yardstick | None = None
+        reference: Yardstick | None = None
         if args.sqlite:
             database = directory / "bench.db"
             prepare_sqlite(database)
             url = f"sqlite:///{database}"
+        elif args.mariadb:
+            mariadb = PrivateMariaDB()
+            stack.callback(mariadb.close)
+            mariadb.start()
+            url = mariadb.dsn
+            prepare_mariadb(mariadb)
+            driver, reference = AsyncmyDriver(mariadb), AsyncmyDriver(mariadb, autocommit=True)
         else:
             server = PrivatePostgres()
             stack.callback(server.close)
@@ -300,7 +428,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     raise SystemExit(f"the connector did not attach:\n{log.read_text()}") from None
                 for pool in (driver, reference):
                     if pool is not None:
-                        await pool.pool.open(wait=True)
+                        await pool.open()
                 started_kib = proc_status(peer.pid, "VmRSS")
                 result = await rounds(args, engine, peer, driver, reference)
                 result["connector_rss_mib"] = {
@@ -312,7 +440,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 for pool in (driver, reference):
                     if pool is not None:
-                        await pool.pool.close()
+                        await pool.close()
                 peer.terminate()
                 peer.wait(10)
 
@@ -321,8 +449,8 @@ async def rounds(
     args: argparse.Namespace,
     engine: Engine,
     peer: subprocess.Popen[bytes],
-    driver: Driver | None,
-    reference: Driver | None,
+    driver: Yardstick | None,
+    reference: Yardstick | None,
 ) -> dict[str, Any]:
     # Warm both paths: connections opened, statements prepared, caches filled.
     for operation in OPERATIONS:
@@ -381,6 +509,7 @@ async def rounds(
     ]
     result: dict[str, Any] = {"samples": [asdict(s) for s in table]}
     if driver is not None:
+        result["yardstick"] = driver.name
         ratios: dict[str, dict[str, Any]] = {}
         for operation in args.operations:
 
@@ -423,7 +552,7 @@ def render(result: dict[str, Any]) -> str:
         lines.append(
             f"{operation}: connector / driver alone: throughput at 64 {ratio['rps_at_64']}x, "
             f"p50 at 1 {ratio['p50_at_1']}x, p99 at 64 {ratio['p99_at_64']}x "
-            "(medians of the per-round ratios; the yardstick: psycopg's pool with its defaults)"
+            f"(medians of the per-round ratios; the yardstick: {result['yardstick']})"
         )
     return "\n".join(lines)
 
@@ -441,16 +570,21 @@ def main() -> None:
     )
     parser.add_argument("--pool-size", type=int, help="the connector's --pool-size")
     parser.add_argument("--sqlite", action="store_true", help="serve a SQLite file instead")
+    parser.add_argument(
+        "--mariadb", action="store_true", help="serve a private MariaDB instead (asyncmy alone)"
+    )
     parser.add_argument("--connector-repo", help="serve with the connector of this checkout")
     parser.add_argument(
         "--operations", default=",".join(OPERATIONS), help="a subset of load,list,commit"
     )
     args = parser.parse_args()
     args.operations = [op for op in args.operations.split(",") if op]
-    # Stopped from outside: still stop the private PostgreSQL and the connector.
+    # Stopped from outside: still stop the private database and the connector.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if set(args.operations) - set(OPERATIONS):
         parser.error("--operations takes load, list and commit")
+    if args.sqlite and args.mariadb:
+        parser.error("give --sqlite or --mariadb, not both")
     result = asyncio.run(measure(args))
     print(render(result))
     print(json.dumps(result))

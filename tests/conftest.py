@@ -1,12 +1,20 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A command started in the background by a script inherits SIGINT ignored, and
+# so would every connector a test spawns, until its launcher takes SIGINT
+# over: a Ctrl-C sent in the first milliseconds would be lost, where a
+# terminal's would end the process. The tests spawn what a terminal spawns.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 VECTORS = Path(__file__).resolve().parent / "vectors"

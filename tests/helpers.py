@@ -185,6 +185,10 @@ TASKS_DDL = {
     "postgresql": """CREATE TABLE tasks (
         id TEXT PRIMARY KEY, title TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT false,
         priority INTEGER, due_at TIMESTAMPTZ, archived_at TIMESTAMPTZ, estimate DOUBLE PRECISION)""",
+    # MySQL and MariaDB (a key cannot be TEXT; BOOLEAN is TINYINT(1)).
+    "mysql": """CREATE TABLE tasks (
+        id VARCHAR(64) PRIMARY KEY, title TEXT NOT NULL, done BOOLEAN NOT NULL DEFAULT false,
+        priority INTEGER, due_at DATETIME(6), archived_at DATETIME(6), estimate DOUBLE)""",
 }
 
 

@@ -35,9 +35,9 @@ ENV = {"ABLO_API_KEY": KEY}
         ),
         (["run", "--models", "models.toml"], ENV, "--models needs --database-url"),
         (
-            ["run", "--database-url", "mysql://app:hunter2@db/app"],
+            ["run", "--database-url", "oracle://app:hunter2@db/app"],
             ENV,
-            "unsupported database 'mysql'",
+            "unsupported database 'oracle'",
         ),
         (["run", "--database-url", "sqlite:///"], ENV, "in-memory SQLite"),
         (["run", "--handler", "no_such_module:X"], ENV, "cannot import handler module"),

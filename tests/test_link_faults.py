@@ -77,6 +77,7 @@ class _TwoLinks:
         if self.connections == 1:
             await self.first(ws)
             await self.release.wait()
+            ws.transport.abort()  # it may have stopped reading: no close handshake
             return
         await ws.send(_request("after"))
         answer = json.loads(await ws.recv())
@@ -243,6 +244,7 @@ async def test_sigterm_ends_the_process_within_the_grace_period_against_a_frozen
             await ws.send(_request(f"big{i}", f"big:{MEGABYTE}"))
         frozen.set()
         await release.wait()
+        ws.transport.abort()  # a frozen engine completes no close either
 
     async with scripted_engine(freeze) as base_url:
         args = connector_args(
@@ -310,3 +312,16 @@ async def test_a_websockets_that_differs_is_served_on_its_public_path(
     assert sorted(a["id"] for a in answers) == sorted(f"p{i}" for i in range(50))
     assert {a["status"] for a in answers} == {200}
     assert any("public send and receive path" in r.getMessage() for r in caplog.records)
+
+
+def test_the_proxy_websockets_will_use_is_found_on_every_supported_release(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """check reports the proxy websockets dials through; the function that
+    knows moved between websockets releases."""
+    monkeypatch.setenv("https_proxy", "http://proxy.internal:3128")
+    monkeypatch.setenv("no_proxy", "engine.near")
+    assert transport.proxy_for("wss://engine.example/v1/source/listen") == (
+        "http://proxy.internal:3128"
+    )
+    assert transport.proxy_for("wss://engine.near/v1/source/listen") is None

@@ -632,12 +632,18 @@ def test_systemd_hears_that_a_ready_connection_cannot_serve(tmp_path: Path) -> N
         notifier.close()
 
 
-async def test_the_sql_source_reports_its_database(postgres: Any) -> None:
-    """A real PostgreSQL stopped and started under a serving connector."""
+@pytest.mark.parametrize("server", ["postgres", "mariadb"])
+async def test_the_sql_source_reports_its_database(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    """A real PostgreSQL or MariaDB stopped and started under a serving connector."""
+    import sqlalchemy as sa
+
     from connector.adapters.sql import create_database_engine, migrate
     from tests.helpers import TASKS_DDL, execute
 
-    execute(postgres.dsn, TASKS_DDL["postgresql"])
+    postgres = request.getfixturevalue(server)  # either: stop() and start() alike
+    execute(postgres.dsn, TASKS_DDL[sa.make_url(postgres.dsn).get_backend_name()])
     engine = create_database_engine(postgres.dsn)
     migrate(engine)
     engine.dispose()
@@ -651,9 +657,11 @@ async def test_the_sql_source_reports_its_database(postgres: Any) -> None:
             ),
         ):
             await eventually(lambda: connector.status.source_healthy is True)
+            assert _metric((await get(base + "/metrics"))[1], "ablo_connector_source_up") == 1
 
             await asyncio.to_thread(postgres.stop)
             await eventually(lambda: connector.status.source_healthy is False)
+            assert _metric((await get(base + "/metrics"))[1], "ablo_connector_source_up") == 0
             status, body = await get(base + "/readyz")
             payload = json.loads(body)
             assert (status, payload["lastError"]) == (503, "database_unreachable")
@@ -664,5 +672,6 @@ async def test_the_sql_source_reports_its_database(postgres: Any) -> None:
             await asyncio.to_thread(postgres.start)
             await eventually(lambda: connector.status.source_healthy is True, timeout=15)
             assert (await get(base + "/readyz"))[0] == 200
+            assert _metric((await get(base + "/metrics"))[1], "ablo_connector_source_up") == 1
     finally:
         source.close()

@@ -1,8 +1,10 @@
-"""The SQL adapter against real databases: SQLite files and a private PostgreSQL.
+"""The SQL adapter against real databases: SQLite files, a private PostgreSQL
+and a private MariaDB.
 
 Every request goes through the dispatcher as a signed request body, so what
 is asserted is what the engine would receive. The conformance tests run on
-both databases; WAL echo and restart tests need PostgreSQL.
+all three databases; WAL echo and restart tests need PostgreSQL (MySQL's own
+are in test_sql_mariadb.py).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, 
 from connector.wire.bodies import Condition, ListPage, ListQuery
 from connector.wire.signing import Verifier
 from connector.wire.strict_json import loads as strict_json_loads
+from tests import mariadb
 from tests.helpers import API_KEY, TASKS_DDL, dispatch_frame, execute, signed_frame
 from tests.postgres import create_database, drop_database, require_password
 
-DIALECTS = ["sqlite", "postgresql"]
+DIALECTS = ["sqlite", "postgresql", "mariadb"]
 
 MODELS = {"models": {"task": {"table": "tasks"}}}
 
@@ -37,6 +40,14 @@ MODELS = {"models": {"task": {"table": "tasks"}}}
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'app.db'}"
+        return
+    if request.param == "mariadb":
+        shared = request.getfixturevalue("mariadb_server")
+        url = mariadb.create_database(shared)
+        try:
+            yield url
+        finally:
+            mariadb.drop_database(shared, url)
         return
     server = request.getfixturevalue("postgres_server")
     url = create_database(server)
@@ -123,6 +134,16 @@ def update(id: str, **input: Any) -> dict[str, Any]:
 
 def dialect_of(url: str) -> str:
     return sa.make_url(url).get_backend_name()
+
+
+def key_type(url: str) -> str:
+    """A text key column's type: MySQL keys a TEXT column only by a prefix."""
+    return "VARCHAR(64)" if dialect_of(url) == "mysql" else "TEXT"
+
+
+def quoted(url: str, name: str) -> str:
+    """An identifier quoted as the database quotes it (MySQL: backticks)."""
+    return f"`{name}`" if dialect_of(url) == "mysql" else f'"{name}"'
 
 
 # ------------------------------------------------------------ conformance
@@ -239,6 +260,7 @@ async def test_events_cursor_advances_and_drains(client: Client) -> None:
 REWIND_OUTBOX = {
     "postgresql": ("TRUNCATE ablo_outbox RESTART IDENTITY",),
     "sqlite": ("DELETE FROM ablo_outbox", "DELETE FROM sqlite_sequence WHERE name = 'ablo_outbox'"),
+    "mysql": ("TRUNCATE TABLE ablo_outbox",),
 }
 
 
@@ -510,7 +532,7 @@ async def test_a_lone_surrogate_in_a_json_column_is_the_callers_400(prepared: st
     a ``"\\ud800"`` escape) cannot be encoded into: it was a 500 on
     PostgreSQL and a 400 naming no field on SQLite."""
     json_type = "JSONB" if dialect_of(prepared) == "postgresql" else "JSON"
-    execute(prepared, f"CREATE TABLE docs (id TEXT PRIMARY KEY, body {json_type})")
+    execute(prepared, f"CREATE TABLE docs (id {key_type(prepared)} PRIMARY KEY, body {json_type})")
     client = Client(SQLSource(prepared, {"models": {"doc": {"table": "docs"}}}))
     try:
         for n, body in enumerate(
@@ -641,7 +663,9 @@ async def test_model_map_overrides_fields_and_excludes_columns(
     prepared: str, tmp_path: Path
 ) -> None:
     execute(
-        prepared, "CREATE TABLE people (person_key TEXT PRIMARY KEY, full_name TEXT, secret TEXT)"
+        prepared,
+        f"CREATE TABLE people (person_key {key_type(prepared)} PRIMARY KEY, full_name TEXT, "
+        "secret TEXT)",
     )
     models = tmp_path / "models.toml"
     models.write_text(
@@ -668,7 +692,7 @@ async def test_model_map_overrides_fields_and_excludes_columns(
 
 
 async def test_without_a_map_every_table_is_served_by_its_name(prepared: str) -> None:
-    execute(prepared, "CREATE TABLE notes (id TEXT PRIMARY KEY, body_text TEXT)")
+    execute(prepared, f"CREATE TABLE notes (id {key_type(prepared)} PRIMARY KEY, body_text TEXT)")
     source = SQLSource(prepared)
     client = Client(source)
     try:
@@ -685,7 +709,7 @@ def test_model_map_mistakes_are_config_errors(prepared: str, tmp_path: Path) -> 
     execute(
         prepared,
         "CREATE TABLE keyless (name TEXT)",
-        'CREATE TABLE twins (id TEXT, due_at TEXT, "dueAt" TEXT)',
+        f"CREATE TABLE twins (id TEXT, due_at TEXT, {quoted(prepared, 'dueAt')} TEXT)",
     )
     cases = [
         ({"task": {"table": "nope"}}, "table 'nope' does not exist"),
@@ -765,6 +789,13 @@ OLD_TABLES = {
         "UNIQUE, model TEXT NOT NULL, entity_id TEXT NOT NULL, type TEXT NOT NULL, data JSON, "
         "organization_id TEXT, client_tx_id TEXT, occurred_at INTEGER)",
     ),
+    "mysql": (
+        "CREATE TABLE ablo_idempotency (client_tx_id VARCHAR(255) PRIMARY KEY, response JSON "
+        "NOT NULL)",
+        "CREATE TABLE ablo_outbox (`cursor` BIGINT AUTO_INCREMENT PRIMARY KEY, id VARCHAR(320) "
+        "NOT NULL UNIQUE, model TEXT NOT NULL, entity_id TEXT NOT NULL, type TEXT NOT NULL, "
+        "data JSON, organization_id TEXT, client_tx_id TEXT, occurred_at BIGINT)",
+    ),
 }
 
 
@@ -804,7 +835,10 @@ async def test_migrate_upgrades_older_tables_until_run_accepts_them(database_url
 
 
 def test_migrate_refuses_a_table_it_cannot_complete(database_url: str) -> None:
-    execute(database_url, "CREATE TABLE ablo_outbox (cursor INTEGER PRIMARY KEY, data TEXT)")
+    execute(
+        database_url,
+        f"CREATE TABLE ablo_outbox ({quoted(database_url, 'cursor')} INTEGER PRIMARY KEY, data TEXT)",
+    )
     engine = create_database_engine(database_url)
     try:
         with pytest.raises(
@@ -823,16 +857,21 @@ def test_database_urls_are_checked_and_passwords_hidden() -> None:
     assert database_url("postgres://u:p@h/db").drivername == "postgresql+psycopg"
     assert database_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     assert database_url("sqlite:///x.db").drivername == "sqlite+pysqlite"
+    assert database_url("mysql://u@h/db").drivername == "mysql+asyncmy"
+    assert database_url("mariadb://u@h/db?charset=utf8mb4").drivername == "mariadb+asyncmy"
     for bad, message in [
-        ("mysql://u@h/db", "unsupported database 'mysql'"),
+        ("oracle://u@h/db", "unsupported database 'oracle'"),
         ("sqlite://", "in-memory SQLite"),
         ("postgresql+psycopg2://u@h/db", "psycopg 3"),
+        ("mysql+mysqldb://u@h/db", "served through asyncmy, not 'mysqldb'"),
+        ("mysql://u@h", "names no database"),
+        ("mysql://u@h/db?charset=latin1", "utf8mb4"),
         ("not a url", "not valid"),
     ]:
         with pytest.raises(ConfigError, match=message):
             database_url(bad)
-    source = SQLSource("postgresql://app:hunter2@db.internal/app")
-    assert "hunter2" not in repr(source)
+    for url in ("postgresql://app:hunter2@db.internal/app", "mysql://app:hunter2@db.internal/app"):
+        assert "hunter2" not in repr(SQLSource(url))
 
 
 # ------------------------------------------------------------ PostgreSQL only
@@ -1155,7 +1194,7 @@ async def test_a_dropped_column_or_table_is_the_sources_503_until_it_is_back(
     url = prepare(database_url)
     execute(
         url,
-        "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT, extra TEXT)",
+        f"CREATE TABLE notes (id {key_type(url)} PRIMARY KEY, body TEXT, extra TEXT)",
         "INSERT INTO notes VALUES ('n1', 'hello', 'x')",
         "INSERT INTO tasks (id, title, due_at) VALUES ('t1', 'A', '2026-01-02 03:04:05')",
     )
@@ -1324,6 +1363,7 @@ NON_FINITE = {
     # SQLite stores NaN as NULL, so only the infinities reach a row there.
     "sqlite": ("9e999", "-9e999"),
     "postgresql": ("'NaN'", "'Infinity'", "'-Infinity'"),
+    "mysql": (),
 }
 
 
@@ -1331,6 +1371,8 @@ async def test_nan_and_infinity_are_served_as_null_and_rows_stay_updatable(
     client: Client, prepared: str
 ) -> None:
     specials = NON_FINITE[dialect_of(prepared)]
+    if not specials:
+        pytest.skip("MySQL and MariaDB refuse NaN and ±Infinity in a DOUBLE: no row holds one")
     execute(
         prepared,
         *(
@@ -1424,7 +1466,9 @@ async def test_client_mistakes_are_specific_400s(client: Client, prepared: str) 
 async def test_database_errors_carry_no_sql_or_values(client: Client, prepared: str) -> None:
     secret = "s3cr3t-value-4711"
     execute(
-        prepared, "CREATE TABLE codes (id TEXT PRIMARY KEY, code VARCHAR(3) CHECK (code <> 'bad'))"
+        prepared,
+        f"CREATE TABLE codes (id {key_type(prepared)} PRIMARY KEY, "
+        "code VARCHAR(3) CHECK (code <> 'bad'))",
     )
     codes = Client(SQLSource(prepared, {"models": {"code": {"table": "codes"}}}))
     try:
@@ -1438,7 +1482,7 @@ async def test_database_errors_carry_no_sql_or_values(client: Client, prepared: 
             },  # duplicate key
             {"type": "UPDATE", "model": "code", "id": secret, "input": {"code": "bad"}},  # CHECK
         ]
-        if dialect_of(prepared) == "postgresql":
+        if dialect_of(prepared) != "sqlite":
             failures.append(  # too long for VARCHAR(3): SQLite does not enforce it
                 {"type": "UPDATE", "model": "code", "id": secret, "input": {"code": secret}}
             )
@@ -1494,7 +1538,9 @@ async def test_postgres_input_errors_do_not_echo_the_value(
 
 
 async def test_a_model_answers_to_its_aliases_and_authorize_sees_its_name(prepared: str) -> None:
-    execute(prepared, "CREATE TABLE salaries (id TEXT PRIMARY KEY, amount INTEGER)")
+    execute(
+        prepared, f"CREATE TABLE salaries (id {key_type(prepared)} PRIMARY KEY, amount INTEGER)"
+    )
     execute(prepared, "INSERT INTO salaries VALUES ('s1', 100)")
 
     class Guarded(SQLSource):

@@ -1,7 +1,8 @@
-"""The SQL adapter from the command line: migrate, check, and run against PostgreSQL.
+"""The SQL adapter from the command line: migrate, check, and run against
+PostgreSQL and MariaDB.
 
 A local engine in this process, the connector as a real subprocess, and a
-private PostgreSQL: the path a user takes with no Python written.
+private PostgreSQL or MariaDB: the path a user takes with no Python written.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.dev.engine import DevEngine
+from tests import mariadb
 from tests.helpers import TASKS_DDL, Process, execute, free_port, process, wait_for_port
 from tests.postgres import create_database, drop_database, require_password
 
@@ -411,3 +413,233 @@ async def test_the_kubernetes_memory_request_covers_the_sql_adapter_on_postgres(
         drop_database(postgres_server, url)
     replay_memory = 16
     assert peak + replay_memory <= request < limit, (peak, request, limit)
+
+
+# ------------------------------------------------------------ MariaDB
+
+
+def _as_user(url: str, user: str, password: str) -> str:
+    """``url`` (root's, on a private MariaDB) as another user of the same database."""
+    return url.replace("mysql://root@", f"mysql://{user}:{password}@")
+
+
+async def test_mariadb_migrate_run_and_a_restart_end_to_end(
+    mariadb_server: Any, tmp_path: Path
+) -> None:
+    """migrate creates the tables once and ends with run's check; run serves
+    every operation; a connector killed mid-life replays from the ledger."""
+    root = mariadb.create_database(mariadb_server)
+    user, password = f"e2e_{uuid.uuid4().hex[:8]}", PASSWORD
+    mariadb.require_password(mariadb_server, user, password)
+    url = _as_user(root, user, password)
+    execute(root, TASKS_DDL["mysql"])
+    models = tmp_path / "models.toml"
+    models.write_text('[models.task]\ntable = "tasks"\n')
+    env = {**ENV, "ABLO_DATABASE_URL": url}
+    try:
+        async with process(["migrate"], {"ABLO_DATABASE_URL": url}) as first:
+            assert await first.wait(30) == 0, first.output()
+            created = first.output()
+        async with process(["migrate"], {"ABLO_DATABASE_URL": url}) as second:
+            assert await second.wait(30) == 0, second.output()
+            again = second.output()
+        assert ": created table ablo_idempotency\n" in created
+        assert ": created table ablo_outbox\n" in created and ": run will serve tasks\n" in created
+        assert "created" not in again and "are up to date" in again
+        assert password not in created + again and "[redacted]" in created
+        async with DevEngine(KEY) as engine:
+            args = ["run", "--base-url", engine.base_url, "--models", str(models)]
+            connector = await Process(args, env).start()
+            try:
+                await engine.wait_attached(20)
+                commit = {
+                    "type": "commit",
+                    "correlationId": "e2e_1",
+                    "operations": [
+                        {"type": "CREATE", "model": "task", "id": "t1",
+                         "input": {"title": "Ship 🚢", "priority": 2}},
+                        {"type": "CREATE", "model": "task", "id": "t2", "input": {"title": "Test"}},
+                    ],
+                }  # fmt: skip
+                created_rows = await engine.request(commit)
+                assert created_rows.status == 200, created_rows.body
+                rows = created_rows.json()["rows"]
+                assert [r["title"] for r in rows] == ["Ship 🚢", "Test"]
+                listed = await engine.request(
+                    {"type": "list", "model": "task",
+                     "query": {"where": [["title", "ILIKE", "%S%"]], "orderBy": "title", "limit": 1}}
+                )  # fmt: skip
+                page = listed.json()
+                assert [r["id"] for r in page["rows"]] == ["t1"]
+                second_page = await engine.request(
+                    {"type": "list", "model": "task",
+                     "query": {"where": [["title", "ILIKE", "%S%"]], "orderBy": "title", "limit": 1,
+                               "cursor": page["nextCursor"]}}
+                )  # fmt: skip
+                assert [r["id"] for r in second_page.json()["rows"]] == ["t2"]
+                archived = await engine.request(
+                    {"type": "commit", "correlationId": "e2e_2",
+                     "operations": [{"type": "ARCHIVE", "model": "task", "id": "t2"}]}
+                )  # fmt: skip
+                assert archived.status == 200 and archived.json()["rows"][0]["archivedAt"]
+                events = (await engine.request({"type": "events"})).json()["events"]
+                assert [e["type"] for e in events] == ["CREATE", "CREATE", "ARCHIVE"]
+
+                connector.signal(signal.SIGKILL)
+                await connector.wait(10)
+                output = connector.output()
+                connector = await Process(args, env).start()
+                await engine.wait_attached(20)
+                replayed = await engine.request(commit)
+                assert (replayed.status, replayed.json()["rows"]) == (200, rows)
+                assert execute(root, "SELECT COUNT(*) FROM ablo_outbox")[0][0][0] == 3
+            finally:
+                connector.signal(signal.SIGTERM)
+                assert await connector.wait(20) == 0
+                output += connector.output()
+                await connector.stop()
+        assert "serving 1 model(s) from mysql+asyncmy://" in output
+        assert password not in output and KEY not in output
+        check = ["check", "--models", str(models)]
+        async with process(check, {"ABLO_API_KEY": "", "ABLO_DATABASE_URL": url}) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+            shown = cli.output()
+        assert "ok    database: mysql+asyncmy://" in shown and "models: task)" in shown
+        assert "      model task: table tasks, id column id, fields title, done, priority" in shown
+        assert password not in shown
+    finally:
+        mariadb.drop_database(mariadb_server, root)
+        mariadb_server.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+async def test_run_and_migrate_refuse_a_mariadb_that_cannot_work(mariadb_server: Any) -> None:
+    user = f"cli_{uuid.uuid4().hex[:8]}"
+    mariadb.require_password(mariadb_server, user, "pw-right-5e2f")
+    base = f"127.0.0.1:{mariadb_server.port}"
+    cases = [
+        (f"mysql://{user}:{PASSWORD}@{base}/test", "refused the login of user"),
+        (
+            f"mariadb://{user}:pw-right-5e2f@{base}/no_such_db",
+            "database 'no_such_db' does not exist",
+        ),
+    ]
+    try:
+        for url, message in cases:
+            for command in ("run", "migrate"):
+                async with process([command, "--database-url", url], ENV) as connector:
+                    assert await connector.wait(30) == 78, (command, connector.output())
+                    output = connector.output()
+                assert message in output and "Traceback" not in output, (command, output)
+                assert PASSWORD not in output and "cannot reach" not in output
+        # A database without the ledger and outbox: run says to migrate first.
+        bare = mariadb.create_database(mariadb_server)
+        try:
+            execute(bare, TASKS_DDL["mysql"])
+            async with process(["run", "--database-url", bare], ENV) as connector:
+                assert await connector.wait(30) == 78, connector.output()
+                assert "run `ablo-connector migrate --database-url ...` once" in connector.output()
+        finally:
+            mariadb.drop_database(mariadb_server, bare)
+        closed = f"mysql://app:{PASSWORD}@127.0.0.1:{free_port()}/app"
+        async with process(["migrate", "--database-url", closed]) as unreachable:
+            assert await unreachable.wait(30) == 69
+            assert "cannot reach" in unreachable.output()
+            assert PASSWORD not in unreachable.output()
+    finally:
+        mariadb_server.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+async def test_dev_serves_an_existing_mariadb_database_after_migrate(mariadb_server: Any) -> None:
+    url = mariadb.create_database(mariadb_server).replace("mysql://", "mariadb://")
+    execute(url, TASKS_DDL["mysql"], "INSERT INTO tasks (id, title) VALUES ('t1', 'Hello')")
+    try:
+        async with process(["migrate", "--database-url", url]) as migrate:
+            assert await migrate.wait(30) == 0, migrate.output()
+        port, api_port = free_port(), free_port()
+        async with process(
+            ["dev", "--database-url", url, "--port", str(port), "--api-port", str(api_port)]
+        ) as dev:
+            await wait_for_port(api_port, 20)
+            request = ["request", "load", "tasks", "t1", "--engine", f"http://127.0.0.1:{api_port}"]
+            for _ in range(100):
+                async with process(request) as client:
+                    status = await client.wait(30)
+                    answer = client.output()
+                if status == 0:
+                    break
+            assert status == 0, answer + dev.output()
+            assert '"title": "Hello"' in answer and '"done": false' in answer
+    finally:
+        mariadb.drop_database(mariadb_server, url)
+
+
+async def test_migrate_prints_the_ddl_and_the_grants_of_a_least_privilege_mysql_user(
+    mariadb_server: Any, tmp_path: Path
+) -> None:
+    """A user that may not create tables cannot run migrate the first time:
+    migrate says so, prints the DDL for the owner and the GRANTs the user
+    needs; with exactly those, run serves every operation."""
+    from connector.adapters.sql import SQLSource
+    from tests.test_sql_adapter import Client
+
+    root = mariadb.create_database(mariadb_server)
+    user, password = f"lp_{uuid.uuid4().hex[:8]}", "pw-least-8b3d"
+    as_user = _as_user(root, user, password)
+    as_user_env = {"ABLO_DATABASE_URL": as_user}  # a password on the command line draws a warning
+    name = root.rsplit("/", 1)[1]
+    execute(root, TASKS_DDL["mysql"])
+    mariadb_server.execute(  # as root, in the mariadb client ('%' is no placeholder there)
+        f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}';"
+        # Enough to connect to the database and read the catalog; no CREATE.
+        f"GRANT SELECT ON `{name}`.tasks TO '{user}'@'%';"
+    )
+
+    def statements(printed: str) -> list[str]:
+        text = "\n".join(line for line in printed.splitlines() if not line.startswith("--"))
+        return [part.strip() for part in text.split(";") if part.strip()]
+
+    try:
+        async with process(["migrate"], as_user_env) as cli:
+            assert await cli.wait(30) == 78, cli.output()
+            assert "may not create the ledger and outbox" in cli.output()
+        async with process(["migrate", "--print-sql"], as_user_env) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+            assert "in the database the connector's URL names" in cli.output()
+            execute(root, *statements(cli.output()))
+        # Without the GRANTs, run stops in one line, as for a refused login.
+        async with process(["run"], {**ENV, **as_user_env}) as cli:
+            assert await cli.wait(30) == 78, cli.output()
+            assert f"user '{user}' lacks a privilege the connector needs: " in cli.output()
+        async with process(["migrate", "--print-grants", user], as_user_env) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+            printed = cli.output()
+        grants = statements(printed)
+        assert grants == [
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {name}.tasks TO '{user}'@'%'",
+            f"GRANT SELECT, INSERT, UPDATE ON {name}.ablo_idempotency TO '{user}'@'%'",
+            f"GRANT SELECT, INSERT ON {name}.ablo_outbox TO '{user}'@'%'",
+        ], printed
+        mariadb_server.execute(";".join(grants))
+        async with process(["migrate"], as_user_env) as cli:
+            assert await cli.wait(30) == 0, cli.output()  # nothing to create: it checks
+            assert "run will serve tasks" in cli.output()
+        client = Client(SQLSource(as_user, {"models": {"task": {"table": "tasks"}}}))
+        try:
+            status, body = await client.commit(
+                "c_grants",
+                {"type": "CREATE", "model": "task", "id": "t1", "input": {"title": "T"}},
+                {"type": "UPDATE", "model": "task", "id": "t1", "input": {"done": True}},
+                {"type": "DELETE", "model": "task", "id": "t1"},
+            )
+            assert status == 200, body
+            assert (
+                await client.commit("c_grants", {"type": "DELETE", "model": "task", "id": "t1"})
+            )[0] == 409
+            events = await client.events()
+            assert len(events["events"]) == 3
+            assert (await client.events(events["nextCursor"]))["events"] == []
+        finally:
+            await client.close()
+    finally:
+        mariadb.drop_database(mariadb_server, root)
+        mariadb_server.execute(f"DROP USER IF EXISTS '{user}'@'%'")

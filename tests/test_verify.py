@@ -103,7 +103,7 @@ async def test_the_sqlite_example_passes_every_check_and_keeps_none_of_its_rows(
     assert left == [] and report.left_behind == []
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("database", ["sqlite", "postgresql", "mariadb"])
 def test_the_sql_adapter_passes_every_check_on_each_database(
     database: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -112,21 +112,17 @@ def test_the_sql_adapter_passes_every_check_on_each_database(
     if database == "sqlite":
         url = tasks_database(tmp_path / "verify_test.db")
         extra += ["--database-url", url]
-    else:
-        from tests.postgres import create_database, drop_database, require_password
+    elif database == "postgresql":
+        from tests import postgres
 
         server = request.getfixturevalue("postgres_server")
-        url = create_database(server)
-        request.addfinalizer(lambda: drop_database(server, url))
+        url = postgres.create_database(server)
+        request.addfinalizer(lambda: postgres.drop_database(server, url))
         execute(url, TASKS_DDL["postgresql"])
-        engine = database_engine(url)
-        try:
-            migrate(engine)
-        finally:
-            engine.dispose()
+        _migrate(url)
         # A login with a password, as in production: it must show nowhere.
         role, password = f"verifier_{secrets.token_hex(4)}", secrets.token_hex(12)
-        require_password(server, role, password)
+        postgres.require_password(server, role, password)
         execute(
             url,
             f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}",
@@ -134,6 +130,18 @@ def test_the_sql_adapter_passes_every_check_on_each_database(
         )
         env["ABLO_DATABASE_URL"] = url.replace("postgres@", f"{role}:{password}@")
         extra.append("--allow-any-database")  # the tests' databases are named t_<hex>
+    else:
+        from tests import mariadb
+
+        server = request.getfixturevalue("mariadb_server")
+        url = mariadb.create_database(server)
+        request.addfinalizer(lambda: mariadb.drop_database(server, url))
+        execute(url, TASKS_DDL["mysql"])
+        _migrate(url)
+        role, password = f"verifier_{secrets.token_hex(4)}", secrets.token_hex(12)
+        mariadb.require_password(server, role, password)
+        env["ABLO_DATABASE_URL"] = url.replace("root@", f"{role}:{password}@")
+        extra.append("--allow-any-database")
     result = command("--json", *extra, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     if env:
@@ -143,6 +151,14 @@ def test_the_sql_adapter_passes_every_check_on_each_database(
     assert [item["name"] for item in report["checks"]] == ALL
     assert report["model"] == "tasks" and report["leftBehind"] == []
     assert execute(url, "SELECT count(*) FROM tasks")[0] == [(0,)]
+
+
+def _migrate(url: str) -> None:
+    engine = database_engine(url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
 
 
 # ---------------------------------------------------------------- what fails

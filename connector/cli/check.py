@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection
 
 from ..daemon.config import Config
 from ..daemon.connection import open_websocket
+from ..daemon.transport import proxy_for
 from ..errors import (
     EX_CONFIG,
     AuthenticationFailed,
@@ -48,13 +49,6 @@ def _key_kind(key: str) -> str:
     return f"a key that does not start with sk_test_ or sk_live_ ({len(key)} characters)"
 
 
-def _proxy_for(url: str) -> str | None:
-    from websockets.proxy import get_proxy
-    from websockets.uri import parse_uri
-
-    return get_proxy(parse_uri(url))
-
-
 async def run_checks(config: Config, echo: Echo, *, register: bool = False) -> None:
     """Run every step; raises :class:`CheckFailed` at the first failure.
 
@@ -69,7 +63,7 @@ async def run_checks(config: Config, echo: Echo, *, register: bool = False) -> N
     port = parts.port or (443 if secure else 80)
     echo(f"ok    configuration: {url} with {_key_kind(config.api_key)}")
 
-    proxy = _proxy_for(url)
+    proxy = proxy_for(url)
     target_host, target_port = host, port
     if proxy:
         proxy_parts = urlsplit(proxy)

@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 
 __all__ = ["migrate"]
 
-_INSUFFICIENT_PRIVILEGE = "42501"
-
 
 @click.command(
     cls=GroupedCommand, short_help="Create or upgrade the SQL adapter's ledger and outbox."
@@ -31,7 +29,7 @@ _INSUFFICIENT_PRIVILEGE = "42501"
     env="ABLO_DATABASE_URL",
     required=True,
     metavar="URL",
-    help="The database to prepare (sqlite:///app.db, postgresql://…).",
+    help="The database to prepare (sqlite:///app.db, postgresql://…, mysql://…).",
 )
 @option(
     "--models",
@@ -53,7 +51,8 @@ _INSUFFICIENT_PRIVILEGE = "42501"
     "grants_for",
     group="source",
     metavar="ROLE",
-    help="Print the GRANTs ROLE needs to serve the models (PostgreSQL), and change nothing. "
+    help="Print the GRANTs ROLE needs to serve the models (PostgreSQL, MySQL: ROLE or "
+    "ROLE@HOST), and change nothing. "
     "Connects as the URL's user, which needs no privilege beyond reading the catalog.",
 )
 @click.pass_context
@@ -69,7 +68,7 @@ def migrate(
 
     Creates ablo_idempotency and ablo_outbox with the same names and columns
     as the engine's own migrations, in the first schema of the user's
-    search_path, adds columns an older ledger or outbox lacks (printing each
+    search_path (MySQL: in the URL's database), adds columns an older ledger or outbox lacks (printing each
     change), then makes the check `run` makes, with the same --models: a
     migrate that succeeds means run accepts the database. Your own tables
     are never touched. Exit 69 when the database cannot be reached, 78 for a
@@ -85,7 +84,12 @@ def migrate(
     import sqlalchemy as sa
     from sqlalchemy.exc import DBAPIError, OperationalError
 
-    from ..adapters.sql import create_database_engine, describe_database_error, shown_url
+    from ..adapters.sql import (
+        create_database_engine,
+        describe_database_error,
+        lacks_privilege,
+        shown_url,
+    )
     from ..adapters.sql import migrate as migrate_tables
 
     formatter = configure_logging("warning")
@@ -111,16 +115,18 @@ def migrate(
         tables = set(sa.inspect(engine).get_table_names()) - {"ablo_idempotency", "ablo_outbox"}
     except ConfigError as error:
         fail(f"{shown}: {error}")
-    except OperationalError as error:
-        _unreachable(f"{shown}: ", error, engine.url)
     except DBAPIError as error:
-        if getattr(error.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+        # Before an outage: MySQL's drivers raise a missing privilege as an
+        # OperationalError.
+        if lacks_privilege(error, engine.url):
             fail(
                 f"{shown}: {describe_database_error(error)}: this user may not create the "
                 "ledger and outbox; run migrate once as the tables' owner (or have the owner "
                 "run the statements of `ablo-connector migrate --print-sql`), then grant this "
                 "user what `ablo-connector migrate --print-grants ROLE` prints"
             )
+        if isinstance(error, OperationalError):
+            _unreachable(f"{shown}: ", error, engine.url)
         fail(f"migration failed on {shown}: {describe_database_error(error)}", EX_FAILURE)
     finally:
         engine.dispose()
@@ -157,32 +163,31 @@ def _served_models(
 def _print_sql(database_url: str) -> None:
     """The statements migrate runs on a database that has neither table (no connection)."""
     from ..adapters.sql import database_url as parse_database_url
-    from ..adapters.sql import migration_statements
+    from ..adapters.sql import migration_statements, print_sql_note
 
     try:
-        dialect = parse_database_url(database_url).get_backend_name()
+        url = parse_database_url(database_url)
     except ConfigError as error:
         fail(str(error))
+    statements = migration_statements(url.get_backend_name())
+    note = print_sql_note(url)
     click.echo(
-        "-- The SQL adapter's ledger and outbox, as `ablo-connector migrate` creates them;\n"
-        "-- run as the owner, in the schema the connector's user finds first on its search_path."
+        f"-- The SQL adapter's ledger and outbox, as `ablo-connector migrate` creates them;\n{note}"
     )
-    for statement in migration_statements(dialect):
+    for statement in statements:
         click.echo(f"{statement};")
 
 
 def _print_grants(engine: Engine, models_path: str | None, role: str) -> None:
-    """The GRANTs ``role`` needs for the models run would serve (PostgreSQL)."""
+    """The GRANTs ``role`` needs for the models run would serve (none on SQLite)."""
     from sqlalchemy.exc import OperationalError
 
-    from ..adapters.sql import ModelMap, grant_statements, served_tables
+    from ..adapters.sql import ModelMap, grant_statements, no_grants_note, served_tables
 
-    if engine.dialect.name != "postgresql":
+    note = no_grants_note(engine.url)
+    if note is not None:
         engine.dispose()
-        click.echo(
-            "-- SQLite has no users and no GRANTs: the connector's user needs to read and write "
-            "the database file and its folder (for the -wal and -shm files)."
-        )
+        click.echo(note)
         return
     try:
         models = ModelMap.from_toml(models_path) if models_path else None

@@ -34,7 +34,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def source_options(
     handler_help: str,
     database_help: str = "Serve this database with no handler code (sqlite:///app.db, "
-    "postgresql://…).",
+    "postgresql://…, mysql://…).",
 ) -> Callable[[_F], _F]:
     """``--handler``, ``--database-url`` and ``--models``."""
 
@@ -78,7 +78,7 @@ def pool_size_option(command: _F) -> _F:
         default=10,
         help=(
             "Database connections the SQL adapter keeps open (with --database-url); on "
-            "PostgreSQL up to N for reads and N for commits."
+            "PostgreSQL, MySQL and MariaDB up to N for reads and N for commits."
         ),
     )(command)
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib
 import logging
 import os
 import struct
@@ -68,7 +69,7 @@ _WRITE_LIMIT: Final = 32 * 1024
 _FIN_TEXT: Final = 0x81  # FIN, opcode 1
 _MASKED: Final = 0x80
 
-__all__ = ["CoalescingClientConnection", "MaskKeys", "masked_text_frame"]
+__all__ = ["CoalescingClientConnection", "MaskKeys", "masked_text_frame", "proxy_for"]
 
 log = logging.getLogger("connector.connection")
 
@@ -106,6 +107,29 @@ class _PrivateParts:
         if not usable or fragmented_send is None:
             return None
         return cls(queued, fragmented_send)
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy websockets will dial ``url`` through (from the environment), or None.
+
+    websockets does not document the function that knows, and 16 moved it
+    from ``websockets.uri`` to ``websockets.proxy``.
+    """
+    from websockets.uri import parse_uri
+
+    for module in ("websockets.proxy", "websockets.uri"):
+        get_proxy = getattr(_module_or_none(module), "get_proxy", None)
+        if get_proxy is not None:
+            proxy: str | None = get_proxy(parse_uri(url))
+            return proxy
+    return None  # a websockets without proxy support dials directly
+
+
+def _module_or_none(name: str) -> object:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 _fallback_logged = False

@@ -189,7 +189,7 @@ class DevEngine:
             ping_interval=self.ping_interval,
             max_size=None,
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = next(iter(self._server.sockets)).getsockname()[1]
 
     async def restart(self, down_for: float = 0.0) -> None:
         """Crash the transport: abort every connection without a close frame,
@@ -277,6 +277,7 @@ class DevEngine:
         )
         if bearer is None or bearer not in self._keys:
             self.rejected_handshakes += 1
+            self._event("rejected", self.rejected_handshakes)
             return _json_response(
                 401,
                 {

@@ -5,7 +5,8 @@ engine, a real WebSocket and a connector serving the source
 (:mod:`.runner`), and say for each guarantee whether the source keeps it:
 idempotent commits, intent-hash conflicts, concurrent replays, the outbox
 and its cursor, list operators, ordering and paging, and more. What they
-write is planned in :mod:`.plan`; :mod:`.pytest_plugin` runs them as tests.
+write is planned in :mod:`.plan`; :mod:`.testing` runs them as tests of a
+user's own pytest suite.
 
 Layering: the command (``connector.cli``) builds the source and calls
 :func:`verify_source`; this package drives ``connector.daemon`` and

@@ -233,7 +233,11 @@ def _required(column: Any) -> bool:
 
 
 def _spec(name: str, column: Any, kind: FieldKind) -> FieldSpec:
-    length = getattr(column.type, "length", None)
+    from ..adapters.sql.values import TEXT_CAPACITY
+
+    # The adapter's reflection knows what a type holds where the type states
+    # no length (MySQL's TEXT); else the column's own length (VARCHAR(n)).
+    length = column.info.get(TEXT_CAPACITY, getattr(column.type, "length", None))
     return FieldSpec(
         name,
         kind,

@@ -1,4 +1,4 @@
-"""Serve SQLite and PostgreSQL tables as an Ablo Data Source, with no handler code.
+"""Serve SQL tables (SQLite, PostgreSQL, MySQL, MariaDB) as an Ablo Data Source, with no code.
 
     from connector.adapters.sql import ModelMap, SQLSource
 
@@ -8,18 +8,20 @@ or, from the command line, ``ablo-connector run --database-url URL [--models FIL
 Create the ledger and outbox once with ``ablo-connector migrate --database-url URL``.
 """
 
-from .models import ModelMap, ModelSpec, ServedModel, camel_to_snake, snake_to_camel
-from .schema import grant_statements, migrate, migration_statements
-from .source import (
-    DEFAULT_POOL_SIZE,
-    SQLSource,
+from .answers import describe_database_error
+from .engines import (
     configuration_problem,
     create_database_engine,
     database_url,
-    describe_database_error,
-    served_tables,
+    lacks_privilege,
+    no_grants_note,
+    print_sql_note,
     shown_url,
 )
+from .models import ModelMap, ModelSpec, ServedModel, camel_to_snake, snake_to_camel
+from .reflection import served_tables
+from .schema import grant_statements, migrate, migration_statements
+from .source import DEFAULT_POOL_SIZE, SQLSource
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
@@ -33,8 +35,11 @@ __all__ = [
     "database_url",
     "describe_database_error",
     "grant_statements",
+    "lacks_privilege",
     "migrate",
     "migration_statements",
+    "no_grants_note",
+    "print_sql_note",
     "served_tables",
     "shown_url",
     "snake_to_camel",

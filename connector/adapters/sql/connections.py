@@ -1,4 +1,4 @@
-"""Which connection runs a read? A small pool of psycopg connections used
+"""Which connection runs a read? A small pool of driver connections used
 straight from the event loop.
 
 A load by id, a page of events and a list page are one statement each. Through
@@ -22,6 +22,10 @@ least a pool must do:
 
 Commits, probes and reflection keep SQLAlchemy's pool, and so does a list
 page whose SQL SQLAlchemy completes only when it runs it (an IN list).
+
+What the pool must know of a driver's connections (is it closed, is it
+broken, close it now) is the dialect's (:class:`DriverConnections`); the
+default is psycopg's.
 """
 
 from __future__ import annotations
@@ -31,11 +35,38 @@ import collections
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["ReadConnections"]
+__all__ = ["DriverConnections", "ReadConnections"]
+
+
+class DriverConnections(Protocol):
+    """What the pool asks of a driver's connections."""
+
+    def closed(self, connection: Any) -> bool:
+        """Whether ``connection`` is closed (by us, the server or the network)."""
+        ...
+
+    def broken(self, connection: Any) -> bool:
+        """Whether ``connection`` failed because the server went away."""
+        ...
+
+    def discard(self, connection: Any) -> None:
+        """Close ``connection`` now, without waiting for the server."""
+        ...
+
+
+class _Psycopg:
+    def closed(self, connection: Any) -> bool:
+        return bool(connection.closed)
+
+    def broken(self, connection: Any) -> bool:
+        return bool(connection.broken)
+
+    def discard(self, connection: Any) -> None:
+        connection.pgconn.finish()  # libpq says goodbye to the server; nothing to wait for
 
 
 class ReadConnections:
@@ -48,8 +79,10 @@ class ReadConnections:
         *,
         timeout: float = 10.0,
         recycle: float = 1800.0,
+        driver: DriverConnections | None = None,
     ) -> None:
         self._connect = connect
+        self._driver: DriverConnections = driver or _Psycopg()
         self.size = size
         self._timeout = timeout
         self._recycle = recycle
@@ -65,7 +98,7 @@ class ReadConnections:
         """A connection and when it was opened; give it back with :meth:`release`."""
         while self._idle:
             connection, opened = self._idle.pop()  # the most recent: it is warm
-            if connection.closed or self._expired(opened):
+            if self._driver.closed(connection) or self._expired(opened):
                 self._discard(connection)
                 continue
             return connection, opened
@@ -97,14 +130,18 @@ class ReadConnections:
             return await self._open_reserved()
         return handed
 
-    def release(self, connection: Any, opened: float, *, failed: bool = False) -> None:
-        """Give a connection back; ``failed`` closes it (and the idle ones, if it is broken).
+    def release(
+        self, connection: Any, opened: float, *, failed: bool = False, lost: bool = False
+    ) -> None:
+        """Give a connection back; ``failed`` closes it, and the idle ones too
+        when it is broken or ``lost`` (the server went away: they are suspect).
 
         One past ``recycle`` is closed here too: under steady load a
         connection goes from caller to waiter and is never idle.
         """
-        if failed or self._closed or connection.closed or self._expired(opened):
-            if connection.closed or connection.broken:
+        driver = self._driver
+        if failed or self._closed or driver.closed(connection) or self._expired(opened):
+            if lost or driver.closed(connection) or driver.broken(connection):
                 self._drop_idle()
             self._discard(connection)
             return
@@ -166,8 +203,8 @@ class ReadConnections:
 
     def _discard(self, connection: Any) -> None:
         self.open -= 1
-        if not connection.closed:
-            connection.pgconn.finish()  # libpq says goodbye to the server; nothing to wait for
+        if not self._driver.closed(connection):
+            self._driver.discard(connection)
         self._offer_free_slots()
 
 

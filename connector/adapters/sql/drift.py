@@ -8,14 +8,8 @@ answered as the source's problem (503 ``source_schema_changed``, which the
 engine retries), and the adapter reflects again and replaces the
 connections whose prepared statements predate the change.
 
-Which errors say so is a fact of each database, kept in the tables below:
-
-- PostgreSQL: ``42703`` (a column that is gone), ``42P01`` (a table that is
-  gone), and ``0A000`` raised by the plan cache ("cached plan must not change
-  result type"): a statement prepared before a column changed type, which
-  fails on that connection every time until it is prepared again.
-- SQLite re-prepares its statements by itself; it names a missing column or
-  table in its messages.
+Which errors say so is a fact of each database, stated by its dialect
+(``Dialect.schema_changed``).
 """
 
 from __future__ import annotations
@@ -33,21 +27,9 @@ __all__ = [
     "SchemaChanged",
     "Unservable",
     "describe_changes",
-    "is_schema_change",
 ]
 
 SCHEMA_CHANGED: Final = "source_schema_changed"
-
-# PostgreSQL: the SQLSTATEs of a statement naming what a migration removed.
-_GONE_SQLSTATES: Final = frozenset({"42703", "42P01"})
-# PostgreSQL: feature_not_supported, as the plan cache raises it for a
-# prepared statement whose result columns changed type. Told apart from other
-# 0A000s by where it was raised, which (unlike the message) is never translated.
-_STALE_PLAN_SQLSTATE: Final = "0A000"
-_STALE_PLAN_SOURCE: Final = ("RevalidateCachedQuery", "plancache.c")
-_STALE_PLAN_MESSAGE: Final = "cached plan must not change result type"
-# SQLite: what its messages say about a column or table that is not there.
-_SQLITE_GONE: Final = ("no such column", "no such table", "has no column named")
 
 
 class SchemaChanged(SourceError):
@@ -60,26 +42,6 @@ class SchemaChanged(SourceError):
 class Unservable(SchemaChanged):
     """A model (or the ledger and outbox) already known not to be servable as
     mapped: the probe, not each request, looks again whether it is back."""
-
-
-def is_schema_change(error: sa_exc.DBAPIError) -> bool:
-    """Whether the database refused a statement because a served table changed."""
-    original = error.orig
-    sqlstate = getattr(original, "sqlstate", None)
-    if sqlstate:
-        if sqlstate in _GONE_SQLSTATES:
-            return True
-        return sqlstate == _STALE_PLAN_SQLSTATE and _raised_by_the_plan_cache(original)
-    text = str(original).lower()
-    return any(phrase in text for phrase in _SQLITE_GONE)
-
-
-def _raised_by_the_plan_cache(original: Any) -> bool:
-    diag = getattr(original, "diag", None)
-    where = (getattr(diag, "source_function", None), getattr(diag, "source_file", None))
-    if any(place in _STALE_PLAN_SOURCE for place in where if place):
-        return True
-    return getattr(diag, "message_primary", None) == _STALE_PLAN_MESSAGE
 
 
 def describe_changes(old: ServedModel, new: ServedModel, dialect: sa.Dialect) -> list[str]:

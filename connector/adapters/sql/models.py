@@ -14,13 +14,16 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 
 from ...errors import ConfigError
 from ...serve.models import ModelNames
-from .values import INTEGER_BITS, integer_bits
+from .values import INTEGER_BITS, INTEGER_UNSIGNED, TEXT_CAPACITY
+
+if TYPE_CHECKING:
+    from .dialects import Dialect
 
 __all__ = ["ModelMap", "ModelSpec", "ServedModel", "camel_to_snake", "snake_to_camel"]
 
@@ -207,9 +210,7 @@ class ServedModel:
         return fields
 
     @classmethod
-    def reflect(
-        cls, name: str, spec: ModelSpec, table: sa.Table, dialect: str = "postgresql"
-    ) -> ServedModel:
+    def reflect(cls, name: str, spec: ModelSpec, table: sa.Table, dialect: Dialect) -> ServedModel:
         where = f"model {name!r} (table {table.fullname!r})"
         by_name = {column.name: column for column in table.columns}
         for excluded in spec.exclude:
@@ -242,7 +243,12 @@ class ServedModel:
                     f"field {field_name!r}; name one in [models.{name}.fields]"
                 )
             if isinstance(column.type, sa.Integer):
-                column.info[INTEGER_BITS] = integer_bits(column.type, dialect)
+                column.info[INTEGER_BITS] = dialect.integer_bits(column.type)
+                column.info[INTEGER_UNSIGNED] = dialect.integer_unsigned(column.type)
+            elif isinstance(column.type, sa.String):
+                capacity = dialect.text_capacity(column.type)
+                if capacity is not None:
+                    column.info[TEXT_CAPACITY] = capacity
             columns[field_name] = column
             fields[column_name] = field_name
         if "id" not in columns:

@@ -17,7 +17,7 @@ import binascii
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 
@@ -25,6 +25,9 @@ from ...errors import SourceError
 from ...wire.bodies import Condition, ListQuery
 from .models import ServedModel
 from .values import checked_text, to_column_value, to_json_value
+
+if TYPE_CHECKING:
+    from .dialects import Dialect
 
 __all__ = ["MAX_BOUND_VALUES", "MAX_WHERE_CONDITIONS", "ListPlan", "plan_list"]
 
@@ -46,13 +49,11 @@ _COMPARISONS: Final[dict[str, _Comparison]] = {
     "<=": lambda c, v: c <= v,
     ">": lambda c, v: c > v,
     ">=": lambda c, v: c >= v,
-    # Backslash escapes % and _ on both databases (PostgreSQL's default; SQLite
-    # has none unless told). ILIKE is lower(c) LIKE lower(v) where it is missing.
-    "LIKE": lambda c, v: c.like(v, escape="\\"),
-    "NOT LIKE": lambda c, v: c.not_like(v, escape="\\"),
-    "ILIKE": lambda c, v: c.ilike(v, escape="\\"),
-    "NOT ILIKE": lambda c, v: c.not_ilike(v, escape="\\"),
 }
+# LIKE is case-sensitive and ILIKE is not, on every database, and a
+# backslash escapes % and _; how that is written is the dialect's
+# (Dialect.pattern_match).
+PATTERN_OPERATORS: Final = frozenset({"LIKE", "NOT LIKE", "ILIKE", "NOT ILIKE"})
 
 
 def _unknown_field(model: ServedModel, field: str, role: str) -> SourceError:
@@ -80,7 +81,9 @@ def _where_invalid(condition: Condition, why: str) -> SourceError:
     )
 
 
-def condition_clause(model: ServedModel, condition: Condition) -> sa.ColumnElement[bool]:
+def condition_clause(
+    model: ServedModel, condition: Condition, dialect: Dialect
+) -> sa.ColumnElement[bool]:
     """One ``where`` entry as a SQL expression, with NULL handled on purpose.
 
     ``= null`` means IS NULL; ``!=`` and ``NOT IN`` include rows whose value
@@ -124,12 +127,12 @@ def condition_clause(model: ServedModel, condition: Condition) -> sa.ColumnEleme
 
     if value is None:
         raise _where_invalid(condition, "cannot compare with null (use IS or IS NOT)")
-    if op in ("LIKE", "NOT LIKE", "ILIKE", "NOT ILIKE"):
+    if op in PATTERN_OPERATORS:
         if not isinstance(value, str):
             raise _where_invalid(condition, "the pattern must be a string")
         if len(value) > MAX_PATTERN_LENGTH:
             raise _where_invalid(condition, f"the pattern is longer than {MAX_PATTERN_LENGTH}")
-        return _COMPARISONS[op](column, checked_text(condition.field, value))  # type: ignore[no-any-return]
+        return dialect.pattern_match(column, op, checked_text(condition.field, value))
     compare = _COMPARISONS.get(op)
     if compare is None:  # the request model admits only known operators; belt and braces
         raise _where_invalid(condition, "unsupported operator")
@@ -218,6 +221,7 @@ def plan_list(
     query: ListQuery,
     page_size: int,
     max_page_size: int,
+    dialect: Dialect,
     max_bound_values: int = MAX_BOUND_VALUES,
 ) -> ListPlan:
     """The SELECT for one page (it fetches one extra row to know if more remain)."""
@@ -229,7 +233,7 @@ def plan_list(
     id_column = model.id
 
     statement = sa.select(*model.selected).where(
-        *(condition_clause(model, condition) for condition in query.where)
+        *(condition_clause(model, condition, dialect) for condition in query.where)
     )
 
     if query.cursor is not None:
@@ -246,7 +250,7 @@ def plan_list(
         return column.desc() if descending else column.asc()
 
     if order_column is not None:
-        statement = statement.order_by(direction(order_column).nulls_last())
+        statement = statement.order_by(*dialect.nulls_last(direction(order_column), order_column))
     statement = statement.order_by(direction(id_column)).limit(limit + 1)
     return ListPlan(statement, limit, order_field, descending)
 

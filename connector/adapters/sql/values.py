@@ -25,18 +25,24 @@ from ...errors import SourceError
 
 __all__ = [
     "INTEGER_BITS",
+    "INTEGER_UNSIGNED",
+    "TEXT_CAPACITY",
     "ValueRejected",
-    "integer_bits",
     "json_text",
     "to_column_value",
     "to_json_row",
     "to_json_value",
 ]
 
-# Where a column's integer width is kept once reflected (``Column.info``):
-# the bound check below costs one dict hit, and a value past it is the
-# caller's mistake (400), not an overflow inside the driver.
+# Where a column's integer width is kept once reflected (``Column.info``,
+# from its dialect's ``integer_bits``), and whether it is unsigned (MySQL's
+# UNSIGNED): the bound check below costs a dict hit, and a value past it is
+# the caller's mistake (400), not an overflow inside the driver.
 INTEGER_BITS: Final = "ablo_integer_bits"
+INTEGER_UNSIGNED: Final = "ablo_integer_unsigned"
+# How many characters of ASCII text a text column holds, where its type
+# bounds it (from its dialect's ``text_capacity``; absent: unbounded or unknown).
+TEXT_CAPACITY: Final = "ablo_text_capacity"
 
 
 class ValueRejected(SourceError):
@@ -69,17 +75,12 @@ def python_type(column: sa.Column[Any]) -> type | None:
         return None
 
 
-def integer_bits(column_type: sa.types.TypeEngine[Any], dialect: str) -> int:
-    """How many bits an integer column holds on ``dialect``."""
-    if isinstance(column_type, sa.SmallInteger):
-        return 16
-    if isinstance(column_type, sa.BigInteger) or dialect != "postgresql":
-        return 64  # SQLite stores every INTEGER in 64 bits
-    return 32
-
-
 def _in_range(column: sa.Column[Any], field: str, value: int) -> int:
     bits = column.info.get(INTEGER_BITS, 64)
+    if column.info.get(INTEGER_UNSIGNED, False):
+        if 0 <= value < 1 << bits:
+            return value
+        raise ValueRejected(field, f"an integer within unsigned {bits}-bit range", value)
     limit = 1 << (bits - 1)
     if -limit <= value < limit:
         return value
