@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import http.client
 import importlib
+import io
 import json
 import logging
 import shlex
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from connector import Config, ConfigError, RequestContext
 from connector.daemon.supervisor import Connector
 from connector.dev.engine import DevEngine
+from connector.ops import logs
 from connector.ops.inspector import Inspector
 from connector.ops.inspector.recorder import BODY_KEPT, Recorder
 from connector.ops.inspector.views import command_for
@@ -169,12 +171,19 @@ async def test_each_request_is_a_row_newest_first_with_its_bodies_and_verdicts()
         assert status == 404 and missing["error"] == "inspector_request_not_found"
 
 
-async def test_nothing_secret_is_shown_anywhere() -> None:
+async def test_nothing_secret_is_shown_anywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     """The key and a database password in a handler's log line and exception
     text, signatures, and the token: none of them in any answer of the API."""
-    async with inspected(detailed_errors=True) as (engine, connector, url):
-        assert connector.inspector is not None
-        connector.inspector._redact = _with_password(connector.inspector._redact)
+    # Logging set up as the commands do, the password registered as
+    # --database-url registers it: the inspector blanks what logging blanks.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # restored after the test
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(logs, "_installed", logs.installed_formatter())
+    formatter = logs.configure_logging("info", secrets=[KEY])
+    root.handlers[0].setStream(io.StringIO())  # type: ignore[attr-defined]
+    formatter.add_secret(PASSWORD)
+    async with inspected(detailed_errors=True) as (engine, _, url):
         failed = await engine.request({"type": "load", "model": "task", "id": "leak"})
         assert failed.status == 500
         _, rows, listed = await get(url, "/api/requests")
@@ -187,13 +196,9 @@ async def test_nothing_secret_is_shown_anywhere() -> None:
         for text in (listed, shown, state, page):
             assert KEY not in text
             assert PASSWORD not in text
+        assert "[redacted]" in shown
         full_signature = engine.sign("msg_x", "{}")["webhook-signature"]
         assert full_signature[3:20] not in shown
-
-
-def _with_password(redact: Any) -> Any:
-    # As the CLI registers a --database-url's password with the log formatter.
-    return lambda text: redact(text).replace(PASSWORD, "[redacted]")
 
 
 async def test_updates_reach_an_open_page_as_they_happen() -> None:
@@ -614,6 +619,13 @@ async def test_run_refuses_an_inspector_beyond_loopback_without_a_token() -> Non
         await run.wait_for_output("inspector on http://0.0.0.0:", timeout=30)
         await run.wait_for_output("next attempt", timeout=30)
         assert "process list" in run.output()  # the warning for a token on the command line
+        assert TOKEN not in run.output()
+    # From the environment, as the README advises: no warning, and never printed.
+    args = [arg for arg in args if arg not in ("--inspect-token", TOKEN)]
+    async with process(args, {**env, "ABLO_INSPECT_TOKEN": TOKEN}) as run:
+        await run.wait_for_output("(token required)", timeout=30)
+        await run.wait_for_output("next attempt", timeout=30)
+        assert "process list" not in run.output()
         assert TOKEN not in run.output()
 
 
