@@ -183,7 +183,11 @@ async def test_the_page_shows_requests_live_replays_them_and_keeps_secrets() -> 
                 await page.click("#replay")
                 await expect(page.locator("#replay-pane")).to_be_visible()
                 SCREENSHOT.parent.mkdir(exist_ok=True)
-                await page.screenshot(path=str(SCREENSHOT))
+                # Written whole, then moved in place: CI runs the suite twice at
+                # once (two websockets versions), and both take this picture.
+                taken = SCREENSHOT.with_name(f".{os.getpid()}.{SCREENSHOT.name}")
+                await page.screenshot(path=str(taken))
+                os.replace(taken, SCREENSHOT)
                 print(f"\nscreenshot of the inspector: {SCREENSHOT}")
                 if os.environ.get("ABLO_UPDATE_README_SCREENSHOT"):
                     shutil.copyfile(SCREENSHOT, REPO / "docs" / "inspector.png")
