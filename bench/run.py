@@ -9,6 +9,7 @@ request frame without verifying or parsing it (the practical ceiling).
     python bench/run.py                 # 1, 16, 64, 256 in flight, medians of 5 rounds
     python bench/run.py --soak 600      # 10 minutes at moderate load, RSS/fds sampled
     python bench/run.py --inspect       # a third peer: the connector with --inspect on
+    python bench/run.py --inspect --control   # the third peer without it: the order's own effect
 
 Prints a table and one JSON line. Nothing here asserts on time: targets
 are read off the output (see the README).
@@ -153,13 +154,13 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index] * 1000
 
 
-def spawn_peer(kind: str, port: int) -> subprocess.Popen[bytes]:
+def spawn_peer(kind: str, port: int, *, control: bool = False) -> subprocess.Popen[bytes]:
     base_url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "ABLO_API_KEY": KEY, "PYTHONPATH": str(REPO)}
     if kind in ("connector", "inspected"):
         args = [sys.executable, "-m", "connector", "run", "--base-url", base_url,
                 "--handler", "bench.handlers:Trivial", "--log-level", "warning"]  # fmt: skip
-        if kind == "inspected":  # the inspector on, no page open
+        if kind == "inspected" and not control:  # the inspector on, no page open
             args += ["--inspect", "127.0.0.1:0"]
     else:
         args = [sys.executable, str(REPO / "bench" / "echo_peer.py"), base_url]
@@ -199,11 +200,12 @@ def cpu_us_per_request(result: Result) -> float:
 
 
 async def measure(
-    levels: list[int], rounds: int, requests: int, inspect: bool = False
+    levels: list[int], rounds: int, requests: int, inspect: bool = False, control: bool = False
 ) -> tuple[list[Result], Ratios]:
     """Both peers attached at once; every round runs the echo peer, then the
     connector, so drift in the machine's speed hits both alike. With
-    ``inspect``, a third: the connector with the inspector on, right after."""
+    ``inspect``, a third: the connector with the inspector on, right after
+    (with ``control``, without it: what running third does to the ratios)."""
     kinds: tuple[str, ...] = (
         ("echo", "connector", "inspected") if inspect else ("echo", "connector")
     )
@@ -215,7 +217,7 @@ async def measure(
                 serve(engine.handler, "127.0.0.1", 0, subprotocols=[Subprotocol("ablo.source.v1")],
                       compression=None, max_size=None)
             )  # fmt: skip
-            peer = spawn_peer(kind, server.sockets[0].getsockname()[1])
+            peer = spawn_peer(kind, server.sockets[0].getsockname()[1], control=control)
             stack.callback(stop_peer, peer)
             await asyncio.wait_for(engine.attached.wait(), 20)
             await engine.drive(presigned_frames(2000, f"{kind}_warm"), 16)
@@ -378,12 +380,19 @@ def main() -> None:
     parser.add_argument(
         "--inspect", action="store_true", help="also run the connector with the inspector on"
     )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="with --inspect, the third peer runs without the inspector (an A/A control)",
+    )
     args = parser.parse_args()
     if args.soak:
         print(json.dumps({"soak": asyncio.run(soak(args.soak, args.soak_in_flight))}))
         return
     levels = [int(x) for x in args.levels.split(",")]
-    results, ratios = asyncio.run(measure(levels, args.rounds, args.requests, args.inspect))
+    results, ratios = asyncio.run(
+        measure(levels, args.rounds, args.requests, args.inspect, args.control)
+    )
     print(table(results))
     print(
         json.dumps({"results": [asdict(r) for r in results], "summary": summary(results, ratios)})
