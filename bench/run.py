@@ -8,6 +8,8 @@ request frame without verifying or parsing it (the practical ceiling).
 
     python bench/run.py                 # 1, 16, 64, 256 in flight, medians of 5 rounds
     python bench/run.py --soak 600      # 10 minutes at moderate load, RSS/fds sampled
+    python bench/run.py --inspect       # a third peer: the connector with --inspect on
+    python bench/run.py --inspect --control   # the third peer without it: the order's own effect
 
 Prints a table and one JSON line. Nothing here asserts on time: targets
 are read off the output (see the README).
@@ -152,12 +154,14 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index] * 1000
 
 
-def spawn_peer(kind: str, port: int) -> subprocess.Popen[bytes]:
+def spawn_peer(kind: str, port: int, *, control: bool = False) -> subprocess.Popen[bytes]:
     base_url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "ABLO_API_KEY": KEY, "PYTHONPATH": str(REPO)}
-    if kind == "connector":
+    if kind in ("connector", "inspected"):
         args = [sys.executable, "-m", "connector", "run", "--base-url", base_url,
                 "--handler", "bench.handlers:Trivial", "--log-level", "warning"]  # fmt: skip
+        if kind == "inspected" and not control:  # the inspector on, no page open
+            args += ["--inspect", "127.0.0.1:0"]
     else:
         args = [sys.executable, str(REPO / "bench" / "echo_peer.py"), base_url]
     return subprocess.Popen(
@@ -191,10 +195,20 @@ def median(samples: list[Result], key: str) -> Result:
 Ratios = dict[int, dict[str, float]]
 
 
-async def measure(levels: list[int], rounds: int, requests: int) -> tuple[list[Result], Ratios]:
+def cpu_us_per_request(result: Result) -> float:
+    return result.peer_cpu_percent / 100 / result.rps * 1e6
+
+
+async def measure(
+    levels: list[int], rounds: int, requests: int, inspect: bool = False, control: bool = False
+) -> tuple[list[Result], Ratios]:
     """Both peers attached at once; every round runs the echo peer, then the
-    connector, so drift in the machine's speed hits both alike."""
-    kinds = ("echo", "connector")
+    connector, so drift in the machine's speed hits both alike. With
+    ``inspect``, a third: the connector with the inspector on, right after
+    (with ``control``, without it: what running third does to the ratios)."""
+    kinds: tuple[str, ...] = (
+        ("echo", "connector", "inspected") if inspect else ("echo", "connector")
+    )
     async with contextlib.AsyncExitStack() as stack:
         attached: dict[str, tuple[Engine, subprocess.Popen[bytes]]] = {}
         for kind in kinds:
@@ -203,7 +217,7 @@ async def measure(levels: list[int], rounds: int, requests: int) -> tuple[list[R
                 serve(engine.handler, "127.0.0.1", 0, subprotocols=[Subprotocol("ablo.source.v1")],
                       compression=None, max_size=None)
             )  # fmt: skip
-            peer = spawn_peer(kind, server.sockets[0].getsockname()[1])
+            peer = spawn_peer(kind, server.sockets[0].getsockname()[1], control=control)
             stack.callback(stop_peer, peer)
             await asyncio.wait_for(engine.attached.wait(), 20)
             await engine.drive(presigned_frames(2000, f"{kind}_warm"), 16)
@@ -244,6 +258,24 @@ async def measure(levels: list[int], rounds: int, requests: int) -> tuple[list[R
             }
             for level in levels
         }
+        if inspect:  # the inspector's cost, round by round against the connector without it
+            for level in levels:
+                pairs = list(
+                    zip(samples[("connector", level)], samples[("inspected", level)], strict=True)
+                )
+                ratios[level]["inspected_rps"] = statistics.median(i.rps / c.rps for c, i in pairs)
+                ratios[level]["inspected_p50"] = statistics.median(
+                    i.p50_ms / c.p50_ms for c, i in pairs
+                )
+                ratios[level]["inspected_cpu"] = statistics.median(
+                    cpu_us_per_request(i) / cpu_us_per_request(c) for c, i in pairs
+                )
+                ratios[level]["connector_cpu_us"] = statistics.median(
+                    cpu_us_per_request(c) for c, _ in pairs
+                )
+                ratios[level]["inspected_cpu_us"] = statistics.median(
+                    cpu_us_per_request(i) for _, i in pairs
+                )
         _, connector = attached["connector"]
         before = proc_cpu_seconds(connector.pid)
         await asyncio.sleep(5)
@@ -317,7 +349,14 @@ def summary(results: list[Result], ratios: Ratios) -> dict[str, Any]:
     def get(peer: str, level: int) -> Result:
         return next(r for r in results if r.peer == peer and r.in_flight == level)
 
+    inspected = {
+        f"inspector_{name}_at_{level}": round(value, 3)
+        for level, values in ratios.items()
+        for name, value in values.items()
+        if name.startswith(("inspected", "connector_cpu"))
+    }
     return {
+        **inspected,
         "throughput_ratio_at_64": round(ratios[64]["rps"], 3) if 64 in ratios else None,
         "p50_ratio_at_1": round(ratios[1]["p50"], 3) if 1 in ratios else None,
         "connector_peak_rss_mib": max(
@@ -338,12 +377,22 @@ def main() -> None:
     )
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="run the soak instead")
     parser.add_argument("--soak-in-flight", type=int, default=16)
+    parser.add_argument(
+        "--inspect", action="store_true", help="also run the connector with the inspector on"
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="with --inspect, the third peer runs without the inspector (an A/A control)",
+    )
     args = parser.parse_args()
     if args.soak:
         print(json.dumps({"soak": asyncio.run(soak(args.soak, args.soak_in_flight))}))
         return
     levels = [int(x) for x in args.levels.split(",")]
-    results, ratios = asyncio.run(measure(levels, args.rounds, args.requests))
+    results, ratios = asyncio.run(
+        measure(levels, args.rounds, args.requests, args.inspect, args.control)
+    )
     print(table(results))
     print(
         json.dumps({"results": [asdict(r) for r in results], "summary": summary(results, ratios)})

@@ -1,8 +1,9 @@
 """A deliberately tiny HTTP/1.1 server on asyncio streams.
 
-Enough for the local engine's control API and the health endpoint: one
-request per connection, ``Content-Length`` bodies, bounded sizes and
-timeouts. Not a web framework, and not exposed as public API.
+Enough for the local engine's control API, the health endpoint and the
+inspector: one request per connection, ``Content-Length`` bodies, bounded
+sizes and timeouts, and streamed replies (server-sent events) that end when
+the client goes away. Not a web framework, and not exposed as public API.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -37,6 +38,9 @@ class Reply:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    #: Written chunk by chunk after the head, without a Content-Length, until
+    #: it ends or the client goes away (server-sent events).
+    stream: AsyncIterator[bytes] | None = None
 
     @classmethod
     def json(cls, status: int, payload: Any, **headers: str) -> Reply:
@@ -83,12 +87,38 @@ async def _write_reply(writer: asyncio.StreamWriter, reply: Reply, *, with_body:
         HTTPStatus(reply.status).phrase if reply.status in HTTPStatus._value2member_map_ else ""
     )
     head = [f"HTTP/1.1 {reply.status} {reason}"]
-    headers = {"Content-Length": str(len(reply.body)), "Connection": "close", **reply.headers}
+    framing = {} if reply.stream is not None else {"Content-Length": str(len(reply.body))}
+    headers = {**framing, "Connection": "close", **reply.headers}
     head += [f"{name}: {value}" for name, value in headers.items()]
     # A HEAD reply has the headers a GET would get, Content-Length included, and no body.
     body = reply.body if with_body else b""
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
     await writer.drain()
+
+
+async def _write_stream(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chunks: AsyncIterator[bytes]
+) -> None:
+    """Write ``chunks`` as they come, until they end or the client closes its side."""
+
+    async def write_all() -> None:
+        async for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+
+    writing = asyncio.ensure_future(write_all())
+    # The client sends nothing more; end of file means it went away.
+    hung_up = asyncio.ensure_future(reader.read())
+    try:
+        await asyncio.wait({writing, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (writing, hung_up):
+            task.cancel()
+        await asyncio.gather(writing, hung_up, return_exceptions=True)
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
 
 
 async def start_http_server(
@@ -108,6 +138,8 @@ async def start_http_server(
                     log.exception("HTTP handler failed for %s %s", parsed.method, parsed.path)
                     reply = Reply.json(500, {"error": "internal_error"})
             await _write_reply(writer, reply, with_body=with_body)
+            if reply.stream is not None and with_body:
+                await _write_stream(reader, writer, reply.stream)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

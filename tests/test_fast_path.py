@@ -360,3 +360,27 @@ async def test_a_request_that_never_waits_is_done_in_its_first_step_where_python
         assert ran == ["answered"]
         with pytest.raises(RuntimeError, match="boom in the first step"):
             await failed
+
+
+async def test_socket_reads_stay_below_the_mmap_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio reads 256 KiB at a time, above glibc's mmap threshold until a larger
+    block happens to be freed: then every read mapped fresh pages, two page
+    faults per request. The connection reads 64 KiB at a time, whatever the
+    process did before; a larger frame still arrives whole."""
+    read_sizes: list[tuple[int, int]] = []  # asyncio's, then the connection's
+    connection_made = CoalescingClientConnection.connection_made
+
+    def noting_read_sizes(self: CoalescingClientConnection, transport: Any) -> None:
+        before = transport.max_size
+        connection_made(self, transport)
+        read_sizes.append((before, transport.max_size))
+
+    monkeypatch.setattr(CoalescingClientConnection, "connection_made", noting_read_sizes)
+    async with (
+        DevEngine(API_KEY) as engine,
+        connector_running(engine.base_url, _TaskBound(), api_key=API_KEY),
+    ):
+        assert read_sizes == [(256 * 1024, 64 * 1024)]
+        body = {"type": "load", "model": "task", "id": "x" * (300 * 1024)}
+        result = await engine.request(body)
+        assert result.status == 200 and json.loads(result.body)["row"] is not None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
 import re
 import shutil
 import signal
@@ -23,7 +25,15 @@ from ..daemon.supervisor import Connector
 from ..errors import EX_CONFIG, EX_FAILURE, ConfigError
 from ..ops.logs import configure_logging
 from ..serve.datasource import DataSource
-from .options import LOG_LEVELS, GroupedCommand, env_file_option, fail, option
+from .options import (
+    LOG_LEVELS,
+    GroupedCommand,
+    config_options,
+    env_file_option,
+    fail,
+    guard_inspector_token,
+    option,
+)
 from .sources import build_source, guard_url_options, source_options
 
 if TYPE_CHECKING:  # the local engine is imported only when it runs
@@ -31,8 +41,17 @@ if TYPE_CHECKING:  # the local engine is imported only when it runs
 
 __all__ = ["DEV_API_KEY", "dev", "dev_engine", "request"]
 
+log = logging.getLogger("connector.cli")
+
 DEV_API_KEY = "sk_test_local_dev_engine"
 DEFAULT_ENGINE_API = "http://127.0.0.1:8788"
+DEFAULT_INSPECTOR = "127.0.0.1:4040"
+# When dev's default inspector port is taken (another dev, ngrok's agent),
+# it tries the next ones before serving on without a page.
+_INSPECTOR_PORTS_TRIED = 9
+_INSPECTOR_SETTINGS = {
+    "inspect_addr", "inspect_token", "inspect_requests", "inspect_memory", "inspect_replay"
+}  # fmt: skip
 _PORTS = click.IntRange(0, 65535)
 
 
@@ -327,6 +346,9 @@ def request_raw(body_json: str, engine: str) -> None:
 @option(
     "--exit-after-demo", is_flag=True, help="Stop after the demo requests instead of serving on."
 )
+@config_options(
+    _INSPECTOR_SETTINGS, defaults={"inspect_addr": DEFAULT_INSPECTOR, "inspect_replay": True}
+)
 @option("--log-level", group="logging", type=LOG_LEVELS, default="info", help="How much to log.")
 @click.pass_context
 def dev(
@@ -339,6 +361,7 @@ def dev(
     api_port: int,
     exit_after_demo: bool,
     log_level: str,
+    **inspector: Any,
 ) -> None:
     """Run a local engine and the connector together, and show a few round trips.
 
@@ -350,8 +373,14 @@ def dev(
     database instead (try `ablo-connector request list MODEL`), with --handler
     your own code; as with run, the environment variables (ABLO_DATABASE_URL,
     ABLO_CONNECTOR_HANDLER, ABLO_MODELS) and --env-file say so too.
+
+    The inspector (http://127.0.0.1:4040, printed at start) shows every
+    request as it happens, and replays one, as it was or edited;
+    --inspect off turns it off.
     """
     formatter = configure_logging(log_level, secrets=[DEV_API_KEY])
+    if ctx.get_parameter_source("inspect_addr") is click.core.ParameterSource.DEFAULT:
+        inspector["inspect_port_fallback"] = _INSPECTOR_PORTS_TRIED
     if models_path and not database_url:
         fail("--models needs --database-url (the demo database needs no map)")
     scratch: Path | None = None
@@ -364,12 +393,20 @@ def dev(
             demo = _demo_requests()
         try:
             guard_url_options(ctx, formatter.add_secret)
+            # Development: a failing handler's exception text goes to the engine (and `request`).
+            config = Config(
+                api_key=DEV_API_KEY,
+                base_url="http://127.0.0.1:1",  # the local engine's, once it listens
+                detailed_errors=True,
+                **{name: value for name, value in inspector.items() if value is not None},
+            )
+            guard_inspector_token(ctx, config, formatter.add_secret, warn=log.warning)
             source = build_source(
                 ctx, handler_spec, database_url, models_path, add_secret=formatter.add_secret
             )
         except ConfigError as error:
             fail(str(error))
-        sys.exit(asyncio.run(_dev(source, port, api_port, exit_after_demo, demo)))
+        sys.exit(asyncio.run(_dev(source, config, port, api_port, exit_after_demo, demo)))
     finally:  # however it ends (a mistake, Ctrl-C before serving, a signal), no demo is left
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -410,7 +447,12 @@ def _demo_requests() -> list[dict[str, Any]]:
 
 
 async def _dev(
-    source: DataSource, port: int, api_port: int, exit_after_demo: bool, demo: list[dict[str, Any]]
+    source: DataSource,
+    config: Config,
+    port: int,
+    api_port: int,
+    exit_after_demo: bool,
+    demo: list[dict[str, Any]],
 ) -> int:
     from ..dev.engine import DevEngine
 
@@ -419,9 +461,9 @@ async def _dev(
         await engine.start()
     except OSError as error:
         fail(_listen_failed("127.0.0.1", port, api_port, error), EX_CONFIG)
-    # Development: a failing handler's exception text goes to the engine (and `request`).
-    config = Config(api_key=DEV_API_KEY, base_url=engine.base_url, detailed_errors=True)
-    connector = Connector(config, source)
+    connector = Connector(dataclasses.replace(config, base_url=engine.base_url), source)
+    if connector.inspector is not None and engine.api_url != DEFAULT_ENGINE_API:
+        connector.inspector.engine_api = engine.api_url  # for "copy as command"
     serving = asyncio.ensure_future(run_until_signalled(connector))
     # A signal ends the connector, not the demo: the demo must end with it,
     # or it would wait on requests that nobody serves any more.
@@ -447,6 +489,12 @@ async def _dev(
 
 async def _show_demo(connector: Connector, engine: DevEngine, demo: list[dict[str, Any]]) -> None:
     await asyncio.wait_for(connector.wait_ready(), 15)
+    inspector = connector.inspector
+    if inspector is not None and inspector.url is not None:  # it listens before the dial
+        click.echo(
+            f"inspector: {inspector.url} (every request as it happens; replay and edit)",
+            err=True,
+        )
     for body in demo:
         result = await engine.request(body)
         click.echo(f"\n→ {json.dumps(body)}\n← HTTP {result.status} {result.body}")

@@ -31,6 +31,7 @@ __all__ = [
     "config_options",
     "fail",
     "from_command_line",
+    "guard_inspector_token",
     "interrupted",
     "key_options",
     "load_env_file",
@@ -170,17 +171,24 @@ def _seconds_list(ctx: click.Context, param: click.Parameter, value: Any) -> Any
     return seconds
 
 
-def config_options(only: set[str] | None = None) -> Callable[[_F], _F]:
-    """Options for the :class:`Config` fields that have a command-line form."""
+def config_options(
+    only: set[str] | None = None, *, defaults: Mapping[str, Any] | None = None
+) -> Callable[[_F], _F]:
+    """Options for the :class:`Config` fields that have a command-line form;
+    ``defaults`` overrides a field's default for this command (``dev``'s)."""
     hints = typing.get_type_hints(Config)
 
     def decorate(command: _F) -> _F:
         for item, spec in reversed(list(_settings(only))):
             kind = hints[item.name]
-            default = item.default
+            default = (defaults or {}).get(item.name, item.default)
             kwargs: dict[str, Any] = {"help": spec.help, "hidden": spec.hidden}
+            flag = spec.flag
             if kind is bool:
                 kwargs["is_flag"] = True
+                if default:  # on unless told otherwise: it needs a way to say so
+                    flag = f"{spec.flag}/--no-{spec.flag.removeprefix('--')}"
+                    kwargs["default"] = True
             else:
                 kwargs["type"] = _click_type(kind, spec)
                 kwargs["metavar"] = spec.metavar or _METAVARS.get(_base_type(kind), "TEXT")
@@ -193,9 +201,7 @@ def config_options(only: set[str] | None = None) -> Callable[[_F], _F]:
                         if isinstance(default, tuple)
                         else default
                     )
-            command = option(spec.flag, item.name, group=spec.group, env=spec.env, **kwargs)(
-                command
-            )
+            command = option(flag, item.name, group=spec.group, env=spec.env, **kwargs)(command)
         return command
 
     return decorate
@@ -287,6 +293,24 @@ def resolve_api_key(
     raise ConfigError(
         "an API key is required: set ABLO_API_KEY, or pass --api-key-file (or --api-key)"
     )
+
+
+def guard_inspector_token(
+    ctx: click.Context,
+    config: Config,
+    add_secret: Callable[[str], None],
+    *,
+    warn: Callable[[str], None],
+) -> None:
+    """Keep the inspector's token out of every line, and say so when ``ps`` shows it."""
+    if config.inspect_token is None:
+        return
+    add_secret(config.inspect_token)
+    if on_command_line(ctx, "inspect_token"):
+        warn(
+            "the inspector token was given on the command line, where other local users can "
+            "see it in the process list; prefer ABLO_INSPECT_TOKEN"
+        )
 
 
 # ---------------------------------------------------------------- logging

@@ -22,6 +22,7 @@ from .options import (
     env_file_option,
     fail,
     from_command_line,
+    guard_inspector_token,
     key_options,
     logging_options,
     option,
@@ -87,6 +88,7 @@ def run(
         key = resolve_api_key(ctx, api_key, api_key_file, warn=log.warning)
         formatter.add_secret(key)
         config = from_command_line(key, settings)
+        guard_inspector_token(ctx, config, formatter.add_secret, warn=log.warning)
         source = build_source(
             ctx,
             handler_spec,

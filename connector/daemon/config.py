@@ -31,6 +31,7 @@ __all__ = [
     "Group",
     "Setting",
     "credential_path",
+    "inspector_address",
     "read_api_key_file",
     "setting",
 ]
@@ -43,6 +44,7 @@ MiB: Final = 1024 * 1024
 
 Group = Literal["source", "engine", "limits", "operations", "logging"]
 
+_INSPECT_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,}")
 # RFC 7230 token characters: what a Sec-WebSocket-Protocol entry may hold.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -59,6 +61,7 @@ class Setting:
     minimum_open: bool = False
     hidden: bool = False
     metavar: str | None = None
+    secret: bool = False
 
 
 def setting(
@@ -72,14 +75,19 @@ def setting(
     minimum_open: bool = False,
     hidden: bool = False,
     metavar: str | None = None,
+    secret: bool = False,
 ) -> Any:
-    """A field with a default and its command-line form (env defaults to ``ABLO_<FLAG>``)."""
+    """A field with a default and its command-line form (env defaults to ``ABLO_<FLAG>``);
+    a ``secret`` one is left out of ``repr()``."""
     if env is None and not hidden:
         env = "ABLO_" + flag.lstrip("-").replace("-", "_").upper()
     return field(
         default=default,
+        repr=not secret,
         metadata={
-            "setting": Setting(flag, env, help, group, minimum, minimum_open, hidden, metavar)
+            "setting": Setting(
+                flag, env, help, group, minimum, minimum_open, hidden, metavar, secret
+            )
         },
     )
 
@@ -251,6 +259,52 @@ class Config:
     )
     probe_interval: float = 5.0
 
+    # The inspector: a local page of the recent requests
+    inspect_addr: str | None = setting(
+        None,
+        "--inspect",
+        "Serve the inspector here: a local page that shows every request as it happens "
+        "(e.g. 4040, or 127.0.0.1:4040; a port alone means loopback). Any other host needs "
+        "--inspect-token. Off by default ('off').",
+        group="operations",
+        metavar="[HOST:]PORT",
+    )
+    inspect_token: str | None = setting(
+        None,
+        "--inspect-token",
+        "The token the inspector asks for (at least 16 letters, digits or -_.~); required when "
+        "it listens beyond loopback. Prefer the env var: a flag is visible in the process list.",
+        group="operations",
+        metavar="TOKEN",
+        secret=True,
+    )
+    inspect_requests: int = setting(
+        500,
+        "--inspect-requests",
+        "Requests the inspector keeps (the newest).",
+        group="operations",
+        minimum=1,
+    )
+    inspect_memory: int = setting(
+        8 * MiB,
+        "--inspect-memory",
+        "Bytes of request and answer bodies the inspector keeps, at most (older requests go "
+        "first; a body over 64 KiB keeps its first 64 KiB).",
+        group="operations",
+        minimum=64 * 1024,
+        metavar="BYTES",
+    )
+    inspect_replay: bool = setting(
+        False,
+        "--inspect-replay",
+        "Let the inspector send a past request through the handler again (a commit writes "
+        "for real). Off by default in run, on in dev.",
+        group="operations",
+    )
+    #: When the inspector's port is taken, try the next ones (``dev``'s default
+    #: address), and serve on without the inspector if none is free.
+    inspect_port_fallback: int = 0
+
     def __post_init__(self) -> None:
         _check_api_key(self.api_key)
         _check_base_url(self.base_url, self.allow_insecure)
@@ -279,6 +333,29 @@ class Config:
                 parse_address(self.health_addr)
             except ValueError as error:
                 raise ConfigError(f"health address {error}") from None
+        self._check_inspector()
+
+    def _check_inspector(self) -> None:
+        address = inspector_address(self.inspect_addr)
+        object.__setattr__(self, "inspect_addr", address)  # "4040" is "127.0.0.1:4040"
+        if self.inspect_requests < 1 or self.inspect_memory < 64 * 1024:
+            raise ConfigError(
+                "inspect_requests must be at least 1 and inspect_memory at least 65536"
+            )
+        token = self.inspect_token or None
+        object.__setattr__(self, "inspect_token", token)
+        if token is not None and not _INSPECT_TOKEN.fullmatch(token):
+            # It travels in a URL's query and in a cookie: characters neither alters.
+            raise ConfigError(
+                "the inspector token must be at least 16 letters, digits or - _ . ~ "
+                "(e.g. the output of openssl rand -hex 24)"
+            )
+        if address is not None and token is None and not _is_loopback(parse_address(address)[0]):
+            raise ConfigError(
+                f"the inspector on {address} is reachable from other hosts: give it a token "
+                "(ABLO_INSPECT_TOKEN, or --inspect-token), or listen on loopback "
+                "(--inspect 127.0.0.1:PORT)"
+            )
 
     def __repr__(self) -> str:
         shown = []
@@ -345,6 +422,21 @@ def _check_base_url(base_url: str, allow_insecure: bool) -> None:
             f"refusing to send the API key in clear text to {parts.hostname}: use https:// "
             "(or pass --allow-insecure if this link is otherwise protected)"
         )
+
+
+def inspector_address(text: str | None) -> str | None:
+    """``--inspect``'s value as HOST:PORT: a port alone is loopback's; ``off`` (or
+    nothing) is None. Raises ConfigError for anything else."""
+    if text is None or not text.strip() or text.strip().lower() == "off":
+        return None
+    text = text.strip()
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    try:
+        parse_address(text)
+    except ValueError as error:
+        raise ConfigError(f"inspector address {error}; or a port alone, or 'off'") from None
+    return text
 
 
 def credential_path(name: str = CREDENTIAL_NAME) -> Path | None:

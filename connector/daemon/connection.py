@@ -27,14 +27,14 @@ import collections
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.typing import Subprotocol
 
 from ..errors import ConnectFailure, ConnectionLost, describe_error
-from ..ops.status import ConnectorStatus, Observer, State
+from ..ops.status import ConnectorStatus, Observer, State, announces_starts
 from ..serve.answer import Answer, error_answer
 from ..serve.dispatcher import Dispatcher
 from ..wire.frames import RequestFrame, encode_response
@@ -58,9 +58,6 @@ from .config import Config
 from .failures import failure_reason
 from .tasks import start_task
 from .transport import CoalescingClientConnection
-
-if TYPE_CHECKING:
-    from ..ops.tracing import RequestTracing
 
 __all__ = ["DRAINING", "Connection", "InFlight", "ServingGate", "open_websocket"]
 
@@ -204,14 +201,14 @@ class Connection:
         status: ConnectorStatus,
         in_flight: InFlight,
         observer: Observer | None = None,
-        tracing: RequestTracing | None = None,
         *,
         gate: ServingGate | None = None,
     ) -> None:
         self._config = config
         self._gate = gate
-        self._tracing = tracing
-        self._observer = observer or Observer()
+        # None when nothing watches: the request path then calls no hook at all.
+        self._observer = observer
+        self._announces = announces_starts(observer)
         self._dispatcher = dispatcher
         self._status = status
         self._in_flight = in_flight
@@ -266,7 +263,7 @@ class Connection:
                 "" if frame is None else frame.reason,
                 ready_for=self.ready_for,
             )
-            if failure.code == TOO_BIG_CODE:
+            if failure.code == TOO_BIG_CODE and self._observer is not None:
                 self._observer.frame_rejected("oversize_closed")
             raise failure from None
 
@@ -293,7 +290,8 @@ class Connection:
                         ws, encode_response(frame.id, answer.status, answer.body)
                     ):
                         return
-                    self._observer.request_done(answer, 0.0)
+                    if self._observer is not None:
+                        self._observer.request_done(frame, answer, 0.0)
                 elif isinstance(event, Ended):
                     return
                 elif not isinstance(event, Ready):
@@ -374,7 +372,8 @@ class Connection:
     def _on_ready(self, event: Ready) -> None:
         frame = event.frame
         self._ready_at = time.monotonic()
-        self._observer.attempt_ended("ready")
+        if self._observer is not None:
+            self._observer.attempt_ended("ready")
         status = self._status
         status.source_id = frame.source_id
         status.organization_id = frame.organization_id
@@ -434,7 +433,7 @@ class Connection:
         except Exception:  # one bad frame must not end the connection
             log.exception("failed to handle a frame; ignored it")
             with contextlib.suppress(Exception):
-                self._observer.frame_rejected("malformed")
+                self._rejected("malformed")
         slots.give()
         return True
 
@@ -455,7 +454,7 @@ class Connection:
             raise
         except Exception:  # one bad frame must not end the connection
             log.exception("failed to handle a frame; ignored it")
-            self._observer.frame_rejected("malformed")
+            self._rejected("malformed")
         finally:
             if not took_slot:
                 self._in_flight.slots.give()
@@ -464,13 +463,10 @@ class Connection:
         """Serve ``frame`` in a task of its own, started eagerly (see
         :mod:`.tasks`); True if the task goes on and keeps its in-flight
         slot, False if its first step answered the request."""
-        if self._tracing is None:
+        if self._observer is None:
             task = start_task(self._answer(ws, frame))
-        else:  # a span is current while the request runs
-            answering = self._answer(ws, frame)
-            task = start_task(
-                self._tracing.request(frame.headers, frame.id, answering, self._status)
-            )
+        else:
+            task = start_task(self._answer_observed(ws, frame, self._observer))
         if task is None:
             return False
         self._in_flight.track(task)
@@ -479,7 +475,7 @@ class Connection:
     def _report(self, event: EngineError | Invalid | Ignored) -> str | None:
         """Log one event; for an invalid request, the error frame that fails it."""
         if isinstance(event, Invalid):
-            self._observer.frame_rejected(event.reason)
+            self._rejected(event.reason)
             what = _REFUSED[event.reason]
             if event.request_id is None:
                 log.warning("ignored %s: %s", what, event.detail)
@@ -564,7 +560,12 @@ class Connection:
             await ws.close(event.close_code, event.close_reason)
         raise event.failure
 
+    def _rejected(self, reason: str) -> None:
+        if self._observer is not None:
+            self._observer.frame_rejected(reason)
+
     async def _answer(self, ws: ClientConnection, frame: RequestFrame) -> Answer:
+        """Serve one request and send its answer: the path when nothing observes."""
         started = time.perf_counter()
         answer = await self._dispatcher.dispatch(
             frame.method, frame.headers, frame.body, request_id=frame.id
@@ -572,9 +573,31 @@ class Connection:
         payload = encode_response(frame.id, answer.status, answer.body)
         if not (isinstance(ws, CoalescingClientConnection) and ws.send_text_now(payload)):
             await self._send(ws, payload, frame.id)
-        self._observer.request_done(answer, time.perf_counter() - started)
         if self._debug:
             self._log_request(frame, answer, (time.perf_counter() - started) * 1000)
+        return answer
+
+    async def _answer_observed(
+        self, ws: ClientConnection, frame: RequestFrame, observer: Observer
+    ) -> Answer:
+        """:meth:`_answer`, with the observers told (in this, the request's own task)."""
+        started = time.perf_counter()
+        if self._announces:
+            observer.request_started(frame)
+        try:
+            answer = await self._dispatcher.dispatch(
+                frame.method, frame.headers, frame.body, request_id=frame.id
+            )
+            payload = encode_response(frame.id, answer.status, answer.body)
+            if not (isinstance(ws, CoalescingClientConnection) and ws.send_text_now(payload)):
+                await self._send(ws, payload, frame.id)
+        except BaseException as error:
+            observer.request_abandoned(frame, error)
+            raise
+        seconds = time.perf_counter() - started
+        if self._debug:  # inside the request's span, while tracing
+            self._log_request(frame, answer, seconds * 1000)
+        observer.request_done(frame, answer, seconds)
         return answer
 
     def _log_request(self, frame: RequestFrame, answer: Answer, milliseconds: float) -> None:

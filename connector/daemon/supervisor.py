@@ -16,6 +16,7 @@ import functools
 import logging
 import random
 import time
+import uuid
 from typing import TYPE_CHECKING, Final
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -32,13 +33,15 @@ from ..errors import (
     RateLimited,
     Superseded,
 )
+from ..ops.logs import redact as redact_logged
 from ..ops.probe import SourceProbe
-from ..ops.status import ConnectorStatus, Observer, State
+from ..ops.status import ConnectorStatus, Observer, State, observing
 from ..ops.systemd import SystemdNotifier
 from ..ops.tracing import RequestTracing, request_tracing
+from ..serve.answer import Answer
 from ..serve.datasource import DataSource, overridden
 from ..serve.dispatcher import Dispatcher
-from ..wire.signing import Verifier
+from ..wire.signing import Verifier, sign_request
 from .config import Config
 from .connection import Connection, InFlight
 from .ha import LeaderLock, lock_from_url
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from ..ops.health import HealthServer
+    from ..ops.inspector import Inspector
     from ..ops.metrics import Metrics
 
 __all__ = ["Connector", "ReconnectPolicy"]
@@ -123,19 +127,39 @@ class Connector:
         self.source = source
         self.status = ConnectorStatus()
         self.metrics: Metrics | None = None
-        if observer is None and config.health_addr is not None:
+        if config.health_addr is not None:
             # Imported here: prometheus-client costs memory a connector
             # without a health endpoint should not pay.
             from ..ops.metrics import Metrics
 
-            observer = self.metrics = Metrics(self.status)
-        self.observer = observer or Observer()
+            self.metrics = Metrics(self.status)
         self.health: HealthServer | None = None
         self._notifier: SystemdNotifier | None = None
         verifier = Verifier(config.api_key, tolerance=config.signature_tolerance)
         self.tracing: RequestTracing | None = request_tracing(
-            tracer_provider, redact=verifier.redact
+            tracer_provider, redact=verifier.redact, status=self.status
         )
+        self.inspector: Inspector | None = None
+        if config.inspect_addr is not None:
+            from ..ops.inspector import Inspector
+
+            self.inspector = Inspector(
+                self.status,
+                config.inspect_addr,
+                token=config.inspect_token,
+                max_requests=config.inspect_requests,
+                max_bytes=config.inspect_memory,
+                max_body=config.max_message_size,
+                replay=self._replay if config.inspect_replay else None,
+                redact=lambda text: redact_logged(verifier.redact(text)),
+                port_fallback=config.inspect_port_fallback,
+            )
+        # Everything that watches requests: metrics, tracing, the inspector,
+        # and an embedding program's own observer.
+        self.observers: list[Observer] = [
+            o for o in (self.metrics, self.tracing, self.inspector, observer) if o is not None
+        ]
+        self.observer: Observer | None = observing(self.observers)
         self.dispatcher = Dispatcher(
             source,
             verifier,
@@ -159,6 +183,22 @@ class Connector:
 
     def __repr__(self) -> str:
         return f"Connector(url={self.config.url!r}, state={self.status.state.value})"
+
+    async def _replay(self, request_id: str, body: str) -> tuple[dict[str, str], Answer]:
+        """The inspector's replay: ``body`` through the dispatcher as a new delivery,
+        signed here with the key (which never leaves the process), answered to
+        the inspector alone. The engine and the metrics never see it."""
+        if self.stopping or self.status.state is State.STOPPED:
+            from ..ops.inspector import ReplayRefused
+
+            raise ReplayRefused("the connector is stopping")
+        message_id = f"msg_replay_{uuid.uuid4().hex}"
+        headers = {
+            "content-type": "application/json",
+            **sign_request(self.config.api_key, message_id, body),
+        }
+        answer = await self.dispatcher.dispatch("POST", headers, body, request_id=request_id)
+        return headers, answer
 
     def _stop_event(self) -> asyncio.Event:
         if self._stopping is None:
@@ -313,7 +353,12 @@ class Connector:
         if isinstance(failure, ConnectFailure):
             self._log_failure(failure, delay)
             now = State.STOOD_DOWN if isinstance(failure, Superseded) else State.BACKOFF
-            self.status.set(now, error=failure.code, message=str(failure))
+            next_attempt_at = (
+                None if delay is None or delay == float("inf") else time.time() + delay
+            )
+            self.status.set(
+                now, error=failure.code, message=str(failure), next_attempt_at=next_attempt_at
+            )
 
     def _log_failure(self, failure: ConnectFailure, delay: float | None) -> None:
         when = (
@@ -361,7 +406,6 @@ class Connector:
             self.status,
             in_flight,
             self.observer,
-            self.tracing,
             gate=gate,
         )
         serving = asyncio.ensure_future(connection.run())
@@ -375,7 +419,7 @@ class Connector:
         finally:
             stop_requested.cancel()
         if serving.done():
-            if connection.ready_for == 0.0:
+            if connection.ready_for == 0.0 and self.observer is not None:
                 self.observer.attempt_ended(_outcome(serving.exception()))
             self._raise_outcome(serving)
             return
@@ -433,6 +477,13 @@ class Connector:
             )
 
     async def _start_services(self) -> None:
+        if self.inspector is not None:
+            try:
+                await self.inspector.start()
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot serve the inspector on {self.config.inspect_addr}: {error.strerror}"
+                ) from None
         if self.config.health_addr is not None:
             from ..ops.health import HealthServer
 
@@ -464,6 +515,8 @@ class Connector:
         self.status.set(State.STOPPED)
         if self.health is not None:
             await self.health.close()
+        if self.inspector is not None:
+            await self.inspector.close()
         if self._notifier is not None:
             self._notifier.close()
         log.info("connector stopped")

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from .._version import __version__
 from ..wire.bodies import OPERATIONS
+from ..wire.frames import RequestFrame
 from .status import AnsweredRequest, ConnectorStatus, Observer, State
 
 __all__ = ["CONTENT_TYPE", "SOURCE_GAUGES", "Metrics"]
@@ -144,7 +145,7 @@ class Metrics(Observer):
 
     _status_was_ready = False
 
-    def request_done(self, response: AnsweredRequest, seconds: float) -> None:
+    def request_done(self, frame: RequestFrame, response: AnsweredRequest, seconds: float) -> None:
         operation = response.operation if response.operation in OPERATIONS else "none"
         self._requests.labels(operation, str(response.status)).inc()
         self._duration.labels(operation).observe(seconds)

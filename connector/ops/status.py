@@ -1,8 +1,10 @@
 """Where is the connector now? A small, observable record of its state.
 
 The connection and the supervisor write it; health checks, metrics, systemd
-notifications and embedding programs read it or subscribe to changes. An
-:class:`Observer` hears of each request and connection attempt as it ends.
+notifications and embedding programs read it or subscribe to changes.
+:class:`Observer` objects hear of each request and connection attempt:
+metrics, tracing and the inspector each are one, and :func:`observing`
+joins them into what the connection calls.
 """
 
 from __future__ import annotations
@@ -10,11 +12,20 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["AnsweredRequest", "ConnectorStatus", "Observer", "State"]
+from ..wire.frames import RequestFrame
+
+__all__ = [
+    "AnsweredRequest",
+    "ConnectorStatus",
+    "Observer",
+    "State",
+    "announces_starts",
+    "observing",
+]
 
 
 class State(enum.StrEnum):
@@ -34,6 +45,8 @@ class AnsweredRequest(Protocol):
     @property
     def status(self) -> int: ...
     @property
+    def body(self) -> str: ...
+    @property
     def operation(self) -> str | None: ...
     @property
     def model(self) -> str | None: ...
@@ -44,14 +57,26 @@ class AnsweredRequest(Protocol):
 
 
 class Observer:
-    """Hooks for counting what happens; the defaults do nothing.
+    """Hooks for what happens to requests and connections; the defaults do nothing.
 
-    The metrics exporter overrides them. They run on the event loop, on the
-    request path, so an implementation must be cheap and must not block.
+    Metrics, tracing and the inspector override the hooks they need. They
+    run on the event loop, on the request path, so an implementation must be
+    cheap and must not block. A request's hooks run in the request's own
+    task, in order: :meth:`request_started`, then :meth:`request_done` once
+    its answer is handed to the socket, or :meth:`request_abandoned` if the
+    task ends without an answer (cancelled while draining). The frame and
+    the answer are handed over as they are, never copied: an observer that
+    keeps a body keeps a reference to the string that was sent.
     """
 
-    def request_done(self, response: AnsweredRequest, seconds: float) -> None:
-        """One request answered (any status)."""
+    def request_started(self, frame: RequestFrame) -> None:
+        """A request frame is about to be served."""
+
+    def request_done(self, frame: RequestFrame, answer: AnsweredRequest, seconds: float) -> None:
+        """A request was answered (any status) after ``seconds``."""
+
+    def request_abandoned(self, frame: RequestFrame, error: BaseException) -> None:
+        """A request's task ended without an answer."""
 
     def frame_rejected(self, reason: str) -> None:
         """A frame was refused: ``malformed``, ``invalid_request``, ``oversize`` or
@@ -59,6 +84,72 @@ class Observer:
 
     def attempt_ended(self, outcome: str) -> None:
         """A connection attempt ended: ``ready`` when it got that far, else why not."""
+
+
+_HOOKS = ("request_started", "request_done", "request_abandoned", "frame_rejected", "attempt_ended")
+
+
+def _overrides(observer: Observer, hook: str) -> bool:
+    return getattr(type(observer), hook) is not getattr(Observer, hook)
+
+
+class _Observers(Observer):
+    """Several observers as one; each hook calls only those that override it."""
+
+    def __init__(self, observers: list[Observer]) -> None:
+        self._members = observers
+        calls = {
+            hook: tuple(getattr(o, hook) for o in observers if _overrides(o, hook))
+            for hook in _HOOKS
+        }
+        self._started = calls["request_started"]
+        self._done = calls["request_done"]
+        self._abandoned = calls["request_abandoned"]
+        self._rejected = calls["frame_rejected"]
+        self._attempts = calls["attempt_ended"]
+
+    def __repr__(self) -> str:
+        return f"Observers({', '.join(type(o).__name__ for o in self._members)})"
+
+    def request_started(self, frame: RequestFrame) -> None:
+        for call in self._started:
+            call(frame)
+
+    def request_done(self, frame: RequestFrame, answer: AnsweredRequest, seconds: float) -> None:
+        for call in self._done:
+            call(frame, answer, seconds)
+
+    def request_abandoned(self, frame: RequestFrame, error: BaseException) -> None:
+        for call in self._abandoned:
+            call(frame, error)
+
+    def frame_rejected(self, reason: str) -> None:
+        for call in self._rejected:
+            call(reason)
+
+    def attempt_ended(self, outcome: str) -> None:
+        for call in self._attempts:
+            call(outcome)
+
+
+def observing(observers: Iterable[Observer | None]) -> Observer | None:
+    """What the connection calls for ``observers``: None when nothing watches (the
+    request path then pays nothing), the one observer itself, or all of them."""
+    present = [o for o in observers if o is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+    return _Observers(present)
+
+
+def announces_starts(observer: Observer | None) -> bool:
+    """Whether ``observer`` wants :meth:`Observer.request_started` (else it is never called)."""
+    if observer is None:
+        return False
+    if isinstance(observer, _Observers):
+        return bool(observer._started)
+    return _overrides(observer, "request_started")
 
 
 @dataclass
@@ -77,6 +168,9 @@ class ConnectorStatus:
     #: The connection attempt under way or last made, counting from 1 since
     #: the connector was last ready (or started).
     attempt: int = 0
+    #: When the next connection attempt starts (Unix seconds), while it backs
+    #: off or stands down; None otherwise, and while it waits until stopped.
+    next_attempt_at: float | None = None
     connects: int = 0
     in_flight: int = 0
     stuck_handlers: int = 0
@@ -153,7 +247,15 @@ class ConnectorStatus:
     def subscribe(self, listener: Callable[[ConnectorStatus], None]) -> None:
         self._listeners.append(listener)
 
-    def set(self, state: State, *, error: str | None = None, message: str | None = None) -> None:
+    def set(
+        self,
+        state: State,
+        *,
+        error: str | None = None,
+        message: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        self.next_attempt_at = next_attempt_at
         if error is not None:
             self.last_error = error
             self.last_error_message = message

@@ -26,21 +26,23 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import logging
 import os
 import threading
-import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Final
 
 from .._version import __version__
 from ..errors import SourceError
+from ..wire.frames import RequestFrame
 from . import logs
-from .status import AnsweredRequest, ConnectorStatus
+from .status import AnsweredRequest, ConnectorStatus, Observer
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span, TracerProvider
 
 __all__ = ["RequestTracing", "enable", "request_tracing"]
@@ -51,6 +53,11 @@ _MAX_EXCEPTION_TEXT: Final = 4000
 _EXIT_FLUSH_SECONDS: Final = 2.0
 _OTLP_BY_PROTOCOL: Final = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
 
+# The span of the request the current task serves, and the token that made it current.
+_current_span: contextvars.ContextVar[tuple[Span, contextvars.Token[Context]] | None] = (
+    contextvars.ContextVar("ablo_request_span", default=None)
+)
+
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     """A request header by its lower-case name, whatever case the engine used."""
@@ -60,58 +67,81 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value
 
 
-class RequestTracing:
-    """Makes the spans of each request, with ``tracer_provider``'s tracer."""
+class RequestTracing(Observer):
+    """Makes the spans of each request, with ``tracer_provider``'s tracer.
+
+    One of the connector's observers: a request's span starts in
+    :meth:`request_started` and is current in the request's task (and so in
+    a worker thread the handler runs in) until the answer is handed to the
+    socket.
+    """
 
     def __init__(
-        self, tracer_provider: TracerProvider, *, redact: Callable[[str], str] = lambda t: t
+        self,
+        tracer_provider: TracerProvider,
+        *,
+        redact: Callable[[str], str] = lambda t: t,
+        status: ConnectorStatus | None = None,
     ) -> None:
-        from opentelemetry import trace
+        from opentelemetry import context, trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._trace = trace
+        self._context = context
         self._tracer = tracer_provider.get_tracer("ablo-connector", __version__)
         self._propagator = TraceContextTextMapPropagator()
         self._redact = redact
+        self._status = status
 
-    async def request(
-        self,
-        headers: Mapping[str, str],
-        request_id: str,
-        answering: Awaitable[AnsweredRequest],
-        status: ConnectorStatus,
-    ) -> None:
-        """Await ``answering`` (the connection serving one request) inside its span."""
+    def request_started(self, frame: RequestFrame) -> None:
         trace = self._trace
+        headers = frame.headers
         carrier = {
             name: value
             for name in ("traceparent", "tracestate")
             if (value := _header(headers, name)) is not None
         }
         parent = self._propagator.extract(carrier) if carrier else None
-        started = time.perf_counter()
-        attributes: dict[str, str | int | float | bool] = {"ablo.request_id": request_id}
+        attributes: dict[str, str | int | float | bool] = {"ablo.request_id": frame.id}
         message_id = _header(headers, "webhook-id")
         if message_id:
             attributes["ablo.message_id"] = message_id
-        if status.source_id:
+        status = self._status
+        if status is not None and status.source_id:
             attributes["ablo.source_id"] = status.source_id
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             "request",
             context=parent,
             kind=trace.SpanKind.SERVER,
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
-        ) as span:
-            try:
-                answer = await answering
-            except BaseException as error:  # cancelled while draining, most likely
-                self._failed(span, error)
-                raise
-            _describe(span, answer, time.perf_counter() - started)
-            if answer.status >= 500:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, answer.error or ""))
+        )
+        # The request's own task: the span is current for it alone.
+        token = self._context.attach(trace.set_span_in_context(span))
+        _current_span.set((span, token))
+
+    def request_done(self, frame: RequestFrame, answer: AnsweredRequest, seconds: float) -> None:
+        current = _current_span.get()
+        if current is None:  # refused while draining: never started
+            return
+        _current_span.set(None)
+        span, token = current
+        _describe(span, answer, seconds)
+        if answer.status >= 500:
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, answer.error or ""))
+        span.end()
+        self._context.detach(token)
+
+    def request_abandoned(self, frame: RequestFrame, error: BaseException) -> None:
+        current = _current_span.get()
+        if current is None:
+            return
+        _current_span.set(None)
+        span, token = current
+        self._failed(span, error)  # cancelled while draining, most likely
+        span.end()
+        self._context.detach(token)
 
     @contextlib.contextmanager
     def handler_span(self, method: Callable[..., Any]) -> Iterator[None]:
@@ -188,12 +218,13 @@ def request_tracing(
     provider: TracerProvider | None = None,
     *,
     redact: Callable[[str], str] = lambda t: t,
+    status: ConnectorStatus | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> RequestTracing | None:
     """Tracing with ``provider``, or as the ``OTEL_*`` variables (or an embedding
     program's global provider) configured it; None when it is off."""
     if provider is not None:
-        return enable(provider, redact=redact)
+        return enable(provider, redact=redact, status=status)
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
     try:
@@ -215,10 +246,15 @@ def request_tracing(
             log.warning("cannot export traces: %s. Serving without traces.", error)
             return None
         trace.set_tracer_provider(provider)
-    return enable(provider, redact=redact)
+    return enable(provider, redact=redact, status=status)
 
 
-def enable(provider: TracerProvider, *, redact: Callable[[str], str]) -> RequestTracing:
+def enable(
+    provider: TracerProvider,
+    *,
+    redact: Callable[[str], str],
+    status: ConnectorStatus | None = None,
+) -> RequestTracing:
     """Tracing with ``provider``, and trace ids on JSON log lines."""
     from opentelemetry import trace
 
@@ -229,7 +265,7 @@ def enable(provider: TracerProvider, *, redact: Callable[[str], str]) -> Request
         return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
     logs.set_trace_lookup(current_ids)
-    return RequestTracing(provider, redact=lambda text: logs.redact(redact(text)))
+    return RequestTracing(provider, redact=lambda text: logs.redact(redact(text)), status=status)
 
 
 def _provider_from(environ: Mapping[str, str]) -> TracerProvider:
