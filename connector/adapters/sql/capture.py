@@ -66,6 +66,7 @@ __all__ = [
     "captured_models",
     "captured_row",
     "install_capture",
+    "require_capture",
     "own_events",
     "remove_capture",
     "remove_table_capture_statements",
@@ -180,8 +181,7 @@ def install_capture(
 ) -> list[str]:
     """Install or bring up to date the capture of every model in ``wanted``,
     remove it from every other; returns each change made (empty: nothing to do)."""
-    if dialect.capture_state_create is None:
-        raise ConfigError(f"capture is not available on {dialect.name}")
+    require_capture(dialect)
     changes: list[str] = []
     with engine.begin() as connection:
         for statement in dialect.capture_setup_statements():
@@ -243,6 +243,14 @@ def remove_capture(engine: sa.Engine, dialect: Dialect) -> list[str]:
         for statement in dialect.capture_teardown_statements():
             connection.exec_driver_sql(statement)
     return changes
+
+
+def require_capture(dialect: Dialect) -> Dialect:
+    """``dialect``, or a ConfigError saying why its database has no capture
+    (before ``migrate --capture`` changes anything)."""
+    if dialect.capture_state_create is None:
+        raise ConfigError(dialect.capture_refusal or f"capture is not available on {dialect.name}")
+    return dialect
 
 
 def capture_drift(connection: sa.Connection, served: Mapping[str, ServedModel]) -> dict[str, str]:
@@ -359,9 +367,7 @@ def _wanted(engine: sa.Engine, models: Any) -> tuple[Dialect, dict[str, ServedMo
     from .models import ModelMap
     from .reflection import reflect_models
 
-    dialect = dialect_named(engine.dialect.name)
-    if dialect.capture_state_create is None:
-        raise ConfigError(f"capture is not available on {dialect.name} yet")
+    dialect = require_capture(dialect_named(engine.dialect.name))
     with engine.connect() as connection:
         specs = models or ModelMap.of_tables(sa.inspect(connection).get_table_names())
         served, problems, _ = reflect_models(
@@ -378,9 +384,7 @@ def migrate_capture(engine: sa.Engine, models: Any, *, remove: bool = False) -> 
     says ``capture = false``; ``remove``: remove every capture instead."""
     from .dialects import dialect_named
 
-    dialect = dialect_named(engine.dialect.name)
-    if dialect.capture_state_create is None:
-        raise ConfigError(f"capture is not available on {dialect.name} yet")
+    dialect = require_capture(dialect_named(engine.dialect.name))
     if remove:
         return remove_capture(engine, dialect)
     dialect, served, wanted = _wanted(engine, models)
@@ -393,10 +397,7 @@ def migrate_capture(engine: sa.Engine, models: Any, *, remove: bool = False) -> 
 def _capturing_dialect(connection: sa.Connection) -> Dialect:
     from .dialects import dialect_named
 
-    dialect = dialect_named(connection.dialect.name)
-    if dialect.capture_state_create is None:
-        raise ConfigError(f"capture is not available on {dialect.name} yet")
-    return dialect
+    return require_capture(dialect_named(connection.dialect.name))
 
 
 def table_capture_statements(
