@@ -26,6 +26,8 @@ from tests.postgres import create_database, drop_database
 from tests.test_sql_adapter import Client, create, update
 
 DIALECTS = ["sqlite", "postgresql"]
+# Where writers run concurrently (SQLite has one writer at a time: no case there).
+CONCURRENT = ["postgresql"]
 MAP = {"models": {"task": {"table": "tasks", "exclude": ["secret"]}}}
 
 
@@ -268,10 +270,10 @@ async def test_an_update_of_a_rows_id_is_a_delete_and_a_create(
     assert events[2]["data"] == await load(client, "new")
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # roles and grants
 async def test_retention_without_delete_privilege_warns_once(
     captured: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _postgres_only(captured)
     role = f"nodel_{uuid.uuid4().hex[:8]}"
     execute(
         captured,
@@ -384,15 +386,10 @@ async def test_capture_false_opts_out_and_remove_drops_it(captured: str) -> None
         await client.close()
 
 
-def _postgres_only(url: str) -> None:
-    if sa.make_url(url).get_backend_name() != "postgresql":
-        pytest.skip("SQLite has one writer at a time: nothing runs concurrently there")
-
-
+@pytest.mark.parametrize("database_url", CONCURRENT, indirect=True)
 async def test_a_long_transaction_stalls_no_writer_and_its_event_is_not_skipped(
     client: Client, captured: str
 ) -> None:
-    _postgres_only(captured)
     long_running = Session(captured)
     other = Session(captured)
     try:
@@ -418,10 +415,10 @@ async def test_a_long_transaction_stalls_no_writer_and_its_event_is_not_skipped(
         other.close()
 
 
+@pytest.mark.parametrize("database_url", CONCURRENT, indirect=True)
 async def test_concurrent_writers_are_read_in_commit_order_without_gaps(
     client: Client, captured: str
 ) -> None:
-    _postgres_only(captured)
     writers = 6
     per_writer = 40
 

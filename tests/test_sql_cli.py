@@ -703,3 +703,24 @@ async def test_migrate_prints_the_capture_ddl_and_the_grants_retention_and_captu
     finally:
         drop_database(postgres_server, url)
         execute(postgres_server.dsn, f"DROP ROLE IF EXISTS {role}")
+
+
+async def test_migrate_capture_on_mariadb_is_refused_before_it_changes_anything(
+    mariadb_server: Any,
+) -> None:
+    """MariaDB's triggers draw outbox cursors at statement time: capture is
+    refused there with the reason, in one line, and nothing is created."""
+    url = mariadb.create_database(mariadb_server).replace("mysql://", "mariadb://")
+    execute(url, TASKS_DDL["mysql"])
+    try:
+        for extra in ([], ["--print-sql"]):
+            async with process(["migrate", "--database-url", url, "--capture", *extra]) as cli:
+                assert await cli.wait(30) == 78, cli.output()
+                lines = [line for line in cli.output().splitlines() if "capture" in line]
+                assert len(lines) == 1, cli.output()
+                assert "not available on MySQL and MariaDB" in lines[0]
+                assert "statement time" in lines[0] and "without --capture" in lines[0]
+        tables = execute(url, "SHOW TABLES")[0]
+        assert [name for (name,) in tables] == ["tasks"]  # no ledger, outbox or ablo_capture
+    finally:
+        mariadb.drop_database(mariadb_server, url)

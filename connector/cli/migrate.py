@@ -109,6 +109,8 @@ def migrate(
         shown_url,
     )
     from ..adapters.sql import migrate as migrate_tables
+    from ..adapters.sql.capture import require_capture
+    from ..adapters.sql.dialects import dialect_named
     from ..adapters.sql.models import INFRASTRUCTURE_TABLES
 
     formatter = configure_logging("warning")
@@ -137,6 +139,8 @@ def migrate(
         _print_capture_sql(engine, models_path)
         return
     try:
+        if capture or remove_capture:  # refused before the ledger and outbox are touched
+            require_capture(dialect_named(engine.dialect.name))
         changes = migrate_tables(engine)
         if capture or remove_capture:
             models = ModelMap.from_toml(models_path) if models_path else None

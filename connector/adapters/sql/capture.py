@@ -26,20 +26,28 @@ Which models are captured, and for which columns, is kept in
 ``ablo_capture`` (one row per model, with a signature of what its triggers
 record), so ``migrate --capture`` knows what to change and ``run`` notices a
 capture that no longer matches its table or the map.
+
+A handler over its own database (a custom ``DataSource``) uses the same
+triggers through the public helpers at the end of this module: the DDL for a
+table it names (:func:`table_capture_statements`), the bracket its own
+commits write their events in (:func:`own_events`, :func:`write_own_events`)
+and the decoding of what a trigger stored (:func:`captured_row`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 
 from ...errors import ConfigError
+from .tables import outbox
 from .values import to_json_row
 
 if TYPE_CHECKING:
@@ -56,8 +64,14 @@ __all__ = [
     "capture_spec",
     "captured_data",
     "captured_models",
+    "captured_row",
     "install_capture",
+    "require_capture",
+    "own_events",
     "remove_capture",
+    "remove_table_capture_statements",
+    "table_capture_statements",
+    "write_own_events",
 ]
 
 CAPTURE_TABLE: Final = "ablo_capture"
@@ -167,8 +181,7 @@ def install_capture(
 ) -> list[str]:
     """Install or bring up to date the capture of every model in ``wanted``,
     remove it from every other; returns each change made (empty: nothing to do)."""
-    if dialect.capture_state_create is None:
-        raise ConfigError(f"capture is not available on {dialect.name}")
+    require_capture(dialect)
     changes: list[str] = []
     with engine.begin() as connection:
         for statement in dialect.capture_setup_statements():
@@ -230,6 +243,14 @@ def remove_capture(engine: sa.Engine, dialect: Dialect) -> list[str]:
         for statement in dialect.capture_teardown_statements():
             connection.exec_driver_sql(statement)
     return changes
+
+
+def require_capture(dialect: Dialect) -> Dialect:
+    """``dialect``, or a ConfigError saying why its database has no capture
+    (before ``migrate --capture`` changes anything)."""
+    if dialect.capture_state_create is None:
+        raise ConfigError(dialect.capture_refusal or f"capture is not available on {dialect.name}")
+    return dialect
 
 
 def capture_drift(connection: sa.Connection, served: Mapping[str, ServedModel]) -> dict[str, str]:
@@ -346,9 +367,7 @@ def _wanted(engine: sa.Engine, models: Any) -> tuple[Dialect, dict[str, ServedMo
     from .models import ModelMap
     from .reflection import reflect_models
 
-    dialect = dialect_named(engine.dialect.name)
-    if dialect.capture_state_create is None:
-        raise ConfigError(f"capture is not available on {dialect.name} yet")
+    dialect = require_capture(dialect_named(engine.dialect.name))
     with engine.connect() as connection:
         specs = models or ModelMap.of_tables(sa.inspect(connection).get_table_names())
         served, problems, _ = reflect_models(
@@ -365,10 +384,105 @@ def migrate_capture(engine: sa.Engine, models: Any, *, remove: bool = False) -> 
     says ``capture = false``; ``remove``: remove every capture instead."""
     from .dialects import dialect_named
 
-    dialect = dialect_named(engine.dialect.name)
-    if dialect.capture_state_create is None:
-        raise ConfigError(f"capture is not available on {dialect.name} yet")
+    dialect = require_capture(dialect_named(engine.dialect.name))
     if remove:
         return remove_capture(engine, dialect)
     dialect, served, wanted = _wanted(engine, models)
     return install_capture(engine, dialect, served, wanted)
+
+
+# ------------------------------------------------------------ for handler authors
+
+
+def _capturing_dialect(connection: sa.Connection) -> Dialect:
+    from .dialects import dialect_named
+
+    return require_capture(dialect_named(connection.dialect.name))
+
+
+def table_capture_statements(
+    connection: sa.Connection,
+    table: str,
+    *,
+    model: str,
+    columns: Sequence[str],
+    id_column: str = "id",
+    archived_column: str | None = None,
+    schema: str | None = None,
+) -> list[str]:
+    """The DDL that makes the database record every committed INSERT, UPDATE
+    and DELETE on ``table`` into ``ablo_outbox`` as events of ``model``, in
+    the writer's own transaction: the triggers ``migrate --capture`` installs,
+    for a table a handler names rather than a served model.
+
+    ``columns`` are the columns an event's ``data`` records (a write that
+    changes none of them is no event); ``id_column`` gives ``entityId``; an
+    UPDATE of only ``archived_column`` is ARCHIVE or UNARCHIVE. The outbox
+    must exist (:func:`~connector.adapters.sql.migrate` creates it): run the
+    statements in one transaction, as the table's owner. What a trigger
+    stores as ``data`` is the row as the database holds it, column by
+    column: :func:`captured_row` reads it back. SQLite and PostgreSQL.
+    """
+    dialect = _capturing_dialect(connection)
+    if id_column not in columns:
+        raise ConfigError(f"the id column {id_column!r} must be one of the captured columns")
+    if archived_column is not None and archived_column not in columns:
+        raise ConfigError(
+            f"the archived column {archived_column!r} must be one of the captured columns"
+        )
+    spec = CaptureSpec(
+        model=model,
+        schema=schema,
+        table=table,
+        id_column=id_column,
+        columns=tuple(columns),
+        archived_column=archived_column,
+    )
+    return dialect.capture_setup_statements() + dialect.install_capture_statements(connection, spec)
+
+
+def remove_table_capture_statements(
+    connection: sa.Connection, table: str, *, model: str, schema: str | None = None
+) -> list[str]:
+    """The DDL that removes what :func:`table_capture_statements` installed
+    on ``table`` for ``model`` (safe to run when it is not there)."""
+    dialect = _capturing_dialect(connection)
+    spec = CaptureSpec(model, schema, table, "id", ("id",), None)
+    return dialect.remove_capture_statements(schema, table, spec.trigger_name)
+
+
+@contextlib.contextmanager
+def own_events(connection: sa.Connection, rows: Iterable[tuple[str, str]]) -> Iterator[None]:
+    """Around a handler's commit that writes the events of ``rows`` ((model,
+    id as text)) itself, with its ``correlationId``: inside, the capture
+    triggers leave those rows to it, so each change is recorded once. Write
+    the events with :func:`write_own_events`, in the same transaction."""
+    dialect = _capturing_dialect(connection)
+    context = CommitContext(frozenset(rows))
+    dialect.begin_captured_commit(connection, context)
+    yield
+    dialect.end_captured_commit(connection, context)
+
+
+def write_own_events(connection: sa.Connection, events: Sequence[Mapping[str, Any]]) -> None:
+    """Insert a commit's own ``events`` (``ablo_outbox`` rows: ``id``,
+    ``model``, ``entity_id``, ``type``, ``data``, ``correlation_id``,
+    ``transaction_id``, ``occurred_at``) under the lock that keeps cursors
+    in commit order with the triggers' (a reader paging by cursor never
+    skips one). Call it after the commit's last row change."""
+    if not events:
+        return
+    _capturing_dialect(connection).lock_commit_order(connection)
+    connection.execute(outbox.insert(), list(events))
+
+
+def captured_row(data: Any) -> dict[str, Any] | None:
+    """What a capture trigger stored as an event's ``data``: the row, column
+    → value as the database holds it (None for an event a commit wrote
+    itself, or a DELETE). ``data`` as read from ``ablo_outbox``, parsed or
+    JSON text."""
+    if isinstance(data, str):
+        data = json.loads(data)
+    if not is_captured(data):
+        return None
+    return {column: untagged(value) for column, value in data[0].items()}

@@ -216,6 +216,9 @@ class Dialect:
 
     #: ``CREATE TABLE`` of ``ablo_capture`` (None: this database has no capture yet).
     capture_state_create: ClassVar[str | None] = None
+    #: Why this database has no capture, as ``migrate --capture`` says it
+    #: (one line; None: the generic "not available" line).
+    capture_refusal: ClassVar[str | None] = None
 
     def capture_setup_statements(self) -> list[str]:
         """What ``migrate --capture`` creates before the first model's triggers."""
