@@ -13,8 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from connector.adapters.sql import SQLSource
+from connector.dev.engine import DevEngine
 from connector.wire.bodies import ListQuery
 from tests.helpers import execute
+from tests.test_operations import KEY, _metric, get, probed
 from tests.test_sql_adapter import MODELS, Client, database_url, prepare
 
 __all__ = ["database_url"]  # the fixture, shared with test_sql_adapter
@@ -105,3 +107,16 @@ async def test_a_shape_an_index_serves_is_not_reported(filled: str) -> None:
         assert await source.shape_plan("task", ListQuery.model_validate(query)) is None
     finally:
         await source.aclose()
+
+
+async def test_the_metric_counts_the_shapes_that_read_the_whole_table(filled: str) -> None:
+    source = SQLSource(filled, MODELS)
+    client = Client(source)
+    async with DevEngine(KEY) as engine, probed(source, engine.base_url, 5.0) as (_, base):
+        name = "ablo_connector_full_table_list_shapes"
+        assert _metric((await get(base + "/metrics"))[1], name) == 0
+        await client.list(limit=50)  # ordered by the primary key: not counted
+        await client.list(limit=50, orderBy="dueAt", where=[["priority", 3]])
+        await client.list(limit=50, orderBy="dueAt", where=[["priority", 3]])
+        await _until(lambda: source.full_table_shapes)
+        assert _metric((await get(base + "/metrics"))[1], name) == 1
