@@ -53,7 +53,7 @@ from .plans import FullTableShape, ShapePlans
 from .query import MAX_BOUND_VALUES, column_for, plan_list
 from .reflection import reflect_models, served_tables
 from .schema import ledger, outbox, verify_tables
-from .values import python_type, to_column_value, to_json_row, to_json_value
+from .values import python_type, to_column_value, to_json_row
 
 # The URL and engine helpers were defined here before the dialects had
 # modules of their own: they stay importable from here.
@@ -546,7 +546,7 @@ class SQLSource(DataSource):
         key = to_column_value(served.id, "id", id)
         with self._answers(served):
             rows = await self._fetch(served.load_statement, {"ablo_id": key})
-        return to_json_row(served.values_to_fields(rows[0])) if rows else None
+        return served.rows_to_json(rows[:1])[0] if rows else None
 
     async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
         return await self._on_current_schema(lambda: self._list(model, query))
@@ -563,10 +563,9 @@ class SQLSource(DataSource):
         self._plans.served(plan)
         page = found[: plan.limit]
         more = len(found) > plan.limit
-        fields = served.values_to_fields
         return ListPage(
             # One conversion for the whole page: JSON-ready values, NaN as null.
-            rows=to_json_value([fields(row) for row in page]),
+            rows=served.rows_to_json(page),
             next_cursor=plan.next_cursor(served, page[-1]) if more else None,
         )
 
