@@ -1366,6 +1366,43 @@ def test_a_value_with_no_json_form_is_served_as_its_text() -> None:
     assert to_json_row({"at": Point(), "n": 1}) == {"at": "(1,2)", "n": 1}
 
 
+def test_a_page_converted_at_once_is_each_row_converted_alone() -> None:
+    """``rows_to_json`` converts a page in one pass; every value comes out as
+    the row-by-row conversion made it (ids as text first, bytes as base64,
+    NaN as null, a driver's row object by its values)."""
+    import datetime as dt
+    import decimal
+    import uuid
+
+    from connector.adapters.sql.models import ServedModel
+    from connector.adapters.sql.values import to_json_row
+
+    table = sa.Table(
+        "things", sa.MetaData(), sa.Column("key", sa.LargeBinary, primary_key=True),
+        *(sa.Column(name, sa.Text) for name in ("at", "amount", "blob", "ratio", "uid", "doc")),
+    )  # fmt: skip
+    names = ("id", "at", "amount", "blob", "ratio", "uid", "doc")
+    served = ServedModel(
+        "thing",
+        table,
+        dict(zip(names, table.columns, strict=True)),
+        {column.name: name for name, column in zip(names, table.columns, strict=True)},
+    )
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
+    rows: list[Any] = [
+        (b"k1", at, decimal.Decimal("1.50"), b"\x00\xff", float("nan"), uuid.UUID(int=7), {"a": [1, float("inf")]}),
+        [7, dt.date(2026, 1, 2), None, None, 2.5, None, [b"x"]],
+        ("k3", dt.time(1, 2), decimal.Decimal("-0"), b"", float("-inf"), None, None),
+    ]  # fmt: skip
+    with sa.create_engine("sqlite://").connect() as connection:
+        rows.append(connection.execute(sa.text("SELECT 'k4', 1, 2, 3, 4.5, 'u', 'd'")).one())
+    expected = [to_json_row(served.values_to_fields(row)) for row in rows]
+    assert served.rows_to_json(rows) == expected
+    assert [list(row) for row in served.rows_to_json(rows)] == [list(row) for row in expected]
+    assert expected[0]["id"] == "b'k1'" and expected[1]["id"] == "7"
+    assert expected[0]["blob"] == "AP8=" and expected[0]["ratio"] is None
+
+
 # ------------------------------------------------------------ client mistakes and limits
 
 NON_FINITE = {

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connector.adapters.sql import SQLSource
 from connector.adapters.sql.connections import ReadConnections
@@ -356,3 +357,26 @@ async def test_cached_list_shapes_keep_no_values_and_stay_within_their_bytes(
     # itself may be off by a little), and nothing like the values it saw.
     assert retained < budget * 1.25, (retained, values)
     assert 0 < kept < 48  # the oldest shapes made room
+
+
+async def test_mysql_and_mariadb_keep_twenty_connections_unless_told() -> None:
+    """Nothing connects here: the pools are sized when the source is made."""
+    sizes = {}
+    for url, pool_size in [
+        ("mysql://app@127.0.0.1:1/app", None),
+        ("mariadb://app@127.0.0.1:1/app", None),
+        ("mysql://app@127.0.0.1:1/app", 4),
+        ("postgresql://app@127.0.0.1:1/app", None),
+    ]:
+        source = SQLSource(url, pool_size=pool_size)
+        reads = source._database._read_connections  # type: ignore[union-attr]
+        engine = source.engine
+        assert isinstance(engine, AsyncEngine)
+        sizes[url, pool_size] = (reads.size, engine.sync_engine.pool.size())  # type: ignore[attr-defined]
+        await source.aclose()
+    assert sizes == {
+        ("mysql://app@127.0.0.1:1/app", None): (20, 20),
+        ("mariadb://app@127.0.0.1:1/app", None): (20, 20),
+        ("mysql://app@127.0.0.1:1/app", 4): (4, 4),
+        ("postgresql://app@127.0.0.1:1/app", None): (10, 10),
+    }

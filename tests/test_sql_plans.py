@@ -7,14 +7,17 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from connector.adapters.sql import SQLSource
+from connector.dev.engine import DevEngine
 from connector.wire.bodies import ListQuery
-from tests.helpers import execute
+from tests.helpers import execute, process
+from tests.test_operations import KEY, _metric, get, probed
 from tests.test_sql_adapter import MODELS, Client, database_url, prepare
 
 __all__ = ["database_url"]  # the fixture, shared with test_sql_adapter
@@ -105,3 +108,43 @@ async def test_a_shape_an_index_serves_is_not_reported(filled: str) -> None:
         assert await source.shape_plan("task", ListQuery.model_validate(query)) is None
     finally:
         await source.aclose()
+
+
+async def test_the_metric_counts_the_shapes_that_read_the_whole_table(filled: str) -> None:
+    source = SQLSource(filled, MODELS)
+    client = Client(source)
+    async with DevEngine(KEY) as engine, probed(source, engine.base_url, 5.0) as (_, base):
+        name = "ablo_connector_full_table_list_shapes"
+        assert _metric((await get(base + "/metrics"))[1], name) == 0
+        await client.list(limit=50)  # ordered by the primary key: not counted
+        await client.list(limit=50, orderBy="dueAt", where=[["priority", 3]])
+        await client.list(limit=50, orderBy="dueAt", where=[["priority", 3]])
+        await _until(lambda: source.full_table_shapes)
+        assert _metric((await get(base + "/metrics"))[1], name) == 1
+
+
+async def test_check_shows_the_shapes_that_read_the_whole_table(
+    filled: str, tmp_path: Path
+) -> None:
+    """``check --database-url`` reads each model's default page and a page
+    ordered by each field, without serving: every order but the id's sorts."""
+    models = tmp_path / "models.toml"
+    models.write_text('[models.task]\ntable = "tasks"\n')
+    async with process(
+        ["check", "--database-url", filled, "--models", str(models)], {"ABLO_API_KEY": ""}
+    ) as check:
+        assert await check.wait(60) == 0, check.output()
+        lines = check.output().splitlines()
+    assert (
+        "ok    plans: 7 list shapes read (each model's default page, and one ordered by each "
+        "field), 6 scan or sort the whole table"
+    ) in lines
+    reported = [line for line in lines if line.endswith("would serve it")]
+    columns = ["title", "done", "priority", "due_at", "archived_at", "estimate"]
+    assert [line.split(": an index on ")[1] for line in reported] == [
+        f"tasks ({column}, id) would serve it" for column in columns
+    ]
+    assert all(
+        line.startswith("      list of model 'task' (where no filter; orderBy ")
+        for line in reported
+    )

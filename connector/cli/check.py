@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection
@@ -35,9 +35,13 @@ from ..wire.frames import SUBPROTOCOL
 from ..wire.session import ClientSession, Ended, Invalid, Ready
 
 if TYPE_CHECKING:
-    from ..adapters.sql import ServedModel
+    from ..adapters.sql import ServedModel, SQLSource
 
-__all__ = ["describe_models", "run_checks"]
+__all__ = ["describe_models", "describe_plans", "run_checks"]
+
+#: The list shapes whose plan ``check --database-url`` reads for each model:
+#: the default page, then a page ordered by each field, up to this many fields.
+MAX_FIELDS_PLANNED: Final = 32
 
 Echo = Callable[[str], None]
 
@@ -257,3 +261,40 @@ def describe_models(models: Mapping[str, ServedModel]) -> list[str]:
             f"fields {', '.join(fields) or '(none)'}"
         )
     return lines
+
+
+async def describe_plans(source: SQLSource, models: Mapping[str, ServedModel]) -> list[str]:
+    """What ``check --database-url`` shows of the list shapes that cannot be
+    fast: for each model, the database's plan of its default list page and of
+    a page ordered by each field (the first :data:`MAX_FIELDS_PLANNED`), and
+    each shape that scans or sorts the whole table, with the index that would
+    serve it. Nothing is served; only the plans are read."""
+    from ..errors import SourceError
+    from ..wire.bodies import ListQuery
+
+    details: list[str] = []
+    read = full_table = 0
+    by_name = {served.name: served for served in models.values()}
+    for name in sorted(by_name):
+        fields = [field for field in by_name[name].columns if field != "id"]
+        for order_by in [None, *fields[:MAX_FIELDS_PLANNED]]:
+            query = ListQuery.model_validate({} if order_by is None else {"orderBy": order_by})
+            try:
+                shape = await source.shape_plan(name, query)
+            except SourceError:
+                continue  # a field no page can be ordered by: no shape to plan
+            except Exception as error:  # a plan is advice: say which could not be read
+                details.append(
+                    f"      could not read the plan of a list of model {name!r} ordered by "
+                    f"{order_by or 'id'}: {type(error).__name__}"
+                )
+                continue
+            read += 1
+            if shape is not None:
+                full_table += 1
+                details.append(f"      {shape.line()}")
+    summary = (
+        f"ok    plans: {read} list shapes read (each model's default page, and one ordered by "
+        f"each field), {full_table} scan or sort the whole table"
+    )
+    return [summary, *details]

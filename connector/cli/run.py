@@ -210,12 +210,14 @@ def _check_database(
     try:
         models = source.prepare()
     except OperationalError as error:
+        source.close()
         say(f"FAIL  database: {describe_database_error(error)}")
         say("      what to check: the URL's host, port, user and database; is it running?")
         sys.exit(EX_UNAVAILABLE)
-    finally:
+    except BaseException:
         source.close()
-    from .check import describe_models
+        raise
+    from .check import describe_models, describe_plans
 
     served = sorted({model.name for model in models.values()})
     say(
@@ -223,4 +225,13 @@ def _check_database(
         f"(ledger and outbox present; models: {', '.join(served)})"
     )
     for line in describe_models(models):
+        say(line)
+
+    async def read_plans() -> list[str]:
+        try:
+            return await describe_plans(source, models)
+        finally:
+            await source.aclose()
+
+    for line in asyncio.run(read_plans()):
         say(line)

@@ -76,10 +76,11 @@ def pool_size_option(command: _F) -> _F:
         env="ABLO_DATABASE_POOL_SIZE",
         type=click.IntRange(1),
         metavar="N",
-        default=10,
+        default=None,
         help=(
-            "Database connections the SQL adapter keeps open (with --database-url); on "
-            "PostgreSQL, MySQL and MariaDB up to N for reads and N for commits."
+            "Database connections the SQL adapter keeps open (with --database-url; default 10, "
+            "20 on MySQL and MariaDB); on PostgreSQL, MySQL and MariaDB up to N for reads and N "
+            "for commits."
         ),
     )(command)
 
@@ -173,7 +174,7 @@ def sql_source(
     pool_size: int | None = None,
 ) -> SQLSource:
     """The SQL adapter for a URL and an optional model map; its password joins the redactions."""
-    from ..adapters.sql import DEFAULT_POOL_SIZE, ModelMap, SQLSource
+    from ..adapters.sql import ModelMap, SQLSource
     from ..adapters.sql import database_url as parse_database_url
 
     guard_url(database_url, "--database-url", add_secret)
@@ -183,7 +184,7 @@ def sql_source(
     return SQLSource(
         url,
         ModelMap.from_toml(models_path) if models_path else None,
-        pool_size=pool_size or DEFAULT_POOL_SIZE,
+        pool_size=pool_size,
     )
 
 

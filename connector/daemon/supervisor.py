@@ -133,6 +133,8 @@ class Connector:
             from ..ops.metrics import Metrics
 
             self.metrics = Metrics(self.status)
+            if hasattr(source, "full_table_shapes"):  # the SQL adapter's plans (its .plans)
+                self.metrics.count_full_table_shapes(lambda: len(source.full_table_shapes))
         self.health: HealthServer | None = None
         self._notifier: SystemdNotifier | None = None
         verifier = Verifier(config.api_key, tolerance=config.signature_tolerance)

@@ -9,7 +9,7 @@ connector, so several connectors in one process never collide.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from prometheus_client import (
@@ -163,6 +163,16 @@ class Metrics(Observer):
 
     def attempt_ended(self, outcome: str) -> None:
         self._attempts.labels(outcome).inc()
+
+    def count_full_table_shapes(self, count: Callable[[], int]) -> None:
+        """Show ``count()`` as ``ablo_connector_full_table_list_shapes`` (a
+        source that reads its list shapes' plans, as the SQL adapter does)."""
+        Gauge(
+            "ablo_connector_full_table_list_shapes",
+            "List shapes served whose plan scans or sorts every row of their table "
+            "(each logged once, with the index that would serve it).",
+            registry=self.registry,
+        ).set_function(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -95,6 +95,7 @@ _PRUNE_BUDGET_SECONDS: Final = 1.0
 # Database connections held open. On PostgreSQL more connections than this
 # bought no throughput at 64 requests in flight on a 2-core host (see
 # bench/sql.py); requests beyond it wait for a connection on the event loop.
+# MySQL and MariaDB keep their dialect's (Dialect.default_pool_size).
 DEFAULT_POOL_SIZE: Final = 10
 # A connection is replaced after this long, so a server-side idle timeout or
 # a failover never meets a request first (which would then retry once).
@@ -128,7 +129,8 @@ class SQLSource(DataSource):
 
     ``pool_size`` bounds the connections: on PostgreSQL, MySQL and MariaDB
     up to ``pool_size`` for reads (see :mod:`.connections`) and as many
-    through SQLAlchemy's pool for commits and probes.
+    through SQLAlchemy's pool for commits and probes. Without it, 10; on
+    MySQL and MariaDB, 20 (a read waits longer on their server).
 
     ``url`` may also be an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`
     (served on the event loop, every read through its pool) or an
@@ -142,7 +144,7 @@ class SQLSource(DataSource):
         *,
         page_size: int = 100,
         max_page_size: int = 1000,
-        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_size: int | None = None,
         statement_timeout: float | None = 30.0,
         outbox_retention: float | None = DEFAULT_OUTBOX_RETENTION,
     ) -> None:
@@ -150,29 +152,30 @@ class SQLSource(DataSource):
             raise ConfigError("the outbox retention must be at least 0 seconds")
         if page_size < 1 or max_page_size < page_size:
             raise ConfigError("page_size must be at least 1 and at most max_page_size")
-        if pool_size < 1:
+        if pool_size is not None and pool_size < 1:
             raise ConfigError("the database pool size must be at least 1")
+        # The dialect is chosen here, once: everything below asks it.
+        self._dialect: Dialect
+        self._database: Database
+        if isinstance(url, AsyncEngine | sa.Engine):
+            self._dialect = dialect_named(url.dialect.name)
+        else:
+            self._dialect, parsed = dialect_of_url(url)
         serving = Serving(
-            pool_size=pool_size,
+            pool_size=self._dialect.default_pool_size if pool_size is None else pool_size,
             statement_timeout=statement_timeout,
             pool_timeout=POOL_TIMEOUT_SECONDS,
             pool_recycle=POOL_RECYCLE_SECONDS,
             max_page_shapes=_MAX_PAGE_SHAPES,
             max_page_shape_bytes=_MAX_PAGE_SHAPE_BYTES,
         )
-        # The dialect is chosen here, once: everything below asks it.
-        self._dialect: Dialect
-        self._database: Database
         if isinstance(url, AsyncEngine):
-            self._dialect = dialect_named(url.dialect.name)
             self._database = self._dialect.loop_database(url, serving)
         elif isinstance(url, sa.Engine):
-            self._dialect = dialect_named(url.dialect.name)
             self._database = ThreadDatabase(
-                url, pool_size, self._dialect.thread_read_options, self._dialect.run_write
+                url, serving.pool_size, self._dialect.thread_read_options, self._dialect.run_write
             )
         else:
-            self._dialect, parsed = dialect_of_url(url)
             self._database = self._dialect.serving_database(parsed, serving)
         self.engine: sa.Engine | AsyncEngine = self._database.engine
         if models is not None and not isinstance(models, ModelMap):
@@ -686,7 +689,7 @@ class SQLSource(DataSource):
         key = to_column_value(served.id, "id", id)
         with self._answers(served):
             rows = await self._fetch(served.load_statement, {"ablo_id": key})
-        return to_json_row(served.values_to_fields(rows[0])) if rows else None
+        return served.rows_to_json(rows[:1])[0] if rows else None
 
     async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
         return await self._on_current_schema(lambda: self._list(model, query))
@@ -703,10 +706,9 @@ class SQLSource(DataSource):
         self._plans.served(plan)
         page = found[: plan.limit]
         more = len(found) > plan.limit
-        fields = served.values_to_fields
         return ListPage(
             # One conversion for the whole page: JSON-ready values, NaN as null.
-            rows=to_json_value([fields(row) for row in page]),
+            rows=served.rows_to_json(page),
             next_cursor=plan.next_cursor(served, page[-1]) if more else None,
         )
 

@@ -53,6 +53,8 @@ class Dialect:
 
     #: SQLAlchemy's backend name, by which the registry knows the dialect.
     name: ClassVar[str]
+    #: The connections a source keeps open when not told (``pool_size``).
+    default_pool_size: ClassVar[int] = 10
     #: The URL schemes that mean this database (the first is the name).
     schemes: ClassVar[tuple[str, ...]]
     #: A URL of this database as the messages show one, and how such URLs start.
