@@ -101,10 +101,10 @@ def migrate(
     from sqlalchemy.exc import DBAPIError, OperationalError
 
     from ..adapters.sql import (
-        ModelMap,
         create_database_engine,
         describe_database_error,
         lacks_privilege,
+        load_model_map,
         migrate_capture,
         shown_url,
     )
@@ -143,7 +143,7 @@ def migrate(
             require_capture(dialect_named(engine.dialect.name))
         changes = migrate_tables(engine)
         if capture or remove_capture:
-            models = ModelMap.from_toml(models_path) if models_path else None
+            models = load_model_map(models_path) if models_path else None
             changes += migrate_capture(engine, models, remove=remove_capture)
         tables = set(sa.inspect(engine).get_table_names()) - INFRASTRUCTURE_TABLES
     except ConfigError as error:
@@ -215,11 +215,11 @@ def _print_capture_sql(engine: Engine, models_path: str | None) -> None:
     """The statements ``migrate --capture`` runs on a database without capture."""
     from sqlalchemy.exc import OperationalError
 
-    from ..adapters.sql import ModelMap
+    from ..adapters.sql import load_model_map
     from ..adapters.sql.capture import capture_sql
 
     try:
-        models = ModelMap.from_toml(models_path) if models_path else None
+        models = load_model_map(models_path) if models_path else None
         statements = capture_sql(engine, models)
     except ConfigError as error:
         fail(str(error))
@@ -239,7 +239,7 @@ def _print_grants(engine: Engine, models_path: str | None, role: str) -> None:
     """The GRANTs ``role`` needs for the models run would serve (none on SQLite)."""
     from sqlalchemy.exc import OperationalError
 
-    from ..adapters.sql import ModelMap, grant_statements, no_grants_note, served_tables
+    from ..adapters.sql import grant_statements, load_model_map, no_grants_note, served_tables
 
     note = no_grants_note(engine.url)
     if note is not None:
@@ -247,7 +247,7 @@ def _print_grants(engine: Engine, models_path: str | None, role: str) -> None:
         click.echo(note)
         return
     try:
-        models = ModelMap.from_toml(models_path) if models_path else None
+        models = load_model_map(models_path) if models_path else None
         with engine.connect() as connection:
             tables = served_tables(connection, models)
             statements = grant_statements(connection, role, tables)

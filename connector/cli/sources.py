@@ -45,9 +45,10 @@ def source_options(
             "models_path",
             group="source",
             env="ABLO_MODELS",
-            type=click.Path(dir_okay=False),
-            help="Model map (TOML): which tables serve which models. Default: every table, "
-            "by name.",
+            metavar="FILE|MODULE[:BASE]",
+            help="Which tables serve which models: a model map (models.toml), or the "
+            "application's SQLAlchemy classes (myapp.models:Base, or a module). Default: every "
+            "table, by name.",
         )(command)
         command = option(
             "--database-url",
@@ -173,8 +174,9 @@ def sql_source(
     add_secret: Callable[[str], None] = lambda _: None,
     pool_size: int | None = None,
 ) -> SQLSource:
-    """The SQL adapter for a URL and an optional model map; its password joins the redactions."""
-    from ..adapters.sql import ModelMap, SQLSource
+    """The SQL adapter for a URL and an optional model map (a TOML file or the
+    application's classes); its password joins the redactions."""
+    from ..adapters.sql import SQLSource, load_model_map
     from ..adapters.sql import database_url as parse_database_url
 
     guard_url(database_url, "--database-url", add_secret)
@@ -183,7 +185,7 @@ def sql_source(
         add_secret(str(url.password))
     return SQLSource(
         url,
-        ModelMap.from_toml(models_path) if models_path else None,
+        load_model_map(models_path) if models_path else None,
         pool_size=pool_size,
     )
 

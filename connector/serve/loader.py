@@ -15,7 +15,7 @@ from ..wire.bodies import OPERATIONS
 from .datasource import DataSource, overridden
 from .models import ModelNames
 
-__all__ = ["handler_problems", "load_handler"]
+__all__ = ["handler_problems", "import_module", "load_handler"]
 
 
 def load_handler(spec: str) -> DataSource:
@@ -37,7 +37,7 @@ def load_handler(spec: str) -> DataSource:
         )
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    target: Any = _import(module_name)
+    target: Any = import_module(module_name)
     for part in attr_path.split("."):
         try:
             target = getattr(target, part)
@@ -57,28 +57,29 @@ def load_handler(spec: str) -> DataSource:
     return target
 
 
-def _import(module_name: str) -> Any:
+def import_module(module_name: str, *, kind: str = "handler module") -> Any:
+    """Import the user's module; every way it fails is a one-line ConfigError
+    naming the ``kind`` of module, and the file and line at fault."""
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         missing = error.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
             raise ConfigError(
-                f"cannot import handler module {module_name!r}: no module named {missing!r} "
+                f"cannot import {kind} {module_name!r}: no module named {missing!r} "
                 "(is it on PYTHONPATH, or run from the folder that holds it?)"
             ) from None
         raise ConfigError(
-            f"handler module {module_name!r} imports {missing!r}, which is not installed"
-            f"{_where(error)}"
+            f"{kind} {module_name!r} imports {missing!r}, which is not installed{_where(error)}"
         ) from None
     except SyntaxError as error:
         raise ConfigError(
-            f"handler module {module_name!r} has a syntax error at {error.filename}, "
+            f"{kind} {module_name!r} has a syntax error at {error.filename}, "
             f"line {error.lineno}: {error.msg}"
         ) from None
     except Exception as error:
         raise ConfigError(
-            f"handler module {module_name!r} failed while importing: "
+            f"{kind} {module_name!r} failed while importing: "
             f"{type(error).__name__}: {error}{_where(error)}"
         ) from None
 

@@ -4,12 +4,15 @@
 
     source = SQLSource("postgresql://app@db/app", ModelMap.from_toml("models.toml"))
 
-or, from the command line, ``ablo-connector run --database-url URL [--models FILE]``.
+or ``SQLSource(url, models=Base)`` with the application's SQLAlchemy declarative
+base; from the command line, ``ablo-connector run --database-url URL [--models
+FILE|MODULE[:BASE]]``.
 Create the ledger and outbox once with ``ablo-connector migrate --database-url URL``.
 """
 
 from .answers import describe_database_error
 from .capture import migrate_capture
+from .declared import load_model_map
 from .engines import (
     configuration_problem,
     create_database_engine,
@@ -37,6 +40,7 @@ __all__ = [
     "describe_database_error",
     "grant_statements",
     "lacks_privilege",
+    "load_model_map",
     "migrate",
     "migrate_capture",
     "migration_statements",

@@ -9,6 +9,7 @@ own name.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -62,6 +63,9 @@ class ModelSpec:
     typename: str | None = None
     #: Whether ``migrate --capture`` records the application's own writes to it.
     capture: bool = True
+    #: The application's own Table (from its SQLAlchemy class, see .declared):
+    #: its Python-side defaults apply to writes, and only ``fields`` are served.
+    declared: sa.Table | None = field(default=None, compare=False)
 
 
 _SPEC_KEYS: Final = frozenset({"table", "schema", "fields", "exclude", "typename", "capture"})
@@ -82,6 +86,11 @@ class ModelMap(Mapping[str, ModelSpec]):
     A model answers to its name, its typename and both in lowercase (see
     ``connector.serve.models``); a map in which two models share one of
     these names is refused.
+
+    A top-level ``classes = "package.module:Base"`` takes the models from
+    the application's SQLAlchemy classes (:meth:`from_classes`); a
+    ``[models.NAME]`` of the same name then overrides what it sets of that
+    class's model, and any other adds a model of its own.
     """
 
     def __init__(self, specs: Mapping[str, ModelSpec], *, origin: str = "the model map") -> None:
@@ -99,14 +108,35 @@ class ModelMap(Mapping[str, ModelSpec]):
         return self._names
 
     @classmethod
+    def from_classes(cls, target: object, *, origin: str | None = None) -> ModelMap:
+        """The models of the application's SQLAlchemy classes: a declarative
+        base, a registry, a mapped class or a module (see .declared)."""
+        from .declared import declared_specs
+
+        where = origin or str(getattr(target, "__name__", type(target).__name__))
+        model_map = cls(declared_specs(target, origin=where), origin=where)
+        model_map.names  # noqa: B018 - refuses, now, classes whose models share a name
+        return model_map
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, origin: str = "the model map") -> ModelMap:
+        declared: Mapping[str, ModelSpec] = {}
+        if isinstance(data, Mapping) and "classes" in data:
+            from .declared import import_classes
+
+            classes = data["classes"]
+            if not isinstance(classes, str) or not classes:
+                raise ConfigError(f"{origin}: classes must name a module, e.g. 'myapp.models:Base'")
+            declared = cls.from_classes(import_classes(classes), origin=classes)._specs
+            data = {key: value for key, value in data.items() if key != "classes"}
+            data.setdefault("models", {})
         models = data.get("models", data) if isinstance(data, Mapping) else None
-        if not isinstance(models, Mapping) or not models:
+        if not isinstance(models, Mapping) or not (models or declared):
             raise ConfigError(f"{origin} has no models (expected [models.<name>] tables)")
         extra = set(data) - {"models"} if "models" in data else set()
         if extra:
             raise ConfigError(f"{origin}: unknown top-level keys {sorted(extra)}")
-        specs: dict[str, ModelSpec] = {}
+        specs: dict[str, ModelSpec] = dict(declared)
         for name, raw in models.items():
             where = f"{origin}: model {name!r}"
             if not isinstance(name, str) or not name:
@@ -140,9 +170,13 @@ class ModelMap(Mapping[str, ModelSpec]):
                 raise ConfigError(f"{where}: fields must map field names to column names")
             if not isinstance(exclude, list) or not all(isinstance(c, str) for c in exclude):
                 raise ConfigError(f"{where}: exclude must be a list of column names")
-            specs[name] = ModelSpec(
-                table, schema, dict(fields), frozenset(exclude), typename, capture
-            )
+            base = declared.get(name)
+            if base is None:
+                specs[name] = ModelSpec(
+                    table, schema, dict(fields), frozenset(exclude), typename, capture
+                )
+            else:
+                specs[name] = _overridden(base, raw)
         model_map = cls(specs, origin=origin)
         model_map.names  # noqa: B018 - refuses, now, a map whose models share a name
         return model_map
@@ -174,6 +208,26 @@ class ModelMap(Mapping[str, ModelSpec]):
 
     def __repr__(self) -> str:
         return f"ModelMap({sorted(self._specs)})"
+
+
+def _overridden(base: ModelSpec, raw: Mapping[str, Any]) -> ModelSpec:
+    """A class's model with what its ``[models.NAME]`` sets (checked by the
+    caller): a field it maps takes its column from the class's field, and
+    an excluded column leaves the served fields."""
+    renamed: Mapping[str, str] = raw.get("fields", {})
+    exclude = frozenset(raw.get("exclude", ()))
+    taken = set(renamed.values()) | exclude
+    fields = {name: column for name, column in base.fields.items() if column not in taken}
+    fields.update(renamed)
+    return dataclasses.replace(
+        base,
+        table=raw.get("table", base.table),
+        schema=raw.get("schema", base.schema),
+        fields=fields,
+        exclude=exclude,
+        typename=raw.get("typename", base.typename),
+        capture=raw.get("capture", base.capture),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +322,8 @@ class ServedModel:
         for column_name, column in by_name.items():
             if column_name in spec.exclude:
                 continue
+            if spec.declared is not None and column_name not in overridden:
+                continue  # a column the application's class does not map
             field_name = overridden.get(column_name, snake_to_camel(column_name))
             if field_name in columns:
                 raise ConfigError(

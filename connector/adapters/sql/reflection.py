@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from ...errors import ConfigError
+from .declared import apply_declared_defaults
 from .dialects import Dialect, dialect_named
 from .models import ModelMap, ModelSpec, ServedModel
 
@@ -36,6 +37,8 @@ def reflect_models(
                 skipped.append(spec.table)
                 continue
             dialect.adapt_reflected(connection, table)
+            if spec.declared is not None:
+                apply_declared_defaults(spec.declared, table)
             served[name] = ServedModel.reflect(name, spec, table, dialect)
         except sa_exc.NoSuchTableError:
             problems[name] = f"model {name!r}: table {where!r} does not exist"

@@ -52,6 +52,7 @@ from .capture import (
     result_processors,
     untagged,
 )
+from .declared import is_declared
 from .dialects import Dialect, dialect_named, dialect_of_url
 from .dialects.postgresql import OUTBOX_LOCK  # re-exported: scripts that take it import it here
 from .drift import SCHEMA_CHANGED, SchemaChanged, Unservable, describe_changes
@@ -116,8 +117,9 @@ class SQLSource(DataSource):
     """Serve tables of a SQL database as Ablo models.
 
     ``SQLSource("postgresql://app@db/app", models=ModelMap.from_toml("models.toml"))``
-    serves the mapped tables; without ``models`` every table is served under
-    its own name. Subclass it to override one operation and let the adapter
+    serves the mapped tables; ``models=Base`` (a declarative base, or a module
+    of SQLAlchemy classes) serves the application's classes (see .declared);
+    without ``models`` every table is served under its own name. Subclass it to override one operation and let the adapter
     serve the rest (``return await super().list(model, query, ctx)``).
 
     Reflection happens in :meth:`prepare` (the CLI calls it at startup to
@@ -140,7 +142,7 @@ class SQLSource(DataSource):
     def __init__(
         self,
         url: str | sa.URL | sa.Engine | AsyncEngine,
-        models: ModelMap | Mapping[str, Any] | None = None,
+        models: ModelMap | Mapping[str, Any] | object = None,
         *,
         page_size: int = 100,
         max_page_size: int = 1000,
@@ -179,7 +181,15 @@ class SQLSource(DataSource):
             self._database = self._dialect.serving_database(parsed, serving)
         self.engine: sa.Engine | AsyncEngine = self._database.engine
         if models is not None and not isinstance(models, ModelMap):
-            models = ModelMap.from_dict(models)
+            if is_declared(models):
+                models = ModelMap.from_classes(models)
+            elif isinstance(models, Mapping):
+                models = ModelMap.from_dict(models)
+            else:
+                raise ConfigError(
+                    f"models is a {type(models).__name__}: give a ModelMap, a dict, a "
+                    "declarative base or a module of SQLAlchemy classes"
+                )
         self.model_map = models
         # Without a map, the names are known once the tables are reflected.
         self._model_names: ModelNames | None = None if models is None else models.names
