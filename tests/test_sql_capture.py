@@ -356,6 +356,58 @@ async def test_capture_drift_is_reported_and_migrate_brings_it_up_to_date(
         await client.close()
 
 
+async def test_a_running_connector_is_ready_again_once_migrate_repairs_its_capture(
+    captured: str,
+) -> None:
+    """The fix /readyz asks for takes effect at the next probe, not at a restart:
+    for a column added before the connector started, and for one added while
+    it runs (which it then serves too)."""
+    execute(captured, "ALTER TABLE tasks ADD COLUMN notes TEXT")
+    client = Client(SQLSource(captured, MAP))
+    try:
+        client.source.prepare()
+        with pytest.raises(SourceError) as stale:
+            await client.source.probe()
+        assert stale.value.code == "source_capture_stale"
+        install(captured)
+        await client.source.probe()  # ready again: nothing raised
+        execute(captured, "ALTER TABLE tasks ADD COLUMN owner TEXT")
+        await client.source.probe()  # the capture matches what is served: still ready
+        install(captured)  # now it records `owner`, which this connector does not serve yet
+        await client.source.probe()
+        Session(captured).write(
+            "INSERT INTO tasks (id, title, notes, owner) VALUES ('n', 'N', 'x', 'ann')"
+        )
+        (event,) = await all_events(client)
+        assert (event["data"]["notes"], event["data"]["owner"]) == ("x", "ann")
+        assert event["data"] == await load(client, "n")
+    finally:
+        await client.close()
+
+
+async def test_a_capture_installed_under_a_running_connector_records_its_commits_once(
+    database_url: str,
+) -> None:
+    backend = sa.make_url(database_url).get_backend_name()
+    execute(database_url, TASKS_DDL[backend], "ALTER TABLE tasks ADD COLUMN secret TEXT")
+    install(database_url, remove=True)  # the ledger and the outbox, no capture yet
+    client = Client(SQLSource(database_url, MAP))
+    try:
+        client.source.prepare()
+        await client.source.probe()
+        assert (await client.commit("before", create("a")))[0] == 200
+        install(database_url)
+        await client.source.probe()
+        assert (await client.commit("after", create("b")))[0] == 200
+        assert [e["id"] for e in await all_events(client)] == ["before:0", "after:0"]
+        install(database_url, remove=True)
+        await client.source.probe()
+        assert (await client.commit("removed", create("c")))[0] == 200
+        assert [e["id"] for e in await all_events(client)][-1:] == ["removed:0"]
+    finally:
+        await client.close()
+
+
 async def test_a_model_renamed_in_the_map_is_capture_drift(captured: str) -> None:
     source = SQLSource(captured, {"models": {"job": {"table": "tasks"}}})
     try:

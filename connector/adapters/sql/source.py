@@ -275,6 +275,7 @@ class SQLSource(DataSource):
             # The database answers; some of what it serves does not (/readyz names it).
             raise SchemaChanged(problems)
         await self._keep_outbox()
+        await self._recheck_capture()
         if self._capture_drift:
             raise SourceError(
                 "source_capture_stale", "; ".join(self._capture_drift.values()), status=503
@@ -472,10 +473,48 @@ class SQLSource(DataSource):
         WARNING) each capture that no longer matches its table or the map."""
         if self._dialect.capture_state_create is None:
             return
-        self._captured = frozenset(captured_models(connection)) & set(served)
-        self._capture_drift = capture_drift(connection, served)
+        self._captured, self._capture_drift = self._capture_state(connection, served)
         for line in self._capture_drift.values():
             log.warning("%s", line)
+
+    async def _recheck_capture(self) -> None:
+        """Read the capture state again (at each probe): ``migrate --capture``
+        may have installed, repaired or removed it while the connector runs.
+
+        A commit on a captured model tells the triggers to leave its rows to
+        it; one that does not know of its model's capture would be recorded
+        twice, so a capture installed under a running connector is adopted
+        within a probe. A capture that does not match is read again after
+        the tables are reflected again: the repair may be for a column added
+        since the connector started, which the models then serve too.
+        """
+        if self._dialect.capture_state_create is None or self._models is None:
+            return
+        try:
+            captured, drift = await self._read(self._capture_state, self._models)
+            if drift:
+                await self._reflect_after_change(self._reflections, renew=False)
+                captured, drift = await self._read(self._capture_state, self._models)
+        except (SourceError, sa_exc.SQLAlchemyError) as error:
+            log.warning("could not read the capture's state: %s", error)
+            return
+        for name in sorted(self._capture_drift.keys() - drift.keys()):
+            log.info("the capture of model %r matches its table again", name)
+        for name, line in drift.items():
+            if self._capture_drift.get(name) != line:
+                log.warning("%s", line)
+        for name in sorted(captured - self._captured):
+            log.info("model %r is captured: the database records its writes", name)
+        for name in sorted(self._captured - captured):
+            log.info("model %r is no longer captured", name)
+        self._captured, self._capture_drift = captured, drift
+
+    @staticmethod
+    def _capture_state(
+        connection: sa.Connection, served: Mapping[str, ServedModel]
+    ) -> tuple[frozenset[str], dict[str, str]]:
+        captured = frozenset(captured_models(connection)) & set(served)
+        return captured, capture_drift(connection, served)
 
     def _reflect_served(
         self, connection: sa.Connection
