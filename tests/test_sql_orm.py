@@ -364,6 +364,32 @@ async def test_run_refuses_classes_it_cannot_serve_in_one_line(
         assert f"{tmp_path / 'broken_models.py'}, line 1" in line
 
 
+@pytest.mark.parametrize(
+    ("module", "source"),
+    [
+        ("composite_models", _COMPOSITE),
+        ("broken_models", "class Base(:\n"),
+        ("absent_models", None),
+    ],
+)
+async def test_migrate_refuses_classes_before_it_changes_the_database(
+    tmp_path: Path, module: str, source: str | None
+) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    execute(url, "CREATE TABLE memberships (user_id TEXT, org_id TEXT)")
+    env = _module(tmp_path, module, source) if source is not None else ENV
+    for extra in ([], ["--capture"]):
+        args = ["migrate", "--database-url", url, "--models", f"{module}:Base", *extra]
+        async with process(args, env) as migrating:
+            assert await migrating.wait(30) == 78, migrating.output()
+            assert "created" not in migrating.output()
+        engine = create_database_engine(url)
+        try:
+            assert sa.inspect(engine).get_table_names() == ["memberships"]
+        finally:
+            engine.dispose()
+
+
 async def test_verify_passes_on_the_classes(tmp_path: Path) -> None:
     url = create_tables(f"sqlite:///{tmp_path / 'verify_orm.db'}")
     args = ["verify", "--json", "--database-url", url, "--models", "examples.orm_models:Base"]

@@ -139,11 +139,13 @@ def migrate(
         _print_capture_sql(engine, models_path)
         return
     try:
-        if capture or remove_capture:  # refused before the ledger and outbox are touched
+        # What would stop the command is found before the ledger and outbox
+        # are touched: a map or classes it cannot read, capture it cannot do.
+        models = load_model_map(models_path) if models_path else None
+        if capture or remove_capture:
             require_capture(dialect_named(engine.dialect.name))
         changes = migrate_tables(engine)
         if capture or remove_capture:
-            models = load_model_map(models_path) if models_path else None
             changes += migrate_capture(engine, models, remove=remove_capture)
         tables = set(sa.inspect(engine).get_table_names()) - INFRASTRUCTURE_TABLES
     except ConfigError as error:
