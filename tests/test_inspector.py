@@ -275,6 +275,36 @@ async def test_replay_runs_the_handler_again_as_it_was_or_edited() -> None:
         assert [row["replayOf"] for row in rows[:3]] == [original] * 3
 
 
+async def test_an_edited_body_is_a_write_only_if_the_dispatcher_would_serve_a_commit() -> None:
+    """A typo in an edited load is answered (400) without asking to confirm a
+    write it cannot make; what the dispatcher would serve as a commit, however
+    it is spelled, still asks."""
+    source = InspectedSource()
+    async with inspected(source, inspect_replay=True) as (engine, _, url):
+        await engine.request({"type": "load", "model": "task", "id": "t1"})
+        _, rows, _ = await get(url, "/api/requests")
+        replay = f"/api/requests/{rows[0]['id']}/replay"
+        for edited, error in [
+            ("{not json", "invalid_json"),
+            ("[]", "unknown_source_request"),
+            ("5", "unknown_source_request"),
+            ('{"type":"load","model":"task","id":"t1"', "invalid_json"),
+            ('{"type":"load","model":"task","id":5}', "source_request_invalid"),
+        ]:
+            status, entry, _ = await post(url, replay, {"body": edited})
+            assert status == 200, (edited, entry)
+            assert entry["answer"]["status"] == 400, edited
+            assert json.loads(entry["answer"]["body"])["error"] == error, edited
+        # The last "type" is the one the dispatcher reads: a commit, whatever came first.
+        twice = (
+            '{"type":"load","model":"task","id":"t1","type":"commit","correlationId":"c",'
+            '"operations":[{"type":"CREATE","model":"task","id":"t2","input":{"title":"y"}}]}'
+        )
+        status, refused, _ = await post(url, replay, {"body": twice})
+        assert status == 409 and refused["error"] == "inspector_write_not_confirmed"
+        assert source.rows == {}
+
+
 async def test_replay_is_off_in_run_unless_enabled() -> None:
     async with inspected() as (engine, _, url):
         await engine.request({"type": "load", "model": "task", "id": "t1"})

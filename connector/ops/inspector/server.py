@@ -38,6 +38,8 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from ... import _http
+from ...wire import strict_json
+from ...wire.bodies import parse_source_request, parse_source_request_fast
 from ...wire.frames import RequestFrame
 from ..health import parse_address
 from ..logs import installed_formatter
@@ -101,28 +103,21 @@ def _is_loopback_name(host: str) -> bool:
 
 
 def may_write(body: str) -> bool:
-    """Whether running ``body`` may write: anything but a load, list or events
-    request (a body that is not a JSON object, or that repeats its ``type``
-    with another value, counts as a write)."""
-    try:
-        pairs = _top_pairs(body)
-    except (ValueError, RecursionError):
-        return True
-    kinds = [value for key, value in pairs or () if key == "type"]
-    return not kinds or any(kind not in _READ_ONLY_OPERATIONS for kind in kinds)
+    """Whether running ``body`` may write: whether the dispatcher would read it
+    as a request other than a load, list or events.
 
-
-def _top_pairs(body: str) -> list[tuple[str, Any]] | None:
-    """The top-level object's key/value pairs, repeats included; None if it is no object."""
-    last: list[tuple[str, Any]] = []
-
-    def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        nonlocal last
-        last = pairs  # objects close inside out: the last one is the outermost
-        return dict(pairs)
-
-    parsed = json.loads(body, object_pairs_hook=keep)
-    return last if isinstance(parsed, dict) else None
+    It is read here as the dispatcher reads it (the same parsers, in the same
+    order), so a body the dispatcher refuses before any handler runs (not
+    JSON, an unknown ``type``, a field of the wrong kind) is no write, and a
+    body it would serve is classed by the very ``type`` it would serve.
+    """
+    request = parse_source_request_fast(body)
+    if request is None:
+        try:
+            request = parse_source_request(strict_json.loads(body))
+        except (ValueError, RecursionError):  # ValidationError is a ValueError
+            return False
+    return request.type not in _READ_ONLY_OPERATIONS
 
 
 class Inspector(Observer):
