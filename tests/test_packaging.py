@@ -341,8 +341,10 @@ def test_systemd_analyze_verify_when_available(name: str) -> None:
         assert not result.stderr.strip(), result.stderr
 
 
+# A path followed by a glob character is a pattern (tests/test_sql_*.py), not a citation.
 _CITED = re.compile(
     r"(?<![\w/.-])((?:connector|tests|docs|systemd|deploy|examples|bench|\.ci)/[\w./@%-]*\w)"
+    r"(?![\w/*?\[])"
 )
 _TEXT_SUFFIXES = {".py", ".md", ".toml", ".yaml", ".service", ".example", ".ts", ""}
 
