@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from django.db import models
+from typing import Any
 
 __all__ = ["DjangoModel", "ServedField"]
 
@@ -42,7 +39,7 @@ class DjangoModel:
     included under the wire name ``"id"`` (``id`` is also that field)."""
 
     name: str
-    model: type[models.Model]
+    model: type[Any]  # a django.db.models.Model subclass (Django is an optional extra)
     id: ServedField
     fields: Mapping[str, ServedField]
     capture: bool = True
