@@ -24,11 +24,18 @@ from tests.helpers import API_KEY, dispatch_frame, signed_frame
 
 def _database() -> dict[str, Any]:
     target = os.environ["ABLO_DJANGO_DATABASE"]
-    if not target.startswith("postgresql://"):
+    if not target.startswith(("postgresql://", "mysql://")):
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": target}
     url = urlsplit(target)
+    if url.scheme == "mysql":
+        # Django's MySQL backend through PyMySQL (the project's MySQL
+        # driver), which stands in for mysqlclient.
+        import pymysql
+
+        pymysql.version_info = (2, 2, 1, "final", 0)
+        pymysql.install_as_MySQLdb()
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": f"django.db.backends.{url.scheme}",
         "NAME": url.path.lstrip("/"),
         "USER": url.username or "",
         "PASSWORD": url.password or "",
@@ -302,4 +309,6 @@ def test_the_cases_run_on_the_database_asked() -> None:
     from django.db import connection
 
     asked = os.environ["ABLO_DJANGO_DATABASE"]
-    assert connection.vendor == ("postgresql" if asked.startswith("postgresql://") else "sqlite")
+    assert connection.vendor == (
+        asked.split("://")[0] if asked.startswith(("postgresql://", "mysql://")) else "sqlite"
+    )

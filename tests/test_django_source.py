@@ -46,3 +46,14 @@ def test_django_source_on_postgresql(postgres_server: Any) -> None:
         run_cases(url)
     finally:
         postgres.drop_database(postgres_server, url)
+
+
+@pytest.mark.timeout(600)
+def test_django_source_on_mariadb(mariadb_server: Any) -> None:
+    from tests import mariadb
+
+    url = mariadb.create_database(mariadb_server)
+    try:
+        run_cases(url)
+    finally:
+        mariadb.drop_database(mariadb_server, url)

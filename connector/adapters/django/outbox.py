@@ -41,6 +41,7 @@ __all__ = [
     "insert_events",
     "lock_commit_order",
     "read_row",
+    "release_commit_order",
 ]
 
 # The PostgreSQL advisory lock every outbox writer takes (the SQL adapter's
@@ -112,6 +113,14 @@ def lock_commit_order(connection: Any) -> None:
             )
         connection._ablo_outbox_locked = True
         connection.on_commit(lambda: _release_mysql_lock(connection))
+
+
+def release_commit_order(connection: Any) -> None:
+    """After a unit of writes has ended (committed or rolled back), free
+    MySQL's named lock if this session still holds it (a session-level lock
+    outlives the transaction; on commit ``on_commit`` frees it already)."""
+    if connection.vendor == "mysql" and not connection.in_atomic_block:
+        _release_mysql_lock(connection)
 
 
 def _release_mysql_lock(connection: Any) -> None:
@@ -208,8 +217,13 @@ def _atomic_save_base(original: Callable[..., Any]) -> Callable[..., Any]:
     def save_base(self: Any, *args: Any, **kwargs: Any) -> Any:
         using = kwargs.get("using") or (args[3] if len(args) > 3 else None)
         using = using or router.db_for_write(type(self), instance=self)
-        with transaction.atomic(using=using, savepoint=False):
-            return original(self, *args, **kwargs)
+        from django.db import connections
+
+        try:
+            with transaction.atomic(using=using, savepoint=False):
+                return original(self, *args, **kwargs)
+        finally:
+            release_commit_order(connections[using])
 
     setattr(save_base, _PATCHED, True)
     return save_base

@@ -40,7 +40,15 @@ from ..kit.outbox import (
     replayed_answer,
 )
 from ..sql.values import ValueRejected, checked_text, json_text, to_json_value
-from .outbox import COMMITTING, CommitRecord, capture_writes, insert_events, json_value, read_row
+from .outbox import (
+    COMMITTING,
+    CommitRecord,
+    capture_writes,
+    insert_events,
+    json_value,
+    read_row,
+    release_commit_order,
+)
 from .served import DjangoModel, ServedField
 
 __all__ = ["DjangoSource"]
@@ -234,8 +242,11 @@ class DjangoSource(DataSource):
         from django.db import IntegrityError, transaction
 
         try:
-            with transaction.atomic(using=self.using):
-                return self._commit_in(commit, models)
+            try:
+                with transaction.atomic(using=self.using):
+                    return self._commit_in(commit, models)
+            finally:
+                release_commit_order(self._connection())
         except IntegrityError as error:
             # A unique key or a foreign key, checked by the database (at the
             # latest at COMMIT: Django's foreign keys are deferred).
