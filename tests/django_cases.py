@@ -312,3 +312,19 @@ def test_the_cases_run_on_the_database_asked() -> None:
     assert connection.vendor == (
         asked.split("://")[0] if asked.startswith(("postgresql://", "mysql://")) else "sqlite"
     )
+
+
+async def test_retention_prunes_only_events_the_engine_paged_past(client: Client) -> None:
+    first, second = new_id(), new_id()
+    await client.commit(f"r-{first}", {"type": "CREATE", "model": "task", "id": first})
+    await client.commit(f"r-{second}", {"type": "CREATE", "model": "task", "id": second})
+    events = await client.events_after(None)
+    while len(events) == 1000:  # to the end of the feed
+        events = await client.events_after(events[-1]["cursor"])
+    mine = {e["id"]: e["cursor"] for e in events if e["id"] in (f"r-{first}:0", f"r-{second}:0")}
+    await client.events_after(mine[f"r-{first}:0"])  # the engine read past the first
+    client.source.outbox_retention = 0
+    deleted, _ = await client.source.prune()
+    assert deleted >= 1
+    left = {e["id"] for e in await client.events_after(None)}
+    assert f"r-{first}:0" not in left and f"r-{second}:0" in left

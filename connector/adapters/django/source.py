@@ -23,6 +23,7 @@ import asyncio
 import datetime as dt
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
@@ -58,6 +59,11 @@ log = logging.getLogger("connector.django")
 T = TypeVar("T")
 
 _DEFAULT_WORKERS: Final = 8
+#: How long outbox events are kept once the engine has paged past them (the SQL adapter's).
+DEFAULT_OUTBOX_RETENTION: Final = 7 * 24 * 3600.0
+# Pruning at a probe: at most one batch of each table, at most every so often.
+_PRUNE_BATCH: Final = 1000
+_PRUNE_EVERY_SECONDS: Final = 10.0
 
 
 class DjangoSource(DataSource):
@@ -77,7 +83,10 @@ class DjangoSource(DataSource):
         page_size: int = 100,
         max_page_size: int = 1000,
         workers: int = _DEFAULT_WORKERS,
+        outbox_retention: float | None = DEFAULT_OUTBOX_RETENTION,
     ) -> None:
+        if outbox_retention is not None and outbox_retention < 0:
+            raise ConfigError("the outbox retention must be at least 0 seconds")
         if not models:
             raise ConfigError("DjangoSource needs at least one served model")
         if page_size < 1 or max_page_size < page_size:
@@ -91,6 +100,10 @@ class DjangoSource(DataSource):
             origin="the Django models served",
         )
         self.model_names = self._names
+        self.outbox_retention = outbox_retention
+        # Retention: the highest cursor the engine has paged past (0 until it asks).
+        self._read_past = 0
+        self._pruned_at: float | None = None
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="ablo-django")
         capture_writes(self.models.values())
 
@@ -147,6 +160,27 @@ class DjangoSource(DataSource):
             await self._run(ping)
         except SourceError as error:
             raise SourceError("database_unreachable", error.message, status=503) from None
+        now = time.monotonic()
+        if self._pruned_at is None or now - self._pruned_at >= _PRUNE_EVERY_SECONDS:
+            self._pruned_at = now
+            try:
+                await self.prune()
+            except SourceError as error:
+                log.warning("could not prune the outbox and ledger: %s", error.message)
+
+    async def prune(self) -> tuple[int, int]:
+        """Delete at most 1000 outbox events older than :attr:`outbox_retention`
+        that the engine has paged past, and at most 1000 expired ledger rows
+        (each its own short transaction); (events, ledger rows) deleted. An
+        event the engine has not paged past is never deleted."""
+        events = 0
+        if self.outbox_retention is not None and self._read_past > 0:
+            cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.outbox_retention)
+            events = await self._run(_prune_outbox, self._connection, self._read_past, cutoff)
+        ledger_rows = await self._run(_prune_ledger, self._connection, dt.datetime.now(dt.UTC))
+        if events or ledger_rows:
+            log.info("pruned %d outbox event(s) and %d ledger row(s)", events, ledger_rows)
+        return events, ledger_rows
 
     # ------------------------------------------------------------ reads
 
@@ -192,6 +226,8 @@ class DjangoSource(DataSource):
         self, cursor: str | None, limit: int | None, ctx: RequestContext
     ) -> EventsPage:
         after = outbox_cursor(cursor)
+        # Asking for what follows ``after`` says the engine has read up to it.
+        self._read_past = max(self._read_past, after)
         count = min(self.page_size if limit is None else limit, self.max_page_size)
         found = await self._run(self._events, after, count)
         events = [event_answer(row) for row in found]
@@ -372,6 +408,35 @@ class DjangoSource(DataSource):
 
 
 # ------------------------------------------------------------ helpers
+
+
+def _prune_outbox(connection_of: Callable[[], Any], read_past: int, cutoff: dt.datetime) -> int:
+    # The lowest cursors first, at most one batch, never past what the engine
+    # has read (the derived table is how MySQL takes a LIMIT in a DELETE's subquery).
+    connection = connection_of()
+    quote = connection.ops.quote_name
+    cursor_column, outbox = quote("cursor"), quote("ablo_outbox")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {outbox} WHERE {cursor_column} <= (SELECT MAX(lowest.c) FROM "
+            f"(SELECT {cursor_column} AS c FROM {outbox} WHERE {cursor_column} <= %s "
+            f"ORDER BY {cursor_column} LIMIT {_PRUNE_BATCH}) lowest) AND created_at < %s",
+            [read_past, *_timestamps(connection, cutoff)],
+        )
+        return int(cursor.rowcount)
+
+
+def _prune_ledger(connection_of: Callable[[], Any], now: dt.datetime) -> int:
+    connection = connection_of()
+    ledger = connection.ops.quote_name("ablo_idempotency")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {ledger} WHERE client_tx_id IN (SELECT expired.k FROM (SELECT "
+            f"client_tx_id AS k FROM {ledger} WHERE expires_at < %s LIMIT {_PRUNE_BATCH}) "
+            "expired)",
+            _timestamps(connection, now),
+        )
+        return int(cursor.rowcount)
 
 
 def _outbox_row(values: Sequence[Any]) -> dict[str, Any]:
