@@ -328,3 +328,51 @@ async def test_retention_prunes_only_events_the_engine_paged_past(client: Client
     assert deleted >= 1
     left = {e["id"] for e in await client.events_after(None)}
     assert f"r-{first}:0" not in left and f"r-{second}:0" in left
+
+
+async def test_a_reader_paging_while_app_and_connector_write_misses_no_event(
+    client: Client,
+) -> None:
+    start = await client.last_cursor()
+    tag = new_id()
+
+    def app_writes(worker: int) -> None:
+        try:
+            for i in range(15):
+                Task.objects.create(id=f"{tag}-a{worker}-{i}", title="app")
+        finally:
+            close_old_connections()
+
+    async def connector_writes(worker: int) -> None:
+        for i in range(15):
+            id = f"{tag}-c{worker}-{i}"
+            status, _ = await client.commit(
+                f"m-{id}", {"type": "CREATE", "model": "task", "id": id}
+            )
+            assert status == 200
+
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        cursor = start
+        while True:
+            finished = done.is_set()
+            body: dict[str, Any] = {"type": "events", "limit": 7}
+            if cursor is not None:
+                body["cursor"] = cursor
+            page = await client.ok(body)
+            seen.extend(e["entityId"] for e in page["events"] if e["entityId"].startswith(tag))
+            cursor = page.get("nextCursor", cursor)
+            if finished and not page["events"]:
+                return
+
+    reading = asyncio.create_task(reader())
+    await asyncio.gather(
+        *(asyncio.to_thread(app_writes, w) for w in range(3)),
+        *(connector_writes(w) for w in range(3)),
+    )
+    done.set()
+    await reading
+    # Every write once, none skipped by the reader that paged meanwhile.
+    assert len(seen) == len(set(seen)) == 90
