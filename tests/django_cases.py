@@ -376,3 +376,17 @@ async def test_a_reader_paging_while_app_and_connector_write_misses_no_event(
     await reading
     # Every write once, none skipped by the reader that paged meanwhile.
     assert len(seen) == len(set(seen)) == 90
+
+
+async def test_a_value_past_its_columns_range_is_the_callers_400(client: Client) -> None:
+    status, answer = await client(
+        {"type": "list", "model": "task", "query": {"where": [["priority", ">", 2**62]]}}
+    )
+    assert status in (200, 400), answer  # SQLite compares any integer
+    if status == 400:
+        assert answer["error"] == "source_value_invalid"
+    status, answer = await client.commit(
+        f"big-{new_id()}",
+        {"type": "CREATE", "model": "task", "id": new_id(), "input": {"priority": 2**70}},
+    )
+    assert (status, answer["error"], answer["field"]) == (400, "source_value_invalid", "priority")

@@ -15,6 +15,12 @@ committed). A connector commit writes its operations' events itself, with
 their ``correlationId`` and ``transactionId``; the signal handlers leave
 those rows alone (:data:`COMMITTING` says which), so each change is
 recorded once.
+
+The commit-order lock is taken when a transaction writes its first event
+and held until it ends (PostgreSQL's advisory transaction lock, MySQL's
+named lock; SQLite serializes writers anyway). An application transaction
+that saves a served model early and then runs for long makes the other
+writers of served models wait for it: keep such transactions short.
 """
 
 from __future__ import annotations

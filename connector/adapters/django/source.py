@@ -467,6 +467,9 @@ def _to_value(served: ServedField, name: str, value: Any) -> Any:
         raise ValueRejected(name, target.get_internal_type(), value)
     if target.get_internal_type() == "JSONField":
         return value
+    if isinstance(value, int) and not -(1 << 63) <= value < 1 << 63:
+        # Past any integer column (a driver would fail with its own error).
+        raise ValueRejected(name, "an integer within 64-bit range", value)
     try:
         return target.to_python(value)
     except (ValidationError, TypeError, ValueError):
@@ -797,8 +800,10 @@ def _constraint(error: Exception) -> str:
 
 
 def _database_error(error: Exception) -> SourceError:
-    from django.db import IntegrityError, OperationalError
+    from django.db import DataError, IntegrityError, OperationalError
 
+    if isinstance(error, DataError):  # a value past its column's range, say
+        return SourceError("source_value_invalid", "a value does not fit its column's type")
     if isinstance(error, IntegrityError):
         return SourceError(
             "source_constraint_violation",
