@@ -16,8 +16,6 @@ import pytest
 
 from tests.conftest import REPO
 
-pytest.importorskip("django")
-
 
 def run_cases(database: str) -> None:
     result = subprocess.run(
