@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from connector import Dispatcher
+from connector import Dispatcher, RequestContext
 from connector.verify.testing import verify_checks
+from connector.wire.bodies import CommitRequest
 from connector.wire.signing import Verifier
 from tests import django_project
 from tests.helpers import API_KEY, dispatch_frame, signed_frame
@@ -390,3 +391,31 @@ async def test_a_value_past_its_columns_range_is_the_callers_400(client: Client)
         {"type": "CREATE", "model": "task", "id": new_id(), "input": {"priority": 2**70}},
     )
     assert (status, answer["error"], answer["field"]) == (400, "source_value_invalid", "priority")
+
+
+async def test_orm_work_runs_in_the_sources_threads_and_a_cancelled_request_never_runs() -> None:
+    source = DjangoSource(django_project.served_models(), workers=1)
+    blocker = threading.Event()
+    try:
+        busy = asyncio.ensure_future(source._run(blocker.wait))
+        id = new_id()
+        commit = CommitRequest.model_validate(
+            {
+                "correlationId": f"x-{id}",
+                "operations": [{"type": "CREATE", "model": "task", "id": id}],
+            }
+        )
+        context = RequestContext("commit", "msg", 0, {}, commit)
+        queued = asyncio.ensure_future(source.commit(commit, context))
+        await asyncio.sleep(0)  # let it reach the queue behind the blocked worker
+        assert not queued.done()  # the event loop runs while the ORM worker is blocked
+        queued.cancel()  # as the connector's deadline does
+        blocker.set()
+        await busy
+        await source._run(lambda: None)  # one worker, first in first out: the queue is drained
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert await source.load("task", id, context) is None
+    finally:
+        blocker.set()
+        await source.aclose()
