@@ -410,11 +410,11 @@ async def test_orm_work_runs_in_the_sources_threads_and_a_cancelled_request_neve
         await asyncio.sleep(0)  # let it reach the queue behind the blocked worker
         assert not queued.done()  # the event loop runs while the ORM worker is blocked
         queued.cancel()  # as the connector's deadline does
+        with pytest.raises(asyncio.CancelledError):
+            await queued  # its work left the executor's queue before the task ended
         blocker.set()
         await busy
         await source._run(lambda: None)  # one worker, first in first out: the queue is drained
-        with pytest.raises(asyncio.CancelledError):
-            await queued
         assert await source.load("task", id, context) is None
     finally:
         blocker.set()
