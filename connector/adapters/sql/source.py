@@ -42,6 +42,13 @@ from ...errors import ConfigError, SourceError
 from ...serve.datasource import DataSource, MaybeAwaitable, RequestContext
 from ...serve.models import ModelNames
 from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, ListQuery, Operation
+from ..kit.outbox import (
+    LEDGER_RETENTION,
+    OUTBOX_COLUMNS,
+    event_answer,
+    outbox_cursor,
+    replayed_answer,
+)
 from .answers import answers, describe_database_error, refused_as
 from .capture import (
     CommitContext,
@@ -84,7 +91,6 @@ log = logging.getLogger("connector.sql")
 
 T = TypeVar("T")
 
-LEDGER_RETENTION: Final = dt.timedelta(days=30)
 #: How long outbox events are kept once the engine has paged past them.
 DEFAULT_OUTBOX_RETENTION: Final = 7 * 24 * 3600.0
 # Pruning: rows per DELETE (each its own short transaction, so no lock is
@@ -764,7 +770,7 @@ class SQLSource(DataSource):
     async def events(
         self, cursor: str | None, limit: int | None, ctx: RequestContext
     ) -> EventsPage:
-        after = _outbox_cursor(cursor)
+        after = outbox_cursor(cursor)
         # Asking for what follows ``after`` says the engine has read up to it.
         self._read_past = max(self._read_past, after)
         count = min(self.page_size if limit is None else limit, self.max_page_size)
@@ -779,10 +785,10 @@ class SQLSource(DataSource):
                 rows = await self._fetch(_EVENTS, {"after": after, "count": count})
             if not rows and after > 0:
                 await self._check_issued(after)
-        found = [dict(zip(_OUTBOX_COLUMNS, row, strict=True)) for row in rows]
+        found = [dict(zip(OUTBOX_COLUMNS, row, strict=True)) for row in rows]
         if any(is_captured(row["data"]) for row in found):
             await self._convert_captured(found, after)
-        events = [_event(row) for row in found]
+        events = [event_answer(row) for row in found]
         # The last delivered cursor, or the one given: the engine always has
         # a position to resume from and never sees an event twice.
         return EventsPage(events=events, next_cursor=events[-1]["cursor"] if events else cursor)
@@ -954,32 +960,10 @@ class SQLSource(DataSource):
                 (ledger.c.expires_at <= now).label("expired"),
             ).where(ledger.c.client_tx_id == key)
         ).first()
-        if found is None:  # reserved, then rolled back between our two statements
-            raise SourceError(
-                "source_commit_retry", "a concurrent commit with this correlationId rolled back; retry",
-                status=503,
-            )  # fmt: skip
-        if found.request_hash not in intents:
-            raise SourceError(
-                "idempotency_conflict",
-                "this correlationId was already used with a different intent"
-                if found.request_hash is not None
-                else "this correlationId predates intent hashing and cannot be replayed safely",
-                status=409,
-            )
-        if found.expired:
-            raise SourceError(
-                "idempotency_key_expired",
-                "this correlationId has expired and cannot be executed again safely",
-                status=409,
-            )
-        response = found.response
-        if not isinstance(response, list):
-            raise SourceError(
-                "idempotency_conflict", "the stored answer for this correlationId is corrupt",
-                status=409,
-            )  # fmt: skip
-        return response
+        return replayed_answer(
+            None if found is None else (found.request_hash, found.response, bool(found.expired)),
+            intents,
+        )
 
     def _apply(
         self, connection: sa.Connection, served: ServedModel, op: Operation
@@ -1066,7 +1050,6 @@ _EVENTS: Final = (
     .order_by(outbox.c.cursor)
     .limit(sa.bindparam("count"))
 )
-_OUTBOX_COLUMNS: Final = tuple(column.name for column in outbox.columns)
 
 
 def _prune_outbox(connection: sa.Connection, read_past: int, cutoff: dt.datetime) -> int:
@@ -1113,38 +1096,3 @@ def _archive_stamp(column: sa.Column[Any]) -> Any:
     if python_type(column) in (int, float):
         return _now_ms()  # an epoch-milliseconds column
     return dt.datetime.now(dt.UTC)
-
-
-_MAX_CURSOR: Final = (1 << 63) - 1
-
-
-def _outbox_cursor(cursor: str | None) -> int:
-    if cursor is None or cursor == "":
-        return 0
-    if (
-        not cursor.isascii()
-        or not cursor.isdigit()
-        or len(cursor) > 19
-        or int(cursor) > _MAX_CURSOR
-    ):
-        raise SourceError(
-            "source_cursor_invalid", "the events cursor must be a cursor this source issued"
-        )
-    return int(cursor)
-
-
-def _event(row: Mapping[Any, Any]) -> dict[str, Any]:
-    event = {
-        "id": row["id"],
-        "model": row["model"],
-        "entityId": row["entity_id"],
-        "type": row["type"],
-        "data": row["data"],
-        "organizationId": row["organization_id"],
-        "clientTxId": row["client_tx_id"],
-        "correlationId": row["correlation_id"],
-        "transactionId": row["transaction_id"],
-        "occurredAt": row["occurred_at"],
-        "cursor": str(row["cursor"]),
-    }
-    return {key: value for key, value in event.items() if value is not None}
