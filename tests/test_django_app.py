@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from connector.adapters.sql import migrate
 from connector.adapters.sql.schema import verify_tables
 from connector.errors import ConfigError
-from tests.django_project import APP, manage, write_settings
+from tests.django_processes import APP, manage, write_settings
 
 TABLES = {"ablo_idempotency", "ablo_outbox"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.django_project import APP, environment, manage, write_settings
+from tests.django_processes import APP, environment, manage, write_settings
 
 KEY = "sk_test_django_cli_51f0"
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from connector.adapters.sql.schema import verify_tables
 from tests.conftest import REPO
-from tests.django_project import environment
+from tests.django_processes import environment
 
 EXAMPLE = REPO / "examples" / "django_todo"
 

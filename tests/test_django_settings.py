@@ -11,7 +11,7 @@ from typing import Any
 import django
 import pytest
 
-from tests.django_project import write_settings
+from tests.django_processes import write_settings
 
 _SCRIPT = """
 import json, sys
@@ -167,7 +167,7 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     import subprocess
     import sys
 
-    from tests.django_project import environment
+    from tests.django_processes import environment
 
     result = subprocess.run(
         [sys.executable, "-c", _SCRIPT],
