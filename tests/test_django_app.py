@@ -18,10 +18,23 @@ from tests.django_processes import APP, manage, write_settings
 TABLES = {"ablo_idempotency", "ablo_outbox"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# Django's MySQL backend wants mysqlclient, a C extension; the tests use
+# PyMySQL (in the dev extra) in its place, as PyMySQL itself offers.
+PYMYSQL = "import pymysql\npymysql.install_as_MySQLdb()\n"
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'app.db'}"
+        return
+    if request.param == "mariadb":
+        from tests import mariadb
+
+        maria = request.getfixturevalue("mariadb_server")
+        url = mariadb.create_database(maria)
+        yield url
+        mariadb.drop_database(maria, url)
         return
     from tests.postgres import create_database, drop_database
 
@@ -32,7 +45,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 def _engine(url: str) -> sa.Engine:
-    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return sa.create_engine(url.replace("mysql://", "mysql+pymysql://", 1))
 
 
 def _tables(url: str) -> set[str]:
@@ -59,7 +73,7 @@ def _ok(result: Any) -> None:
 def test_migrate_creates_the_tables_the_sql_adapter_accepts_and_zero_removes_them(
     tmp_path: Path, database_url: str
 ) -> None:
-    write_settings(tmp_path, database_url, apps=(APP,))
+    write_settings(tmp_path, database_url, apps=(APP,), extra=PYMYSQL)
     with pytest.raises(ConfigError, match="no ablo_idempotency table"):
         _verify(database_url)
     _ok(manage(tmp_path, "migrate", "--no-input"))
@@ -87,7 +101,7 @@ def test_migrate_keeps_tables_ablo_connector_migrate_created(
             )
     finally:
         engine.dispose()
-    write_settings(tmp_path, database_url, apps=(APP,))
+    write_settings(tmp_path, database_url, apps=(APP,), extra=PYMYSQL)
     _ok(manage(tmp_path, "migrate", "--no-input"))
     _verify(database_url)
     engine = _engine(database_url)

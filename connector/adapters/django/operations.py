@@ -36,7 +36,6 @@ class CreateLedgerAndOutbox(migrations.operations.base.Operation):  # type: igno
 
     reversible = True
     reduces_to_sql = True
-    atomic = True
 
     def state_forwards(self, app_label: str, state: Any) -> None:
         """No model state: the tables are the connector's, not the project's models."""
