@@ -157,3 +157,26 @@ def test_check_reports_the_project_and_its_models_once_migrated(project: Path) -
         in result.stdout
     )
     assert "all checks passed" in result.stdout
+
+
+def test_an_unreachable_database_is_exit_69_for_check_and_no_password_is_shown(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers import free_port
+
+    password = "pw-django-7c1e9a"
+    url = f"postgresql://app:{password}@127.0.0.1:{free_port()}/app"  # nothing listens
+    write_settings(tmp_path, url, ablo={"models": {"task": "shop.Task"}})
+    result = connector(tmp_path, "check", "--django", "proj_settings", env={"ABLO_API_KEY": ""})
+    assert result.returncode == 69, result.stdout + result.stderr
+    assert "FAIL  database: the Django database 'default' did not answer:" in result.stdout
+    assert password not in result.stdout + result.stderr
+
+
+def test_load_project_needs_a_settings_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.adapters.django.project import load_project
+    from connector.errors import ConfigError
+
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
+    with pytest.raises(ConfigError, match="say which Django project to serve: --django"):
+        load_project(None)

@@ -2,8 +2,8 @@
 --django todo_site.settings`` loads a row the application wrote, and a create
 through the engine runs the model's save() and its signal.
 
-This needs ``connector/adapters/django/source.py`` (DjangoSource), which
-comes with the Django source's own branch."""
+This needs the Django source (DjangoSource), which comes with its own
+branch."""
 
 from __future__ import annotations
 
