@@ -180,3 +180,25 @@ def test_load_project_needs_a_settings_module(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
     with pytest.raises(ConfigError, match="say which Django project to serve: --django"):
         load_project(None)
+
+
+def test_a_project_that_disables_existing_loggers_leaves_the_connectors_on(
+    tmp_path: Path,
+) -> None:
+    from tests.django_processes import python
+
+    write_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'app.db'}",
+        ablo={"models": {"task": "shop.Task"}},
+        extra="LOGGING = {'version': 1, 'disable_existing_loggers': True}\n",
+    )
+    code = (
+        "import logging, connector.cli\n"
+        "from connector.adapters.django.project import setup_project\n"
+        "setup_project('proj_settings')\n"
+        "print(logging.getLogger('connector.cli').disabled)\n"
+    )
+    result = python(tmp_path, code, settings=None)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

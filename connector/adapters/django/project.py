@@ -82,12 +82,26 @@ def setup_project(settings_module: str | None) -> dict[str, DjangoModel]:
             f"Django project {module!r} failed to set up: {type(error).__name__}: {error}"
             f"{_where(error)}"
         ) from None
+    _keep_our_loggers()
     if not apps.is_installed(APP):
         raise ConfigError(
             f'Django settings {module!r}: add "{APP}" to INSTALLED_APPS, then run '
             "`python manage.py migrate` to create the connector's tables"
         )
     return served_models()
+
+
+def _keep_our_loggers() -> None:
+    """A project's LOGGING with ``disable_existing_loggers`` (Django's
+    dictConfig, at setup) would silence the connector's own loggers, created
+    before it: they log as the connector configured them."""
+    import logging
+
+    for name, found in logging.root.manager.loggerDict.items():
+        if (name == "connector" or name.startswith("connector.")) and isinstance(
+            found, logging.Logger
+        ):
+            found.disabled = False
 
 
 def check_migrated(using: str = "default") -> None:
