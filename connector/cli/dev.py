@@ -34,7 +34,13 @@ from .options import (
     guard_inspector_token,
     option,
 )
-from .sources import build_source, guard_url_options, source_options
+from .sources import (
+    build_source,
+    django_option,
+    django_settings_of,
+    guard_url_options,
+    source_options,
+)
 
 if TYPE_CHECKING:  # the local engine is imported only when it runs
     from ..dev.engine import DevEngine
@@ -342,6 +348,7 @@ def request_raw(body_json: str, engine: str) -> None:
 )
 @env_file_option
 @source_options("Serve your DataSource instead of the demo database.")
+@django_option
 @_engine_ports
 @option(
     "--exit-after-demo", is_flag=True, help="Stop after the demo requests instead of serving on."
@@ -357,6 +364,7 @@ def dev(
     handler_spec: str | None,
     database_url: str | None,
     models_path: str | None,
+    django_settings: str | None,
     port: int,
     api_port: int,
     exit_after_demo: bool,
@@ -371,8 +379,10 @@ def dev(
     run starts from the same rows. While it runs, try `ablo-connector request
     load task t1` in another terminal. With --database-url it serves your
     database instead (try `ablo-connector request list MODEL`), with --handler
-    your own code; as with run, the environment variables (ABLO_DATABASE_URL,
-    ABLO_CONNECTOR_HANDLER, ABLO_MODELS) and --env-file say so too.
+    your own code, with --django mysite.settings (or DJANGO_SETTINGS_MODULE)
+    a Django project's models; as with run, the environment variables
+    (ABLO_DATABASE_URL, ABLO_CONNECTOR_HANDLER, ABLO_MODELS, ABLO_DJANGO) and
+    --env-file say so too.
 
     The inspector (http://127.0.0.1:4040, printed at start) shows every
     request as it happens, and replays one, as it was or edited;
@@ -383,10 +393,11 @@ def dev(
         inspector["inspect_port_fallback"] = _INSPECTOR_PORTS_TRIED
     if models_path and not database_url:
         fail("--models needs --database-url (the demo database needs no map)")
+    django_settings = django_settings_of(handler_spec, database_url, django_settings)
     scratch: Path | None = None
     try:
         demo: list[dict[str, Any]] = []
-        if not handler_spec and not database_url:
+        if not handler_spec and not database_url and not django_settings:
             scratch = Path(tempfile.mkdtemp(prefix="ablo-connector-demo-"))
             _remove_on_interrupt(scratch)
             database_url = _demo_database(scratch / "demo.db")
@@ -402,7 +413,12 @@ def dev(
             )
             guard_inspector_token(ctx, config, formatter.add_secret, warn=log.warning)
             source = build_source(
-                ctx, handler_spec, database_url, models_path, add_secret=formatter.add_secret
+                ctx,
+                handler_spec,
+                database_url,
+                models_path,
+                add_secret=formatter.add_secret,
+                django_settings=django_settings,
             )
         except ConfigError as error:
             fail(str(error))

@@ -31,6 +31,8 @@ from .options import (
 from .sources import (
     build_source,
     check_source_choice,
+    django_option,
+    django_settings_of,
     guard_url_options,
     outbox_retention_option,
     pool_size_option,
@@ -52,6 +54,7 @@ def _no_core_dumps() -> None:
 @click.command(cls=GroupedCommand)
 @env_file_option
 @source_options("Your DataSource: a subclass, instance or factory.")
+@django_option
 @pool_size_option
 @outbox_retention_option
 @key_options
@@ -64,6 +67,7 @@ def run(
     handler_spec: str | None,
     database_url: str | None,
     models_path: str | None,
+    django_settings: str | None,
     pool_size: int | None,
     outbox_retention: str | None,
     api_key: str | None,
@@ -74,8 +78,9 @@ def run(
 ) -> None:
     """Dial the engine and serve your Data Source until stopped.
 
-    Serve your own handler (--handler), or tables of a database with no code
-    at all (--database-url, optionally --models).
+    Serve your own handler (--handler), tables of a database with no code
+    at all (--database-url, optionally --models), or a Django project's
+    models (--django mysite.settings).
 
     SIGTERM or SIGINT finishes in-flight requests (up to --shutdown-grace),
     then exits 0; a second signal exits at once with 1. Exit 78: a
@@ -97,6 +102,7 @@ def run(
             add_secret=formatter.add_secret,
             pool_size=pool_size,
             outbox_retention=outbox_retention,
+            django_settings=django_settings_of(handler_spec, database_url, django_settings),
         )
         connector = Connector(config, source)
     except ConfigError as error:
@@ -112,6 +118,7 @@ def run(
     "Also check this database: it answers, has the ledger and outbox, and which models it "
     "would serve.",
 )
+@django_option
 @key_options
 @config_options(only={"base_url", "allow_insecure", "open_timeout"})
 @option(
@@ -128,6 +135,7 @@ def check(
     handler_spec: str | None,
     database_url: str | None,
     models_path: str | None,
+    django_settings: str | None,
     api_key: str | None,
     api_key_file: str | None,
     register: bool,
@@ -155,8 +163,11 @@ def check(
 
     try:
         guard_url_options(ctx, formatter.add_secret)
-        check_source_choice(ctx, handler_spec, database_url, models_path)
-        local_only = not (api_key or api_key_file) and bool(handler_spec or database_url)
+        django_settings = django_settings_of(handler_spec, database_url, django_settings)
+        check_source_choice(ctx, handler_spec, database_url, models_path, django_settings)
+        local_only = not (api_key or api_key_file) and bool(
+            handler_spec or database_url or django_settings
+        )
         config = None
         if not local_only:
             key = resolve_api_key(ctx, api_key, api_key_file, warn=log.warning)
@@ -166,6 +177,8 @@ def check(
             _check_handler(handler_spec, say)
         if database_url:
             _check_database(database_url, models_path, say, formatter.add_secret)
+        if django_settings:
+            _check_django(django_settings, say, formatter.add_secret)
     except ConfigError as error:
         say(f"FAIL  configuration: {error}")
         sys.exit(EX_CONFIG)
@@ -194,6 +207,32 @@ def _check_handler(handler_spec: str, say: Callable[[str], None]) -> None:
         sys.exit(EX_CONFIG)
     implemented = [op for op in OPERATIONS if overridden(source, op)]
     say(f"ok    handler: {handler_spec} ({type(source).__name__}: {', '.join(implemented)})")
+
+
+def _check_django(
+    settings_module: str, say: Callable[[str], None], add_secret: Callable[[str], None]
+) -> None:
+    from ..adapters.django.project import (
+        DatabaseUnreachable,
+        check_migrated,
+        database_secrets,
+        setup_project,
+    )
+
+    models = setup_project(settings_module)
+    for secret in database_secrets():
+        add_secret(secret)
+    try:
+        check_migrated()
+    except DatabaseUnreachable as error:
+        say(f"FAIL  database: {error}")
+        say("      what to check: DATABASES in the settings; is the database running?")
+        sys.exit(EX_UNAVAILABLE)
+    served = ", ".join(
+        f"{name} ({model.model._meta.app_label}.{model.model.__name__})"
+        for name, model in sorted(models.items())
+    )
+    say(f"ok    django: {settings_module} (ledger and outbox migrated; models: {served})")
 
 
 def _check_database(

@@ -1,8 +1,10 @@
-"""What does the connector serve? The user's handler, or the SQL adapter."""
+"""What does the connector serve? The user's handler, the SQL adapter, or a
+Django project's models."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -19,6 +21,9 @@ if TYPE_CHECKING:
 __all__ = [
     "build_source",
     "check_source_choice",
+    "django_option",
+    "django_settings_of",
+    "django_source",
     "guard_url",
     "guard_url_options",
     "outbox_retention_option",
@@ -67,6 +72,30 @@ def source_options(
         )(command)
 
     return decorate
+
+
+def django_option(command: _F) -> _F:
+    """``--django``: serve a Django project's models (``run``, ``dev`` and ``check``)."""
+    return option(
+        "--django",
+        "django_settings",
+        group="source",
+        env="ABLO_DJANGO",
+        metavar="SETTINGS",
+        help="Serve the models settings.ABLO names in this Django project (mysite.settings; "
+        "run from the folder that holds manage.py). Default, when neither --handler nor "
+        "--database-url is given: DJANGO_SETTINGS_MODULE.",
+    )(command)
+
+
+def django_settings_of(
+    handler_spec: str | None, database_url: str | None, django_settings: str | None
+) -> str | None:
+    """The Django settings module to serve: ``--django``, or, when no other
+    source is named, ``DJANGO_SETTINGS_MODULE`` (as ``manage.py`` reads it)."""
+    if django_settings or handler_spec or database_url:
+        return django_settings
+    return os.environ.get("DJANGO_SETTINGS_MODULE") or None
 
 
 def pool_size_option(command: _F) -> _F:
@@ -118,12 +147,21 @@ def outbox_retention_option(command: _F) -> _F:
 
 
 def check_source_choice(
-    ctx: click.Context, handler_spec: str | None, database_url: str | None, models_path: str | None
+    ctx: click.Context,
+    handler_spec: str | None,
+    database_url: str | None,
+    models_path: str | None,
+    django_settings: str | None = None,
 ) -> None:
-    """Refuse a handler and a database at once, or a map without a database, saying
-    where each value came from (the flag, the environment, or an env file)."""
+    """Refuse two sources at once (a handler, a database, a Django project), or a
+    map without a database, saying where each value came from (the flag, the
+    environment, or an env file)."""
     if handler_spec and database_url:
         raise not_both(ctx, "handler_spec", "database_url")
+    if django_settings and handler_spec:
+        raise not_both(ctx, "handler_spec", "django_settings")
+    if django_settings and database_url:
+        raise not_both(ctx, "database_url", "django_settings")
     if models_path and not database_url:
         raise ConfigError(f"{origin(ctx, 'models_path')} needs --database-url")
 
@@ -137,14 +175,19 @@ def build_source(
     add_secret: Callable[[str], None] = lambda _: None,
     pool_size: int | None = None,
     outbox_retention: str | None = None,
+    django_settings: str | None = None,
 ) -> DataSource:
-    """The user's handler, or the SQL adapter over ``database_url``, ready to serve."""
-    check_source_choice(ctx, handler_spec, database_url, models_path)
+    """The user's handler, the SQL adapter over ``database_url``, or the Django
+    project of ``django_settings``, ready to serve."""
+    check_source_choice(ctx, handler_spec, database_url, models_path, django_settings)
     if handler_spec:
         return load_handler(handler_spec)
+    if django_settings:
+        return django_source(django_settings, add_secret)
     if not database_url:
         raise ConfigError(
-            "say what to serve: --handler package.module:ClassName, or --database-url URL"
+            "say what to serve: --handler package.module:ClassName, --database-url URL, "
+            "or --django mysite.settings"
         )
     from sqlalchemy.exc import OperationalError
 
@@ -165,6 +208,32 @@ def build_source(
         log.warning(
             "the database at %s is unreachable; requests answer 503 until it is back", shown
         )
+    return source
+
+
+def django_source(settings_module: str, add_secret: Callable[[str], None]) -> DataSource:
+    """The Django adapter over the project of ``settings_module``; its database
+    passwords join the redactions. An unreachable database is served anyway
+    (requests answer 503 until it is back), as with --database-url."""
+    from ..adapters.django.project import (
+        DatabaseUnreachable,
+        check_migrated,
+        database_secrets,
+        setup_project,
+    )
+
+    models = setup_project(settings_module)
+    for secret in database_secrets():
+        add_secret(secret)
+    try:
+        check_migrated()
+    except DatabaseUnreachable as error:
+        log.warning("%s; requests answer 503 until it is back", error)
+    # Imported by name: the source lives in its own module, loaded only here.
+    import importlib
+
+    module = importlib.import_module("connector.adapters.django.source")
+    source: DataSource = module.DjangoSource(models)
     return source
 
 

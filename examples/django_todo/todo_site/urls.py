@@ -1,0 +1,3 @@
+"""No pages: the project is served through the connector."""
+
+urlpatterns: list[object] = []
