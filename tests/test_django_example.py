@@ -92,6 +92,43 @@ print(json.dumps({
     assert facts["refused"] == ["title"]
 
 
+def test_the_applications_own_writes_reach_the_outbox(project: Path) -> None:
+    # No connector runs here: the app's ready() alone connects the outbox, as
+    # in a web server, the admin or a management command.
+    assert _run(project, "manage.py", "migrate", "--no-input").returncode == 0
+    code = """
+from django.db import transaction
+from todo.models import Task
+task = Task.objects.create(title="From a view")
+task.done = True
+task.save()
+try:
+    with transaction.atomic():
+        Task.objects.create(title="Rolled back")
+        raise RuntimeError
+except RuntimeError:
+    pass
+Task.objects.get(pk=task.pk).delete()
+print(task.pk)
+"""
+    result = _run(project, "manage.py", "shell", "-c", code)
+    assert result.returncode == 0, result.stderr
+    task_id = result.stdout.strip().splitlines()[-1]
+    engine = sa.create_engine(f"sqlite:///{project / 'db.sqlite3'}")
+    try:
+        with engine.connect() as connection:
+            events = connection.execute(
+                sa.text("SELECT model, entity_id, type FROM ablo_outbox ORDER BY cursor")
+            ).all()
+    finally:
+        engine.dispose()
+    assert [tuple(event) for event in events] == [
+        ("task", task_id, "CREATE"),
+        ("task", task_id, "UPDATE"),
+        ("task", task_id, "DELETE"),
+    ]
+
+
 def test_the_connectors_check_accepts_the_project(project: Path) -> None:
     result = _run(project, "-m", "connector", "check", "--django", "todo_site.settings")
     assert result.returncode == 78

@@ -229,12 +229,9 @@ def django_source(settings_module: str, add_secret: Callable[[str], None]) -> Da
         check_migrated()
     except DatabaseUnreachable as error:
         log.warning("%s; requests answer 503 until it is back", error)
-    # Imported by name: the source lives in its own module, loaded only here.
-    import importlib
+    from ..adapters.django.source import DjangoSource
 
-    module = importlib.import_module("connector.adapters.django.source")
-    source: DataSource = module.DjangoSource(models)
-    return source
+    return DjangoSource(models)
 
 
 def sql_source(
