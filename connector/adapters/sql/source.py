@@ -132,7 +132,8 @@ class SQLSource(DataSource):
 
     ``pool_size`` bounds the connections: on PostgreSQL, MySQL and MariaDB
     up to ``pool_size`` for reads (see :mod:`.connections`) and as many
-    through SQLAlchemy's pool for commits and probes. Without it, 10; on
+    for commits (on PostgreSQL on connections of their own, elsewhere
+    through SQLAlchemy's pool, which probes use too). Without it, 10; on
     MySQL and MariaDB, 20 (a read waits longer on their server).
 
     ``url`` may also be an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`

@@ -195,7 +195,6 @@ class Commits:
             raise self._wrapped(error) from None
         transaction = CommitTransaction(self, connection)
         try:
-            await transaction.run(_BEGIN_SHAPE, {})
             yield transaction
         except driver_error as error:
             lost = self._lost(connection, error)
@@ -232,23 +231,28 @@ async def _rolled_back(connection: Any, driver_error: type[Exception]) -> bool:
     return True
 
 
-_BEGIN_SHAPE: Final = _Compiled(_BEGIN, {}, (), ())
-
-
 class CommitTransaction:
-    """One commit's transaction: its statements, each as one round trip,
-    and the last ones together."""
+    """One commit's transaction: BEGIN with its first statement, then each
+    statement as one round trip, and the last ones together."""
 
     def __init__(self, commits: Commits, connection: Any) -> None:
         self._commits = commits
         self._connection = connection
         self.statement: str | None = None  # the SQL that was running, for a failure
+        self._begun = False
 
     async def run(self, shape: _Compiled, values: Mapping[str, Any]) -> list[Any]:
         """``shape`` with ``values`` bound: its rows, processed."""
-        cursor = self._connection.cursor()
+        connection = self._connection
+        cursor = connection.cursor()
         self.statement = shape.sql
-        await cursor.execute(shape.sql, _bound(shape, values), prepare=shape is not _BEGIN_SHAPE)
+        if self._begun:
+            await cursor.execute(shape.sql, _bound(shape, values), prepare=True)
+        else:  # BEGIN and the first statement in one round trip
+            self._begun = True
+            async with connection.pipeline():
+                await connection.execute(_BEGIN)
+                await cursor.execute(shape.sql, _bound(shape, values), prepare=True)
         if cursor.description is None:
             return []
         rows: list[Any] = await cursor.fetchall()
