@@ -66,6 +66,12 @@ async def test_concurrent_identical_commits_apply_once_on_the_direct_path(
         assert _scalar(url, "SELECT COUNT(*) FROM tasks") == 2
         assert _scalar(url, "SELECT COUNT(*) FROM ablo_outbox WHERE correlation_id = 'c_race'") == 2
         assert _scalar(url, "SELECT COUNT(*) FROM ablo_idempotency") == 1
+        # The replays only read the ledger: their transactions ended all the same.
+        idle_in_transaction = (
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'ablo-connector' "
+            "AND datname = current_database() AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
+        )
+        assert _scalar(url, idle_in_transaction) == 0
         # A replay with another intent is still refused, and writes nothing.
         status, body = await client.commit("c_race", create("t3", title="C"))
         assert (status, body["error"]) == (409, "idempotency_conflict")

@@ -211,6 +211,12 @@ class Commits:
             # Cancelled mid-statement: the connection's state is unknown.
             pool.release(connection, opened, failed=True)
             raise
+        if transaction.begun and not transaction.committed:
+            # Left without a COMMIT (a replay only read the ledger): end it
+            # here, so that no connection goes back to the pool in a transaction.
+            ok = await _rolled_back(connection, driver_error)
+            pool.release(connection, opened, failed=not ok, lost=not ok)
+            return
         pool.release(connection, opened)
 
     def _wrapped(
@@ -239,17 +245,18 @@ class CommitTransaction:
         self._commits = commits
         self._connection = connection
         self.statement: str | None = None  # the SQL that was running, for a failure
-        self._begun = False
+        self.begun = False
+        self.committed = False
 
     async def run(self, shape: _Compiled, values: Mapping[str, Any]) -> list[Any]:
         """``shape`` with ``values`` bound: its rows, processed."""
         connection = self._connection
         cursor = connection.cursor()
         self.statement = shape.sql
-        if self._begun:
+        if self.begun:
             await cursor.execute(shape.sql, _bound(shape, values), prepare=True)
         else:  # BEGIN and the first statement in one round trip
-            self._begun = True
+            self.begun = True
             async with connection.pipeline():
                 await connection.execute(_BEGIN)
                 await cursor.execute(shape.sql, _bound(shape, values), prepare=True)
@@ -300,6 +307,7 @@ class CommitTransaction:
             for shape, values in statements:
                 await connection.cursor().execute(shape.sql, _bound(shape, values), prepare=True)
             await connection.execute("COMMIT")
+        self.committed = True
 
 
 def _bound(shape: _Compiled, values: Mapping[str, Any]) -> dict[str, Any]:
