@@ -20,7 +20,9 @@ least a pool must do:
 - a wait longer than ``timeout`` raises :class:`sqlalchemy.exc.TimeoutError`,
   as SQLAlchemy's pool does, so both pools read the same to the adapter.
 
-Commits, probes and reflection keep SQLAlchemy's pool, and so does a list
+On PostgreSQL, commits take their connections from a second pool of this
+kind (see dialects/postgresql_commits.py), each commit one explicit
+transaction. Probes and reflection keep SQLAlchemy's pool, and so does a list
 page whose SQL SQLAlchemy completes only when it runs it (an IN list).
 
 What the pool must know of a driver's connections (is it closed, is it

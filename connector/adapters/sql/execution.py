@@ -39,6 +39,7 @@ from .connections import ReadConnections
 from .drift import PoolRenewal
 
 if TYPE_CHECKING:
+    from .dialects.postgresql_commits import Commits
     from .models import ServedModel
     from .query import ListPlan
 
@@ -129,6 +130,8 @@ class _Compiled:
     # The columns whose values the driver's type needs converted, by position.
     result_processors: tuple[tuple[int, Callable[[Any], Any]], ...] | None = None
     described: bool = False
+    # Names SQLAlchemy escaped in the SQL (a column name with a space): as given -> as written.
+    escaped: dict[str, str] | None = None
 
     def parameters(self, values: dict[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
         """``values`` as the driver takes them: by name, or in placeholder order."""
@@ -251,8 +254,12 @@ class LoopDatabase:
         driver: LoopDriver,
         serving: Serving,
         reads: ReadConnections | None = None,
+        commits: Commits | None = None,
     ) -> None:
         self.engine = engine
+        # Commits on connections of their own, where the dialect has them
+        # (else through SQLAlchemy: see write).
+        self._commits = commits
         self._driver = driver
         self._statement_timeout = serving.statement_timeout
         self._read_connections = reads
@@ -280,6 +287,8 @@ class LoopDatabase:
         column types they were compiled for, and their models may be gone."""
         self._compiled.clear()
         self._shapes.clear()
+        if self._commits is not None:
+            self._commits.forget_statements()
 
     def renew(self) -> None:
         """Forget what was prepared before a served table changed: compiled
@@ -288,6 +297,8 @@ class LoopDatabase:
         self._renewal.renew()
         if self._read_connections is not None:
             self._read_connections.renew()
+        if self._commits is not None:
+            self._commits.connections.renew()
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         return await greenlet_spawn(run_read, self._reads, work, args)
@@ -450,14 +461,24 @@ class LoopDatabase:
         fairy.close()
         return rows
 
+    async def commits(self) -> Commits | None:
+        """Where commits run on connections of their own (None: through :meth:`write`)."""
+        if self._commits is not None and self._dialect.server_version_info is None:
+            await self._set_up_dialect()
+        return self._commits
+
     async def dispose(self) -> None:
         if self._read_connections is not None:
             await self._read_connections.close()
+        if self._commits is not None:
+            await self._commits.connections.close()
         await self.engine.dispose()
 
     def forget(self) -> None:
         if self._read_connections is not None:
             self._read_connections.forget()
+        if self._commits is not None:
+            self._commits.connections.forget()
         self.engine.sync_engine.dispose(close=False)
 
 
@@ -488,6 +509,10 @@ class ThreadDatabase:
 
     def forget_statements(self) -> None:
         """Nothing is compiled here: SQLAlchemy's own cache keys on the tables."""
+
+    async def commits(self) -> None:
+        """Commits run through :meth:`write`."""
+        return None
 
     def renew(self) -> None:
         """Replace the pooled connections (a PostgreSQL engine's may hold

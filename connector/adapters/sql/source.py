@@ -62,6 +62,7 @@ from .capture import (
 from .declared import is_declared
 from .dialects import Dialect, dialect_named, dialect_of_url
 from .dialects.postgresql import OUTBOX_LOCK  # re-exported: scripts that take it import it here
+from .dialects.postgresql_commits import Commits
 from .drift import SCHEMA_CHANGED, SchemaChanged, Unservable, describe_changes
 from .engines import configuration_problem, create_database_engine, database_url, shown_url
 from .execution import Database, Serving, ThreadDatabase, load_row, select_one
@@ -137,7 +138,8 @@ class SQLSource(DataSource):
 
     ``pool_size`` bounds the connections: on PostgreSQL, MySQL and MariaDB
     up to ``pool_size`` for reads (see :mod:`.connections`) and as many
-    through SQLAlchemy's pool for commits and probes. Without it, 10; on
+    for commits (on PostgreSQL on connections of their own, elsewhere
+    through SQLAlchemy's pool, which probes use too). Without it, 10; on
     MySQL and MariaDB, 20 (a read waits longer on their server).
 
     ``url`` may also be an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`
@@ -869,24 +871,52 @@ class SQLSource(DataSource):
         if self._schema_problem is not None:
             raise Unservable(self._schema_problem)
         with self._answers(*models):
-            rows = await self._write(self._commit_in, commit, models)
+            commits = await self._database.commits()
+            if commits is not None and all(_direct(served) for served in models):
+                rows = await self._retrying(lambda: self._commit_directly(commits, commit, models))
+            else:
+                rows = await self._write(self._commit_in, commit, models)
         return CommitResult(rows=rows)
+
+    async def _commit_directly(
+        self, commits: Commits, commit: CommitRequest, models: Sequence[ServedModel]
+    ) -> Sequence[Any]:
+        """:meth:`_commit_in`, step for step, on the dialect's own connections
+        (see .dialects.postgresql_commits); a shape it cannot run goes through
+        SQLAlchemy, whole."""
+        steps = [self._operation(served, op) for op, served in zip(commit.operations, models, strict=True)]  # fmt: skip
+        shapes = [
+            commits.row_statement(served, kind, tuple(sorted(values)))
+            for served, (kind, _, values, _) in zip(models, steps, strict=True)
+        ]
+        if any(shape is None for shape in shapes):
+            return await self._database.write(self._commit_in, commit, models)
+        key, reservation = _reservation(commit)
+        async with commits.transaction() as transaction:
+            if not await transaction.reserve(reservation):
+                found = await transaction.replayed(key, dt.datetime.now(dt.UTC))
+                return _replayed(found, commit.replayable_intent_hashes)
+            context = self._capture_context(commit.operations, models)
+            if context is not None:
+                await transaction.captured(context.as_json())
+            applied = []
+            for op, served, shape, (kind, id_value, values, raw_id) in zip(
+                commit.operations, models, shapes, steps, strict=True
+            ):
+                row = await transaction.row(shape, {**values, "ablo_id": id_value})
+                found = None if row is None else to_json_row(served.values_to_fields(row))
+                applied.append(_outcome(op, kind, found, raw_id))
+            rows = [row for row, _ in applied]
+            events = _events(commit, applied)
+            await transaction.finish(
+                events, key, rows, None if commit.echo is None else commit.echo.payload
+            )
+        return rows
 
     def _commit_in(
         self, connection: sa.Connection, commit: CommitRequest, models: Sequence[ServedModel]
     ) -> Sequence[Any]:
-        key = commit.correlation_id
-        assert key is not None
-        intent = commit.effective_intent_hash
-        organization = commit.scope.organization_id if commit.scope else None
-        now = dt.datetime.now(dt.UTC)
-        reservation = {
-            "client_tx_id": key,
-            "response": [],
-            "request_hash": intent,
-            "expires_at": now + LEDGER_RETENTION,
-            "created_at": now,
-        }
+        key, reservation = _reservation(commit)
         if not self._dialect.reserve(connection, reservation):
             return self._replay(connection, key, commit.replayable_intent_hashes)
         # On a captured table the triggers leave the rows this commit writes
@@ -901,27 +931,7 @@ class SQLSource(DataSource):
         if context is not None:
             self._dialect.end_captured_commit(connection, context)
         rows = [row for row, _ in applied]
-        occurred_at = _now_ms()
-        # One event per operation that changed a row: deleting a row that is
-        # already gone succeeds, but nothing happened to tell the engine about.
-        # Event ids keep the operation's index, so they stay stable on replay.
-        events = [
-            {
-                "id": f"{key}:{index}",
-                "model": op.model,
-                "entity_id": str(row.get("id", "")),
-                "type": op.type,
-                "data": None if op.type == "DELETE" else row,
-                "organization_id": organization,
-                "correlation_id": key,
-                "transaction_id": op.transaction_id,
-                "occurred_at": occurred_at,
-            }
-            for index, (op, (row, changed)) in enumerate(
-                zip(commit.operations, applied, strict=True)
-            )
-            if changed
-        ]
+        events = _events(commit, applied)
         if events:
             # Cursors are drawn when a row is inserted, not when the
             # transaction commits: without the dialect's lock a reader could
@@ -960,15 +970,13 @@ class SQLSource(DataSource):
                 (ledger.c.expires_at <= now).label("expired"),
             ).where(ledger.c.client_tx_id == key)
         ).first()
-        return replayed_answer(
-            None if found is None else (found.request_hash, found.response, bool(found.expired)),
-            intents,
-        )
+        return _replayed(found, intents)
 
-    def _apply(
-        self, connection: sa.Connection, served: ServedModel, op: Operation
-    ) -> tuple[dict[str, Any], bool]:
-        """The row as it stands after ``op``, and whether ``op`` changed anything."""
+    def _operation(
+        self, served: ServedModel, op: Operation
+    ) -> tuple[str, Any, dict[str, Any], str]:
+        """What ``op`` does to its row (insert, update, delete or select), the
+        row's key, the column values it writes and the id as the request gave it."""
         raw_id = op.id if op.id is not None else (op.input or {}).get("id")
         if not isinstance(raw_id, str) or not raw_id:
             raise SourceError(
@@ -980,16 +988,11 @@ class SQLSource(DataSource):
             if name != "id":  # the row id is the operation's, never rewritten
                 column = column_for(served, name, "input")
                 values[column.name] = to_column_value(column, name, value)
-        table, match = served.table, served.id == key
-
         if op.type == "CREATE":
             values[served.id.name] = key
-            return self._one(connection, served, table.insert().values(values), key), True
+            return "insert", key, values, raw_id
         if op.type == "DELETE":
-            found = self._returning(connection, served, table.delete().where(match), key)
-            # Deleting what is already gone is done, not an error.
-            return (found, True) if found is not None else ({"id": raw_id}, False)
-
+            return "delete", key, values, raw_id
         if op.type in ("ARCHIVE", "UNARCHIVE"):
             archived_at = served.archived_at
             if archived_at is None:
@@ -999,20 +1002,26 @@ class SQLSource(DataSource):
                     model=op.model,
                 )
             values[archived_at.name] = _archive_stamp(archived_at) if op.type == "ARCHIVE" else None
-        if values:
+        return ("update" if values else "select"), key, values, raw_id
+
+    def _apply(
+        self, connection: sa.Connection, served: ServedModel, op: Operation
+    ) -> tuple[dict[str, Any], bool]:
+        """The row as it stands after ``op``, and whether ``op`` changed anything."""
+        kind, key, values, raw_id = self._operation(served, op)
+        table, match = served.table, served.id == key
+        found: dict[str, Any] | None
+        if kind == "insert":
+            found = self._one(connection, served, table.insert().values(values), key)
+        elif kind == "delete":
+            found = self._returning(connection, served, table.delete().where(match), key)
+        elif kind == "update":
             found = self._returning(
                 connection, served, table.update().where(match).values(values), key
             )
         else:
             found = self._select(connection, served, key)
-        if found is None:
-            raise SourceError(
-                "source_row_not_found",
-                f"{op.model} {raw_id!r} does not exist",
-                status=404,
-                model=op.model,
-            )
-        return found, True
+        return _outcome(op, kind, found, raw_id)
 
     def _returning(
         self, connection: sa.Connection, served: ServedModel, statement: Any, key: Any
@@ -1042,6 +1051,75 @@ class SQLSource(DataSource):
     ) -> dict[str, Any] | None:
         row = load_row(connection, served, key, lock=lock)
         return None if row is None else to_json_row(served.values_to_fields(row))
+
+
+def _reservation(commit: CommitRequest) -> tuple[str, dict[str, Any]]:
+    """The commit's key and the ledger row that reserves it."""
+    key = commit.correlation_id
+    assert key is not None
+    now = dt.datetime.now(dt.UTC)
+    return key, {
+        "client_tx_id": key,
+        "response": [],
+        "request_hash": commit.effective_intent_hash,
+        "expires_at": now + LEDGER_RETENTION,
+        "created_at": now,
+    }
+
+
+def _replayed(found: Any, intents: Sequence[str]) -> Sequence[Any]:
+    """The stored answer of a ledger row (request hash, response, expired), if it may be replayed."""
+    return replayed_answer(None if found is None else (found[0], found[1], bool(found[2])), intents)
+
+
+def _outcome(
+    op: Operation, kind: str, found: dict[str, Any] | None, raw_id: str
+) -> tuple[dict[str, Any], bool]:
+    """The row as it stands after ``op``, and whether ``op`` changed anything."""
+    if kind == "delete":
+        # Deleting what is already gone is done, not an error.
+        return (found, True) if found is not None else ({"id": raw_id}, False)
+    if found is None:
+        raise SourceError(
+            "source_row_not_found",
+            f"{op.model} {raw_id!r} does not exist",
+            status=404,
+            model=op.model,
+        )
+    return found, True
+
+
+def _events(
+    commit: CommitRequest, applied: Sequence[tuple[dict[str, Any], bool]]
+) -> list[dict[str, Any]]:
+    """One event per operation that changed a row: deleting a row that is
+    already gone succeeds, but nothing happened to tell the engine about.
+    Event ids keep the operation's index, so they stay stable on replay."""
+    key = commit.correlation_id
+    organization = commit.scope.organization_id if commit.scope else None
+    occurred_at = _now_ms()
+    return [
+        {
+            "id": f"{key}:{index}",
+            "model": op.model,
+            "entity_id": str(row.get("id", "")),
+            "type": op.type,
+            "data": None if op.type == "DELETE" else row,
+            "organization_id": organization,
+            "correlation_id": key,
+            "transaction_id": op.transaction_id,
+            "occurred_at": occurred_at,
+        }
+        for index, (op, (row, changed)) in enumerate(zip(commit.operations, applied, strict=True))
+        if changed
+    ]
+
+
+def _direct(served: ServedModel) -> bool:
+    """Whether a commit to ``served`` may skip SQLAlchemy's execution: not
+    when its table has Python-side defaults (the application's classes),
+    which SQLAlchemy applies as it executes."""
+    return all(c.default is None and c.onupdate is None for c in served.table.columns)
 
 
 _EVENTS: Final = (

@@ -31,11 +31,12 @@ from sqlalchemy.pool import NullPool
 from ....errors import ConfigError
 from ..capture import CAPTURE_TABLE, CaptureSpec, CommitContext
 from ..connections import ReadConnections
-from ..execution import Database, LoopDatabase, Serving
+from ..execution import Database, LoopDatabase, PageShapes, Serving
 from ..models import ServedModel
 from ..tables import HIGHEST_CURSOR, LEDGER_TABLE, OUTBOX_TABLE, ledger, outbox
 from ..values import json_text
 from . import Dialect
+from .postgresql_commits import Commits
 
 __all__ = ["ECHO_PREFIX", "OUTBOX_LOCK", "PostgreSQL"]
 
@@ -314,7 +315,23 @@ class PostgreSQL(Dialect):
             timeout=serving.pool_timeout,
             recycle=serving.pool_recycle,
         )
-        return LoopDatabase(engine, self, serving, reads)
+        # Commits on connections of their own too (see .postgresql_commits),
+        # as many as SQLAlchemy's pool held for them.
+        writes = ReadConnections(
+            _read_connector(engine, serving.statement_timeout),
+            serving.pool_size,
+            timeout=serving.pool_timeout,
+            recycle=serving.pool_recycle,
+        )
+        commits = Commits(
+            engine.sync_engine.dialect,
+            writes,
+            PageShapes(serving.max_page_shapes, serving.max_page_shape_bytes),
+            self.connection_lost,
+            OUTBOX_LOCK,
+            ECHO_PREFIX,
+        )
+        return LoopDatabase(engine, self, serving, reads, commits)
 
     def loop_database(self, engine: AsyncEngine, serving: Serving) -> LoopDatabase:
         # Every read through the engine's pool: its connect arguments are the user's.
