@@ -9,10 +9,12 @@ import importlib
 import io
 import json
 import logging
+import re
 import shlex
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,6 +169,10 @@ async def test_each_request_is_a_row_newest_first_with_its_bodies_and_verdicts()
 
         status, only, _ = await get(url, "/api/requests?operation=commit&status=2xx")
         assert [row["seq"] for row in only] == [again["seq"], created["seq"]]
+        _, of_task, _ = await get(url, "/api/requests?model=task")
+        assert [row["seq"] for row in of_task] == [row["seq"] for row in rows]
+        _, of_other, _ = await get(url, "/api/requests?model=project&operation=load")
+        assert of_other == []
         status, missing, _ = await get(url, "/api/requests/nope")
         assert status == 404 and missing["error"] == "inspector_request_not_found"
 
@@ -681,3 +687,17 @@ async def test_dev_inspect_off_serves_without_a_page() -> None:
     async with process(args) as dev:
         assert await dev.wait(60) == 0
         assert "inspector:" not in dev.output()
+
+
+def test_the_page_loads_nothing_from_the_internet() -> None:
+    # A connector in a private network has no internet: every script, style
+    # and font the page uses ships in the package, beside the page.
+    page = Path(str(importlib.import_module("connector.ops.inspector").__file__)).parent / "page"
+    files = sorted(page.iterdir())
+    assert {file.name for file in files} >= {"index.html", "inspector.js", "inspector.css"}
+    for file in files:
+        text = file.read_text()
+        assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), (
+            file.name
+        )
+        assert "@import" not in text, file.name
