@@ -140,3 +140,23 @@ def test_the_connectors_check_accepts_the_project(project: Path) -> None:
         "ok    django: todo_site.settings (ledger and outbox migrated; models: task (todo.Task))"
         in (result.stdout)
     )
+
+
+def test_verify_passes_on_the_example_and_guards_its_database(project: Path) -> None:
+    assert _run(project, "manage.py", "migrate", "--no-input").returncode == 0
+    # db.sqlite3 is not a test database's name: verify writes rows, so it refuses.
+    refused = _run(project, "-m", "connector", "verify", "--django", "todo_site.settings")
+    assert refused.returncode == 78, refused.stdout + refused.stderr
+    assert "does not look like a test database" in refused.stdout + refused.stderr
+    result = _run(
+        project,
+        *("-m", "connector", "verify", "--django", "todo_site.settings"),
+        *("--allow-any-database", "--json"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["failed"] == 0
+    passed = [check["name"] for check in report["checks"] if check["passed"]]
+    assert {"commit-returns-rows", "replay-returns-first-answer", "events-cursor-advances"} <= set(
+        passed
+    ), passed

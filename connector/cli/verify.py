@@ -16,7 +16,14 @@ import click
 from ..errors import EX_FAILURE, EX_INTERRUPTED, EX_UNAVAILABLE, ConfigError
 from ..ops.logs import configure_logging
 from .options import GroupedCommand, env_file_option, fail, option
-from .sources import check_source_choice, guard_url_options, pool_size_option, source_options
+from .sources import (
+    check_source_choice,
+    django_option,
+    django_settings_of,
+    guard_url_options,
+    pool_size_option,
+    source_options,
+)
 
 if TYPE_CHECKING:
     from ..serve.datasource import DataSource
@@ -41,6 +48,7 @@ def _names(values: tuple[str, ...]) -> list[str]:
     "The DataSource to check: a subclass, instance or factory.",
     "Check the SQL adapter over this database. verify writes rows: give a test database.",
 )
+@django_option
 @pool_size_option
 @option(
     "--model",
@@ -95,6 +103,7 @@ def verify(
     handler_spec: str | None,
     database_url: str | None,
     models_path: str | None,
+    django_settings: str | None,
     pool_size: int | None,
     model: str | None,
     fields: tuple[str, ...],
@@ -109,15 +118,17 @@ def verify(
 ) -> None:
     """Prove that a source keeps the guarantees the engine relies on.
 
-    Serves the source (--handler, or --database-url for the SQL adapter) to a
+    Serves the source (--handler, --database-url for the SQL adapter, or
+    --django for a Django project's models) to a
     local engine in this process and sends it what the engine sends, over
     the real path: signed requests on a WebSocket, the connector's
     dispatcher, the source. Each check prints PASS or FAIL; a FAIL says what
     was sent, what came back, what the engine expects and what to change.
 
     It writes rows (ids and text under a prefix of its own) and deletes them
-    when done; it refuses a --database-url that does not look like a test
-    database unless --allow-any-database.
+    when done; it refuses a database (--database-url, or the Django
+    project's default one) that does not look like a test database unless
+    --allow-any-database.
 
     Exit 0 when every check passes, 1 when one fails, 2 for a usage mistake,
     69 when the database cannot be reached, 78 for a configuration mistake.
@@ -154,8 +165,13 @@ def verify(
     source: DataSource | None = None
     try:
         guard_url_options(ctx, formatter.add_secret)
-        check_source_choice(ctx, handler_spec, database_url, models_path)
-        if database_url:
+        django_settings = django_settings_of(handler_spec, database_url, django_settings)
+        check_source_choice(ctx, handler_spec, database_url, models_path, django_settings)
+        if django_settings:
+            source, shown = _django_source(
+                django_settings, allow_any_database, formatter.add_secret
+            )
+        elif database_url:
             source, shown = _database_source(
                 database_url, models_path, pool_size, allow_any_database, formatter.add_secret
             )
@@ -163,7 +179,8 @@ def verify(
             source, shown = _handler_source(handler_spec), handler_spec
         else:
             raise ConfigError(
-                "say what to verify: --handler package.module:ClassName, or --database-url URL"
+                "say what to verify: --handler package.module:ClassName, --database-url URL, "
+                "or --django mysite.settings"
             )
         plan = plan_for(source, model, parsed)
     except ConfigError as error:
@@ -205,7 +222,7 @@ def verify(
             )
         finally:
             loop.remove_signal_handler(signal.SIGINT)
-            if _is_sql(source):
+            if _is_adapter(source):
                 await source.aclose()  # type: ignore[attr-defined]
 
     try:
@@ -238,21 +255,17 @@ def _database_source(
     from sqlalchemy.exc import OperationalError
 
     from ..adapters.sql import describe_database_error, shown_url
-    from ..verify.plan import looks_like_test_database
     from .sources import sql_source
 
     source = sql_source(database_url, models_path, add_secret, pool_size)
     shown = shown_url(source.engine.url)
     url = source.engine.url
     name = Path(url.database or "").name if url.get_backend_name() == "sqlite" else url.database
-    if not allow_any_database and not looks_like_test_database(name or ""):
+    try:
+        _refuse_unless_test_database(name or "", shown, allow_any_database)
+    except ConfigError:
         source.close()
-        raise ConfigError(
-            f"verify writes rows, and the database {name!r} ({shown}) does not look like a "
-            "test database (its name holds neither 'test' nor 'verify', nor a word dev, ci, "
-            "tmp, temp, scratch or sandbox); point it at one, or pass --allow-any-database to "
-            "write there anyway"
-        )
+        raise
     try:
         source.prepare()
     except OperationalError as error:
@@ -261,13 +274,50 @@ def _database_source(
     return source, shown
 
 
-def _is_sql(source: DataSource | None) -> bool:
+def _refuse_unless_test_database(name: str, shown: str, allow_any_database: bool) -> None:
+    from ..verify.plan import looks_like_test_database
+
+    if not allow_any_database and not looks_like_test_database(name):
+        raise ConfigError(
+            f"verify writes rows, and the database {name!r} ({shown}) does not look like a "
+            "test database (its name holds neither 'test' nor 'verify', nor a word dev, ci, "
+            "tmp, temp, scratch or sandbox); point it at one, or pass --allow-any-database to "
+            "write there anyway"
+        )
+
+
+def _django_source(
+    settings_module: str, allow_any_database: bool, add_secret: Callable[[str], None]
+) -> tuple[DataSource, str]:
+    from .sources import django_source
+
+    source = django_source(settings_module, add_secret)
+    from django.db import connections  # set up by django_source
+
+    database = connections["default"].settings_dict
+    name = str(database.get("NAME") or "")
+    if database.get("ENGINE", "").endswith("sqlite3"):
+        name = Path(name).name
+    try:
+        _refuse_unless_test_database(name, f"Django project {settings_module}", allow_any_database)
+    except ConfigError:
+        _close(source)
+        raise
+    return source, f"Django project {settings_module}"
+
+
+def _is_adapter(source: DataSource | None) -> bool:
+    """A source the command built (a handler's resources are its own)."""
     from ..adapters.sql import SQLSource
 
-    return isinstance(source, SQLSource)
+    if isinstance(source, SQLSource):
+        return True
+    # Loaded only when a Django project was asked for (Django is an optional extra).
+    django = sys.modules.get("connector.adapters.django.source")
+    return django is not None and isinstance(source, django.DjangoSource)
 
 
 def _close(source: DataSource | None) -> None:
     """Drop the SQL adapter's connections (a handler's resources are its own)."""
-    if _is_sql(source):
+    if _is_adapter(source):
         source.close()  # type: ignore[union-attr]

@@ -18,14 +18,16 @@ import datetime as dt
 import re
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 from ..errors import ConfigError
 from ..serve.datasource import DataSource
 
 if TYPE_CHECKING:
+    from ..adapters.django.served import DjangoModel
     from ..adapters.sql import ServedModel
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "Plan",
     "looks_like_test_database",
     "parse_field",
+    "plan_for_django",
     "plan_for_handler",
     "plan_for_sql",
 ]
@@ -223,105 +226,204 @@ def _unique(column: Any) -> bool:
     return False
 
 
-def _required(column: Any) -> bool:
-    return (
-        not column.nullable
-        and column.server_default is None
-        and column.default is None
-        and not column.primary_key
-    )
-
-
-def _spec(name: str, column: Any, kind: FieldKind) -> FieldSpec:
-    from ..adapters.sql.values import TEXT_CAPACITY
-
-    # The adapter's reflection knows what a type holds where the type states
-    # no length (MySQL's TEXT); else the column's own length (VARCHAR(n)).
-    length = column.info.get(TEXT_CAPACITY, getattr(column.type, "length", None))
-    return FieldSpec(
-        name,
-        kind,
-        max_length=length if isinstance(length, int) else None,
-        nullable=bool(column.nullable),
-        max_integer=_max_integer(column) if kind == "integer" else 2**31 - 1,
-    )
-
-
 # Room for the prefix and a tag: "verify-1a2b3c4d-" and "list-12".
 _MIN_TEXT_LENGTH: Final = 48
 
 
-def _sql_model_plan(
-    name: str, served: ServedModel, given: Mapping[str, FieldSpec]
+@dataclass(frozen=True, slots=True)
+class _Described:
+    """What the kit needs to know of one field of an adapter's model, whatever the adapter."""
+
+    name: str  # the wire name
+    kind: FieldKind | None  # None: a type the kit cannot write
+    shown: str  # how the user knows it: "column 'due_at'", "field 'due_at'"
+    type_text: str
+    unique: bool
+    required: bool  # a row needs a value the database will not supply
+    nullable: bool
+    references: bool  # a foreign key
+    max_length: int | None = None
+    max_integer: int = 2**31 - 1
+
+    def spec(self, kind: FieldKind) -> FieldSpec:
+        return FieldSpec(
+            self.name,
+            kind,
+            max_length=self.max_length,
+            nullable=self.nullable,
+            max_integer=self.max_integer if kind == "integer" else 2**31 - 1,
+        )
+
+    @property
+    def too_short(self) -> bool:
+        return self.max_length is not None and self.max_length < _MIN_TEXT_LENGTH
+
+
+def _described_column(name: str, column: Any) -> _Described:
+    from ..adapters.sql.values import TEXT_CAPACITY
+
+    kind = _kind_of(column)
+    # The adapter's reflection knows what a type holds where the type states
+    # no length (MySQL's TEXT); else the column's own length (VARCHAR(n)).
+    length = column.info.get(TEXT_CAPACITY, getattr(column.type, "length", None))
+    return _Described(
+        name,
+        kind,
+        f"column {column.name!r}",
+        str(column.type),
+        unique=_unique(column),
+        required=(
+            not column.nullable
+            and column.server_default is None
+            and column.default is None
+            and not column.primary_key
+        ),
+        nullable=bool(column.nullable),
+        references=bool(column.foreign_keys),
+        max_length=length if isinstance(length, int) else None,
+        max_integer=_max_integer(column) if kind == "integer" else 2**31 - 1,
+    )
+
+
+def _django_kind(field: Any) -> FieldKind | None:
+    from django.db import models
+
+    if field.choices:
+        return None  # only the listed values validate
+    kinds: tuple[tuple[type[Any], FieldKind], ...] = (
+        (models.BooleanField, "boolean"),
+        (models.AutoField, "integer"),
+        (models.BigAutoField, "integer"),
+        (models.SmallAutoField, "integer"),
+        (models.IntegerField, "integer"),
+        (models.FloatField, "number"),
+        (models.DecimalField, "number"),
+        (models.DateTimeField, "timestamp"),
+        (models.DateField, "date"),
+        (models.UUIDField, "uuid"),
+        (models.JSONField, "json"),
+    )
+    for klass, kind in kinds:
+        if isinstance(field, klass):
+            return kind
+    # Text the kit writes ("verify-1a2b3c4d-list-12") is a valid slug, not an
+    # e-mail address, a URL or an IP address.
+    refused = (models.EmailField, models.URLField, models.GenericIPAddressField)
+    if isinstance(field, models.CharField | models.TextField) and not isinstance(field, refused):
+        return "text"
+    return None
+
+
+def _described_django_field(name: str, served_field: Any) -> _Described:
+    from django.db import models
+
+    field = served_field.field
+    kind = _django_kind(field)
+    if isinstance(field, models.SmallIntegerField):
+        max_integer = 2**15 - 1
+    elif isinstance(field, models.BigIntegerField):
+        max_integer = 2**53 - 1  # JavaScript's safe integers
+    else:
+        max_integer = 2**31 - 1
+    return _Described(
+        name,
+        kind,
+        f"field {field.name!r}",
+        type(field).__name__,
+        unique=bool(field.unique),
+        # full_clean() refuses a blank field without a default; a field the
+        # model fills itself (auto_now, not editable) needs nothing.
+        required=field.editable and not field.blank and not field.has_default(),
+        nullable=bool(field.null),
+        references=bool(field.is_relation),
+        max_length=field.max_length if kind == "text" else None,
+        max_integer=max_integer,
+    )
+
+
+def _model_plan(
+    name: str,
+    id_field: _Described,
+    fields: Mapping[str, _Described],
+    given: Mapping[str, FieldSpec],
 ) -> tuple[Plan | None, str]:
     """The plan for one model, or why the kit cannot write it.
 
     The text field the kit tags rows through and the integer field it
     compares are the first of their kind among the fields ``given``
-    (``--field``), else the first columns of that kind that fit. Every other
-    column a row needs (and every field given) gets a value of its type.
+    (``--field``), else the first fields of that kind that fit. Every other
+    field a row needs (and every field given) gets a value of its type.
     """
-    id_column = served.columns["id"]
-    if _kind_of(id_column) != "text":
-        return None, f"its id column {id_column.name!r} is not text (the kit writes text ids)"
-    if _too_short(id_column):
-        return (
-            None,
-            f"its id column {id_column.name!r} holds fewer than {_MIN_TEXT_LENGTH} characters",
-        )
-    missing = [field_name for field_name in given if field_name not in served.columns]
+    if id_field.kind != "text":
+        return None, f"its id {id_field.shown} is not text (the kit writes text ids)"
+    if id_field.too_short:
+        return None, f"its id {id_field.shown} holds fewer than {_MIN_TEXT_LENGTH} characters"
+    missing = [field_name for field_name in given if field_name not in fields]
     if missing:
         return None, f"it has no field {missing[0]!r}"
-    columns = {n: c for n, c in served.columns.items() if n != "id"}
-    kinds = {n: given[n].kind if n in given else _kind_of(c) for n, c in columns.items()}
+    kinds = {n: given[n].kind if n in given else f.kind for n, f in fields.items()}
 
     def candidates(kind: FieldKind) -> list[str]:
-        """The fields given of this kind, else every column of it."""
+        """The fields given of this kind, else every field of it."""
         named = [n for n in given if kinds[n] == kind]
-        return named or [n for n in columns if kinds[n] == kind]
+        return named or [n for n in fields if kinds[n] == kind]
 
     text_name = next(
-        (n for n in candidates("text") if not _unique(columns[n]) and not _too_short(columns[n])),
+        (n for n in candidates("text") if not fields[n].unique and not fields[n].too_short),
         None,
     )
     if text_name is None:
         return None, (
-            "it has no text column the kit can write (one that is not unique and holds "
+            "it has no text field the kit can write (one that is not unique and holds "
             f"{_MIN_TEXT_LENGTH} characters or more)"
         )
-    integers = [n for n in candidates("integer") if not _unique(columns[n])]
+    integers = [n for n in candidates("integer") if not fields[n].unique]
     # A nullable integer lets the kit check IS NULL too.
-    integer_name = next((n for n in integers if columns[n].nullable), None) or next(
+    integer_name = next((n for n in integers if fields[n].nullable), None) or next(
         iter(integers), None
     )
     others: list[FieldSpec] = []
-    for field_name, column in columns.items():
+    for field_name, described in fields.items():
         if field_name in (text_name, integer_name):
             continue
-        if field_name not in given and not _required(column):
+        if field_name not in given and not described.required:
             continue
         kind = kinds[field_name]
         if kind is None:
             return None, (
-                f"column {column.name!r} needs a value and the kit does not know its type "
-                f"({column.type}); say --field {field_name}=KIND"
+                f"{described.shown} needs a value and the kit does not know its type "
+                f"({described.type_text}); say --field {field_name}=KIND"
             )
-        if column.foreign_keys and field_name not in given:
-            return None, f"column {column.name!r} needs a value that references another table"
-        others.append(_spec(field_name, column, kind))
+        if described.references and field_name not in given:
+            return None, f"{described.shown} needs a value that references another table"
+        others.append(described.spec(kind))
     plan = Plan(
         name,
-        _spec(text_name, columns[text_name], "text"),
-        None if integer_name is None else _spec(integer_name, columns[integer_name], "integer"),
+        fields[text_name].spec("text"),
+        None if integer_name is None else fields[integer_name].spec("integer"),
         tuple(others),
-        origin="reflected from the database",
     )
     return plan, ""
 
 
-def _too_short(column: Any) -> bool:
-    length = getattr(column.type, "length", None)
-    return isinstance(length, int) and length < _MIN_TEXT_LENGTH
+def _sql_model_plan(
+    name: str, served: ServedModel, given: Mapping[str, FieldSpec]
+) -> tuple[Plan | None, str]:
+    fields = {n: _described_column(n, c) for n, c in served.columns.items() if n != "id"}
+    plan, why = _model_plan(name, _described_column("id", served.columns["id"]), fields, given)
+    return (None if plan is None else replace(plan, origin="reflected from the database")), why
+
+
+def _django_model_plan(
+    name: str, served: DjangoModel, given: Mapping[str, FieldSpec]
+) -> tuple[Plan | None, str]:
+    fields = {
+        n: _described_django_field(n, f)
+        for n, f in served.fields.items()
+        if n != "id" and f.field.editable
+    }
+    plan, why = _model_plan(name, _described_django_field("id", served.id), fields, given)
+    return (None if plan is None else replace(plan, origin="read from the Django models")), why
 
 
 def plan_for_sql(
@@ -331,20 +433,50 @@ def plan_for_sql(
     write (one with an integer column first); ``fields`` choose among its columns."""
     if not models:
         raise ConfigError("the database serves no model (no table with an id column)")
+    return _adapter_plan(
+        {name: partial(_sql_model_plan, served.name, served) for name, served in models.items()},
+        {served.name for served in models.values()},
+        model,
+        fields,
+        "the database serves",
+    )
+
+
+def plan_for_django(
+    models: Mapping[str, DjangoModel], model: str | None, fields: Sequence[FieldSpec]
+) -> Plan:
+    """The plan for the Django adapter, chosen as :func:`plan_for_sql` chooses."""
+    return _adapter_plan(
+        {name: partial(_django_model_plan, name, served) for name, served in models.items()},
+        set(models),
+        model,
+        fields,
+        "settings.ABLO serves",
+    )
+
+
+def _adapter_plan(
+    planners: Mapping[str, Callable[[Mapping[str, FieldSpec]], tuple[Plan | None, str]]],
+    names: set[str],
+    model: str | None,
+    fields: Sequence[FieldSpec],
+    serves: str,
+) -> Plan:
     chosen = {spec.name: spec for spec in fields}
     if model is not None:
-        served = models.get(model)
-        if served is None:
-            names = ", ".join(sorted({m.name for m in models.values()}))
-            raise ConfigError(f"--model {model}: the database serves no such model ({names})")
-        plan, why = _sql_model_plan(served.name, served, chosen)
+        planner = planners.get(model)
+        if planner is None:
+            raise ConfigError(
+                f"--model {model}: {serves} no such model ({', '.join(sorted(names))})"
+            )
+        plan, why = planner(chosen)
         if plan is None:
             raise ConfigError(f"--model {model}: the kit cannot write it: {why}")
         return plan.with_integer_base()
     reasons: list[str] = []
     plans: list[Plan] = []
-    for name in sorted({m.name for m in models.values()}):
-        plan, why = _sql_model_plan(name, models[name], chosen)
+    for name in sorted(names):
+        plan, why = planners[name](chosen)
         if plan is None:
             reasons.append(f"{name}: {why}")
         else:

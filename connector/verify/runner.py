@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import sys
 import time
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from ..errors import ConfigError
 from ..serve.datasource import DataSource, overridden
 from ..wire.bodies import OPERATIONS
 from .checks import CHECKS, Check, check_names
-from .plan import FieldSpec, Plan, plan_for_handler, plan_for_sql
+from .plan import FieldSpec, Plan, plan_for_django, plan_for_handler, plan_for_sql
 from .session import Inconclusive, NotServed, Session, Violation
 
 __all__ = ["Outcome", "Report", "plan_for", "select_checks", "served_operations", "verify_source"]
@@ -116,11 +117,15 @@ def served_operations(source: DataSource) -> list[str]:
 
 
 def plan_for(source: DataSource, model: str | None, fields: Sequence[FieldSpec]) -> Plan:
-    """What to write: the SQL adapter's reflected models, or the handler's model and fields."""
+    """What to write: an adapter's models (SQL, Django), or the handler's model and fields."""
     from ..adapters.sql import SQLSource
 
     if isinstance(source, SQLSource):
         return plan_for_sql(source.prepare(), model, fields)
+    # Loaded only when a Django project is served (Django is an optional extra).
+    django = sys.modules.get("connector.adapters.django.source")
+    if django is not None and isinstance(source, django.DjangoSource):
+        return plan_for_django(source.models, model, fields)
     return plan_for_handler(source, model, fields)
 
 
