@@ -32,6 +32,7 @@ from .sources import (
     build_source,
     check_source_choice,
     django_option,
+    django_project,
     django_settings_of,
     guard_url_options,
     outbox_retention_option,
@@ -212,20 +213,9 @@ def _check_handler(handler_spec: str, say: Callable[[str], None]) -> None:
 def _check_django(
     settings_module: str, say: Callable[[str], None], add_secret: Callable[[str], None]
 ) -> None:
-    from ..adapters.django.project import (
-        DatabaseUnreachable,
-        check_migrated,
-        database_secrets,
-        setup_project,
-    )
-
-    models = setup_project(settings_module)
-    for secret in database_secrets():
-        add_secret(secret)
-    try:
-        check_migrated()
-    except DatabaseUnreachable as error:
-        say(f"FAIL  database: {error}")
+    models, unreachable = django_project(settings_module, add_secret)
+    if unreachable is not None:
+        say(f"FAIL  database: {unreachable}")
         say("      what to check: DATABASES in the settings; is the database running?")
         sys.exit(EX_UNAVAILABLE)
     served = ", ".join(

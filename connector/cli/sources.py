@@ -16,6 +16,7 @@ from ..serve.loader import load_handler
 from .options import not_both, on_command_line, option, origin
 
 if TYPE_CHECKING:
+    from ..adapters.django.served import DjangoModel
     from ..adapters.sql import SQLSource
 
 __all__ = [
@@ -211,10 +212,12 @@ def build_source(
     return source
 
 
-def django_source(settings_module: str, add_secret: Callable[[str], None]) -> DataSource:
-    """The Django adapter over the project of ``settings_module``; its database
-    passwords join the redactions. An unreachable database is served anyway
-    (requests answer 503 until it is back), as with --database-url."""
+def django_project(
+    settings_module: str, add_secret: Callable[[str], None]
+) -> tuple[dict[str, DjangoModel], Exception | None]:
+    """The project's served models, once it is set up and its database
+    passwords joined the redactions, and why its database cannot be reached
+    (``None`` when it can)."""
     from ..adapters.django.project import (
         DatabaseUnreachable,
         check_migrated,
@@ -228,7 +231,17 @@ def django_source(settings_module: str, add_secret: Callable[[str], None]) -> Da
     try:
         check_migrated()
     except DatabaseUnreachable as error:
-        log.warning("%s; requests answer 503 until it is back", error)
+        return models, error
+    return models, None
+
+
+def django_source(settings_module: str, add_secret: Callable[[str], None]) -> DataSource:
+    """The Django adapter over the project of ``settings_module``. An
+    unreachable database is served anyway (requests answer 503 until it is
+    back), as with --database-url."""
+    models, unreachable = django_project(settings_module, add_secret)
+    if unreachable is not None:
+        log.warning("%s; requests answer 503 until it is back", unreachable)
     from ..adapters.django.source import DjangoSource
 
     return DjangoSource(models)
