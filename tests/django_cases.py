@@ -20,6 +20,7 @@ from connector.verify.testing import verify_checks
 from connector.wire.bodies import CommitRequest
 from connector.wire.signing import Verifier
 from tests import django_project
+from tests.django_processes import django_database
 from tests.helpers import API_KEY, dispatch_frame, signed_frame
 
 
@@ -35,14 +36,7 @@ def _database() -> dict[str, Any]:
 
         pymysql.version_info = (2, 2, 1, "final", 0)
         pymysql.install_as_MySQLdb()
-    return {
-        "ENGINE": f"django.db.backends.{url.scheme}",
-        "NAME": url.path.lstrip("/"),
-        "USER": url.username or "",
-        "PASSWORD": url.password or "",
-        "HOST": url.hostname or "",
-        "PORT": str(url.port or ""),
-    }
+    return django_database(target)
 
 
 django_project.configure(_database())

@@ -34,6 +34,8 @@ def django_database(url: str) -> dict[str, Any]:
         "PASSWORD": parts.password or "",
         "HOST": parts.hostname or "",
         "PORT": str(parts.port or ""),
+        # Four-byte UTF-8 (emoji) on MySQL and MariaDB: Django's default before 5.2 is three.
+        **({"OPTIONS": {"charset": "utf8mb4"}} if engine == "mysql" else {}),
     }
 
 
