@@ -246,6 +246,82 @@ async def test_a_cascade_of_a_connector_delete_is_recorded_in_its_transaction(
     assert [e["id"] for e in events if e["model"] == "project"] == [f"d-{id}:0"]
 
 
+async def test_a_row_updated_then_cascaded_away_in_one_commit_ends_deleted_in_the_feed(
+    client: Client,
+) -> None:
+    project, id = new_id(), new_id()
+    await client.commit(
+        f"a-{id}",
+        {"type": "CREATE", "model": "project", "id": project, "input": {"name": "P"}},
+        {"type": "CREATE", "model": "task", "id": id, "input": {"projectId": project}},
+    )
+    cursor = await client.last_cursor()
+    status, _ = await client.commit(
+        f"u-{id}",
+        {"type": "UPDATE", "model": "task", "id": id, "input": {"title": "last words"}},
+        {"type": "DELETE", "model": "project", "id": project},
+    )
+    assert status == 200
+    assert await client.load("task", id) is None
+    # In the order it happened, all under the commit's correlationId: the
+    # engine that replays the feed ends with the task gone.
+    assert [
+        (e["model"], e["type"], e["entityId"], e.get("correlationId"))
+        for e in await client.events_after(cursor)
+    ] == [
+        ("task", "UPDATE", id, f"u-{id}"),
+        ("task", "DELETE", id, f"u-{id}"),
+        ("project", "DELETE", project, f"u-{id}"),
+    ]
+
+
+async def test_a_validation_error_from_a_pre_save_handler_is_a_400(client: Client) -> None:
+    from django.core.exceptions import ValidationError
+    from django.db.models.signals import pre_save
+
+    def refuse(sender: Any, instance: Task, **_: Any) -> None:
+        if instance.title == "refused by a signal":
+            raise ValidationError({"title": "the signal says no"})
+
+    pre_save.connect(refuse, sender=Task, weak=False, dispatch_uid="test_refuse")
+    try:
+        id = new_id()
+        status, answer = await client.commit(
+            f"ps-{id}",
+            {
+                "type": "CREATE",
+                "model": "task",
+                "id": id,
+                "input": {"title": "refused by a signal"},
+            },
+        )
+    finally:
+        pre_save.disconnect(dispatch_uid="test_refuse", sender=Task)
+    assert (status, answer["error"], answer["field"]) == (400, "source_value_invalid", "title")
+    assert "the signal says no" in answer["message"]
+    assert await client.load("task", id) is None
+
+
+async def test_a_refused_events_cursor_lets_retention_prune_nothing_unread(
+    client: Client,
+) -> None:
+    id = new_id()
+    await client.commit(f"c-{id}", {"type": "CREATE", "model": "task", "id": id})
+    status, answer = await client({"type": "events", "cursor": "999999999999"})
+    assert (status, answer["error"]) == (400, "source_cursor_invalid")
+    client.source.outbox_retention = 0
+    await client.source.prune()
+    assert f"c-{id}:0" in {e["id"] for e in await client.events_after(await _before_last(client))}
+
+
+async def _before_last(client: Client) -> str | None:
+    """A cursor just before the feed's last event (None: from the start)."""
+    events = await client.events_after(None)
+    while len(events) == 1000:
+        events = await client.events_after(events[-1]["cursor"])
+    return events[-2]["cursor"] if len(events) > 1 else None
+
+
 async def test_concurrent_identical_commits_apply_once(client: Client) -> None:
     cursor = await client.last_cursor()
     id = new_id()

@@ -545,3 +545,15 @@ async def test_retention_prunes_only_what_the_engine_has_read_and_expired_ledger
         )[0]
     ]
     assert ledger == ["kept"]
+
+
+async def test_a_refused_events_cursor_lets_retention_prune_nothing_unread(
+    client: Client, session: Session
+) -> None:
+    status, _ = await client.commit("kept-unread", create("u"))
+    assert status == 200
+    session.write("UPDATE ablo_outbox SET created_at = '2000-01-01 00:00:00'")
+    status, answer = await client({"type": "events", "cursor": "999999999999", "limit": 3})
+    assert (status, answer["error"]) == (400, "source_cursor_invalid")
+    assert await client.source.prune() == (0, 0)
+    assert [e["entityId"] for e in await all_events(client, None)] == ["u"]

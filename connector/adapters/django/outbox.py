@@ -64,10 +64,18 @@ _INSERTED: Final = ", ".join(
 
 @dataclass(slots=True)
 class CommitRecord:
-    """The connector's commit under way in this thread: its rows are its own to record."""
+    """The connector's commit under way in this thread.
+
+    ``current`` is the row its operation under way writes, whose event the
+    commit writes itself. Any other row the ORM changes meanwhile (a cascade,
+    an application's signal handler) is recorded in ``others``, in order,
+    for the commit to write after the events of the operations before it.
+    """
 
     using: str
-    rows: set[tuple[type[Any], str]] = field(default_factory=set)
+    correlation_id: str
+    current: tuple[type[Any], str] | None = None
+    others: list[dict[str, Any]] = field(default_factory=list)
 
 
 #: Set by a connector commit, in the thread that runs it.
@@ -194,11 +202,13 @@ def _record(served: DjangoModel, instance: Any, kind: str, using: str) -> None:
 
     record = COMMITTING.get()
     pk = instance.pk
-    if record is not None and record.using == using and (type(instance), str(pk)) in record.rows:
-        return  # the connector's commit writes this event itself
-    connection = connections[using]
     data = None if kind == "DELETE" else read_row(served, pk, using)
-    insert_events(connection, [app_event(served, pk, kind, data, None)])
+    if record is not None and record.using == using:
+        if record.current == (type(instance), str(pk)):
+            return  # the connector's commit writes this event itself
+        record.others.append(app_event(served, pk, kind, data, record.correlation_id))
+        return
+    insert_events(connections[using], [app_event(served, pk, kind, data, None)])
 
 
 def _on_save(sender: Any, instance: Any, created: bool, raw: bool, using: str, **_: Any) -> None:

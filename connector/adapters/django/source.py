@@ -20,11 +20,12 @@ before a worker took it up is cancelled without running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
@@ -226,10 +227,11 @@ class DjangoSource(DataSource):
         self, cursor: str | None, limit: int | None, ctx: RequestContext
     ) -> EventsPage:
         after = outbox_cursor(cursor)
-        # Asking for what follows ``after`` says the engine has read up to it.
-        self._read_past = max(self._read_past, after)
         count = min(self.page_size if limit is None else limit, self.max_page_size)
         found = await self._run(self._events, after, count)
+        # Asking for what follows ``after`` says the engine has read up to it
+        # (once the cursor is known to be one the outbox issued).
+        self._read_past = max(self._read_past, after)
         events = [event_answer(row) for row in found]
         return EventsPage(events=events, next_cursor=events[-1]["cursor"] if events else cursor)
 
@@ -300,38 +302,39 @@ class DjangoSource(DataSource):
         if not _reserve(connection, key, commit.effective_intent_hash, now):
             return _replay(connection, key, commit.replayable_intent_hashes)
         organization = commit.scope.organization_id if commit.scope else None
-        record = CommitRecord(self.using)
+        record = CommitRecord(self.using, key)
         token = COMMITTING.set(record)
+        # Each operation's event, after those of the rows its write changed
+        # besides its own (children a DELETE cascades to, rows a signal
+        # handler wrote): the feed replays the commit in the order it happened.
+        events: list[dict[str, Any]] = []
+        applied: list[tuple[dict[str, Any], bool]] = []
         try:
-            applied = [
-                self._apply(served, op, record)
-                for op, served in zip(commit.operations, models, strict=True)
-            ]
+            for index, (op, served) in enumerate(zip(commit.operations, models, strict=True)):
+                row, changed = self._apply(served, op, record)
+                applied.append((row, changed))
+                events.extend(record.others)
+                record.others.clear()
+                if changed:
+                    events.append(
+                        {
+                            "id": f"{key}:{index}",
+                            "model": served.name,
+                            "entity_id": str(row.get("id", "")),
+                            "type": op.type,
+                            "data": None if op.type == "DELETE" else row,
+                            "organization_id": organization,
+                            "client_tx_id": None,
+                            "correlation_id": key,
+                            "transaction_id": op.transaction_id,
+                            "occurred_at": _now_ms(),
+                        }
+                    )
         finally:
+            record.current = None
             COMMITTING.reset(token)
         rows = [row for row, _ in applied]
-        occurred_at = _now_ms()
-        insert_events(
-            connection,
-            [
-                {
-                    "id": f"{key}:{index}",
-                    "model": served.name,
-                    "entity_id": str(row.get("id", "")),
-                    "type": op.type,
-                    "data": None if op.type == "DELETE" else row,
-                    "organization_id": organization,
-                    "client_tx_id": None,
-                    "correlation_id": key,
-                    "transaction_id": op.transaction_id,
-                    "occurred_at": occurred_at,
-                }
-                for index, (op, served, (row, changed)) in enumerate(
-                    zip(commit.operations, models, applied, strict=True)
-                )
-                if changed
-            ],
-        )
+        insert_events(connection, events)
         quote = connection.ops.quote_name
         with connection.cursor() as cursor:
             cursor.execute(
@@ -352,7 +355,7 @@ class DjangoSource(DataSource):
             )
         key = _to_value(served.id, "id", raw_id)
         model = served.model
-        record.rows.add((model, str(key)))
+        record.current = (model, str(key))
         manager = model._base_manager.using(self.using)
         if op.type == "DELETE":
             instance = manager.filter(pk=key).first()
@@ -398,10 +401,13 @@ class DjangoSource(DataSource):
         for attname, value in values.items():
             setattr(instance, attname, value)
         _validate(served, instance, op.type == "CREATE")
-        if op.type == "CREATE":
-            instance.save(using=self.using, force_insert=True)
-        else:
-            instance.save(using=self.using)
+        # save() overrides and pre_save handlers may refuse with a
+        # ValidationError too: the same 400 or 409 as full_clean()'s.
+        with _validation_answered(served, instance):
+            if op.type == "CREATE":
+                instance.save(using=self.using, force_insert=True)
+            else:
+                instance.save(using=self.using)
         row = read_row(served, key, self.using)
         assert row is not None
         return row, True
@@ -485,10 +491,18 @@ def _wire_names(served: DjangoModel) -> dict[str, str]:
 def _validate(served: DjangoModel, instance: Any, creating: bool) -> None:
     """``full_clean()``: a unique or foreign-key violation is a 409, any other
     invalid value a 400, each naming the field."""
+    with _validation_answered(served, instance):
+        instance.full_clean()
+
+
+@contextlib.contextmanager
+def _validation_answered(served: DjangoModel, instance: Any) -> Iterator[None]:
+    """A ``ValidationError`` raised inside as the answer it means: a unique or
+    foreign-key violation 409, any other invalid value 400, each naming the field."""
     from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 
     try:
-        instance.full_clean()
+        yield
     except ValidationError as error:
         names = _wire_names(served)
         problems = error.error_dict if hasattr(error, "error_dict") else {NON_FIELD_ERRORS: [error]}

@@ -773,10 +773,12 @@ class SQLSource(DataSource):
         self, cursor: str | None, limit: int | None, ctx: RequestContext
     ) -> EventsPage:
         after = outbox_cursor(cursor)
-        # Asking for what follows ``after`` says the engine has read up to it.
-        self._read_past = max(self._read_past, after)
         count = min(self.page_size if limit is None else limit, self.max_page_size)
-        return await self._on_current_schema(lambda: self._events(cursor, after, count))
+        page = await self._on_current_schema(lambda: self._events(cursor, after, count))
+        # Asking for what follows ``after`` says the engine has read up to it
+        # (once the cursor is known to be one the outbox issued).
+        self._read_past = max(self._read_past, after)
+        return page
 
     async def _events(self, cursor: str | None, after: int, count: int) -> EventsPage:
         if self._schema_problem is not None:
