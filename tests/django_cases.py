@@ -225,6 +225,55 @@ async def test_the_apps_own_writes_are_events_and_a_rollback_is_none(client: Cli
     assert await client.load("task", id) is None
 
 
+def _commit_order_locks_held() -> int:
+    """How many commit-order locks this thread's database session holds."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "mysql":
+            cursor.execute(
+                "SELECT COUNT(*) FROM (SELECT IS_USED_LOCK(LEFT(CONCAT('ablo_outbox.', "
+                "DATABASE()), 64)) AS holder) AS used WHERE holder = CONNECTION_ID()"
+            )
+        elif connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid()"
+            )
+        else:  # SQLite's write lock is its transaction's
+            return int(connection.in_atomic_block)
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
+async def test_the_commit_order_lock_is_freed_by_the_first_commit_after_a_rollback(
+    client: Client,
+) -> None:
+    id = new_id()
+
+    def writes() -> list[int]:
+        held = []
+        try:
+            with transaction.atomic():
+                Task.objects.create(id=id + "-rolled", title="never")
+                raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+        with transaction.atomic():
+            Task.objects.create(id=id, title="kept")
+        held.append(_commit_order_locks_held())
+        Task.objects.filter(pk=id).first().save()  # autocommit: its own transaction
+        held.append(_commit_order_locks_held())
+        return held
+
+    assert orm(writes) == [0, 0]
+    # And the connector, on sessions of its own, is not kept waiting.
+    status, _ = await client.commit(
+        f"after-{id}", {"type": "UPDATE", "model": "task", "id": id, "input": {"title": "next"}}
+    )
+    assert status == 200
+
+
 async def test_a_cascade_of_a_connector_delete_is_recorded_in_its_transaction(
     client: Client,
 ) -> None:

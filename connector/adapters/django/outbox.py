@@ -114,19 +114,28 @@ def lock_commit_order(connection: Any) -> None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [OUTBOX_LOCK])
     elif vendor == "mysql":
-        if getattr(connection, "_ablo_outbox_locked", False):
-            return
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT GET_LOCK({_MYSQL_LOCK}, {_MYSQL_LOCK_WAIT_SECONDS})")
-            (acquired,) = cursor.fetchone()
-        if acquired != 1:
-            raise SourceError(
-                "source_database_timeout",
-                "the write waited too long for the outbox's commit-order lock",
-                status=504,
-            )
-        connection._ablo_outbox_locked = True
-        connection.on_commit(lambda: _release_mysql_lock(connection))
+        # The lock belongs to the database session, which outlives a Django
+        # transaction (a rolled-back one keeps it) and can be replaced under
+        # the same wrapper (a closed connection frees it): what the wrapper
+        # remembers is which session took it.
+        if getattr(connection, "_ablo_outbox_locked", None) is not connection.connection:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT GET_LOCK({_MYSQL_LOCK}, {_MYSQL_LOCK_WAIT_SECONDS})")
+                (acquired,) = cursor.fetchone()
+            if acquired != 1:
+                raise SourceError(
+                    "source_database_timeout",
+                    "the write waited too long for the outbox's commit-order lock",
+                    status=504,
+                )
+            connection._ablo_outbox_locked = connection.connection
+        # Freed when this transaction commits: registered once per transaction
+        # (Django forgets what a rolled-back one registered).
+        release = getattr(connection, "_ablo_outbox_release", None)
+        if release is None or not any(entry[1] is release for entry in connection.run_on_commit):
+            release = functools.partial(_release_mysql_lock, connection)
+            connection._ablo_outbox_release = release
+            connection.on_commit(release)
 
 
 def release_commit_order(connection: Any) -> None:
@@ -138,8 +147,9 @@ def release_commit_order(connection: Any) -> None:
 
 
 def _release_mysql_lock(connection: Any) -> None:
-    if getattr(connection, "_ablo_outbox_locked", False):
-        connection._ablo_outbox_locked = False
+    held = getattr(connection, "_ablo_outbox_locked", None)
+    connection._ablo_outbox_locked = None
+    if held is not None and held is connection.connection:
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT RELEASE_LOCK({_MYSQL_LOCK})")
 
