@@ -385,6 +385,26 @@ async def test_concurrent_identical_commits_apply_once(client: Client) -> None:
     assert (status, answer["error"]) == (409, "idempotency_conflict")
 
 
+async def test_like_matches_the_whole_text_as_the_sql_adapter_does(client: Client) -> None:
+    tag = new_id()
+    titles = {"exact": f"{tag} end", "newline": f"{tag} end\n", "longer": f"{tag} end!"}
+    ops = [
+        {"type": "CREATE", "model": "task", "id": f"{tag}-{name}", "input": {"title": title}}
+        for name, title in titles.items()
+    ]
+    assert (await client.commit(f"like-{tag}", *ops))[0] == 200
+
+    async def found(op: str, pattern: str) -> set[str]:
+        query = {"where": [["title", op, pattern]], "limit": 100}
+        page = await client.ok({"type": "list", "model": "task", "query": query})
+        return {row["id"].removeprefix(f"{tag}-") for row in page["rows"]}
+
+    assert await found("LIKE", f"{tag} end") == {"exact"}
+    assert await found("ILIKE", f"{tag} END") == {"exact"}
+    assert await found("LIKE", f"{tag} end_") == {"newline", "longer"}
+    assert await found("LIKE", f"{tag} end%") == set(titles)
+
+
 async def test_list_uses_the_shared_rules(client: Client) -> None:
     tag = new_id()
     ops = [

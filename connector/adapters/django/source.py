@@ -703,7 +703,9 @@ def _like_to_regex(pattern: str) -> str:
             out.append(re.escape(char))
     if escaped:
         out.append(re.escape("\\"))
-    out.append("$")
+    # The end of the text, on every backend: "$" also matches before a final
+    # newline in Python's re (SQLite), ICU (MySQL) and PCRE (MariaDB).
+    out.append("(?!.|\\n)")
     return "".join(out)
 
 
