@@ -57,9 +57,11 @@ if TYPE_CHECKING:
 __all__ = [
     "CAPTURE_TABLE",
     "CONTEXT_TABLE",
+    "STAGING_TABLE",
     "CaptureSpec",
     "CommitContext",
     "capture_drift",
+    "capture_script",
     "capture_sql",
     "capture_spec",
     "captured_data",
@@ -81,6 +83,9 @@ CAPTURE_TABLE: Final = "ablo_capture"
 _TRIGGER_VERSION: Final = 2
 #: Where a SQLite commit tells its triggers which operation runs (no session variables there).
 CONTEXT_TABLE: Final = "ablo_capture_context"
+#: Where MySQL's and MariaDB's triggers stage each change until the connector
+#: moves it into the outbox (see the MySQL dialect).
+STAGING_TABLE: Final = "ablo_capture_pending"
 
 capture_table: Final = sa.Table(
     CAPTURE_TABLE,
@@ -184,6 +189,7 @@ def install_capture(
     require_capture(dialect)
     changes: list[str] = []
     with engine.begin() as connection:
+        _refuse_uncapturable(connection, dialect, [capture_spec(served[name]) for name in wanted])
         for statement in dialect.capture_setup_statements():
             connection.exec_driver_sql(statement)
         installed = _installed(connection)
@@ -227,6 +233,17 @@ def install_capture(
                     f"{_difference(old.columns, spec.columns)}"
                 )
     return changes
+
+
+def _refuse_uncapturable(
+    connection: sa.Connection, dialect: Dialect, specs: Iterable[CaptureSpec]
+) -> None:
+    """A ConfigError naming the first table the database cannot capture
+    (before anything changes: MySQL's DDL commits as it goes)."""
+    for spec in sorted(specs, key=lambda spec: spec.model):
+        problem = dialect.capture_problem(connection, spec)
+        if problem is not None:
+            raise ConfigError(problem)
 
 
 def remove_capture(engine: sa.Engine, dialect: Dialect) -> list[str]:
@@ -346,6 +363,7 @@ def capture_sql(engine: sa.Engine, models: Any) -> list[str]:
     dialect, served, wanted = _wanted(engine, models)
     statements = list(dialect.capture_setup_statements())
     with engine.connect() as connection:
+        _refuse_uncapturable(connection, dialect, [capture_spec(served[name]) for name in wanted])
         for name in sorted(wanted):
             spec = capture_spec(served[name])
             statements += dialect.install_capture_statements(connection, spec)
@@ -360,6 +378,15 @@ def capture_sql(engine: sa.Engine, models: Any) -> list[str]:
             compiled = bookkeeping.compile(engine, compile_kwargs={"literal_binds": True})
             statements.append(str(compiled))
     return statements
+
+
+def capture_script(engine: sa.Engine, models: Any) -> list[str]:
+    """:func:`capture_sql` as lines the database's own client runs (MySQL's
+    triggers are compound statements: its client needs a ``DELIMITER``)."""
+    from .dialects import dialect_named
+
+    statements = capture_sql(engine, models)
+    return dialect_named(engine.dialect.name).script(statements)
 
 
 def _wanted(engine: sa.Engine, models: Any) -> tuple[Dialect, dict[str, ServedModel], set[str]]:
@@ -397,7 +424,14 @@ def migrate_capture(engine: sa.Engine, models: Any, *, remove: bool = False) -> 
 def _capturing_dialect(connection: sa.Connection) -> Dialect:
     from .dialects import dialect_named
 
-    return require_capture(dialect_named(connection.dialect.name))
+    dialect = require_capture(dialect_named(connection.dialect.name))
+    if not dialect.capture_helpers:
+        raise ConfigError(
+            "the capture helpers for a handler's own tables are available on SQLite and "
+            "PostgreSQL; on MySQL and MariaDB, serve the table through the SQL adapter and "
+            "run `ablo-connector migrate --capture`"
+        )
+    return dialect
 
 
 def table_capture_statements(

@@ -56,7 +56,6 @@ from .capture import (
     captured_data,
     captured_models,
     is_captured,
-    result_processors,
     untagged,
 )
 from .declared import is_declared
@@ -100,6 +99,11 @@ DEFAULT_OUTBOX_RETENTION: Final = 7 * 24 * 3600.0
 _PRUNE_BATCH: Final = 1000
 _PRUNE_EVERY_SECONDS: Final = 10.0
 _PRUNE_BUDGET_SECONDS: Final = 1.0
+# Where the triggers stage their rows (MySQL, MariaDB: see the dialect), the
+# staged rows moved into the outbox before an events page (one batch: a page
+# never waits on moving a million rows) and at a probe (batches, so long).
+_MOVE_BATCH: Final = 1000
+_MOVE_BUDGET_SECONDS: Final = 1.0
 # Database connections held open. On PostgreSQL more connections than this
 # bought no throughput at 64 requests in flight on a 2-core host (see
 # bench/sql.py); requests beyond it wait for a connection on the event loop.
@@ -294,10 +298,20 @@ class SQLSource(DataSource):
         return self._gauges
 
     async def _keep_outbox(self) -> None:
-        """Prune what retention allows, then measure the outbox (at each probe)."""
+        """Move what the capture triggers staged, prune what retention allows,
+        then measure the outbox (at each probe)."""
         if self._schema_problem is not None:
             return
         failed: Exception | None = None
+        if self._stages_capture():
+            deadline = time.monotonic() + _MOVE_BUDGET_SECONDS
+            try:
+                while time.monotonic() < deadline:
+                    moved = await self._write(self._dialect.move_captured, _MOVE_BATCH)
+                    if moved < _MOVE_BATCH:
+                        break
+            except (SourceError, sa_exc.SQLAlchemyError) as error:
+                failed = error
         pruned = False
         now = time.monotonic()
         if self.outbox_retention is not None and now - self._pruned_at >= _PRUNE_EVERY_SECONDS:
@@ -516,6 +530,10 @@ class SQLSource(DataSource):
         for name in sorted(self._captured - captured):
             log.info("model %r is no longer captured", name)
         self._captured, self._capture_drift = captured, drift
+
+    def _stages_capture(self) -> bool:
+        """Whether capture triggers may have staged rows for the connector to move."""
+        return self._dialect.stages_capture and bool(self._captured or self._capture_drift)
 
     @staticmethod
     def _capture_state(
@@ -785,6 +803,9 @@ class SQLSource(DataSource):
             raise Unservable(self._schema_problem)
         rows: list[Any] = []
         with self._answers():
+            if self._stages_capture():
+                # What the triggers staged and is committed becomes events now.
+                await self._write(self._dialect.move_captured, _MOVE_BATCH)
             if count > 0:
                 rows = await self._fetch(_EVENTS, {"after": after, "count": count})
             if not rows and after > 0:
@@ -819,7 +840,9 @@ class SQLSource(DataSource):
                 conversion = (
                     statement
                     if statement is not None
-                    else result_processors(served, self._database.engine.dialect)
+                    else self._dialect.captured_value_processors(
+                        served, self._database.engine.dialect
+                    )
                 )
                 reader = self._capture_readers[name] = (served, conversion)
             conversion = reader[1]
