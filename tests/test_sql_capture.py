@@ -293,6 +293,27 @@ async def test_the_connectors_own_commits_write_the_events_they_wrote_without_ca
         await without.close()
 
 
+async def test_a_rows_events_follow_its_writes_across_the_application_and_the_connector(
+    client: Client, session: Session
+) -> None:
+    """The application's write, then the connector's commit of the same row,
+    then the application's again: its events come in that order."""
+    session.write("INSERT INTO tasks (id, title) VALUES ('a', 'by the application')")
+    session.write("UPDATE tasks SET priority = 1 WHERE id = 'a'")
+    status, body = await client.commit("c1", update("a", title="by the connector"))
+    assert status == 200, body
+    session.write("UPDATE tasks SET priority = 2 WHERE id = 'a'")
+    events = await all_events(client)
+    assert [(e["type"], e.get("correlationId")) for e in events] == [
+        ("CREATE", None),
+        ("UPDATE", None),
+        ("UPDATE", "c1"),
+        ("UPDATE", None),
+    ]
+    assert [e["data"]["priority"] for e in events] == [None, 1, 1, 2]
+    assert events[3]["data"] == await load(client, "a")
+
+
 async def test_an_update_of_a_rows_id_is_a_delete_and_a_create(
     client: Client, session: Session
 ) -> None:
@@ -361,6 +382,13 @@ async def test_a_bulk_update_of_10000_rows_pages_out_completely(
         )
     session.commit()
     session.write("UPDATE tasks SET priority = 7")
+    if session.mysql:
+        # A page moves one bounded batch of what the triggers staged, not all
+        # 20,000 rows: the pages simply go on.
+        first = await client.events(None, 1000)
+        assert len(first["events"]) == 1000
+        url = client.source_url  # type: ignore[attr-defined]
+        assert execute(url, "SELECT count(*) FROM ablo_capture_pending")[0] == [(19000,)]
     events = await all_events(client, limit=1000)
     assert len(events) == 20000
     updates = events[10000:]
@@ -512,6 +540,35 @@ async def test_a_long_transaction_stalls_no_writer_and_its_event_is_not_skipped(
 
 
 @pytest.mark.parametrize("database_url", CONCURRENT, indirect=True)
+async def test_writers_committing_out_of_draw_order_are_each_read_once(
+    client: Client, captured: str
+) -> None:
+    """Three open transactions write in one order and commit in the reverse
+    one, while a reader pages: each page holds exactly what committed since
+    the last, and nothing is skipped or read twice."""
+    sessions = [Session(captured) for _ in range(3)]
+    try:
+        for number, session in enumerate(sessions):
+            session.begin()
+            session.run(f"INSERT INTO tasks (id, title) VALUES ('o{number}', 't')")
+        seen: list[str] = []
+        cursor = None
+        for number in (2, 1, 0):
+            page = await client.events(cursor)
+            assert page["events"] == []
+            sessions[number].commit()
+            page = await client.events(cursor)
+            assert [e["entityId"] for e in page["events"]] == [f"o{number}"]
+            seen += [e["entityId"] for e in page["events"]]
+            cursor = page["nextCursor"]
+        assert (await client.events(cursor))["events"] == []
+        assert [e["entityId"] for e in await all_events(client)] == ["o2", "o1", "o0"]
+    finally:
+        for session in sessions:
+            session.close()
+
+
+@pytest.mark.parametrize("database_url", CONCURRENT, indirect=True)
 async def test_concurrent_writers_are_read_in_commit_order_without_gaps(
     client: Client, captured: str
 ) -> None:
@@ -543,6 +600,47 @@ async def test_concurrent_writers_are_read_in_commit_order_without_gaps(
         thread.join()
     assert len(seen) == writers * per_writer
     assert len(set(seen)) == len(seen)
+
+
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+async def test_a_connector_commit_refused_midway_leaves_no_event_and_nothing_staged(
+    client: Client, session: Session
+) -> None:
+    """A commit refused after it told the triggers which rows it writes and
+    wrote one of them: rolled back, it leaves no event, staged or not; the
+    next commit, and the application's write of that row, are recorded."""
+    status, _ = await client.commit("c1", create("a"))
+    assert status == 200
+    status, body = await client.commit("c2", create("b"), create("a"))  # a duplicate key
+    assert status == 409, body
+    status, _ = await client.commit("c3", create("c"))
+    assert status == 200
+    url = client.source_url  # type: ignore[attr-defined]
+    assert execute(url, "SELECT count(*) FROM ablo_capture_pending")[0] == [(0,)]
+    session.write("INSERT INTO tasks (id, title) VALUES ('b', 'by the application')")
+    events = await all_events(client)
+    assert [(e["entityId"], e.get("correlationId")) for e in events] == [
+        ("a", "c1"),
+        ("c", "c3"),
+        ("b", None),
+    ]
+
+
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+def test_the_handler_capture_helpers_say_they_are_not_offered_on_mariadb(
+    captured: str,
+) -> None:
+    from connector.adapters.sql.capture import table_capture_statements
+    from connector.errors import ConfigError
+
+    engine = create_database_engine(captured)
+    try:
+        with engine.connect() as connection, pytest.raises(ConfigError) as refused:
+            table_capture_statements(connection, "tasks", model="task", columns=["id"])
+        assert "SQLite and PostgreSQL" in str(refused.value)
+        assert "migrate --capture" in str(refused.value)
+    finally:
+        engine.dispose()
 
 
 # ------------------------------------------------------------ retention
