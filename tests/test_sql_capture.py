@@ -510,6 +510,64 @@ async def test_capture_false_opts_out_and_remove_drops_it(captured: str) -> None
         await client.close()
 
 
+async def test_what_was_written_before_a_capture_is_removed_reaches_events(
+    captured: str,
+) -> None:
+    """Where the triggers stage their writes (MySQL, MariaDB), migrate moves
+    what they staged into the outbox before it drops a model's capture or
+    the staging table; with no connector paging in between."""
+    session = Session(captured)
+    try:
+        session.write("INSERT INTO tasks (id, title) VALUES ('k', 'kept')")
+        opted_out = {"models": {"task": {"table": "tasks", "capture": False}}}
+        install(captured, opted_out)
+        session.write("INSERT INTO tasks (id, title) VALUES ('x', 'not captured')")
+        install(captured)
+        session.write("INSERT INTO tasks (id, title) VALUES ('m', 'moved')")
+        install(captured, remove=True)
+    finally:
+        session.close()
+    client = Client(SQLSource(captured, MAP))
+    try:
+        assert [e["entityId"] for e in await all_events(client)] == ["k", "m"]
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+async def test_a_user_that_may_not_move_staged_writes_is_told_once(
+    captured: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = f"nomove_{uuid.uuid4().hex[:8]}"  # '%%': the driver's placeholders
+    name = sa.make_url(captured).database
+    execute(
+        captured,
+        f"CREATE USER '{user}'@'%%'",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{name}`.tasks TO '{user}'@'%%'",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{name}`.ablo_idempotency TO '{user}'@'%%'",
+        f"GRANT SELECT, INSERT, DELETE ON `{name}`.ablo_outbox TO '{user}'@'%%'",
+        f"GRANT SELECT ON `{name}`.ablo_capture TO '{user}'@'%%'",
+        f"GRANT SELECT ON `{name}`.ablo_capture_pending TO '{user}'@'%%'",  # no DELETE
+    )
+    Session(captured).write("INSERT INTO tasks (id, title) VALUES ('s', 'staged')")
+    source = SQLSource(captured.replace("root@", f"{user}@"), MAP)
+    try:
+        source.prepare()
+        with caplog.at_level(logging.WARNING, logger="connector.sql"):
+            for _ in range(3):
+                await source.probe()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert "may not read or delete the rows the capture triggers staged" in warnings[0]
+        assert "--print-grants" in warnings[0]
+        execute(captured, f"GRANT DELETE ON `{name}`.ablo_capture_pending TO '{user}'@'%%'")
+        await source.probe()
+        assert source.probe_gauges()["ablo_connector_outbox_events"] == 1
+    finally:
+        await source.aclose()
+        execute(captured, f"DROP USER IF EXISTS '{user}'@'%%'")
+
+
 @pytest.mark.parametrize("database_url", CONCURRENT, indirect=True)
 async def test_a_long_transaction_stalls_no_writer_and_its_event_is_not_skipped(
     client: Client, captured: str

@@ -728,7 +728,9 @@ async def test_migrate_prints_the_mariadb_capture_ddl_and_the_grants_capture_nee
             assert await cli.wait(30) == 0, cli.output()
             ddl = cli.output()
         assert (
-            "DELIMITER //" in ddl and "CREATE TRIGGER" in ddl and "INSERT INTO ablo_capture" in ddl
+            "DELIMITER //" in ddl
+            and "CREATE OR REPLACE TRIGGER" in ddl
+            and "INSERT INTO ablo_capture" in ddl
         )
         assert execute(root, "SHOW TABLES LIKE 'ablo_capture%%'")[0] == []  # printed only
         mariadb_server.execute(f"USE `{name}`;\n{ddl}")

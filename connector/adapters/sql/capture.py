@@ -86,6 +86,8 @@ CONTEXT_TABLE: Final = "ablo_capture_context"
 #: Where MySQL's and MariaDB's triggers stage each change until the connector
 #: moves it into the outbox (see the MySQL dialect).
 STAGING_TABLE: Final = "ablo_capture_pending"
+# Staged rows moved per transaction when migrate empties the staging table.
+_MOVE_BATCH: Final = 1000
 
 capture_table: Final = sa.Table(
     CAPTURE_TABLE,
@@ -206,7 +208,8 @@ def install_capture(
             old = installed.get(name)
             if old is not None and old.signature == spec.signature:
                 continue
-            if old is not None:
+            in_place = old is not None and (old.schema, old.table) == (spec.schema, spec.table)
+            if old is not None and not (in_place and dialect.replaces_capture(connection)):
                 for statement in dialect.remove_capture_statements(
                     old.schema, old.table, old.trigger_name
                 ):
@@ -232,7 +235,25 @@ def install_capture(
                     f"updated the capture of model {name!r} (table {spec.table}): "
                     f"{_difference(old.columns, spec.columns)}"
                 )
+    _move_staged(engine, dialect)
     return changes
+
+
+def _move_staged(engine: sa.Engine, dialect: Dialect) -> None:
+    """Move into the outbox every row the triggers staged (MySQL, MariaDB),
+    as the connector would: a model no longer captured, or a staging table
+    about to be dropped, leaves nothing behind."""
+    if not dialect.stages_capture:
+        return
+    with engine.connect() as connection:
+        if not sa.inspect(connection).has_table(STAGING_TABLE):
+            return
+
+    def move(connection: sa.Connection) -> int:
+        return dialect.move_captured(connection, _MOVE_BATCH)
+
+    while dialect.run_write(engine, move, ()) == _MOVE_BATCH:
+        pass
 
 
 def _refuse_uncapturable(
@@ -257,9 +278,19 @@ def remove_capture(engine: sa.Engine, dialect: Dialect) -> list[str]:
             ):
                 connection.exec_driver_sql(statement)
             changes.append(f"removed the capture of model {name!r} (table {old.table})")
-        for statement in dialect.capture_teardown_statements():
-            connection.exec_driver_sql(statement)
+        if not dialect.stages_capture:
+            _tear_down(connection, dialect)
+    if dialect.stages_capture:
+        # The triggers are gone: what they staged reaches the outbox before its table goes.
+        _move_staged(engine, dialect)
+        with engine.begin() as connection:
+            _tear_down(connection, dialect)
     return changes
+
+
+def _tear_down(connection: sa.Connection, dialect: Dialect) -> None:
+    for statement in dialect.capture_teardown_statements():
+        connection.exec_driver_sql(statement)
 
 
 def require_capture(dialect: Dialect) -> Dialect:

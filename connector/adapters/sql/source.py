@@ -226,6 +226,7 @@ class SQLSource(DataSource):
         self._captured: frozenset[str] = frozenset()
         self._capture_drift: dict[str, str] = {}
         self._capture_readers: dict[str, tuple[ServedModel, Any]] = {}
+        self._move_problem: str | None = None
         # Retention (see _prune): the highest cursor the engine has paged
         # past (it asked for events after it), unknown (0) until it asks.
         self.outbox_retention = outbox_retention
@@ -304,14 +305,7 @@ class SQLSource(DataSource):
             return
         failed: Exception | None = None
         if self._stages_capture():
-            deadline = time.monotonic() + _MOVE_BUDGET_SECONDS
-            try:
-                while time.monotonic() < deadline:
-                    moved = await self._write(self._dialect.move_captured, _MOVE_BATCH)
-                    if moved < _MOVE_BATCH:
-                        break
-            except (SourceError, sa_exc.SQLAlchemyError) as error:
-                failed = error
+            await self._move_staged()
         pruned = False
         now = time.monotonic()
         if self.outbox_retention is not None and now - self._pruned_at >= _PRUNE_EVERY_SECONDS:
@@ -330,6 +324,38 @@ class SQLSource(DataSource):
         elif self._outbox_problem is not None and (pruned or self.outbox_retention is None):
             log.info("pruning and measuring the outbox work again")
             self._outbox_problem = None
+
+    async def _move_staged(self) -> None:
+        """Move what the capture triggers staged into the outbox, batch after
+        batch, for at most a second; say once (not at every probe) why not."""
+        deadline = time.monotonic() + _MOVE_BUDGET_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                moved = await self._write(self._dialect.move_captured, _MOVE_BATCH)
+                if moved < _MOVE_BATCH:
+                    break
+        except (SourceError, sa_exc.SQLAlchemyError) as error:
+            if isinstance(error, sa_exc.DBAPIError) and self._dialect.lacks_privilege(error.orig):
+                problem = (
+                    "the database user may not read or delete the rows the capture triggers "
+                    "staged in ablo_capture_pending, so the application's writes do not reach "
+                    "events (grant them: `ablo-connector migrate --print-grants ROLE` prints "
+                    "the GRANTs)"
+                )
+            else:
+                reason = (
+                    describe_database_error(error)
+                    if isinstance(error, sa_exc.SQLAlchemyError)
+                    else str(error)
+                )
+                problem = f"could not move the staged captured writes into the outbox: {reason}"
+            if problem != self._move_problem:
+                log.warning("%s", problem)
+                self._move_problem = problem
+            return
+        if self._move_problem is not None:
+            log.info("the staged captured writes move into the outbox again")
+            self._move_problem = None
 
     def _outbox_trouble(self, error: Exception) -> None:
         """Say once (not at every probe) why retention cannot do its work."""

@@ -256,6 +256,12 @@ class Dialect:
     #: ``own_events``) are offered on this database.
     capture_helpers: ClassVar[bool] = True
 
+    def replaces_capture(self, connection: sa.Connection) -> bool:
+        """Whether :meth:`install_capture_statements` replace a table's
+        triggers in place (no instant without them where DDL is not
+        transactional), so the old ones are not dropped first."""
+        return False
+
     def capture_problem(self, connection: sa.Connection, spec: CaptureSpec) -> str | None:
         """Why ``spec``'s table cannot be captured (one line), before anything changes."""
         return None

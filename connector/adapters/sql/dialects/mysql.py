@@ -864,6 +864,9 @@ class MySQL(Dialect):
     def capture_teardown_statements(self) -> list[str]:
         return [f"DROP TABLE IF EXISTS {STAGING_TABLE}", f"DROP TABLE IF EXISTS {CAPTURE_TABLE}"]
 
+    def replaces_capture(self, connection: sa.Connection) -> bool:
+        return bool(getattr(connection.dialect, "is_mariadb", False))
+
     def capture_problem(self, connection: sa.Connection, spec: CaptureSpec) -> str | None:
         engine = connection.execute(
             sa.text(
@@ -953,9 +956,17 @@ class MySQL(Dialect):
         changed = " AND ".join(same(c) for c in spec.columns)
         name = spec.trigger_name
 
+        # MariaDB replaces a trigger in one statement, under the table's
+        # metadata lock: a reinstall leaves no write unrecorded. MySQL 8 has
+        # no such statement: the old triggers are dropped first, and a write
+        # in between is not recorded (its DDL is not transactional).
+        create = (
+            "CREATE OR REPLACE TRIGGER" if self.replaces_capture(connection) else "CREATE TRIGGER"
+        )
+
         def trigger(event: str, body: str) -> str:
             return (
-                f"CREATE TRIGGER {quote(schema)}.{quote(f'{name}_{event.lower()}')} AFTER "
+                f"{create} {quote(schema)}.{quote(f'{name}_{event.lower()}')} AFTER "
                 f"{event} ON {table} FOR EACH ROW\nBEGIN\n{body}\nEND"
             )
 
