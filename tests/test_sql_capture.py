@@ -198,6 +198,61 @@ async def test_the_applications_own_writes_are_events_equal_to_load(
     assert len({e["id"] for e in events}) == 4
 
 
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+async def test_every_mysql_type_an_application_writes_is_an_event_equal_to_load(
+    database_url: str,
+) -> None:
+    """MySQL's triggers store each value as its text (bytes as hex, a
+    TIMESTAMP as its instant), and events decodes it as the driver decodes
+    the text protocol: the same values as load, whatever the writer's
+    time_zone; a change of case alone is a change."""
+    execute(
+        database_url,
+        "CREATE TABLE things (id VARCHAR(64) PRIMARY KEY, label VARCHAR(40), price DECIMAL(10, 3), "
+        "doc JSON, flag BOOLEAN, big BIGINT UNSIGNED, ratio DOUBLE, small FLOAT, "
+        "day DATE, clock TIME(3), at_ts TIMESTAMP(6) NULL, due DATETIME, raw VARBINARY(16), "
+        "blob_value BLOB, kind ENUM('a', 'b'), tags SET('x', 'y'), born YEAR, bits BIT(10))",
+    )
+    things = {"models": {"thing": {"table": "things"}}}
+    install(database_url, things)
+    client = Client(SQLSource(database_url, things))
+    session = Session(database_url)
+    try:
+        session.run("SET time_zone = '+05:30'")  # the writer's own, not the connector's
+        session.write(
+            "INSERT INTO things VALUES ('x', 'Straße 🦊', 12.345, '{\"k\": [1, null], \"é\": \"✓\"}', "
+            "true, 18446744073709551615, 0.30000000000000004, 0.1, '2024-02-29', '-01:02:03.456', "
+            "'2024-05-06 07:08:09.123456', '2024-05-06 07:08:09', X'00ff10', X'cafe', 'b', "
+            "'x,y', 2024, b'1000000001')"
+        )
+        created = (await client.ok({"type": "load", "model": "thing", "id": "x"}))["row"]
+        session.write("UPDATE things SET label = 'STRASSE 🦊' WHERE id = 'x'")
+        session.write("UPDATE things SET label = 'strasse 🦊' WHERE id = 'x'")  # case only
+        lowered = (await client.ok({"type": "load", "model": "thing", "id": "x"}))["row"]
+        session.write("UPDATE things SET label = NULL, at_ts = NULL, raw = NULL WHERE id = 'x'")
+        nulls = (await client.ok({"type": "load", "model": "thing", "id": "x"}))["row"]
+        events = await all_events(client)
+        assert [e["type"] for e in events] == ["CREATE", "UPDATE", "UPDATE", "UPDATE"]
+        assert events[0]["data"] == created
+        assert created["atTs"].startswith("2024-05-06T01:38:09.123456")  # +05:30 as UTC
+        assert (created["doc"], created["flag"], created["ratio"], created["bits"]) == (
+            {"k": [1, None], "é": "✓"},
+            True,
+            0.30000000000000004,
+            513,
+        )
+        assert (created["raw"], created["blobValue"], sorted(created["tags"])) == (
+            "AP8Q",
+            "yv4=",
+            ["x", "y"],
+        )
+        assert events[2]["data"] == lowered
+        assert events[3]["data"] == nulls and nulls["label"] is None
+    finally:
+        session.close()
+        await client.close()
+
+
 async def test_a_write_of_only_an_excluded_column_or_a_rollback_is_no_event(
     client: Client, session: Session
 ) -> None:
