@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 
 from ...errors import ConfigError
 from .tables import outbox
@@ -61,6 +62,7 @@ __all__ = [
     "CaptureSpec",
     "CommitContext",
     "capture_drift",
+    "capture_installed",
     "capture_script",
     "capture_sql",
     "capture_spec",
@@ -153,8 +155,23 @@ class _Installed:
     signature: str
 
 
+def capture_installed(connection: sa.Connection) -> bool:
+    """Whether ``ablo_capture`` exists, as far as the connection's user can see."""
+    from .dialects import dialect_named
+
+    try:
+        return sa.inspect(connection).has_table(CAPTURE_TABLE)
+    except sa_exc.DBAPIError as error:
+        # MySQL answers "denied", not "no such table", for a table the user
+        # has no privilege on, whether it exists or not: a user granted what
+        # --print-grants prints before capture was installed.
+        if not dialect_named(connection.dialect.name).lacks_privilege(error.orig):
+            raise
+        return False
+
+
 def _installed(connection: sa.Connection) -> dict[str, _Installed]:
-    if not sa.inspect(connection).has_table(CAPTURE_TABLE):
+    if not capture_installed(connection):
         return {}
     found = {}
     for row in connection.execute(sa.select(capture_table)):

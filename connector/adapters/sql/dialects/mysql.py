@@ -66,7 +66,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from ....errors import ConfigError, SourceError, describe_error
-from ..capture import CAPTURE_TABLE, STAGING_TABLE, CaptureSpec, CommitContext
+from ..capture import (
+    CAPTURE_TABLE,
+    STAGING_TABLE,
+    CaptureSpec,
+    CommitContext,
+    capture_installed,
+)
 from ..connections import ReadConnections
 from ..execution import Database, LoopDatabase, Serving
 from ..models import ServedModel
@@ -791,7 +797,7 @@ class MySQL(Dialect):
         statements.append(
             f"GRANT {_OUTBOX_PRIVILEGES} ON {qualified(None, OUTBOX_TABLE)} TO {grantee};"
         )
-        if sa.inspect(connection).has_table(CAPTURE_TABLE):
+        if capture_installed(connection):
             # Which models are captured; the staged rows it moves into the outbox.
             statements.append(f"GRANT SELECT ON {qualified(None, CAPTURE_TABLE)} TO {grantee};")
             statements.append(
