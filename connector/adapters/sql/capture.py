@@ -3,9 +3,12 @@
 ``migrate --capture`` installs, per captured model, what makes the database
 write one ``ablo_outbox`` event for each row an INSERT, UPDATE or DELETE
 changes, in the writer's own transaction (triggers; each database's DDL is
-its dialect's). The application's writes (its handlers, an admin, ``psql``)
-then reach the engine as the connector's own do. An UPDATE that changes a
-row's id is recorded as a DELETE of the old id and a CREATE of the new one.
+its dialect's; on MySQL and MariaDB the triggers stage each change in
+``ablo_capture_pending`` and the connector moves the committed ones into the
+outbox, see that dialect). The application's writes (its handlers, an
+admin, ``psql``) then reach the engine as the connector's own do. An UPDATE
+that changes a row's id is recorded as a DELETE of the old id and a CREATE
+of the new one.
 
 The connector's own commits write their events themselves, exactly as on a
 table without capture (one per operation that found its row, ``id``

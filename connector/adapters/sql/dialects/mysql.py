@@ -30,6 +30,11 @@
   per database), held until after ``COMMIT``. The lock belongs to the
   session, so a connection that dies frees it; one that cannot release it
   is closed. No WAL echo (409, as on SQLite).
+- Capture (``migrate --capture``): the triggers run at statement time, so
+  they stage each change in ``ablo_capture_pending`` instead of drawing an
+  outbox cursor, and the connector moves the committed staged rows into the
+  outbox under that lock, before each events page and at each probe (the
+  argument is written above the capture DDL, in :class:`MySQL`).
 - Errors carry a number (errno): one table says which are the caller's
   mistake, a timeout or a retry. MySQL's messages quote the rejected value,
   so answers are worded from the table and the column or key the message
