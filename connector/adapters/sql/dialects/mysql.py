@@ -183,6 +183,7 @@ _OUTBOX_PRIVILEGES: Final = "SELECT, INSERT, DELETE"
 # ------------------------------------------------------------ the driver's errors
 
 _DUPLICATE_KEY: Final = 1062
+_NO_SUCH_TABLE: Final = 1146
 # errno → (code, status, what the answer says was refused).
 _REFUSED: Final[dict[int, tuple[str, int, str]]] = {
     1062: ("source_constraint_violation", 409, "a duplicate key"),
@@ -1032,7 +1033,15 @@ class MySQL(Dialect):
         _forget_own_rows(connection)
 
     def move_captured(self, connection: sa.Connection, limit: int) -> int:
-        if connection.exec_driver_sql(f"SELECT 1 FROM {STAGING_TABLE} LIMIT 1").first() is None:
+        try:
+            any_staged = connection.exec_driver_sql(
+                f"SELECT 1 FROM {STAGING_TABLE} LIMIT 1"
+            ).first()
+        except sa_exc.DBAPIError as error:
+            if _errno(error.orig) == _NO_SUCH_TABLE:
+                return 0  # capture removed under a running connector (it notices at its probe)
+            raise
+        if any_staged is None:
             return 0  # nothing staged: no lock taken
         self.lock_commit_order(connection)
         staged = connection.exec_driver_sql(
