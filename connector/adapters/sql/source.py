@@ -330,7 +330,7 @@ class SQLSource(DataSource):
         batch, for at most a second; say once (not at every probe) why not."""
         deadline = time.monotonic() + _MOVE_BUDGET_SECONDS
         try:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and await self._read(self._dialect.has_staged):
                 moved = await self._write(self._dialect.move_captured, _MOVE_BATCH)
                 if moved < _MOVE_BATCH:
                     break
@@ -829,7 +829,7 @@ class SQLSource(DataSource):
             raise Unservable(self._schema_problem)
         rows: list[Any] = []
         with self._answers():
-            if self._stages_capture():
+            if self._stages_capture() and await self._read(self._dialect.has_staged):
                 # What the triggers staged and is committed becomes events now.
                 await self._write(self._dialect.move_captured, _MOVE_BATCH)
             if count > 0:

@@ -270,6 +270,11 @@ class Dialect:
         """``statements`` as lines a database's own client runs, in order."""
         return [f"{statement};" for statement in statements]
 
+    def has_staged(self, connection: sa.Connection) -> bool:
+        """Whether the staging table holds a committed row (a cheap read,
+        before a write transaction is spent on :meth:`move_captured`)."""
+        return False
+
     def move_captured(self, connection: sa.Connection, limit: int) -> int:
         """Move at most ``limit`` committed staged rows into the outbox, in
         one transaction under the commit-order lock; how many were moved."""

@@ -1025,28 +1025,38 @@ class MySQL(Dialect):
         self.lock_commit_order(connection)
         keys = sorted(context.rows)
         where = " OR ".join("(model = %s AND entity_id = %s)" for _ in keys)
+        # A locking read: the rows as committed now, not as a REPEATABLE READ
+        # snapshot taken by the commit's earlier reads (before this lock) saw
+        # them, which could still show rows a mover has moved since.
         staged = connection.exec_driver_sql(
-            f"SELECT {_STAGED_COLUMNS} FROM {STAGING_TABLE} WHERE {where} ORDER BY id",
+            f"SELECT {_STAGED_COLUMNS} FROM {STAGING_TABLE} WHERE {where} ORDER BY id FOR UPDATE",
             tuple(value for key in keys for value in key),
         ).all()
         _move(connection, staged)
         _forget_own_rows(connection)
 
-    def move_captured(self, connection: sa.Connection, limit: int) -> int:
+    def has_staged(self, connection: sa.Connection) -> bool:
         try:
-            any_staged = connection.exec_driver_sql(
-                f"SELECT 1 FROM {STAGING_TABLE} LIMIT 1"
-            ).first()
+            found = connection.exec_driver_sql(f"SELECT 1 FROM {STAGING_TABLE} LIMIT 1").first()
         except sa_exc.DBAPIError as error:
             if _errno(error.orig) == _NO_SUCH_TABLE:
-                return 0  # capture removed under a running connector (it notices at its probe)
+                return False  # capture removed under a running connector (it notices at its probe)
             raise
-        if any_staged is None:
-            return 0  # nothing staged: no lock taken
+        return found is not None
+
+    def move_captured(self, connection: sa.Connection, limit: int) -> int:
+        # The lock first: the rows read after it are read after the last
+        # mover's COMMIT, also in a REPEATABLE READ transaction (whose
+        # snapshot is taken at its first read), so none is moved twice.
         self.lock_commit_order(connection)
-        staged = connection.exec_driver_sql(
-            f"SELECT {_STAGED_COLUMNS} FROM {STAGING_TABLE} ORDER BY id LIMIT {int(limit)}"
-        ).all()
+        try:
+            staged = connection.exec_driver_sql(
+                f"SELECT {_STAGED_COLUMNS} FROM {STAGING_TABLE} ORDER BY id LIMIT {int(limit)}"
+            ).all()
+        except sa_exc.DBAPIError as error:
+            if _errno(error.orig) == _NO_SUCH_TABLE:
+                return 0
+            raise
         _move(connection, staged)
         return len(staged)
 
