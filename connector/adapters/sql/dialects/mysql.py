@@ -828,8 +828,9 @@ class MySQL(Dialect):
     # of events (and at each probe, so that the metrics see the outbox), it
     # moves the staged rows that are committed, in one transaction, under the
     # commit-order lock its own commits take (GET_LOCK, held through COMMIT,
-    # see lock_commit_order): it reads at most a batch of staged rows ORDER BY
-    # id (READ COMMITTED: committed rows only), inserts them into the outbox
+    # see lock_commit_order): once it holds the lock (so that it reads after
+    # the last mover's COMMIT), it reads at most a batch of staged rows ORDER
+    # BY id (a consistent read: committed rows only), inserts them into the outbox
     # in that order, deletes exactly those ids (by their list: under READ
     # COMMITTED a smaller id can commit between two statements, and a range
     # would delete it unmoved), commits, and releases the lock. Every outbox
