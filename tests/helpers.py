@@ -103,7 +103,14 @@ class Process:
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.args = [sys.executable, "-m", "connector", *args]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # PYTHONFAULTHANDLER: a process that does not exit in time is sent
+        # SIGABRT by wait(), and prints every thread's stack before it dies.
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",
+            **(env or {}),
+        }
         self._dir = tempfile.TemporaryDirectory()
         self.stdout_path = Path(self._dir.name) / "stdout"
         self.stderr_path = Path(self._dir.name) / "stderr"
@@ -132,8 +139,18 @@ class Process:
             self.proc.send_signal(signum)
 
     async def wait(self, timeout: float = 30.0) -> int:
+        """The exit status; a process still running after ``timeout`` fails
+        the test with its output and the stacks it was stuck in."""
         assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout)
+        except TimeoutError:
+            self.signal(signal.SIGABRT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 5)
+            raise AssertionError(
+                f"the process did not exit within {timeout} s; it printed:\n{self.output()}"
+            ) from None
 
     @property
     def returncode(self) -> int | None:
