@@ -202,3 +202,75 @@ def test_a_project_that_disables_existing_loggers_leaves_the_connectors_on(
     result = python(tmp_path, code, settings=None)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def _with_replica(folder: Path, default: str, replica: str, **ablo: object) -> None:
+    """A project whose ``ABLO["database"]`` may name the DATABASES entry "replica"."""
+    from tests.django_processes import django_database
+
+    write_settings(
+        folder,
+        default,
+        ablo={"models": {"task": "shop.Task"}, **ablo},
+        extra=f"DATABASES['replica'] = {django_database(replica)!r}\n",
+    )
+
+
+def test_an_unknown_database_alias_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    _with_replica(
+        tmp_path, f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}", database="rep"
+    )
+    _one_line_78(
+        connector(tmp_path, "run", "--django", "proj_settings"),
+        'ABLO["database"]: DATABASES has no entry "rep" (its entries: "default", "replica")',
+    )
+    _with_replica(
+        tmp_path, f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}", database=3
+    )
+    _one_line_78(
+        connector(tmp_path, "run", "--django", "proj_settings"),
+        'ABLO["database"] must be the name of a DATABASES entry, e.g. "default", not int',
+    )
+
+
+def test_the_alias_chooses_the_database_checked_and_served(tmp_path: Path) -> None:
+    _with_replica(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'test_default.db'}",
+        f"sqlite:///{tmp_path / 'production.db'}",
+        database="replica",
+    )
+    # Only the default database is migrated: the replica, which is served, is not.
+    assert manage(tmp_path, "migrate", "--no-input").returncode == 0
+    result = connector(tmp_path, "check", "--django", "proj_settings", env={"ABLO_API_KEY": ""})
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert (
+        "the Django database 'replica' lacks the connector's tables (migration "
+        "ablo_connector.0001_initial is not applied): run `python manage.py migrate --database "
+        "replica`" in result.stdout
+    )
+    assert manage(tmp_path, "migrate", "--no-input", "--database", "replica").returncode == 0
+    result = connector(tmp_path, "check", "--django", "proj_settings", env={"ABLO_API_KEY": ""})
+    assert result.returncode == 0, result.stdout + result.stderr
+    # verify writes rows: its guard looks at the database served, not at "default".
+    result = connector(tmp_path, "verify", "--django", "proj_settings")
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "the database 'production.db'" in result.stderr
+
+
+def test_the_alias_served_unreachable_is_named_and_its_password_never_shown(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers import free_port
+
+    password = "pw-replica-2b7f4d"
+    _with_replica(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'a.db'}",
+        f"postgresql://app:{password}@127.0.0.1:{free_port()}/app",
+        database="replica",
+    )
+    result = connector(tmp_path, "check", "--django", "proj_settings", env={"ABLO_API_KEY": ""})
+    assert result.returncode == 69, result.stdout + result.stderr
+    assert "FAIL  database: the Django database 'replica' did not answer:" in result.stdout
+    assert password not in result.stdout + result.stderr

@@ -224,12 +224,13 @@ def django_project(
         database_secrets,
         setup_project,
     )
+    from ..adapters.django.settings import served_database
 
     models = setup_project(settings_module)
     for secret in database_secrets():
         add_secret(secret)
     try:
-        check_migrated()
+        check_migrated(served_database())
     except DatabaseUnreachable as error:
         return models, error
     return models, None
@@ -242,9 +243,10 @@ def django_source(settings_module: str, add_secret: Callable[[str], None]) -> Da
     models, unreachable = django_project(settings_module, add_secret)
     if unreachable is not None:
         log.warning("%s; requests answer 503 until it is back", unreachable)
+    from ..adapters.django.settings import served_database
     from ..adapters.django.source import DjangoSource
 
-    return DjangoSource(models)
+    return DjangoSource(models, using=served_database())
 
 
 def sql_source(
