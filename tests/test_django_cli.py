@@ -274,3 +274,48 @@ def test_the_alias_served_unreachable_is_named_and_its_password_never_shown(
     assert result.returncode == 69, result.stdout + result.stderr
     assert "FAIL  database: the Django database 'replica' did not answer:" in result.stdout
     assert password not in result.stdout + result.stderr
+
+
+def test_migrate_installs_updates_and_removes_the_capture_and_run_tells_its_drift(
+    project: Path,
+) -> None:
+    from tests.django_processes import python
+
+    refused = connector(project, "migrate", "--django", "proj_settings")
+    _one_line_78(refused, "--django takes --capture or --remove-capture only")
+    assert manage(project, "migrate", "--no-input", "--run-syncdb").returncode == 0
+    result = connector(project, "migrate", "--django", "proj_settings", "--capture")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "Django database 'default': installed the capture of model 'task' (table shop_task)"
+    ]
+    again = connector(project, "migrate", "--django", "proj_settings", "--capture")
+    assert again.stdout.splitlines() == ["Django database 'default': the capture is up to date"]
+    # The served fields change: run says the capture no longer matches, migrate repairs it.
+    write_settings(
+        project,
+        f"sqlite:///{project / 'app.db'}",
+        ablo={"models": {"task": {"model": "shop.Task", "exclude": ["due_at"]}}},
+    )
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stdout, level=logging.INFO, format='%(message)s')\n"
+        "from connector.cli.sources import django_source\n"
+        "django_source('proj_settings', lambda secret: None)\n"
+    )
+    told = python(project, code, settings=None)
+    assert told.returncode == 0, told.stderr
+    assert "model 'task' is captured: the database records its writes" in told.stdout
+    assert (
+        "the capture of model 'task' (table shop_task) no longer matches it (column 'due_at' "
+        "no longer served): run `ablo-connector migrate --django SETTINGS --capture`"
+    ) in told.stdout
+    result = connector(project, "migrate", "--django", "proj_settings", "--capture")
+    assert result.stdout.splitlines() == [
+        "Django database 'default': updated the capture of model 'task' (table shop_task): "
+        "column 'due_at' no longer served"
+    ], result.stderr
+    result = connector(project, "migrate", "--django", "proj_settings", "--remove-capture")
+    assert result.stdout.splitlines() == [
+        "Django database 'default': removed the capture of model 'task' (table shop_task)"
+    ], result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
@@ -246,7 +246,28 @@ def django_source(settings_module: str, add_secret: Callable[[str], None]) -> Da
     from ..adapters.django.settings import served_database
     from ..adapters.django.source import DjangoSource
 
-    return DjangoSource(models, using=served_database())
+    using = served_database()
+    if unreachable is None:
+        _tell_capture(models, using)
+    return DjangoSource(models, using=using)
+
+
+def _tell_capture(models: Mapping[str, DjangoModel], using: str) -> None:
+    """Which served models the database captures, and (at WARNING) each
+    capture that no longer matches its model, as the SQL adapter's run says."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..adapters.django.capture import drift
+
+    try:
+        captured, drifted = drift(models, using)
+    except (ConfigError, SQLAlchemyError) as error:
+        log.warning("could not read the capture's state: %s", error)
+        return
+    for name in captured:
+        log.info("model %r is captured: the database records its writes", name)
+    for line in drifted.values():
+        log.warning("%s", line)
 
 
 def sql_source(
