@@ -319,3 +319,22 @@ def test_migrate_installs_updates_and_removes_the_capture_and_run_tells_its_drif
     assert result.stdout.splitlines() == [
         "Django database 'default': removed the capture of model 'task' (table shop_task)"
     ], result.stderr
+
+
+def test_capture_on_mariadb_is_refused_in_one_line_and_the_signals_stay(
+    tmp_path: Path, mariadb_server: object
+) -> None:
+    from tests import mariadb
+
+    url = mariadb.create_database(mariadb_server)
+    try:
+        write_settings(tmp_path, url, ablo={"models": {"task": "shop.Task"}})
+        assert manage(tmp_path, "migrate", "--no-input", "--run-syncdb").returncode == 0
+        result = connector(tmp_path, "migrate", "--django", "proj_settings", "--capture")
+        _one_line_78(
+            result,
+            "capture of a Django project is available on SQLite and PostgreSQL, not on MariaDB "
+            "(the signals record the ORM's writes there)",
+        )
+    finally:
+        mariadb.drop_database(mariadb_server, url)
