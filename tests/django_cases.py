@@ -11,7 +11,6 @@ import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -28,15 +27,7 @@ def _database() -> dict[str, Any]:
     target = os.environ["ABLO_DJANGO_DATABASE"]
     if not target.startswith(("postgresql://", "mysql://")):
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": target}
-    url = urlsplit(target)
-    if url.scheme == "mysql":
-        # Django's MySQL backend through PyMySQL (the project's MySQL
-        # driver), which stands in for mysqlclient.
-        import pymysql
-
-        pymysql.version_info = (2, 2, 1, "final", 0)
-        pymysql.install_as_MySQLdb()
-    return django_database(target)
+    return django_database(target)  # MySQL: Django's own driver, mysqlclient (the dev extra)
 
 
 django_project.configure(_database())
@@ -452,6 +443,9 @@ def test_the_cases_run_on_the_database_asked() -> None:
     assert connection.vendor == (
         asked.split("://")[0] if asked.startswith(("postgresql://", "mysql://")) else "sqlite"
     )
+    if connection.vendor == "mysql":
+        # Django's own driver, mysqlclient, not PyMySQL standing in for it.
+        assert connection.Database.__name__ == "MySQLdb", connection.Database
 
 
 async def test_retention_prunes_only_events_the_engine_paged_past(client: Client) -> None:
