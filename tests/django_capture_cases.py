@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,12 +16,10 @@ from typing import Any
 
 import pytest
 
-from connector import Dispatcher
 from connector.verify.testing import verify_checks
-from connector.wire.signing import Verifier
 from tests import django_project
 from tests.django_processes import django_database
-from tests.helpers import API_KEY, dispatch_frame, signed_frame
+from tests.helpers import SourceClient
 
 TARGET = os.environ["ABLO_DJANGO_DATABASE"]
 django_project.configure(
@@ -56,46 +53,16 @@ test_verify = verify_checks(
 )
 
 
-class Client:
+class Client(SourceClient):
     def __init__(self) -> None:
-        self.source = make_source()
-        self.dispatcher = Dispatcher(self.source, Verifier(API_KEY))
-
-    async def __call__(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        response = await dispatch_frame(self.dispatcher, signed_frame(body))
-        return response.status, json.loads(response.body)
-
-    async def ok(self, body: dict[str, Any]) -> dict[str, Any]:
-        status, answer = await self(body)
-        assert status == 200, answer
-        return answer
-
-    async def load(self, model: str, id: str) -> Any:
-        return (await self.ok({"type": "load", "model": model, "id": id}))["row"]
-
-    async def events_after(self, cursor: str | None) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        while True:
-            body: dict[str, Any] = {"type": "events", "limit": 1000}
-            if cursor is not None:
-                body["cursor"] = cursor
-            page = (await self.ok(body))["events"]
-            if not page:
-                return found
-            found += page
-            cursor = page[-1]["cursor"]
-
-    async def last_cursor(self) -> str | None:
-        events = await self.events_after(None)
-        return events[-1]["cursor"] if events else None
+        super().__init__(make_source())
 
 
 @pytest.fixture
 async def client() -> AsyncIterator[Client]:
     c = Client()
     yield c
-    c.dispatcher.close()
-    await c.source.aclose()
+    await c.close()
 
 
 def new_id() -> str:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from connector.dev.engine import DevEngine
 from examples import orm_models
 from tests.conftest import REPO
 from tests.helpers import Process, execute, process
-from tests.postgres import create_database, drop_database
 from tests.test_sql_adapter import Client, database_url  # noqa: F401  (the fixture, on each database)
 
 KEY = "sk_test_sql_orm_4be1"
@@ -280,21 +279,8 @@ def test_an_included_relationship_or_hybrid_is_refused_not_ignored() -> None:
 # ------------------------------------------------------------ from the command line
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'orm.db'}"
-        return
-    server = request.getfixturevalue("postgres_server")
-    url = create_database(server)
-    try:
-        yield url
-    finally:
-        drop_database(server, url)
-
-
-async def test_run_serves_the_classes_end_to_end(empty_database: str) -> None:
-    url = empty_database
+async def test_run_serves_the_classes_end_to_end(database_url: str) -> None:  # noqa: F811
+    url = database_url
     # The tables, as the README creates them.
     created = subprocess.run(
         [sys.executable, "-m", "examples.orm_models", url],
