@@ -15,11 +15,13 @@ the SQL adapter itself (``SQLSource``):
 2. ledger pruning when nothing has expired yet (the usual case: rows live 30
    days): one prune with ``--ledger-rows`` ledger rows, without and with an
    index on ``expires_at``;
-3. ``events`` after a cursor and ``load`` by id, first with small tables
-   (10,000 rows each), then with ``--outbox-rows`` outbox events and
-   ``--table-rows`` served rows; and the plans PostgreSQL chose for the
-   adapter's own statements (``auto_explain`` on, its log searched for
-   ``Seq Scan``).
+3. ``events`` after a cursor and ``load`` by id with small tables (10,000
+   rows each) and with ``--outbox-rows`` outbox events and ``--table-rows``
+   served rows, two databases in the same server measured in alternating
+   rounds (``--rounds``), so that the rest of the machine's work weighs on
+   both sizes alike; and the plans PostgreSQL chose for the adapter's own
+   statements with the pages each touched (``auto_explain`` with ``analyze``
+   and ``buffers``; a ``Seq Scan`` is counted).
 
     python bench/retention.py                                    # quick
     python bench/retention.py --outbox-rows 10000000 --table-rows 1000000
@@ -34,6 +36,7 @@ import argparse
 import asyncio
 import multiprocessing
 import random
+import re
 import statistics
 import sys
 import time
@@ -253,13 +256,16 @@ async def ledger_phase(url: str, rows: int) -> None:
         await source.aclose()
 
 
-async def measure_reads(url: str, outbox_rows: int, table_rows: int, count: int) -> None:
+async def measure_reads(
+    url: str, outbox_rows: int, table_rows: int, count: int, seed: int
+) -> tuple[list[float], list[float]]:
+    """``count`` events pages (100 after a random cursor) and loads by a random id."""
     source = SQLSource(url, MODELS, outbox_retention=None)
     source.prepare()
     try:
         events: list[float] = []
         loads: list[float] = []
-        chooser = random.Random(7)
+        chooser = random.Random(seed)
         for _ in range(count):
             after = chooser.randrange(0, max(1, outbox_rows - 100))
             started = time.perf_counter()
@@ -270,31 +276,40 @@ async def measure_reads(url: str, outbox_rows: int, table_rows: int, count: int)
             row = await source.load("task", f"t{chooser.randrange(1, table_rows + 1)}", NO_CONTEXT)
             loads.append(time.perf_counter() - started)
             assert row is not None
-        size = f"{outbox_rows:,} events / {table_rows:,} rows"
-        print(f"events (100) after a cursor, {size}: {percentiles(events)}")
-        print(f"load by id,                  {size}: {percentiles(loads)}")
+        return events, loads
     finally:
         await source.aclose()
 
 
-def check_plans(server: PrivatePostgres, url: str, outbox_rows: int) -> None:
-    """The plans of the adapter's own statements, as auto_explain logs them."""
+_BUFFERS = re.compile(r"Buffers: shared(?: hit=(\d+))?(?: read=(\d+))?")
+
+
+def check_plans(server: PrivatePostgres, url: str, outbox_rows: int, table_rows: int) -> None:
+    """The plans of the adapter's own statements as auto_explain logs them
+    (run, with the pages each touched): an index scan touches the same few
+    pages at any size; a Seq Scan would not."""
     import psycopg
 
     log = server.directory / "log"
     start = log.stat().st_size
+    settings = {
+        "session_preload_libraries": "'auto_explain'",
+        "auto_explain.log_min_duration": "0",
+        "auto_explain.log_analyze": "on",
+        "auto_explain.log_buffers": "on",
+    }
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute("LOAD 'auto_explain'")
-        connection.execute("ALTER SYSTEM SET session_preload_libraries = 'auto_explain'")
-        connection.execute("ALTER SYSTEM SET auto_explain.log_min_duration = 0")
+        for name, value in settings.items():
+            connection.execute(f"ALTER SYSTEM SET {name} = {value}")
         connection.execute("SELECT pg_reload_conf()")
     try:
-        asyncio.run(measure_reads(url, outbox_rows, SMALL, 20))
+        asyncio.run(measure_reads(url, outbox_rows, table_rows, 20, seed=11))
     finally:
         with psycopg.connect(url, autocommit=True) as connection:
             connection.execute("LOAD 'auto_explain'")
-            connection.execute("ALTER SYSTEM RESET session_preload_libraries")
-            connection.execute("ALTER SYSTEM RESET auto_explain.log_min_duration")
+            for name in settings:
+                connection.execute(f"ALTER SYSTEM RESET {name}")
             connection.execute("SELECT pg_reload_conf()")
     with log.open(errors="replace") as text:
         text.seek(start)
@@ -306,28 +321,71 @@ def check_plans(server: PrivatePostgres, url: str, outbox_rows: int) -> None:
     }
     for table, found in mine.items():
         scans = sum(f"Seq Scan on {table}" in plan for plan in found)
-        shape = [line.strip() for line in found[0].splitlines() if "->" in line or "Limit" in line]
-        print(f"plans on {table}: {len(found)}, with a Seq Scan: {scans}; {' | '.join(shape)}")
+        shape = [
+            line.strip().split("  (")[0]
+            for line in found[0].splitlines()
+            if "->" in line or "Limit" in line
+        ]
+        pages = []
+        for plan in found:
+            counted = _BUFFERS.search(plan)  # the first is the whole plan's
+            if counted is not None:
+                pages.append(sum(int(group or 0) for group in counted.groups()))
+        print(
+            f"  plans on {table}: {len(found)}, with a Seq Scan: {scans}; "
+            f"pages touched per statement: median {statistics.median(pages) if pages else '?'}, "
+            f"max {max(pages, default='?')}; {' | '.join(shape)}"
+        )
 
 
-def size_phase(server: PrivatePostgres, url: str, outbox_rows: int, table_rows: int) -> None:
+def build_size(url: str, outbox_rows: int, table_rows: int) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as connection:
-        fill_tasks(connection, 1, SMALL)
-        fill_outbox(connection, 1, SMALL, "1 hour")
+        fill_tasks(connection, 1, table_rows)
+        fill_outbox(connection, 1, outbox_rows, "1 hour")
         connection.execute("VACUUM ANALYZE")
-    asyncio.run(measure_reads(url, SMALL, SMALL, 2000))
-    started = time.monotonic()
-    with psycopg.connect(url, autocommit=True) as connection:
-        fill_tasks(connection, SMALL + 1, table_rows)
-        fill_outbox(connection, SMALL + 1, outbox_rows, "1 hour")
-        connection.execute("VACUUM ANALYZE")
-    print(
-        f"built {outbox_rows:,} events and {table_rows:,} rows in {time.monotonic() - started:.0f} s"
-    )
-    check_plans(server, url, outbox_rows)
-    asyncio.run(measure_reads(url, outbox_rows, table_rows, 2000))
+        # What the build wrote goes to disk now, not while the reads are timed.
+        connection.execute("CHECKPOINT")
+
+
+def size_phase(server: PrivatePostgres, outbox_rows: int, table_rows: int, rounds: int) -> None:
+    """Both sizes in one server, measured in alternating rounds, so that what
+    else the machine does weighs on both alike."""
+    sizes = {
+        "small": (fresh_database(server, "size_small"), SMALL, SMALL),
+        "large": (fresh_database(server, "size_large"), outbox_rows, table_rows),
+    }
+    for name, (url, events_rows, rows) in sizes.items():
+        started = time.monotonic()
+        build_size(url, events_rows, rows)
+        print(
+            f"{name}: {events_rows:,} events and {rows:,} rows, "
+            f"built in {time.monotonic() - started:.0f} s"
+        )
+        check_plans(server, url, events_rows, rows)
+    medians: dict[str, dict[str, list[float]]] = {
+        name: {"events": [], "load": []} for name in sizes
+    }
+    for round_ in range(rounds):
+        for name, (url, events_rows, rows) in sizes.items():
+            events, loads = asyncio.run(measure_reads(url, events_rows, rows, 1000, seed=round_))
+            medians[name]["events"].append(statistics.median(events))
+            medians[name]["load"].append(statistics.median(loads))
+            print(f"round {round_ + 1}, {name}: events {percentiles(events)}")
+            print(f"round {round_ + 1}, {name}: load   {percentiles(loads)}")
+    for operation in ("events", "load"):
+        ratios = [
+            large / small
+            for small, large in zip(
+                medians["small"][operation], medians["large"][operation], strict=True
+            )
+        ]
+        print(
+            f"{operation}: p50 at {outbox_rows:,} events / {table_rows:,} rows ÷ p50 at "
+            f"{SMALL:,} / {SMALL:,}, per round: {', '.join(f'{ratio:.2f}' for ratio in ratios)}"
+            f" (median {statistics.median(ratios):.2f})"
+        )
 
 
 def fresh_database(server: PrivatePostgres, name: str) -> str:
@@ -351,6 +409,9 @@ def main() -> None:
     parser.add_argument("--ledger-rows", type=int, default=1_000_000)
     parser.add_argument("--outbox-rows", type=int, default=1_000_000)
     parser.add_argument("--table-rows", type=int, default=100_000)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of the size phase"
+    )
     parser.add_argument("--only", choices=("prune", "ledger", "size"), default=None)
     args = parser.parse_args()
     if args.outbox_rows < SMALL or args.table_rows < SMALL:
@@ -365,7 +426,7 @@ def main() -> None:
         if args.only in (None, "ledger"):
             asyncio.run(ledger_phase(fresh_database(server, "ledger"), args.ledger_rows))
         if args.only in (None, "size"):
-            size_phase(server, fresh_database(server, "size"), args.outbox_rows, args.table_rows)
+            size_phase(server, args.outbox_rows, args.table_rows, args.rounds)
     finally:
         server.close()
 

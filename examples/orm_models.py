@@ -83,6 +83,10 @@ class Person(Base):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m examples.orm_models DATABASE_URL")
-    engine = sa.create_engine(sys.argv[1])
+    # The connector's engine: a postgresql:// or mysql:// URL gets the driver
+    # the connector installs, as the connector itself would connect.
+    from connector.adapters.sql import create_database_engine
+
+    engine = create_database_engine(sys.argv[1])
     Base.metadata.create_all(engine)
     engine.dispose()

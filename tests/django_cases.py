@@ -11,32 +11,22 @@ import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
-from connector import Dispatcher, RequestContext
+from connector import RequestContext
 from connector.verify.testing import verify_checks
 from connector.wire.bodies import CommitRequest
-from connector.wire.signing import Verifier
 from tests import django_project
 from tests.django_processes import django_database
-from tests.helpers import API_KEY, dispatch_frame, signed_frame
+from tests.helpers import SourceClient
 
 
 def _database() -> dict[str, Any]:
     target = os.environ["ABLO_DJANGO_DATABASE"]
     if not target.startswith(("postgresql://", "mysql://")):
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": target}
-    url = urlsplit(target)
-    if url.scheme == "mysql":
-        # Django's MySQL backend through PyMySQL (the project's MySQL
-        # driver), which stands in for mysqlclient.
-        import pymysql
-
-        pymysql.version_info = (2, 2, 1, "final", 0)
-        pymysql.install_as_MySQLdb()
-    return django_database(target)
+    return django_database(target)  # MySQL: Django's own driver, mysqlclient (the dev extra)
 
 
 django_project.configure(_database())
@@ -58,47 +48,16 @@ test_verify = verify_checks(
 )
 
 
-class Client:
+class Client(SourceClient):
     def __init__(self) -> None:
-        self.source = make_source()
-        self.dispatcher = Dispatcher(self.source, Verifier(API_KEY))
-
-    async def __call__(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        response = await dispatch_frame(self.dispatcher, signed_frame(body))
-        return response.status, json.loads(response.body)
-
-    async def ok(self, body: dict[str, Any]) -> dict[str, Any]:
-        status, answer = await self(body)
-        assert status == 200, answer
-        return answer
-
-    async def commit(self, key: str, *operations: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        return await self({"type": "commit", "correlationId": key, "operations": list(operations)})
-
-    async def load(self, model: str, id: str) -> Any:
-        return (await self.ok({"type": "load", "model": model, "id": id}))["row"]
-
-    async def events_after(self, cursor: str | None) -> list[dict[str, Any]]:
-        body: dict[str, Any] = {"type": "events", "limit": 1000}
-        if cursor is not None:
-            body["cursor"] = cursor
-        return list((await self.ok(body))["events"])
-
-    async def last_cursor(self) -> str | None:
-        events = await self.events_after(None)
-        while True:
-            more = await self.events_after(events[-1]["cursor"]) if events else []
-            if not more:
-                return events[-1]["cursor"] if events else None
-            events = more
+        super().__init__(make_source())
 
 
 @pytest.fixture
 async def client() -> AsyncIterator[Client]:
     c = Client()
     yield c
-    c.dispatcher.close()
-    await c.source.aclose()
+    await c.close()
 
 
 def new_id() -> str:
@@ -366,8 +325,6 @@ async def test_a_refused_events_cursor_lets_retention_prune_nothing_unread(
 async def _before_last(client: Client) -> str | None:
     """A cursor just before the feed's last event (None: from the start)."""
     events = await client.events_after(None)
-    while len(events) == 1000:
-        events = await client.events_after(events[-1]["cursor"])
     return events[-2]["cursor"] if len(events) > 1 else None
 
 
@@ -452,17 +409,21 @@ def test_the_cases_run_on_the_database_asked() -> None:
     assert connection.vendor == (
         asked.split("://")[0] if asked.startswith(("postgresql://", "mysql://")) else "sqlite"
     )
+    if connection.vendor == "mysql":
+        # Django's own driver, mysqlclient, not PyMySQL standing in for it.
+        assert connection.Database.__name__ == "MySQLdb", connection.Database
 
 
 async def test_retention_prunes_only_events_the_engine_paged_past(client: Client) -> None:
     first, second = new_id(), new_id()
+    start = await client.last_cursor()  # the engine has read everything before them
     await client.commit(f"r-{first}", {"type": "CREATE", "model": "task", "id": first})
     await client.commit(f"r-{second}", {"type": "CREATE", "model": "task", "id": second})
-    events = await client.events_after(None)
-    while len(events) == 1000:  # to the end of the feed
-        events = await client.events_after(events[-1]["cursor"])
+    after_start = {"cursor": start} if start is not None else {}
+    events = (await client.ok({"type": "events", **after_start}))["events"]
     mine = {e["id"]: e["cursor"] for e in events if e["id"] in (f"r-{first}:0", f"r-{second}:0")}
-    await client.events_after(mine[f"r-{first}:0"])  # the engine read past the first
+    # The engine reads past the first (one page after it), not the second.
+    await client.ok({"type": "events", "cursor": mine[f"r-{first}:0"], "limit": 1})
     client.source.outbox_retention = 0
     deleted, _ = await client.source.prune()
     assert deleted >= 1

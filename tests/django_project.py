@@ -28,11 +28,12 @@ def create_tables() -> None:
     SQL adapter's own statements."""
     from django.db import connection
 
-    from tests.django_todo.models import Project, Task
+    from tests.django_todo.models import Note, Project, Task
 
     with connection.schema_editor() as editor:
         editor.create_model(Project)
         editor.create_model(Task)
+        editor.create_model(Note)
     dialect = {"postgresql": "postgresql", "sqlite": "sqlite", "mysql": "mysql"}[connection.vendor]
     with connection.cursor() as cursor:
         for statement in migration_statements(dialect):

@@ -20,7 +20,7 @@ from websockets.typing import Subprotocol
 
 from connector import Answer, Dispatcher
 from connector.wire.frames import RequestFrame
-from connector.wire.signing import sign_request
+from connector.wire.signing import Verifier, sign_request
 from tests.conftest import REPO
 from tests.postgres import free_port as free_port  # one definition, shared with bench/
 
@@ -70,6 +70,58 @@ async def dispatch_frame(dispatcher: Dispatcher, frame: RequestFrame) -> Answer:
     return await dispatcher.dispatch(frame.method, frame.headers, frame.body, request_id=frame.id)
 
 
+class SourceClient:
+    """A data source behind a real dispatcher: signed request bodies in,
+    (status, decoded body) out."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.dispatcher = Dispatcher(source, Verifier(API_KEY))
+
+    async def __call__(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        response = await dispatch_frame(self.dispatcher, signed_frame(body))
+        return response.status, json.loads(response.body)
+
+    async def ok(self, body: dict[str, Any]) -> dict[str, Any]:
+        status, answer = await self(body)
+        assert status == 200, answer
+        return answer
+
+    async def commit(self, correlation_id: str, *operations: dict[str, Any], **extra: Any) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        return await self(
+            {
+                "type": "commit",
+                "correlationId": correlation_id,
+                "operations": list(operations),
+                **extra,
+            }
+        )
+
+    async def load(self, model: str, id: str) -> Any:
+        return (await self.ok({"type": "load", "model": model, "id": id}))["row"]
+
+    async def events_after(self, cursor: str | None) -> list[dict[str, Any]]:
+        """Every event after ``cursor``, page by page."""
+        found: list[dict[str, Any]] = []
+        while True:
+            body: dict[str, Any] = {"type": "events", "limit": 1000}
+            if cursor is not None:
+                body["cursor"] = cursor
+            page = (await self.ok(body))["events"]
+            if not page:
+                return found
+            found += page
+            cursor = page[-1]["cursor"]
+
+    async def last_cursor(self) -> str | None:
+        events = await self.events_after(None)
+        return events[-1]["cursor"] if events else None
+
+    async def close(self) -> None:
+        self.dispatcher.close()
+        await self.source.aclose()
+
+
 # ------------------------------------------------ processes and sockets
 
 
@@ -103,7 +155,14 @@ class Process:
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.args = [sys.executable, "-m", "connector", *args]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # PYTHONFAULTHANDLER: a process that does not exit in time is sent
+        # SIGABRT by wait(), and prints every thread's stack before it dies.
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",
+            **(env or {}),
+        }
         self._dir = tempfile.TemporaryDirectory()
         self.stdout_path = Path(self._dir.name) / "stdout"
         self.stderr_path = Path(self._dir.name) / "stderr"
@@ -132,8 +191,18 @@ class Process:
             self.proc.send_signal(signum)
 
     async def wait(self, timeout: float = 30.0) -> int:
+        """The exit status; a process still running after ``timeout`` fails
+        the test with its output and the stacks it was stuck in."""
         assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout)
+        except TimeoutError:
+            self.signal(signal.SIGABRT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 5)
+            raise AssertionError(
+                f"the process did not exit within {timeout} s; it printed:\n{self.output()}"
+            ) from None
 
     @property
     def returncode(self) -> int | None:

@@ -18,11 +18,6 @@ from tests.django_processes import APP, manage, write_settings
 TABLES = {"ablo_idempotency", "ablo_outbox"}
 
 
-# Django's MySQL backend wants mysqlclient, a C extension; the tests use
-# PyMySQL (in the dev extra) in its place, as PyMySQL itself offers.
-PYMYSQL = "import pymysql\npymysql.install_as_MySQLdb()\n"
-
-
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
@@ -73,7 +68,7 @@ def _ok(result: Any) -> None:
 def test_migrate_creates_the_tables_the_sql_adapter_accepts_and_zero_removes_them(
     tmp_path: Path, database_url: str
 ) -> None:
-    write_settings(tmp_path, database_url, apps=(APP,), extra=PYMYSQL)
+    write_settings(tmp_path, database_url, apps=(APP,))
     with pytest.raises(ConfigError, match="no ablo_idempotency table"):
         _verify(database_url)
     _ok(manage(tmp_path, "migrate", "--no-input"))
@@ -101,7 +96,7 @@ def test_migrate_keeps_tables_ablo_connector_migrate_created(
             )
     finally:
         engine.dispose()
-    write_settings(tmp_path, database_url, apps=(APP,), extra=PYMYSQL)
+    write_settings(tmp_path, database_url, apps=(APP,))
     _ok(manage(tmp_path, "migrate", "--no-input"))
     _verify(database_url)
     engine = _engine(database_url)

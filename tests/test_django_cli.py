@@ -202,3 +202,139 @@ def test_a_project_that_disables_existing_loggers_leaves_the_connectors_on(
     result = python(tmp_path, code, settings=None)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def _with_replica(folder: Path, default: str, replica: str, **ablo: object) -> None:
+    """A project whose ``ABLO["database"]`` may name the DATABASES entry "replica"."""
+    from tests.django_processes import django_database
+
+    write_settings(
+        folder,
+        default,
+        ablo={"models": {"task": "shop.Task"}, **ablo},
+        extra=f"DATABASES['replica'] = {django_database(replica)!r}\n",
+    )
+
+
+def test_an_unknown_database_alias_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    _with_replica(
+        tmp_path, f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}", database="rep"
+    )
+    _one_line_78(
+        connector(tmp_path, "run", "--django", "proj_settings"),
+        'ABLO["database"]: DATABASES has no entry "rep" (its entries: "default", "replica")',
+    )
+    _with_replica(
+        tmp_path, f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}", database=3
+    )
+    _one_line_78(
+        connector(tmp_path, "run", "--django", "proj_settings"),
+        'ABLO["database"] must be the name of a DATABASES entry, e.g. "default", not int',
+    )
+
+
+def test_the_alias_chooses_the_database_checked_and_served(tmp_path: Path) -> None:
+    _with_replica(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'test_default.db'}",
+        f"sqlite:///{tmp_path / 'production.db'}",
+        database="replica",
+    )
+    # Only the default database is migrated: the replica, which is served, is not.
+    assert manage(tmp_path, "migrate", "--no-input").returncode == 0
+    result = connector(tmp_path, "check", "--django", "proj_settings", env={"ABLO_API_KEY": ""})
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert (
+        "the Django database 'replica' lacks the connector's tables (migration "
+        "ablo_connector.0001_initial is not applied): run `python manage.py migrate --database "
+        "replica`" in result.stdout
+    )
+    assert manage(tmp_path, "migrate", "--no-input", "--database", "replica").returncode == 0
+    result = connector(tmp_path, "check", "--django", "proj_settings", env={"ABLO_API_KEY": ""})
+    assert result.returncode == 0, result.stdout + result.stderr
+    # verify writes rows: its guard looks at the database served, not at "default".
+    result = connector(tmp_path, "verify", "--django", "proj_settings")
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "the database 'production.db'" in result.stderr
+
+
+def test_the_alias_served_unreachable_is_named_and_its_password_never_shown(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers import free_port
+
+    password = "pw-replica-2b7f4d"
+    _with_replica(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'a.db'}",
+        f"postgresql://app:{password}@127.0.0.1:{free_port()}/app",
+        database="replica",
+    )
+    result = connector(tmp_path, "check", "--django", "proj_settings", env={"ABLO_API_KEY": ""})
+    assert result.returncode == 69, result.stdout + result.stderr
+    assert "FAIL  database: the Django database 'replica' did not answer:" in result.stdout
+    assert password not in result.stdout + result.stderr
+
+
+def test_migrate_installs_updates_and_removes_the_capture_and_run_tells_its_drift(
+    project: Path,
+) -> None:
+    from tests.django_processes import python
+
+    refused = connector(project, "migrate", "--django", "proj_settings")
+    _one_line_78(refused, "--django takes --capture or --remove-capture only")
+    assert manage(project, "migrate", "--no-input", "--run-syncdb").returncode == 0
+    result = connector(project, "migrate", "--django", "proj_settings", "--capture")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "Django database 'default': installed the capture of model 'task' (table shop_task)"
+    ]
+    again = connector(project, "migrate", "--django", "proj_settings", "--capture")
+    assert again.stdout.splitlines() == ["Django database 'default': the capture is up to date"]
+    # The served fields change: run says the capture no longer matches, migrate repairs it.
+    write_settings(
+        project,
+        f"sqlite:///{project / 'app.db'}",
+        ablo={"models": {"task": {"model": "shop.Task", "exclude": ["due_at"]}}},
+    )
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stdout, level=logging.INFO, format='%(message)s')\n"
+        "from connector.cli.sources import django_source\n"
+        "django_source('proj_settings', lambda secret: None)\n"
+    )
+    told = python(project, code, settings=None)
+    assert told.returncode == 0, told.stderr
+    assert "model 'task' is captured: the database records its writes" in told.stdout
+    assert (
+        "the capture of model 'task' (table shop_task) no longer matches it (column 'due_at' "
+        "no longer served): run `ablo-connector migrate --django SETTINGS --capture`"
+    ) in told.stdout
+    result = connector(project, "migrate", "--django", "proj_settings", "--capture")
+    assert result.stdout.splitlines() == [
+        "Django database 'default': updated the capture of model 'task' (table shop_task): "
+        "column 'due_at' no longer served"
+    ], result.stderr
+    result = connector(project, "migrate", "--django", "proj_settings", "--remove-capture")
+    assert result.stdout.splitlines() == [
+        "Django database 'default': removed the capture of model 'task' (table shop_task)"
+    ], result.stderr
+
+
+def test_capture_on_mariadb_is_refused_in_one_line_and_the_signals_stay(
+    tmp_path: Path, mariadb_server: object
+) -> None:
+    from tests import mariadb
+
+    url = mariadb.create_database(mariadb_server)
+    try:
+        write_settings(tmp_path, url, ablo={"models": {"task": "shop.Task"}})
+        assert manage(tmp_path, "migrate", "--no-input", "--run-syncdb").returncode == 0
+        result = connector(tmp_path, "migrate", "--django", "proj_settings", "--capture")
+        _one_line_78(
+            result,
+            "capture of a Django project is available on SQLite and PostgreSQL, not on MariaDB "
+            "(the signals record the ORM's writes there)",
+        )
+    finally:
+        mariadb.drop_database(mariadb_server, url)

@@ -76,7 +76,7 @@ SERVED: dict[str, tuple[Any, dict[str, Any]]] = {
 REFUSED: dict[str, tuple[Any, str]] = {
     "ABLO missing": ("MISSING", "the Django settings have no ABLO: name the served models"),
     "ABLO not a dict": ([], "ABLO must be a dict, not a list"),
-    "unknown top key": ({"model": {}}, 'ABLO: unknown key "model" (expected "models")'),
+    "unknown top key": ({"model": {}}, 'ABLO: unknown key "model" (expected "database", "models")'),
     "no models": ({}, 'ABLO has no "models"'),
     "models not a dict": ({"models": ["shop.Task"]}, 'ABLO["models"] must be a dict'),
     "empty models": ({"models": {}}, 'ABLO["models"] is empty: name at least one model'),

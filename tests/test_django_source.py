@@ -17,9 +17,9 @@ import pytest
 from tests.conftest import REPO
 
 
-def run_cases(database: str) -> None:
+def run_cases(database: str, cases: str = "tests/django_cases.py") -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/django_cases.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cases],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -22,13 +22,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from connector import ConfigError, Dispatcher, RequestContext, SourceError
+from connector import ConfigError, RequestContext, SourceError
 from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
 from connector.wire.bodies import Condition, ListPage, ListQuery
-from connector.wire.signing import Verifier
 from connector.wire.strict_json import loads as strict_json_loads
 from tests import mariadb
-from tests.helpers import API_KEY, TASKS_DDL, dispatch_frame, execute, signed_frame
+from tests.helpers import TASKS_DDL, SourceClient, dispatch_frame, execute, signed_frame
 from tests.postgres import create_database, drop_database, require_password
 
 DIALECTS = ["sqlite", "postgresql", "mariadb"]
@@ -75,31 +74,8 @@ def prepared(database_url: str) -> str:
     return prepare(database_url)
 
 
-class Client:
-    """Signed request bodies in, (status, decoded body) out."""
-
-    def __init__(self, source: SQLSource) -> None:
-        self.source = source
-        self.dispatcher = Dispatcher(source, Verifier(API_KEY))
-
-    async def __call__(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        response = await dispatch_frame(self.dispatcher, signed_frame(body))
-        return response.status, json.loads(response.body)
-
-    async def ok(self, body: dict[str, Any]) -> dict[str, Any]:
-        status, answer = await self(body)
-        assert status == 200, answer
-        return answer
-
-    async def commit(self, correlation_id: str, *operations: dict[str, Any], **extra: Any) -> tuple[int, dict[str, Any]]:  # fmt: skip
-        return await self(
-            {
-                "type": "commit",
-                "correlationId": correlation_id,
-                "operations": list(operations),
-                **extra,
-            }
-        )
+class Client(SourceClient):
+    """The SQL adapter's tests' client: lists and events of ``task``."""
 
     async def list(self, **query: Any) -> dict[str, Any]:
         return await self.ok({"type": "list", "model": "task", "query": query})
@@ -111,10 +87,6 @@ class Client:
         if limit is not None:
             body["limit"] = limit
         return await self.ok(body)
-
-    async def close(self) -> None:
-        self.dispatcher.close()
-        await self.source.aclose()
 
 
 @pytest.fixture

@@ -279,8 +279,8 @@ def test_an_included_relationship_or_hybrid_is_refused_not_ignored() -> None:
 # ------------------------------------------------------------ from the command line
 
 
-async def test_run_serves_the_classes_end_to_end(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'orm.db'}"
+async def test_run_serves_the_classes_end_to_end(database_url: str) -> None:  # noqa: F811
+    url = database_url
     # The tables, as the README creates them.
     created = subprocess.run(
         [sys.executable, "-m", "examples.orm_models", url],

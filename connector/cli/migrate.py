@@ -27,9 +27,18 @@ __all__ = ["migrate"]
     "--database-url",
     group="source",
     env="ABLO_DATABASE_URL",
-    required=True,
     metavar="URL",
     help="The database to prepare (sqlite:///app.db, postgresql://…, mysql://…).",
+)
+@option(
+    "--django",
+    "django_settings",
+    group="source",
+    env="ABLO_DJANGO",
+    metavar="SETTINGS",
+    help="With --capture or --remove-capture: install or remove the capture of the models "
+    "settings.ABLO names in this Django project (mysite.settings), on its ABLO database "
+    "(`python manage.py migrate` creates the ledger and outbox).",
 )
 @option(
     "--models",
@@ -73,7 +82,8 @@ __all__ = ["migrate"]
 def migrate(
     ctx: click.Context,
     /,
-    database_url: str,
+    database_url: str | None,
+    django_settings: str | None,
     models_path: str | None,
     print_sql: bool,
     grants_for: str | None,
@@ -122,6 +132,18 @@ def migrate(
         guard_url_options(ctx, formatter.add_secret)
     except ConfigError as error:
         fail(str(error))
+    if django_settings:
+        if database_url:
+            fail("give --database-url or --django, not both")
+        if not (capture or remove_capture) or print_sql or grants_for or models_path:
+            fail(
+                "--django takes --capture or --remove-capture only (`python manage.py migrate` "
+                "creates the ledger and outbox)"
+            )
+        _migrate_django(django_settings, remove_capture, formatter.add_secret)
+        return
+    if not database_url:
+        fail("say which database: --database-url URL (or --django SETTINGS --capture)")
     if print_sql and remove_capture:
         fail("--print-sql prints what --capture installs; --remove-capture prints nothing")
     if print_sql and not capture:
@@ -173,6 +195,32 @@ def migrate(
         return
     served = _served_models(database_url, models_path, formatter.add_secret)
     click.echo(f"{shown}: run will serve {', '.join(served)}")
+
+
+def _migrate_django(settings: str, remove: bool, add_secret: Callable[[str], None]) -> None:
+    """``migrate --django SETTINGS --capture`` (or ``--remove-capture``)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from ..adapters.sql import describe_database_error
+    from .sources import django_project
+
+    try:
+        models, unreachable = django_project(settings, add_secret)
+        if unreachable is not None:
+            fail(str(unreachable), EX_UNAVAILABLE)
+        from ..adapters.django.capture import migrate_capture
+        from ..adapters.django.settings import served_database
+
+        alias = served_database()
+        changes = migrate_capture(models, alias, remove=remove)
+    except ConfigError as error:
+        fail(str(error))
+    except DBAPIError as error:
+        fail(f"capture failed: {describe_database_error(error)}", EX_FAILURE)
+    for change in changes:
+        click.echo(f"Django database {alias!r}: {change}")
+    if not changes:
+        click.echo(f"Django database {alias!r}: the capture is up to date")
 
 
 def _served_models(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
@@ -224,12 +224,13 @@ def django_project(
         database_secrets,
         setup_project,
     )
+    from ..adapters.django.settings import served_database
 
     models = setup_project(settings_module)
     for secret in database_secrets():
         add_secret(secret)
     try:
-        check_migrated()
+        check_migrated(served_database())
     except DatabaseUnreachable as error:
         return models, error
     return models, None
@@ -242,9 +243,31 @@ def django_source(settings_module: str, add_secret: Callable[[str], None]) -> Da
     models, unreachable = django_project(settings_module, add_secret)
     if unreachable is not None:
         log.warning("%s; requests answer 503 until it is back", unreachable)
+    from ..adapters.django.settings import served_database
     from ..adapters.django.source import DjangoSource
 
-    return DjangoSource(models)
+    using = served_database()
+    if unreachable is None:
+        _tell_capture(models, using)
+    return DjangoSource(models, using=using)
+
+
+def _tell_capture(models: Mapping[str, DjangoModel], using: str) -> None:
+    """Which served models the database captures, and (at WARNING) each
+    capture that no longer matches its model, as the SQL adapter's run says."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..adapters.django.capture import drift
+
+    try:
+        captured, drifted = drift(models, using)
+    except (ConfigError, SQLAlchemyError) as error:
+        log.warning("could not read the capture's state: %s", error)
+        return
+    for name in captured:
+        log.info("model %r is captured: the database records its writes", name)
+    for line in drifted.values():
+        log.warning("%s", line)
 
 
 def sql_source(

@@ -294,7 +294,9 @@ def _django_source(
     source = django_source(settings_module, add_secret)
     from django.db import connections  # set up by django_source
 
-    database = connections["default"].settings_dict
+    from ..adapters.django.settings import served_database
+
+    database = connections[served_database()].settings_dict  # the alias served
     name = str(database.get("NAME") or "")
     if database.get("ENGINE", "").endswith("sqlite3"):
         name = Path(name).name

@@ -55,3 +55,17 @@ class Task(models.Model):
 @receiver(post_save, sender=Task)
 def _saved(sender: Any, instance: Task, **_: Any) -> None:
     SAVED.append(instance.pk)
+
+
+class Note(models.Model):
+    """A note that outlives its task (``SET_NULL``: a queryset update, no
+    signal), with values a trigger stores as text or JSON."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.SET_NULL)
+    amount = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    extra = models.JSONField(null=True, blank=True)
+    written_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        app_label = "django_todo"

@@ -14,7 +14,8 @@ without a parent in autocommit, and sends ``post_save`` after the row is
 committed). A connector commit writes its operations' events itself, with
 their ``correlationId`` and ``transactionId``; the signal handlers leave
 those rows alone (:data:`COMMITTING` says which), so each change is
-recorded once.
+recorded once. Where a served model's table is captured (capture triggers,
+see :mod:`.capture`), the handlers leave every write to it to the triggers.
 
 The commit-order lock is taken when a transaction writes its first event
 and held until it ends (PostgreSQL's advisory transaction lock, MySQL's
@@ -210,15 +211,21 @@ _PATCHED: Final = "_ablo_atomic_save"
 def _record(served: DjangoModel, instance: Any, kind: str, using: str) -> None:
     from django.db import connections
 
+    from .capture import captured_tables
+
     record = COMMITTING.get()
     pk = instance.pk
+    mine = record is not None and record.using == using
+    if mine and record is not None and record.current == (type(instance), str(pk)):
+        return  # the connector's commit writes this event itself
+    connection = connections[using]
+    if captured_tables(connection, [served.model._meta.db_table]):
+        return  # the table's capture triggers record this write (see .capture)
     data = None if kind == "DELETE" else read_row(served, pk, using)
-    if record is not None and record.using == using:
-        if record.current == (type(instance), str(pk)):
-            return  # the connector's commit writes this event itself
+    if mine and record is not None:
         record.others.append(app_event(served, pk, kind, data, record.correlation_id))
         return
-    insert_events(connections[using], [app_event(served, pk, kind, data, None)])
+    insert_events(connection, [app_event(served, pk, kind, data, None)])
 
 
 def _on_save(sender: Any, instance: Any, created: bool, raw: bool, using: str, **_: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Final
 from ...errors import ConfigError, ConnectorError
 from ...serve.loader import import_module
 from .served import DjangoModel
-from .settings import served_models
+from .settings import served_database, served_models
 
 __all__ = [
     "APP",
@@ -37,11 +37,11 @@ class DatabaseUnreachable(ConnectorError):
     """The project's database did not answer: an outage, not a mistake in the settings."""
 
 
-def load_project(settings_module: str | None, *, using: str = "default") -> dict[str, DjangoModel]:
-    """Set up the project, check its database has the connector's tables, and
-    return the models ``settings.ABLO`` serves, by wire name."""
+def load_project(settings_module: str | None) -> dict[str, DjangoModel]:
+    """Set up the project, check its database (``ABLO["database"]``) has the
+    connector's tables, and return the models ``settings.ABLO`` serves, by wire name."""
     models = setup_project(settings_module)
-    check_migrated(using)
+    check_migrated(served_database())
     return models
 
 
@@ -88,7 +88,9 @@ def setup_project(settings_module: str | None) -> dict[str, DjangoModel]:
             f'Django settings {module!r}: add "{APP}" to INSTALLED_APPS, then run '
             "`python manage.py migrate` to create the connector's tables"
         )
-    return served_models()
+    models = served_models()
+    served_database()  # an unknown alias is a mistake in the settings, said now
+    return models
 
 
 def _keep_our_loggers() -> None:
@@ -120,7 +122,8 @@ def check_migrated(using: str = "default") -> None:
     if missing:
         raise ConfigError(
             f"the Django database {using!r} lacks the connector's tables (migration "
-            f"{APP_LABEL}.{missing[0]} is not applied): run `python manage.py migrate`"
+            f"{APP_LABEL}.{missing[0]} is not applied): run `python manage.py migrate"
+            + ("`" if using == "default" else f" --database {using}`")
         )
 
 

@@ -3,6 +3,7 @@
 ::
 
     ABLO = {
+        "database": "default",                      # the DATABASES alias served (optional)
         "models": {
             "task": "todo.Task",                    # the wire name, then app_label.ModelName
             "project": {
@@ -17,7 +18,9 @@
 Every concrete field is served under the camelCase of its attribute name
 (``due_at`` as ``dueAt``, a foreign key ``project`` as ``projectId``), the
 primary key as ``id``; ``exclude`` leaves fields out and ``fields`` renames
-them. Nothing is served that the setting does not name. Each mistake is a
+them. Nothing is served that the setting does not name. ``database`` names
+the ``DATABASES`` entry the connector reads and writes (``"default"`` unless
+given). Each mistake is a
 :class:`~connector.errors.ConfigError` naming the setting's key at fault.
 """
 
@@ -31,9 +34,9 @@ from ...errors import ConfigError
 from ..sql.models import snake_to_camel
 from .served import DjangoModel, ServedField
 
-__all__ = ["served_models"]
+__all__ = ["served_database", "served_models"]
 
-_TOP_KEYS: Final = ("models",)
+_TOP_KEYS: Final = ("database", "models")
 _MODEL_KEYS: Final = ("model", "exclude", "fields", "capture")
 _EXAMPLE: Final = 'ABLO = {"models": {"task": "todo.Task"}}'
 
@@ -41,6 +44,27 @@ _EXAMPLE: Final = 'ABLO = {"models": {"task": "todo.Task"}}'
 def _key(*parts: str) -> str:
     """``ABLO["models"]["task"]``: where in the setting a mistake is."""
     return "ABLO" + "".join(f"[{json.dumps(part)}]" for part in parts)
+
+
+def served_database() -> str:
+    """The ``DATABASES`` alias ``settings.ABLO["database"]`` names (``"default"``
+    unless given), checked against ``settings.DATABASES``."""
+    from django.conf import settings
+
+    ablo = getattr(settings, "ABLO", None)
+    alias = ablo.get("database", "default") if isinstance(ablo, Mapping) else "default"
+    databases = getattr(settings, "DATABASES", None) or {}
+    if not isinstance(alias, str) or not alias:
+        raise ConfigError(
+            f'{_key("database")} must be the name of a DATABASES entry, e.g. "default", not '
+            f"{json.dumps(alias) if isinstance(alias, str) else type(alias).__name__}"
+        )
+    if alias not in databases:
+        raise ConfigError(
+            f"{_key('database')}: DATABASES has no entry {json.dumps(alias)} (its entries: "
+            f"{', '.join(json.dumps(str(name)) for name in databases) or 'none'})"
+        )
+    return alias
 
 
 def served_models() -> dict[str, DjangoModel]:

@@ -41,7 +41,9 @@ from ..kit.outbox import (
     outbox_cursor,
     replayed_answer,
 )
+from ..sql.capture import CommitContext, is_captured
 from ..sql.values import ValueRejected, checked_text, json_text, to_json_value
+from .capture import begin_commit, captured_tables, converted, end_commit, entity_texts
 from .outbox import (
     COMMITTING,
     CommitRecord,
@@ -257,7 +259,10 @@ class DjangoSource(DataSource):
                         "the events cursor is past the last event this source issued (was the "
                         "outbox recreated, truncated or restored from an older backup?)",
                     )
-        return tuple(_outbox_row(row) for row in rows)
+        found = [_outbox_row(row) for row in rows]
+        if any(is_captured(row["data"]) for row in found):
+            converted(connection, self.models, found)
+        return tuple(found)
 
     # ------------------------------------------------------------ commit
 
@@ -302,6 +307,11 @@ class DjangoSource(DataSource):
         if not _reserve(connection, key, commit.effective_intent_hash, now):
             return _replay(connection, key, commit.replayable_intent_hashes)
         organization = commit.scope.organization_id if commit.scope else None
+        # On a captured table the triggers leave the rows this commit writes
+        # to it (see .capture): its events are written below, as everywhere.
+        context = _capture_context(connection, commit.operations, models)
+        if context is not None:
+            begin_commit(connection, context)
         record = CommitRecord(self.using, key)
         token = COMMITTING.set(record)
         # Each operation's event, after those of the rows its write changed
@@ -333,6 +343,8 @@ class DjangoSource(DataSource):
         finally:
             record.current = None
             COMMITTING.reset(token)
+        if context is not None:
+            end_commit(connection, context)
         rows = [row for row, _ in applied]
         insert_events(connection, events)
         quote = connection.ops.quote_name
@@ -414,6 +426,26 @@ class DjangoSource(DataSource):
 
 
 # ------------------------------------------------------------ helpers
+
+
+def _capture_context(
+    connection: Any, operations: Sequence[Operation], models: Sequence[DjangoModel]
+) -> CommitContext | None:
+    """The rows ``operations`` write to captured tables, each id as the
+    request gives it and as the database casts the column's value to text."""
+    captured = captured_tables(connection, {served.model._meta.db_table for served in models})
+    rows: set[tuple[str, str]] = set()
+    for op, served in zip(operations, models, strict=True):
+        raw_id = op.id if op.id is not None else (op.input or {}).get("id")
+        if served.model._meta.db_table not in captured or not isinstance(raw_id, str):
+            continue
+        rows.add((served.name, raw_id))
+        with contextlib.suppress(SourceError):  # a bad id: _apply refuses it
+            key = _to_value(served.id, "id", raw_id)
+            rows.update(
+                (served.name, text) for text in entity_texts(connection, served, raw_id, key)
+            )
+    return CommitContext(frozenset(rows)) if rows else None
 
 
 def _prune_outbox(connection_of: Callable[[], Any], read_past: int, cutoff: dt.datetime) -> int:

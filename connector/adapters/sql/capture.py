@@ -136,6 +136,11 @@ class CaptureSpec:
         object.__setattr__(self, "signature", signature)
 
 
+def _spec_of(model: ServedModel | CaptureSpec) -> CaptureSpec:
+    """A model's spec; one given as its spec (the Django adapter's models) as it is."""
+    return model if isinstance(model, CaptureSpec) else capture_spec(model)
+
+
 def capture_spec(served: ServedModel) -> CaptureSpec:
     archived = served.archived_at
     return CaptureSpec(
@@ -204,7 +209,10 @@ def _difference(old: Sequence[str], new: Sequence[str]) -> str:
 
 
 def install_capture(
-    engine: sa.Engine, dialect: Dialect, served: Mapping[str, ServedModel], wanted: set[str]
+    engine: sa.Engine,
+    dialect: Dialect,
+    served: Mapping[str, ServedModel | CaptureSpec],
+    wanted: set[str],
 ) -> list[str]:
     """Install or bring up to date the capture of every model in ``wanted``,
     remove it from every other; returns each change made (empty: nothing to do)."""
@@ -224,7 +232,7 @@ def install_capture(
             connection.execute(capture_table.delete().where(capture_table.c.model == name))
             changes.append(f"removed the capture of model {name!r} (table {gone.table})")
         for name in sorted(wanted):
-            spec = capture_spec(served[name])
+            spec = _spec_of(served[name])
             old = installed.get(name)
             if old is not None and old.signature == spec.signature:
                 continue
@@ -321,11 +329,16 @@ def require_capture(dialect: Dialect) -> Dialect:
     return dialect
 
 
-def capture_drift(connection: sa.Connection, served: Mapping[str, ServedModel]) -> dict[str, str]:
+def capture_drift(
+    connection: sa.Connection,
+    served: Mapping[str, ServedModel | CaptureSpec],
+    remedy: str = "`ablo-connector migrate --capture` with the same --models",
+) -> dict[str, str]:
     """Per captured model whose capture no longer matches its table or the
-    map, one line saying what differs and what to run."""
+    map, one line saying what differs and what to run (``remedy``)."""
     drift: dict[str, str] = {}
-    tables = {(model.table.schema, model.table.name): name for name, model in served.items()}
+    specs = {name: _spec_of(model) for name, model in served.items()}
+    tables = {(spec.schema, spec.table): name for name, spec in specs.items()}
     for name, old in _installed(connection).items():
         model = served.get(name)
         if model is None:
@@ -335,15 +348,14 @@ def capture_drift(connection: sa.Connection, served: Mapping[str, ServedModel]) 
             if other is not None:
                 drift[other] = (
                     f"table {old.table} is captured as model {name!r}, but served as model "
-                    f"{other!r}: run `ablo-connector migrate --capture` with the same --models"
+                    f"{other!r}: run {remedy}"
                 )
             continue
-        spec = capture_spec(model)
+        spec = specs[name]
         if spec.signature != old.signature:
             drift[name] = (
                 f"the capture of model {name!r} (table {spec.table}) no longer matches it "
-                f"({_difference(old.columns, spec.columns)}): run `ablo-connector migrate "
-                "--capture` with the same --models"
+                f"({_difference(old.columns, spec.columns)}): run {remedy}"
             )
     return drift
 

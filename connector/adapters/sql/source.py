@@ -935,10 +935,16 @@ class SQLSource(DataSource):
         """:meth:`_commit_in`, step for step, on the dialect's own connections
         (see .dialects.postgresql_commits); a shape it cannot run goes through
         SQLAlchemy, whole."""
-        steps = [self._operation(served, op) for op, served in zip(commit.operations, models, strict=True)]  # fmt: skip
+        # An operation the adapter refuses is refused after the ledger had
+        # its say, as on SQLAlchemy's path: a replay is answered from it.
+        refused: SourceError | None = None
+        try:
+            steps = self._operations(commit, models)
+        except SourceError as error:
+            steps, refused = [], error
         shapes = [
             commits.row_statement(served, kind, tuple(sorted(values)))
-            for served, (kind, _, values, _) in zip(models, steps, strict=True)
+            for served, (kind, _, values, _) in zip(models, steps, strict=refused is None)
         ]
         if any(shape is None for shape in shapes):
             return await self._database.write(self._commit_in, commit, models)
@@ -947,6 +953,8 @@ class SQLSource(DataSource):
             if not await transaction.reserve(reservation):
                 found = await transaction.replayed(key, dt.datetime.now(dt.UTC))
                 return _replayed(found, commit.replayable_intent_hashes)
+            if refused is not None:
+                raise refused
             context = self._capture_context(commit.operations, models)
             if context is not None:
                 await transaction.captured(context.as_json())
@@ -970,14 +978,17 @@ class SQLSource(DataSource):
         key, reservation = _reservation(commit)
         if not self._dialect.reserve(connection, reservation):
             return self._replay(connection, key, commit.replayable_intent_hashes)
+        # Every operation is checked before the first is written: a request's
+        # mistake is answered the same whatever the database would say first.
+        steps = self._operations(commit, models)
         # On a captured table the triggers leave the rows this commit writes
         # to it (see .capture): its events are written below, as everywhere.
         context = self._capture_context(commit.operations, models)
         if context is not None:
             self._dialect.begin_captured_commit(connection, context)
         applied = [
-            self._apply(connection, served, op)
-            for op, served in zip(commit.operations, models, strict=True)
+            self._apply(connection, served, op, step)
+            for op, served, step in zip(commit.operations, models, steps, strict=True)
         ]
         if context is not None:
             self._dialect.end_captured_commit(connection, context)
@@ -1023,6 +1034,14 @@ class SQLSource(DataSource):
         ).first()
         return _replayed(found, intents)
 
+    def _operations(
+        self, commit: CommitRequest, models: Sequence[ServedModel]
+    ) -> Sequence[tuple[str, Any, dict[str, Any], str]]:
+        return [
+            self._operation(served, op)
+            for op, served in zip(commit.operations, models, strict=True)
+        ]
+
     def _operation(
         self, served: ServedModel, op: Operation
     ) -> tuple[str, Any, dict[str, Any], str]:
@@ -1056,10 +1075,15 @@ class SQLSource(DataSource):
         return ("update" if values else "select"), key, values, raw_id
 
     def _apply(
-        self, connection: sa.Connection, served: ServedModel, op: Operation
+        self,
+        connection: sa.Connection,
+        served: ServedModel,
+        op: Operation,
+        step: tuple[str, Any, dict[str, Any], str],
     ) -> tuple[dict[str, Any], bool]:
-        """The row as it stands after ``op``, and whether ``op`` changed anything."""
-        kind, key, values, raw_id = self._operation(served, op)
+        """The row as it stands after ``op`` (whose :meth:`_operation` is
+        ``step``), and whether ``op`` changed anything."""
+        kind, key, values, raw_id = step
         table, match = served.table, served.id == key
         found: dict[str, Any] | None
         if kind == "insert":

@@ -88,6 +88,15 @@ def _parsed(text: str) -> Any:
         return None
 
 
+def _is_json(text: str) -> bool:
+    """Whether ``text`` parses as JSON (``null`` does: :func:`_parsed` cannot tell it apart)."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _scalar(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -221,7 +230,7 @@ _COMMIT_TYPES: Final = frozenset({"CREATE", "UPDATE", "DELETE", "ARCHIVE", "UNAR
 
 def _value_text(value: Any) -> str:
     """VALUE as ``request list --where`` reads it back: JSON when it parses, else text."""
-    if isinstance(value, str) and _PLAIN_TEXT.fullmatch(value) and _parsed(value) is None:
+    if isinstance(value, str) and _PLAIN_TEXT.fullmatch(value) and not _is_json(value):
         return value
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
