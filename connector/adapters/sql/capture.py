@@ -219,7 +219,7 @@ def install_capture(
     require_capture(dialect)
     changes: list[str] = []
     with engine.begin() as connection:
-        _refuse_uncapturable(connection, dialect, [capture_spec(served[name]) for name in wanted])
+        _refuse_uncapturable(connection, dialect, [_spec_of(served[name]) for name in wanted])
         for statement in dialect.capture_setup_statements():
             connection.exec_driver_sql(statement)
         installed = _installed(connection)
