@@ -16,6 +16,11 @@ from tests.test_sql_adapter import Client
 from tests.test_sql_capture import Session, all_events, database_url  # noqa: F401
 from tests.test_verify import statuses, verify
 
+# The helpers for a handler's own tables are SQLite's and PostgreSQL's (on
+# MySQL and MariaDB the SQL adapter serves the table and moves what its
+# triggers staged: test_sql_capture.py).
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+
 
 @pytest.fixture
 async def client(database_url: str) -> AsyncIterator[Client]:  # noqa: F811

@@ -1,5 +1,5 @@
 """Capture: writes made by the application itself, through a plain database
-session (the standard library's sqlite3, psycopg: never the project's code),
+session (the standard library's sqlite3, psycopg, PyMySQL: never the project's code),
 reach ``events`` exactly once, in commit order, with ``data`` equal to what
 ``load`` answered right after the write; the connector's own commits go
 through the same triggers, once each."""
@@ -21,13 +21,14 @@ import sqlalchemy as sa
 from connector import SourceError
 from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
 from connector.adapters.sql.capture import migrate_capture
+from tests import mariadb
 from tests.helpers import TASKS_DDL, execute
 from tests.postgres import create_database, drop_database
 from tests.test_sql_adapter import Client, create, update
 
-DIALECTS = ["sqlite", "postgresql"]
+DIALECTS = ["sqlite", "postgresql", "mariadb"]
 # Where writers run concurrently (SQLite has one writer at a time: no case there).
-CONCURRENT = ["postgresql"]
+CONCURRENT = ["postgresql", "mariadb"]
 MAP = {"models": {"task": {"table": "tasks", "exclude": ["secret"]}}}
 
 
@@ -37,6 +38,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         path = tmp_path / "app.db"
         sqlite3.connect(path).close()
         yield f"sqlite:///{path}"
+        return
+    if request.param == "mariadb":
+        shared = request.getfixturevalue("mariadb_server")
+        url = mariadb.create_database(shared)
+        try:
+            yield url
+        finally:
+            mariadb.drop_database(shared, url)
         return
     server = request.getfixturevalue("postgres_server")
     url = create_database(server)
@@ -69,7 +78,18 @@ class Session:
     def __init__(self, url: str) -> None:
         parsed = sa.make_url(url)
         self.postgres = parsed.get_backend_name() == "postgresql"
-        if self.postgres:
+        self.mysql = parsed.get_backend_name() == "mysql"
+        if self.mysql:
+            import pymysql
+
+            self.connection = pymysql.connect(
+                host=parsed.host,
+                port=parsed.port,
+                user=parsed.username,
+                database=parsed.database,
+                charset="utf8mb4",
+            )
+        elif self.postgres:
             import psycopg
 
             self.connection: Any = psycopg.connect(
@@ -80,18 +100,34 @@ class Session:
             self.connection.execute("PRAGMA busy_timeout=30000")
 
     def run(self, sql: str, *values: Any) -> None:
+        if self.mysql:
+            with self.connection.cursor() as cursor:
+                cursor.execute(sql.replace("?", "%s"), values or None)
+            return
         sql = sql.replace("?", "%s") if self.postgres else sql
         self.connection.execute(sql, values)
 
+    def stamp(self, text: str) -> str:
+        """A UTC timestamp as a literal a timestamp column of this database takes."""
+        return f"'{text}'" if self.mysql else f"'{text}+00'"
+
     def begin(self) -> None:
-        if not self.postgres:
+        if self.mysql:
+            self.connection.begin()
+        elif not self.postgres:
             self.connection.execute("BEGIN")
 
     def commit(self) -> None:
-        self.connection.commit() if self.postgres else self.connection.execute("COMMIT")
+        if self.postgres or self.mysql:
+            self.connection.commit()
+        else:
+            self.connection.execute("COMMIT")
 
     def rollback(self) -> None:
-        self.connection.rollback() if self.postgres else self.connection.execute("ROLLBACK")
+        if self.postgres or self.mysql:
+            self.connection.rollback()
+        else:
+            self.connection.execute("ROLLBACK")
 
     def write(self, sql: str, *values: Any) -> None:
         self.begin()
@@ -144,7 +180,8 @@ async def test_the_applications_own_writes_are_events_equal_to_load(
     loaded.append(await load(client, "t1"))
     session.write("UPDATE tasks SET done = true, estimate = 0.30000000000000004 WHERE id = 't1'")
     loaded.append(await load(client, "t1"))
-    session.write("UPDATE tasks SET due_at = '2024-05-06 07:08:09.123456+00' WHERE id = 't1'")
+    due = session.stamp("2024-05-06 07:08:09.123456")
+    session.write(f"UPDATE tasks SET due_at = {due} WHERE id = 't1'")
     loaded.append(await load(client, "t1"))
     session.write("DELETE FROM tasks WHERE id = 't1'")
     events = await all_events(client)
@@ -159,6 +196,61 @@ async def test_the_applications_own_writes_are_events_equal_to_load(
     assert all("secret" not in e.get("data", {}) for e in events)
     assert [int(e["cursor"]) for e in events] == sorted(int(e["cursor"]) for e in events)
     assert len({e["id"] for e in events}) == 4
+
+
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+async def test_every_mysql_type_an_application_writes_is_an_event_equal_to_load(
+    database_url: str,
+) -> None:
+    """MySQL's triggers store each value as its text (bytes as hex, a
+    TIMESTAMP as its instant), and events decodes it as the driver decodes
+    the text protocol: the same values as load, whatever the writer's
+    time_zone; a change of case alone is a change."""
+    execute(
+        database_url,
+        "CREATE TABLE things (id VARCHAR(64) PRIMARY KEY, label VARCHAR(40), price DECIMAL(10, 3), "
+        "doc JSON, flag BOOLEAN, big BIGINT UNSIGNED, ratio DOUBLE, small FLOAT, "
+        "day DATE, clock TIME(3), at_ts TIMESTAMP(6) NULL, due DATETIME, raw VARBINARY(16), "
+        "blob_value BLOB, kind ENUM('a', 'b'), tags SET('x', 'y'), born YEAR, bits BIT(10))",
+    )
+    things = {"models": {"thing": {"table": "things"}}}
+    install(database_url, things)
+    client = Client(SQLSource(database_url, things))
+    session = Session(database_url)
+    try:
+        session.run("SET time_zone = '+05:30'")  # the writer's own, not the connector's
+        session.write(
+            "INSERT INTO things VALUES ('x', 'Straße 🦊', 12.345, '{\"k\": [1, null], \"é\": \"✓\"}', "
+            "true, 18446744073709551615, 0.30000000000000004, 0.1, '2024-02-29', '-01:02:03.456', "
+            "'2024-05-06 07:08:09.123456', '2024-05-06 07:08:09', X'00ff10', X'cafe', 'b', "
+            "'x,y', 2024, b'1000000001')"
+        )
+        created = (await client.ok({"type": "load", "model": "thing", "id": "x"}))["row"]
+        session.write("UPDATE things SET label = 'STRASSE 🦊' WHERE id = 'x'")
+        session.write("UPDATE things SET label = 'strasse 🦊' WHERE id = 'x'")  # case only
+        lowered = (await client.ok({"type": "load", "model": "thing", "id": "x"}))["row"]
+        session.write("UPDATE things SET label = NULL, at_ts = NULL, raw = NULL WHERE id = 'x'")
+        nulls = (await client.ok({"type": "load", "model": "thing", "id": "x"}))["row"]
+        events = await all_events(client)
+        assert [e["type"] for e in events] == ["CREATE", "UPDATE", "UPDATE", "UPDATE"]
+        assert events[0]["data"] == created
+        assert created["atTs"].startswith("2024-05-06T01:38:09.123456")  # +05:30 as UTC
+        assert (created["doc"], created["flag"], created["ratio"], created["bits"]) == (
+            {"k": [1, None], "é": "✓"},
+            True,
+            0.30000000000000004,
+            513,
+        )
+        assert (created["raw"], created["blobValue"], sorted(created["tags"])) == (
+            "AP8Q",
+            "yv4=",
+            ["x", "y"],
+        )
+        assert events[2]["data"] == lowered
+        assert events[3]["data"] == nulls and nulls["label"] is None
+    finally:
+        session.close()
+        await client.close()
 
 
 async def test_a_write_of_only_an_excluded_column_or_a_rollback_is_no_event(
@@ -179,7 +271,8 @@ async def test_archiving_in_the_database_is_an_archive_event(
     client: Client, session: Session
 ) -> None:
     session.write("INSERT INTO tasks (id, title) VALUES ('t1', 'One')")
-    session.write("UPDATE tasks SET archived_at = '2024-01-02 03:04:05+00' WHERE id = 't1'")
+    archived = session.stamp("2024-01-02 03:04:05")
+    session.write(f"UPDATE tasks SET archived_at = {archived} WHERE id = 't1'")
     session.write("UPDATE tasks SET archived_at = NULL WHERE id = 't1'")
     events = await all_events(client)
     assert [e["type"] for e in events] == ["CREATE", "ARCHIVE", "UNARCHIVE"]
@@ -255,6 +348,27 @@ async def test_the_connectors_own_commits_write_the_events_they_wrote_without_ca
         await without.close()
 
 
+async def test_a_rows_events_follow_its_writes_across_the_application_and_the_connector(
+    client: Client, session: Session
+) -> None:
+    """The application's write, then the connector's commit of the same row,
+    then the application's again: its events come in that order."""
+    session.write("INSERT INTO tasks (id, title) VALUES ('a', 'by the application')")
+    session.write("UPDATE tasks SET priority = 1 WHERE id = 'a'")
+    status, body = await client.commit("c1", update("a", title="by the connector"))
+    assert status == 200, body
+    session.write("UPDATE tasks SET priority = 2 WHERE id = 'a'")
+    events = await all_events(client)
+    assert [(e["type"], e.get("correlationId")) for e in events] == [
+        ("CREATE", None),
+        ("UPDATE", None),
+        ("UPDATE", "c1"),
+        ("UPDATE", None),
+    ]
+    assert [e["data"]["priority"] for e in events] == [None, 1, 1, 2]
+    assert events[3]["data"] == await load(client, "a")
+
+
 async def test_an_update_of_a_rows_id_is_a_delete_and_a_create(
     client: Client, session: Session
 ) -> None:
@@ -310,6 +424,12 @@ async def test_a_bulk_update_of_10000_rows_pages_out_completely(
         session.run(
             "INSERT INTO tasks (id, title) SELECT 'r' || i, 't' FROM generate_series(1, 10000) i"
         )
+    elif session.mysql:
+        session.run("SET SESSION max_recursive_iterations = 10000")  # MariaDB's default: 1000
+        session.run(
+            "INSERT INTO tasks (id, title) WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL "
+            "SELECT i + 1 FROM n WHERE i < 10000) SELECT CONCAT('r', i), 't' FROM n"
+        )
     else:
         session.run(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000) "
@@ -317,6 +437,13 @@ async def test_a_bulk_update_of_10000_rows_pages_out_completely(
         )
     session.commit()
     session.write("UPDATE tasks SET priority = 7")
+    if session.mysql:
+        # A page moves one bounded batch of what the triggers staged, not all
+        # 20,000 rows: the pages simply go on.
+        first = await client.events(None, 1000)
+        assert len(first["events"]) == 1000
+        url = client.source_url  # type: ignore[attr-defined]
+        assert execute(url, "SELECT count(*) FROM ablo_capture_pending")[0] == [(19000,)]
     events = await all_events(client, limit=1000)
     assert len(events) == 20000
     updates = events[10000:]
@@ -401,6 +528,8 @@ async def test_a_capture_installed_under_a_running_connector_records_its_commits
         assert (await client.commit("after", create("b")))[0] == 200
         assert [e["id"] for e in await all_events(client)] == ["before:0", "after:0"]
         install(database_url, remove=True)
+        # Before the probe notices: events pages go on (MySQL: no staging table left).
+        assert [e["id"] for e in await all_events(client)] == ["before:0", "after:0"]
         await client.source.probe()
         assert (await client.commit("removed", create("c")))[0] == 200
         assert [e["id"] for e in await all_events(client)][-1:] == ["removed:0"]
@@ -438,6 +567,64 @@ async def test_capture_false_opts_out_and_remove_drops_it(captured: str) -> None
         await client.close()
 
 
+async def test_what_was_written_before_a_capture_is_removed_reaches_events(
+    captured: str,
+) -> None:
+    """Where the triggers stage their writes (MySQL, MariaDB), migrate moves
+    what they staged into the outbox before it drops a model's capture or
+    the staging table; with no connector paging in between."""
+    session = Session(captured)
+    try:
+        session.write("INSERT INTO tasks (id, title) VALUES ('k', 'kept')")
+        opted_out = {"models": {"task": {"table": "tasks", "capture": False}}}
+        install(captured, opted_out)
+        session.write("INSERT INTO tasks (id, title) VALUES ('x', 'not captured')")
+        install(captured)
+        session.write("INSERT INTO tasks (id, title) VALUES ('m', 'moved')")
+        install(captured, remove=True)
+    finally:
+        session.close()
+    client = Client(SQLSource(captured, MAP))
+    try:
+        assert [e["entityId"] for e in await all_events(client)] == ["k", "m"]
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+async def test_a_user_that_may_not_move_staged_writes_is_told_once(
+    captured: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = f"nomove_{uuid.uuid4().hex[:8]}"  # '%%': the driver's placeholders
+    name = sa.make_url(captured).database
+    execute(
+        captured,
+        f"CREATE USER '{user}'@'%%'",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{name}`.tasks TO '{user}'@'%%'",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{name}`.ablo_idempotency TO '{user}'@'%%'",
+        f"GRANT SELECT, INSERT, DELETE ON `{name}`.ablo_outbox TO '{user}'@'%%'",
+        f"GRANT SELECT ON `{name}`.ablo_capture TO '{user}'@'%%'",
+        f"GRANT SELECT ON `{name}`.ablo_capture_pending TO '{user}'@'%%'",  # no DELETE
+    )
+    Session(captured).write("INSERT INTO tasks (id, title) VALUES ('s', 'staged')")
+    source = SQLSource(captured.replace("root@", f"{user}@"), MAP)
+    try:
+        source.prepare()
+        with caplog.at_level(logging.WARNING, logger="connector.sql"):
+            for _ in range(3):
+                await source.probe()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert "may not read or delete the rows the capture triggers staged" in warnings[0]
+        assert "--print-grants" in warnings[0]
+        execute(captured, f"GRANT DELETE ON `{name}`.ablo_capture_pending TO '{user}'@'%%'")
+        await source.probe()
+        assert source.probe_gauges()["ablo_connector_outbox_events"] == 1
+    finally:
+        await source.aclose()
+        execute(captured, f"DROP USER IF EXISTS '{user}'@'%%'")
+
+
 @pytest.mark.parametrize("database_url", CONCURRENT, indirect=True)
 async def test_a_long_transaction_stalls_no_writer_and_its_event_is_not_skipped(
     client: Client, captured: str
@@ -468,6 +655,35 @@ async def test_a_long_transaction_stalls_no_writer_and_its_event_is_not_skipped(
 
 
 @pytest.mark.parametrize("database_url", CONCURRENT, indirect=True)
+async def test_writers_committing_out_of_draw_order_are_each_read_once(
+    client: Client, captured: str
+) -> None:
+    """Three open transactions write in one order and commit in the reverse
+    one, while a reader pages: each page holds exactly what committed since
+    the last, and nothing is skipped or read twice."""
+    sessions = [Session(captured) for _ in range(3)]
+    try:
+        for number, session in enumerate(sessions):
+            session.begin()
+            session.run(f"INSERT INTO tasks (id, title) VALUES ('o{number}', 't')")
+        seen: list[str] = []
+        cursor = None
+        for number in (2, 1, 0):
+            page = await client.events(cursor)
+            assert page["events"] == []
+            sessions[number].commit()
+            page = await client.events(cursor)
+            assert [e["entityId"] for e in page["events"]] == [f"o{number}"]
+            seen += [e["entityId"] for e in page["events"]]
+            cursor = page["nextCursor"]
+        assert (await client.events(cursor))["events"] == []
+        assert [e["entityId"] for e in await all_events(client)] == ["o2", "o1", "o0"]
+    finally:
+        for session in sessions:
+            session.close()
+
+
+@pytest.mark.parametrize("database_url", CONCURRENT, indirect=True)
 async def test_concurrent_writers_are_read_in_commit_order_without_gaps(
     client: Client, captured: str
 ) -> None:
@@ -492,13 +708,54 @@ async def test_concurrent_writers_are_read_in_commit_order_without_gaps(
         finished = done()
         page = await client.events(cursor, 7)
         seen += [e["entityId"] for e in page["events"]]
-        cursor = page["nextCursor"]
+        cursor = page.get("nextCursor")  # none before the first event
         if finished and not page["events"]:
             break
     for thread in threads:
         thread.join()
     assert len(seen) == writers * per_writer
     assert len(set(seen)) == len(seen)
+
+
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+async def test_a_connector_commit_refused_midway_leaves_no_event_and_nothing_staged(
+    client: Client, session: Session
+) -> None:
+    """A commit refused after it told the triggers which rows it writes and
+    wrote one of them: rolled back, it leaves no event, staged or not; the
+    next commit, and the application's write of that row, are recorded."""
+    status, _ = await client.commit("c1", create("a"))
+    assert status == 200
+    status, body = await client.commit("c2", create("b"), create("a"))  # a duplicate key
+    assert status == 409, body
+    status, _ = await client.commit("c3", create("c"))
+    assert status == 200
+    url = client.source_url  # type: ignore[attr-defined]
+    assert execute(url, "SELECT count(*) FROM ablo_capture_pending")[0] == [(0,)]
+    session.write("INSERT INTO tasks (id, title) VALUES ('b', 'by the application')")
+    events = await all_events(client)
+    assert [(e["entityId"], e.get("correlationId")) for e in events] == [
+        ("a", "c1"),
+        ("c", "c3"),
+        ("b", None),
+    ]
+
+
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+def test_the_handler_capture_helpers_say_they_are_not_offered_on_mariadb(
+    captured: str,
+) -> None:
+    from connector.adapters.sql.capture import table_capture_statements
+    from connector.errors import ConfigError
+
+    engine = create_database_engine(captured)
+    try:
+        with engine.connect() as connection, pytest.raises(ConfigError) as refused:
+            table_capture_statements(connection, "tasks", model="task", columns=["id"])
+        assert "SQLite and PostgreSQL" in str(refused.value)
+        assert "migrate --capture" in str(refused.value)
+    finally:
+        engine.dispose()
 
 
 # ------------------------------------------------------------ retention
@@ -509,6 +766,7 @@ async def test_retention_prunes_only_what_the_engine_has_read_and_expired_ledger
 ) -> None:
     for index in range(5):
         session.write(f"INSERT INTO tasks (id, title) VALUES ('p{index}', 't')")
+    await client.source.probe()  # where triggers stage their rows, it moves them to the outbox
     status, _ = await client.commit("fresh", create("q"))
     assert status == 200
     old = "'2000-01-01 00:00:00'"

@@ -705,22 +705,82 @@ async def test_migrate_prints_the_capture_ddl_and_the_grants_retention_and_captu
         execute(postgres_server.dsn, f"DROP ROLE IF EXISTS {role}")
 
 
-async def test_migrate_capture_on_mariadb_is_refused_before_it_changes_anything(
+async def test_migrate_prints_the_mariadb_capture_ddl_and_the_grants_capture_needs(
     mariadb_server: Any,
 ) -> None:
-    """MariaDB's triggers draw outbox cursors at statement time: capture is
-    refused there with the reason, in one line, and nothing is created."""
+    """The owner runs what ``--print-sql --capture`` prints in the mariadb
+    client (the triggers are compound statements: it sets a DELIMITER); the
+    connector's user, granted what ``--print-grants`` prints, moves what the
+    triggers staged into the outbox and serves it."""
+    from connector.adapters.sql import SQLSource
+    from tests.test_sql_adapter import Client
+
+    root = mariadb.create_database(mariadb_server)
+    name = root.rsplit("/", 1)[1]
+    user, password = f"cap_{uuid.uuid4().hex[:8]}", "pw-capture-3c9a"
+    as_user = _as_user(root, user, password)
+    execute(root, TASKS_DDL["mysql"])
+    mariadb_server.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'")
+    try:
+        async with process(["migrate", "--database-url", root]) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+        async with process(["migrate", "--database-url", root, "--print-sql", "--capture"]) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+            ddl = cli.output()
+        assert (
+            "DELIMITER //" in ddl
+            and "CREATE OR REPLACE TRIGGER" in ddl
+            and "INSERT INTO ablo_capture" in ddl
+        )
+        assert execute(root, "SHOW TABLES LIKE 'ablo_capture%%'")[0] == []  # printed only
+        mariadb_server.execute(f"USE `{name}`;\n{ddl}")
+        async with process(["migrate", "--database-url", root, "--capture"]) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+            assert "capture" not in cli.output()  # what was printed is what it installs
+        async with process(["migrate", "--database-url", root, "--print-grants", user]) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+            grants = [line for line in cli.output().splitlines() if line.startswith("GRANT")]
+        assert f"GRANT SELECT ON {name}.ablo_capture TO '{user}'@'%';" in grants
+        assert f"GRANT SELECT, DELETE ON {name}.ablo_capture_pending TO '{user}'@'%';" in grants
+        mariadb_server.execute("".join(grants))
+        # The application's own user needs nothing more: triggers run as their definer.
+        execute(root, "INSERT INTO tasks (id, title) VALUES ('app', 'written by the application')")
+        client = Client(SQLSource(as_user))  # as migrate: no map
+        try:
+            status, body = await client.commit(
+                "c_cap", {"type": "CREATE", "model": "tasks", "id": "t1", "input": {"title": "T"}}
+            )
+            assert status == 200, body
+            first = await client.events()
+            # The application's write waited in the staging table until this
+            # page moved it; the commit had written its own event meanwhile.
+            assert [e["entityId"] for e in first["events"]] == ["t1", "app"]
+            assert execute(root, "SELECT count(*) FROM ablo_capture_pending")[0] == [(0,)]
+        finally:
+            await client.close()
+        async with process(["migrate", "--database-url", root, "--remove-capture"]) as cli:
+            assert await cli.wait(30) == 0, cli.output()
+        assert execute(root, "SHOW TABLES LIKE 'ablo_capture%%'")[0] == []
+        assert execute(root, "SHOW TRIGGERS")[0] == []
+    finally:
+        mariadb.drop_database(mariadb_server, root)
+        mariadb_server.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+async def test_migrate_capture_refuses_a_table_that_is_not_innodb(mariadb_server: Any) -> None:
+    """Capture's order rests on InnoDB's row locks and transactions: another
+    engine is refused in one line, before anything is created."""
     url = mariadb.create_database(mariadb_server).replace("mysql://", "mariadb://")
-    execute(url, TASKS_DDL["mysql"])
+    execute(url, TASKS_DDL["mysql"] + " ENGINE=MyISAM")
     try:
         for extra in ([], ["--print-sql"]):
             async with process(["migrate", "--database-url", url, "--capture", *extra]) as cli:
                 assert await cli.wait(30) == 78, cli.output()
-                lines = [line for line in cli.output().splitlines() if "capture" in line]
+                lines = [line for line in cli.output().splitlines() if "InnoDB" in line]
                 assert len(lines) == 1, cli.output()
-                assert "not available on MySQL and MariaDB" in lines[0]
-                assert "statement time" in lines[0] and "without --capture" in lines[0]
-        tables = execute(url, "SHOW TABLES")[0]
-        assert [name for (name,) in tables] == ["tasks"]  # no ledger, outbox or ablo_capture
+                assert "uses the MyISAM engine" in lines[0] and "capture = false" in lines[0]
+        tables = [name for (name,) in execute(url, "SHOW TABLES")[0]]
+        assert not any(name.startswith("ablo_capture") for name in tables), tables
+        assert execute(url, "SHOW TRIGGERS")[0] == []
     finally:
         mariadb.drop_database(mariadb_server, url)

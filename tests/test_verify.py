@@ -161,7 +161,7 @@ def _migrate(url: str) -> None:
         engine.dispose()
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("database", ["sqlite", "postgresql", "mariadb"])
 def test_the_sql_adapter_passes_every_check_with_capture_installed(
     database: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -171,6 +171,14 @@ def test_the_sql_adapter_passes_every_check_with_capture_installed(
 
     if database == "sqlite":
         url = tasks_database(tmp_path / "verify_test.db")
+    elif database == "mariadb":
+        from tests import mariadb
+
+        server = request.getfixturevalue("mariadb_server")
+        url = mariadb.create_database(server)
+        request.addfinalizer(lambda: mariadb.drop_database(server, url))
+        execute(url, TASKS_DDL["mysql"])
+        _migrate(url)
     else:
         from tests import postgres
 

@@ -266,11 +266,11 @@ def _print_capture_sql(engine: Engine, models_path: str | None) -> None:
     from sqlalchemy.exc import OperationalError
 
     from ..adapters.sql import load_model_map
-    from ..adapters.sql.capture import capture_sql
+    from ..adapters.sql.capture import capture_script
 
     try:
         models = load_model_map(models_path) if models_path else None
-        statements = capture_sql(engine, models)
+        lines = capture_script(engine, models)
     except ConfigError as error:
         fail(str(error))
     except OperationalError as error:
@@ -281,8 +281,8 @@ def _print_capture_sql(engine: Engine, models_path: str | None) -> None:
         "-- The capture triggers, as `ablo-connector migrate --capture` installs them on a "
         "database without capture; run as the tables' owner, after the ledger and outbox exist."
     )
-    for statement in statements:
-        click.echo(f"{statement};")
+    for line in lines:
+        click.echo(line)
 
 
 def _print_grants(engine: Engine, models_path: str | None, role: str) -> None:

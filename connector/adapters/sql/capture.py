@@ -3,9 +3,12 @@
 ``migrate --capture`` installs, per captured model, what makes the database
 write one ``ablo_outbox`` event for each row an INSERT, UPDATE or DELETE
 changes, in the writer's own transaction (triggers; each database's DDL is
-its dialect's). The application's writes (its handlers, an admin, ``psql``)
-then reach the engine as the connector's own do. An UPDATE that changes a
-row's id is recorded as a DELETE of the old id and a CREATE of the new one.
+its dialect's; on MySQL and MariaDB the triggers stage each change in
+``ablo_capture_pending`` and the connector moves the committed ones into the
+outbox, see that dialect). The application's writes (its handlers, an
+admin, ``psql``) then reach the engine as the connector's own do. An UPDATE
+that changes a row's id is recorded as a DELETE of the old id and a CREATE
+of the new one.
 
 The connector's own commits write their events themselves, exactly as on a
 table without capture (one per operation that found its row, ``id``
@@ -45,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 
 from ...errors import ConfigError
 from .tables import outbox
@@ -57,9 +61,12 @@ if TYPE_CHECKING:
 __all__ = [
     "CAPTURE_TABLE",
     "CONTEXT_TABLE",
+    "STAGING_TABLE",
     "CaptureSpec",
     "CommitContext",
     "capture_drift",
+    "capture_installed",
+    "capture_script",
     "capture_sql",
     "capture_spec",
     "captured_data",
@@ -81,6 +88,11 @@ CAPTURE_TABLE: Final = "ablo_capture"
 _TRIGGER_VERSION: Final = 2
 #: Where a SQLite commit tells its triggers which operation runs (no session variables there).
 CONTEXT_TABLE: Final = "ablo_capture_context"
+#: Where MySQL's and MariaDB's triggers stage each change until the connector
+#: moves it into the outbox (see the MySQL dialect).
+STAGING_TABLE: Final = "ablo_capture_pending"
+# Staged rows moved per transaction when migrate empties the staging table.
+_MOVE_BATCH: Final = 1000
 
 capture_table: Final = sa.Table(
     CAPTURE_TABLE,
@@ -151,8 +163,23 @@ class _Installed:
     signature: str
 
 
+def capture_installed(connection: sa.Connection) -> bool:
+    """Whether ``ablo_capture`` exists, as far as the connection's user can see."""
+    from .dialects import dialect_named
+
+    try:
+        return sa.inspect(connection).has_table(CAPTURE_TABLE)
+    except sa_exc.DBAPIError as error:
+        # MySQL answers "denied", not "no such table", for a table the user
+        # has no privilege on, whether it exists or not: a user granted what
+        # --print-grants prints before capture was installed.
+        if not dialect_named(connection.dialect.name).lacks_privilege(error.orig):
+            raise
+        return False
+
+
 def _installed(connection: sa.Connection) -> dict[str, _Installed]:
-    if not sa.inspect(connection).has_table(CAPTURE_TABLE):
+    if not capture_installed(connection):
         return {}
     found = {}
     for row in connection.execute(sa.select(capture_table)):
@@ -192,6 +219,7 @@ def install_capture(
     require_capture(dialect)
     changes: list[str] = []
     with engine.begin() as connection:
+        _refuse_uncapturable(connection, dialect, [_spec_of(served[name]) for name in wanted])
         for statement in dialect.capture_setup_statements():
             connection.exec_driver_sql(statement)
         installed = _installed(connection)
@@ -208,7 +236,8 @@ def install_capture(
             old = installed.get(name)
             if old is not None and old.signature == spec.signature:
                 continue
-            if old is not None:
+            in_place = old is not None and (old.schema, old.table) == (spec.schema, spec.table)
+            if old is not None and not (in_place and dialect.replaces_capture(connection)):
                 for statement in dialect.remove_capture_statements(
                     old.schema, old.table, old.trigger_name
                 ):
@@ -234,7 +263,36 @@ def install_capture(
                     f"updated the capture of model {name!r} (table {spec.table}): "
                     f"{_difference(old.columns, spec.columns)}"
                 )
+    _move_staged(engine, dialect)
     return changes
+
+
+def _move_staged(engine: sa.Engine, dialect: Dialect) -> None:
+    """Move into the outbox every row the triggers staged (MySQL, MariaDB),
+    as the connector would: a model no longer captured, or a staging table
+    about to be dropped, leaves nothing behind."""
+    if not dialect.stages_capture:
+        return
+    with engine.connect() as connection:
+        if not sa.inspect(connection).has_table(STAGING_TABLE):
+            return
+
+    def move(connection: sa.Connection) -> int:
+        return dialect.move_captured(connection, _MOVE_BATCH)
+
+    while dialect.run_write(engine, move, ()) == _MOVE_BATCH:
+        pass
+
+
+def _refuse_uncapturable(
+    connection: sa.Connection, dialect: Dialect, specs: Iterable[CaptureSpec]
+) -> None:
+    """A ConfigError naming the first table the database cannot capture
+    (before anything changes: MySQL's DDL commits as it goes)."""
+    for spec in sorted(specs, key=lambda spec: spec.model):
+        problem = dialect.capture_problem(connection, spec)
+        if problem is not None:
+            raise ConfigError(problem)
 
 
 def remove_capture(engine: sa.Engine, dialect: Dialect) -> list[str]:
@@ -248,9 +306,19 @@ def remove_capture(engine: sa.Engine, dialect: Dialect) -> list[str]:
             ):
                 connection.exec_driver_sql(statement)
             changes.append(f"removed the capture of model {name!r} (table {old.table})")
-        for statement in dialect.capture_teardown_statements():
-            connection.exec_driver_sql(statement)
+        if not dialect.stages_capture:
+            _tear_down(connection, dialect)
+    if dialect.stages_capture:
+        # The triggers are gone: what they staged reaches the outbox before its table goes.
+        _move_staged(engine, dialect)
+        with engine.begin() as connection:
+            _tear_down(connection, dialect)
     return changes
+
+
+def _tear_down(connection: sa.Connection, dialect: Dialect) -> None:
+    for statement in dialect.capture_teardown_statements():
+        connection.exec_driver_sql(statement)
 
 
 def require_capture(dialect: Dialect) -> Dialect:
@@ -358,6 +426,7 @@ def capture_sql(engine: sa.Engine, models: Any) -> list[str]:
     dialect, served, wanted = _wanted(engine, models)
     statements = list(dialect.capture_setup_statements())
     with engine.connect() as connection:
+        _refuse_uncapturable(connection, dialect, [capture_spec(served[name]) for name in wanted])
         for name in sorted(wanted):
             spec = capture_spec(served[name])
             statements += dialect.install_capture_statements(connection, spec)
@@ -372,6 +441,15 @@ def capture_sql(engine: sa.Engine, models: Any) -> list[str]:
             compiled = bookkeeping.compile(engine, compile_kwargs={"literal_binds": True})
             statements.append(str(compiled))
     return statements
+
+
+def capture_script(engine: sa.Engine, models: Any) -> list[str]:
+    """:func:`capture_sql` as lines the database's own client runs (MySQL's
+    triggers are compound statements: its client needs a ``DELIMITER``)."""
+    from .dialects import dialect_named
+
+    statements = capture_sql(engine, models)
+    return dialect_named(engine.dialect.name).script(statements)
 
 
 def _wanted(engine: sa.Engine, models: Any) -> tuple[Dialect, dict[str, ServedModel], set[str]]:
@@ -409,7 +487,14 @@ def migrate_capture(engine: sa.Engine, models: Any, *, remove: bool = False) -> 
 def _capturing_dialect(connection: sa.Connection) -> Dialect:
     from .dialects import dialect_named
 
-    return require_capture(dialect_named(connection.dialect.name))
+    dialect = require_capture(dialect_named(connection.dialect.name))
+    if not dialect.capture_helpers:
+        raise ConfigError(
+            "the capture helpers for a handler's own tables are available on SQLite and "
+            "PostgreSQL; on MySQL and MariaDB, serve the table through the SQL adapter and "
+            "run `ablo-connector migrate --capture`"
+        )
+    return dialect
 
 
 def table_capture_statements(

@@ -30,9 +30,10 @@ __all__ = ["ModelMap", "ModelSpec", "ServedModel", "camel_to_snake", "snake_to_c
 
 LEDGER_TABLE: Final = "ablo_idempotency"
 OUTBOX_TABLE: Final = "ablo_outbox"
-# The adapter's own tables (the last two only where capture is installed).
+# The adapter's own tables (the last three only where capture is installed:
+# the context on SQLite, the staging table on MySQL and MariaDB).
 INFRASTRUCTURE_TABLES: Final = frozenset(
-    {LEDGER_TABLE, OUTBOX_TABLE, "ablo_capture", "ablo_capture_context"}
+    {LEDGER_TABLE, OUTBOX_TABLE, "ablo_capture", "ablo_capture_context", "ablo_capture_pending"}
 )
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")

@@ -56,7 +56,6 @@ from .capture import (
     captured_data,
     captured_models,
     is_captured,
-    result_processors,
     untagged,
 )
 from .declared import is_declared
@@ -100,6 +99,11 @@ DEFAULT_OUTBOX_RETENTION: Final = 7 * 24 * 3600.0
 _PRUNE_BATCH: Final = 1000
 _PRUNE_EVERY_SECONDS: Final = 10.0
 _PRUNE_BUDGET_SECONDS: Final = 1.0
+# Where the triggers stage their rows (MySQL, MariaDB: see the dialect), the
+# staged rows moved into the outbox before an events page (one batch: a page
+# never waits on moving a million rows) and at a probe (batches, so long).
+_MOVE_BATCH: Final = 1000
+_MOVE_BUDGET_SECONDS: Final = 1.0
 # Database connections held open. On PostgreSQL more connections than this
 # bought no throughput at 64 requests in flight on a 2-core host (see
 # bench/sql.py); requests beyond it wait for a connection on the event loop.
@@ -222,6 +226,7 @@ class SQLSource(DataSource):
         self._captured: frozenset[str] = frozenset()
         self._capture_drift: dict[str, str] = {}
         self._capture_readers: dict[str, tuple[ServedModel, Any]] = {}
+        self._move_problem: str | None = None
         # Retention (see _prune): the highest cursor the engine has paged
         # past (it asked for events after it), unknown (0) until it asks.
         self.outbox_retention = outbox_retention
@@ -294,10 +299,13 @@ class SQLSource(DataSource):
         return self._gauges
 
     async def _keep_outbox(self) -> None:
-        """Prune what retention allows, then measure the outbox (at each probe)."""
+        """Move what the capture triggers staged, prune what retention allows,
+        then measure the outbox (at each probe)."""
         if self._schema_problem is not None:
             return
         failed: Exception | None = None
+        if self._stages_capture():
+            await self._move_staged()
         pruned = False
         now = time.monotonic()
         if self.outbox_retention is not None and now - self._pruned_at >= _PRUNE_EVERY_SECONDS:
@@ -316,6 +324,38 @@ class SQLSource(DataSource):
         elif self._outbox_problem is not None and (pruned or self.outbox_retention is None):
             log.info("pruning and measuring the outbox work again")
             self._outbox_problem = None
+
+    async def _move_staged(self) -> None:
+        """Move what the capture triggers staged into the outbox, batch after
+        batch, for at most a second; say once (not at every probe) why not."""
+        deadline = time.monotonic() + _MOVE_BUDGET_SECONDS
+        try:
+            while time.monotonic() < deadline and await self._read(self._dialect.has_staged):
+                moved = await self._write(self._dialect.move_captured, _MOVE_BATCH)
+                if moved < _MOVE_BATCH:
+                    break
+        except (SourceError, sa_exc.SQLAlchemyError) as error:
+            if isinstance(error, sa_exc.DBAPIError) and self._dialect.lacks_privilege(error.orig):
+                problem = (
+                    "the database user may not read or delete the rows the capture triggers "
+                    "staged in ablo_capture_pending, so the application's writes do not reach "
+                    "events (grant them: `ablo-connector migrate --print-grants ROLE` prints "
+                    "the GRANTs)"
+                )
+            else:
+                reason = (
+                    describe_database_error(error)
+                    if isinstance(error, sa_exc.SQLAlchemyError)
+                    else str(error)
+                )
+                problem = f"could not move the staged captured writes into the outbox: {reason}"
+            if problem != self._move_problem:
+                log.warning("%s", problem)
+                self._move_problem = problem
+            return
+        if self._move_problem is not None:
+            log.info("the staged captured writes move into the outbox again")
+            self._move_problem = None
 
     def _outbox_trouble(self, error: Exception) -> None:
         """Say once (not at every probe) why retention cannot do its work."""
@@ -516,6 +556,10 @@ class SQLSource(DataSource):
         for name in sorted(self._captured - captured):
             log.info("model %r is no longer captured", name)
         self._captured, self._capture_drift = captured, drift
+
+    def _stages_capture(self) -> bool:
+        """Whether capture triggers may have staged rows for the connector to move."""
+        return self._dialect.stages_capture and bool(self._captured or self._capture_drift)
 
     @staticmethod
     def _capture_state(
@@ -785,6 +829,9 @@ class SQLSource(DataSource):
             raise Unservable(self._schema_problem)
         rows: list[Any] = []
         with self._answers():
+            if self._stages_capture() and await self._read(self._dialect.has_staged):
+                # What the triggers staged and is committed becomes events now.
+                await self._write(self._dialect.move_captured, _MOVE_BATCH)
             if count > 0:
                 rows = await self._fetch(_EVENTS, {"after": after, "count": count})
             if not rows and after > 0:
@@ -819,7 +866,9 @@ class SQLSource(DataSource):
                 conversion = (
                     statement
                     if statement is not None
-                    else result_processors(served, self._database.engine.dialect)
+                    else self._dialect.captured_value_processors(
+                        served, self._database.engine.dialect
+                    )
                 )
                 reader = self._capture_readers[name] = (served, conversion)
             conversion = reader[1]

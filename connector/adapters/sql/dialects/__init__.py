@@ -249,6 +249,46 @@ class Dialect:
         """After its last write (before COMMIT): what :meth:`begin_captured_commit`
         set up and must not outlive the commit."""
 
+    #: Whether the triggers stage their rows for the connector to move into
+    #: the outbox (see :meth:`move_captured`) rather than write it themselves.
+    stages_capture: ClassVar[bool] = False
+    #: Whether the helpers for a handler's own tables (``table_capture_statements``,
+    #: ``own_events``) are offered on this database.
+    capture_helpers: ClassVar[bool] = True
+
+    def replaces_capture(self, connection: sa.Connection) -> bool:
+        """Whether :meth:`install_capture_statements` replace a table's
+        triggers in place (no instant without them where DDL is not
+        transactional), so the old ones are not dropped first."""
+        return False
+
+    def capture_problem(self, connection: sa.Connection, spec: CaptureSpec) -> str | None:
+        """Why ``spec``'s table cannot be captured (one line), before anything changes."""
+        return None
+
+    def script(self, statements: Sequence[str]) -> list[str]:
+        """``statements`` as lines a database's own client runs, in order."""
+        return [f"{statement};" for statement in statements]
+
+    def has_staged(self, connection: sa.Connection) -> bool:
+        """Whether the staging table holds a committed row (a cheap read,
+        before a write transaction is spent on :meth:`move_captured`)."""
+        return False
+
+    def move_captured(self, connection: sa.Connection, limit: int) -> int:
+        """Move at most ``limit`` committed staged rows into the outbox, in
+        one transaction under the commit-order lock; how many were moved."""
+        return 0
+
+    def captured_value_processors(
+        self, served: ServedModel, dialect: sa.Dialect
+    ) -> dict[str, Callable[[Any], Any]]:
+        """Per column, what turns a value a trigger stored into what ``load``
+        answers (the driver's and SQLAlchemy's conversions)."""
+        from ..capture import result_processors
+
+        return result_processors(served, dialect)
+
     def captured_rows_statement(self, served: ServedModel) -> sa.Select[Any] | None:
         """A statement that turns the captured rows of ``served`` (outbox
         cursors ``after`` < cursor <= ``last``) into the model's selected

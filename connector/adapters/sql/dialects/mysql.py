@@ -30,6 +30,11 @@
   per database), held until after ``COMMIT``. The lock belongs to the
   session, so a connection that dies frees it; one that cannot release it
   is closed. No WAL echo (409, as on SQLite).
+- Capture (``migrate --capture``): the triggers run at statement time, so
+  they stage each change in ``ablo_capture_pending`` instead of drawing an
+  outbox cursor, and the connector moves the committed staged rows into the
+  outbox under that lock, before each events page and at each probe (the
+  argument is written above the capture DDL, in :class:`MySQL`).
 - Errors carry a number (errno): one table says which are the caller's
   mistake, a timeout or a retry. MySQL's messages quote the rejected value,
   so answers are worded from the table and the column or key the message
@@ -49,10 +54,14 @@ MariaDB; what is said of MySQL 8 is from its manual.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import math
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from decimal import Decimal
 from typing import Any, ClassVar, Final, TypeVar
 
 import sqlalchemy as sa
@@ -62,6 +71,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from ....errors import ConfigError, SourceError, describe_error
+from ..capture import (
+    CAPTURE_TABLE,
+    STAGING_TABLE,
+    CaptureSpec,
+    CommitContext,
+    capture_installed,
+)
 from ..connections import ReadConnections
 from ..execution import Database, LoopDatabase, Serving
 from ..models import ServedModel
@@ -167,6 +183,7 @@ _OUTBOX_PRIVILEGES: Final = "SELECT, INSERT, DELETE"
 # ------------------------------------------------------------ the driver's errors
 
 _DUPLICATE_KEY: Final = 1062
+_NO_SUCH_TABLE: Final = 1146
 # errno → (code, status, what the answer says was refused).
 _REFUSED: Final[dict[int, tuple[str, int, str]]] = {
     1062: ("source_constraint_violation", 409, "a duplicate key"),
@@ -365,6 +382,21 @@ def _release_commit_order(connection: sa.Connection) -> None:
         connection.invalidate()
 
 
+def _forget_after(connection: sa.Connection) -> None:
+    """Clear @ablo_commit after a commit that failed before it did, on the
+    driver's cursor; a session that may still hold it must not serve again."""
+    connection.info.pop(_OWN_ROWS, None)
+    try:
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute("SET @ablo_commit = NULL")
+        finally:
+            cursor.close()
+    except Exception:
+        log.warning("a commit's capture context could not be cleared; closing its connection")
+        connection.invalidate()
+
+
 def _account(role: str) -> str:
     """``app`` or ``app@host`` as a MySQL account, ``'app'@'host'`` (any host: ``%``)."""
     user, at, host = role.rpartition("@")
@@ -375,6 +407,111 @@ def _account(role: str) -> str:
         return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
     return f"{quoted(user)}@{quoted(host or '%')}"
+
+
+# ------------------------------------------------------------ capture (see MySQL below)
+
+_CREATE_STAGING: Final = f"""CREATE TABLE IF NOT EXISTS {STAGING_TABLE} (
+  id          BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  model       TEXT NOT NULL,
+  entity_id   TEXT NOT NULL,
+  type        VARCHAR(16) NOT NULL,
+  data        JSON,
+  occurred_at BIGINT,
+  created_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  KEY {STAGING_TABLE}_entity (model(100), entity_id(150))
+) {_TABLE_OPTIONS}"""
+_STAGED_COLUMNS: Final = "id, model, entity_id, type, data, occurred_at"
+# Column types a trigger stores as hex (JSON holds text, not bytes), and
+# those whose values compare under a collation (a change of case is a change).
+_BINARY_TYPES: Final = frozenset(
+    {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit"}
+)
+_TEXT_TYPES: Final = frozenset(
+    {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json"}
+)
+_OWN_ROWS: Final = "ablo_commit_rows_set"  # Connection.info: @ablo_commit is set
+
+
+def _move(connection: sa.Connection, staged: Sequence[Any]) -> None:
+    """Insert ``staged`` rows into the outbox in their order (the commit-order
+    lock is held), then delete exactly their ids from the staging table."""
+    if not staged:
+        return
+    connection.exec_driver_sql(
+        f"INSERT INTO {OUTBOX_TABLE} (id, model, entity_id, type, data, occurred_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        [(f"capture:{secrets.token_hex(12)}", *row[1:]) for row in staged],
+    )
+    placeholders = ", ".join(["%s"] * len(staged))
+    connection.exec_driver_sql(
+        f"DELETE FROM {STAGING_TABLE} WHERE id IN ({placeholders})",
+        tuple(row[0] for row in staged),
+    )
+
+
+def _forget_own_rows(connection: sa.Connection) -> None:
+    if connection.info.pop(_OWN_ROWS, False):
+        connection.exec_driver_sql("SET @ablo_commit = NULL")
+
+
+def _from_epoch(text: Any) -> dt.datetime:
+    """A TIMESTAMP a trigger stored as its instant, as a UTC session reads it."""
+    seconds = Decimal(str(text))
+    whole = int(seconds)
+    micro = int((seconds - whole) * 1_000_000)
+    return dt.datetime(1970, 1, 1) + dt.timedelta(seconds=whole, microseconds=micro)
+
+
+def _from_bits(length: int | None) -> Callable[[Any], bytes]:
+    def decode(text: Any) -> bytes:
+        return int(str(text), 16).to_bytes(((length or 1) + 7) // 8, "big")
+
+    return decode
+
+
+def _text_decoder(column_type: sa.types.TypeEngine[Any]) -> Callable[[Any], Any]:
+    """What turns a value's text (as a trigger stored it) into what the driver
+    gives for it: PyMySQL's own decoders of the text protocol (asyncmy's are
+    a port of them)."""
+    from pymysql import converters  # type: ignore[import-untyped]
+
+    decoder: Callable[[Any], Any] = str
+    if isinstance(column_type, mysql.TIMESTAMP):
+        decoder = _from_epoch
+    elif isinstance(column_type, sa.DateTime):
+        decoder = converters.convert_datetime
+    elif isinstance(column_type, sa.Date):
+        decoder = converters.convert_date
+    elif isinstance(column_type, sa.Time):
+        decoder = converters.convert_timedelta
+    elif isinstance(column_type, mysql.BIT):
+        decoder = _from_bits(column_type.length)
+    elif isinstance(column_type, sa.types._Binary):
+        decoder = bytes.fromhex
+    elif isinstance(column_type, (sa.Boolean, sa.Integer, mysql.YEAR)):
+        decoder = int
+    elif isinstance(column_type, sa.Float):
+        decoder = float
+    elif isinstance(column_type, sa.Numeric):
+        decoder = Decimal
+    return decoder
+
+
+def _composed(first: Callable[[Any], Any], then: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def both(value: Any) -> Any:
+        decoded = first(value)
+        return None if decoded is None else then(decoded)
+
+    return both
+
+
+_QUOTE: Final = mysql.dialect().identifier_preparer
+
+
+def _literal(text: str) -> str:
+    """``text`` as a string literal (backslashes too: they escape in MySQL)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 class MySQL(Dialect):
@@ -518,8 +655,11 @@ class MySQL(Dialect):
                 with connection.begin():
                     return work(connection, *args)
             finally:
-                if not connection.invalidated and connection.info.pop(_LOCKED, False):
-                    _release_commit_order(connection)
+                if not connection.invalidated:
+                    if connection.info.get(_OWN_ROWS):
+                        _forget_after(connection)
+                    if connection.info.pop(_LOCKED, False):
+                        _release_commit_order(connection)
 
     def reserve(self, connection: sa.Connection, row: Mapping[str, Any]) -> bool:
         try:
@@ -531,6 +671,8 @@ class MySQL(Dialect):
         return True
 
     def lock_commit_order(self, connection: sa.Connection) -> None:
+        if connection.info.get(_LOCKED):
+            return  # held already in this transaction (GET_LOCK would count it twice)
         acquired = connection.exec_driver_sql(
             f"SELECT GET_LOCK({_LOCK_NAME}, {_LOCK_WAIT_SECONDS})"
         ).scalar()
@@ -661,44 +803,276 @@ class MySQL(Dialect):
         statements.append(
             f"GRANT {_OUTBOX_PRIVILEGES} ON {qualified(None, OUTBOX_TABLE)} TO {grantee};"
         )
+        if capture_installed(connection):
+            # Which models are captured; the staged rows it moves into the outbox.
+            statements.append(f"GRANT SELECT ON {qualified(None, CAPTURE_TABLE)} TO {grantee};")
+            statements.append(
+                f"GRANT SELECT, DELETE ON {qualified(None, STAGING_TABLE)} TO {grantee};"
+            )
         return statements
 
     # ------------------------------------------------------------ capture
     #
-    # Not available: ``migrate --capture`` refuses (exit 78) before it changes
-    # anything. The guarantee capture must keep is the events reader's: a
-    # reader paging by cursor never skips an event that commits later with a
-    # smaller cursor. On PostgreSQL the triggers are deferred to COMMIT and
-    # draw their cursors under a transaction-scoped lock. MySQL and MariaDB
-    # have neither: a trigger runs at statement time, so its AUTO_INCREMENT
-    # cursor is drawn while the transaction may run on for minutes, and a
-    # named lock (GET_LOCK) belongs to the session, not the transaction, so a
-    # trigger cannot hold one until COMMIT. What was weighed, and why none is
-    # proven yet:
-    # - a counter row the trigger increments: its row lock lasts until COMMIT,
-    #   so every writer waits for the longest open transaction (refused by
-    #   the issue: one lock for all writers);
-    # - the reader delivering only cursors below the smallest one an open
-    #   transaction holds: another transaction's uncommitted rows are
-    #   invisible, and information_schema.innodb_trx (which lists open
-    #   transactions) is a cache refreshed at most every 0.1 s, so a
-    #   transaction that just drew a cursor can be missing from it;
-    # - a locking read (FOR SHARE NOWAIT) over the cursors a page delivers,
-    #   which fails while an uncommitted event lies in that range: the
-    #   cursor is allocated before the row reaches the index (under
-    #   innodb_autoinc_lock_mode 1 and 2, the defaults), so for an instant a
-    #   drawn cursor is in neither, and a commit of a larger one in that
-    #   instant is delivered ahead of it.
-    # The last one is closest: it holds where the allocation and the insert
-    # are one step (innodb_autoinc_lock_mode = 0, a server setting), which is
-    # not tested here.
-    capture_refusal: ClassVar[str | None] = (
-        "capture is not available on MySQL and MariaDB: their triggers run at statement "
-        "time, so an event's cursor is drawn before its transaction commits, and keeping a "
-        "reader that pages by cursor from skipping a smaller cursor committed later, without "
-        "making every writer wait for the longest transaction, is not proven there; run "
-        "migrate without --capture (the connector's own commits reach the engine as before)"
-    )
+    # Ordering. A reader pages by cursor and never goes back, so a cursor must
+    # not become visible while a smaller one can still commit. MySQL's and
+    # MariaDB's triggers run at statement time, and a named lock (GET_LOCK)
+    # belongs to the session, not the transaction: a trigger can neither
+    # defer its outbox row to COMMIT nor hold a lock until then. So the
+    # triggers do not write the outbox. They stage each change in
+    # ablo_capture_pending (its own AUTO_INCREMENT id, the model, the entity
+    # id, the type, the row as the other databases' triggers store it, see
+    # .capture), which takes no lock the application's writers wait on: a
+    # transaction that stays open for minutes stalls nobody.
+    #
+    # The connector is the only writer of the outbox. Before it reads a page
+    # of events (and at each probe, so that the metrics see the outbox), it
+    # moves the staged rows that are committed, in one transaction, under the
+    # commit-order lock its own commits take (GET_LOCK, held through COMMIT,
+    # see lock_commit_order): once it holds the lock (so that it reads after
+    # the last mover's COMMIT), it reads at most a batch of staged rows ORDER
+    # BY id (a consistent read: committed rows only), inserts them into the outbox
+    # in that order, deletes exactly those ids (by their list: under READ
+    # COMMITTED a smaller id can commit between two statements, and a range
+    # would delete it unmoved), commits, and releases the lock. Every outbox
+    # insert, the connector's commits' and the mover's, happens under that
+    # lock held through COMMIT, so outbox cursors become visible in the order
+    # they are drawn: a reader never skips one. A staged row still
+    # uncommitted is moved by a later pass, under a larger cursor.
+    #
+    # Per-entity order. A second writer of the same row waits on the first
+    # one's row lock until it commits, and its trigger runs only then, so it
+    # draws a larger staging id; the mover moves in id order, so a row's
+    # events reach the outbox in the order its writers committed. A
+    # connector commit holds the row locks of the rows it writes: every
+    # earlier write to them is committed, and before the commit writes its
+    # own events it moves theirs (end_captured_commit), under the lock.
+    #
+    # The connector's own commits write their own events (see .capture): a
+    # commit sets the session variable @ablo_commit to the rows it writes
+    # (a JSON array of "model\nid") and clears it after its last write (and
+    # after the transaction, whatever happened); a trigger that finds its row
+    # there stages nothing. Triggers run with their definer's privileges:
+    # the application's users need no privilege on the staging table.
+    #
+    # The cost: an application's write reaches the outbox when the connector
+    # next pages events or probes, a bounded batch per page request (a page
+    # never waits on moving a million rows; the pages simply go on).
+
+    capture_state_create: ClassVar[str | None] = f"""CREATE TABLE IF NOT EXISTS {CAPTURE_TABLE} (
+  model        VARCHAR(255) NOT NULL PRIMARY KEY,
+  schema_name  TEXT,
+  table_name   TEXT NOT NULL,
+  trigger_name TEXT NOT NULL,
+  columns      TEXT NOT NULL,
+  signature    TEXT NOT NULL,
+  installed_at DATETIME(6)
+) {_TABLE_OPTIONS}"""
+    capture_refusal: ClassVar[str | None] = None
+    stages_capture: ClassVar[bool] = True
+    capture_helpers: ClassVar[bool] = False
+
+    def capture_setup_statements(self) -> list[str]:
+        return [str(self.capture_state_create), _CREATE_STAGING]
+
+    def capture_teardown_statements(self) -> list[str]:
+        return [f"DROP TABLE IF EXISTS {STAGING_TABLE}", f"DROP TABLE IF EXISTS {CAPTURE_TABLE}"]
+
+    def replaces_capture(self, connection: sa.Connection) -> bool:
+        return bool(getattr(connection.dialect, "is_mariadb", False))
+
+    def capture_problem(self, connection: sa.Connection, spec: CaptureSpec) -> str | None:
+        engine = connection.execute(
+            sa.text(
+                "SELECT ENGINE FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table"
+            ),
+            {"schema": spec.schema, "table": spec.table},
+        ).scalar()
+        if engine is not None and str(engine).lower() != "innodb":
+            return (
+                f"table {spec.table} (model {spec.model!r}) uses the {engine} engine: capture "
+                "needs InnoDB (its row locks and transactions order the events); convert it "
+                f"(ALTER TABLE {spec.table} ENGINE=InnoDB) or give the model capture = false"
+            )
+        return None
+
+    def script(self, statements: Sequence[str]) -> list[str]:
+        # A trigger's body holds semicolons: the client needs another delimiter.
+        lines = ["DELIMITER //"]
+        lines += [f"{statement} //" for statement in statements]
+        return [*lines, "DELIMITER ;"]
+
+    def install_capture_statements(self, connection: sa.Connection, spec: CaptureSpec) -> list[str]:
+        quote = connection.dialect.identifier_preparer.quote
+        database = str(connection.exec_driver_sql("SELECT DATABASE()").scalar())
+        schema = spec.schema or database
+        table = f"{quote(schema)}.{quote(spec.table)}"
+        staging = f"{quote(database)}.{STAGING_TABLE}"
+        types: dict[str, str] = dict(
+            connection.execute(  # type: ignore[arg-type]
+                sa.text(
+                    "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA = :schema AND TABLE_NAME = :table"
+                ),
+                {"schema": schema, "table": spec.table},
+            ).all()
+        )
+        model = _literal(spec.model)
+
+        def kind_of(column: str) -> str:
+            return str(types.get(column, "")).lower()
+
+        def stored(row: str, column: str) -> str:
+            # Each value as its text, which events decodes as the driver
+            # decodes the text protocol (see captured_value_processors).
+            item = f"{row}.{quote(column)}"
+            kind = kind_of(column)
+            if kind in _BINARY_TYPES:
+                return f"HEX({item})"
+            if kind == "timestamp":  # the instant, whatever the writer's time_zone
+                return f"UNIX_TIMESTAMP({item})"
+            return f"CAST({item} AS CHAR)"
+
+        def same(column: str) -> str:
+            old, new = f"OLD.{quote(column)}", f"NEW.{quote(column)}"
+            if kind_of(column) in _TEXT_TYPES:  # 'a' = 'A' under most collations
+                return f"BINARY {old} <=> BINARY {new}"
+            return f"{old} <=> {new}"
+
+        def entity(row: str) -> str:
+            return f"CAST({row}.{quote(spec.id_column)} AS CHAR)"
+
+        def stage(row: str, kind: str, data: str) -> str:
+            return (
+                f"INSERT INTO {staging} (model, entity_id, type, data, occurred_at) VALUES "
+                f"({model}, {entity(row)}, {kind}, {data}, "
+                "FLOOR(UNIX_TIMESTAMP(NOW(3)) * 1000));"
+            )
+
+        def not_own(row: str) -> str:
+            key = f"JSON_QUOTE(CONCAT({model}, CHAR(10 USING utf8mb4), {entity(row)}))"
+            return f"(@ablo_commit IS NULL OR NOT JSON_CONTAINS(@ablo_commit, {key}))"
+
+        data = (
+            "JSON_ARRAY(JSON_OBJECT("
+            + ", ".join(f"{_literal(c)}, {stored('NEW', c)}" for c in spec.columns)
+            + "))"
+        )
+        kind = "'UPDATE'"
+        if spec.archived_column is not None:
+            archived = quote(spec.archived_column)
+            others = [same(c) for c in spec.columns if c != spec.archived_column]
+            kind = (
+                f"CASE WHEN {' AND '.join(others) or 'TRUE'} THEN CASE WHEN NEW.{archived} IS "
+                "NULL THEN 'UNARCHIVE' ELSE 'ARCHIVE' END ELSE 'UPDATE' END"
+            )
+        changed = " AND ".join(same(c) for c in spec.columns)
+        name = spec.trigger_name
+
+        # MariaDB replaces a trigger in one statement, under the table's
+        # metadata lock: a reinstall leaves no write unrecorded. MySQL 8 has
+        # no such statement: the old triggers are dropped first, and a write
+        # in between is not recorded (its DDL is not transactional).
+        create = (
+            "CREATE OR REPLACE TRIGGER" if self.replaces_capture(connection) else "CREATE TRIGGER"
+        )
+
+        def trigger(event: str, body: str) -> str:
+            return (
+                f"{create} {quote(schema)}.{quote(f'{name}_{event.lower()}')} AFTER "
+                f"{event} ON {table} FOR EACH ROW\nBEGIN\n{body}\nEND"
+            )
+
+        return [
+            trigger(
+                "INSERT",
+                f"  IF {not_own('NEW')} THEN\n    {stage('NEW', repr('CREATE'), data)}\n  END IF;",
+            ),
+            trigger(
+                "UPDATE",
+                f"  IF NOT ({changed}) AND {not_own('NEW')} THEN\n"
+                f"    IF NOT ({same(spec.id_column)}) THEN\n"
+                "      -- A new id is another row: the old one is gone, the new one created.\n"
+                f"      {stage('OLD', repr('DELETE'), 'NULL')}\n"
+                f"      {stage('NEW', repr('CREATE'), data)}\n"
+                "    ELSE\n"
+                f"      {stage('NEW', kind, data)}\n"
+                "    END IF;\n"
+                "  END IF;",
+            ),
+            trigger(
+                "DELETE",
+                f"  IF {not_own('OLD')} THEN\n    {stage('OLD', repr('DELETE'), 'NULL')}\n  END IF;",
+            ),
+        ]
+
+    def remove_capture_statements(
+        self, schema: str | None, table: str, trigger_name: str
+    ) -> list[str]:
+        quote = _QUOTE.quote
+        where = f"{quote(schema)}." if schema else ""
+        return [
+            f"DROP TRIGGER IF EXISTS {where}{quote(f'{trigger_name}_{event}')}"
+            for event in ("insert", "update", "delete")
+        ]
+
+    def begin_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+        connection.info[_OWN_ROWS] = True
+        connection.exec_driver_sql("SET @ablo_commit = %s", (json.dumps(context.keys()),))
+
+    def end_captured_commit(self, connection: sa.Connection, context: CommitContext) -> None:
+        # Earlier writes of these rows are committed (the commit holds their
+        # row locks) and may still be staged: their events go first.
+        self.lock_commit_order(connection)
+        keys = sorted(context.rows)
+        where = " OR ".join("(model = %s AND entity_id = %s)" for _ in keys)
+        # A locking read: the rows as committed now, not as a REPEATABLE READ
+        # snapshot taken by the commit's earlier reads (before this lock) saw
+        # them, which could still show rows a mover has moved since.
+        staged = connection.exec_driver_sql(
+            f"SELECT {_STAGED_COLUMNS} FROM {STAGING_TABLE} WHERE {where} ORDER BY id FOR UPDATE",
+            tuple(value for key in keys for value in key),
+        ).all()
+        _move(connection, staged)
+        _forget_own_rows(connection)
+
+    def has_staged(self, connection: sa.Connection) -> bool:
+        try:
+            found = connection.exec_driver_sql(f"SELECT 1 FROM {STAGING_TABLE} LIMIT 1").first()
+        except sa_exc.DBAPIError as error:
+            if _errno(error.orig) == _NO_SUCH_TABLE:
+                return False  # capture removed under a running connector (it notices at its probe)
+            raise
+        return found is not None
+
+    def move_captured(self, connection: sa.Connection, limit: int) -> int:
+        # The lock first: the rows read after it are read after the last
+        # mover's COMMIT, also in a REPEATABLE READ transaction (whose
+        # snapshot is taken at its first read), so none is moved twice.
+        self.lock_commit_order(connection)
+        try:
+            staged = connection.exec_driver_sql(
+                f"SELECT {_STAGED_COLUMNS} FROM {STAGING_TABLE} ORDER BY id LIMIT {int(limit)}"
+            ).all()
+        except sa_exc.DBAPIError as error:
+            if _errno(error.orig) == _NO_SUCH_TABLE:
+                return 0
+            raise
+        _move(connection, staged)
+        return len(staged)
+
+    def captured_value_processors(
+        self, served: ServedModel, dialect: sa.Dialect
+    ) -> dict[str, Callable[[Any], Any]]:
+        from ..capture import result_processors
+
+        after = result_processors(served, dialect)
+        found: dict[str, Callable[[Any], Any]] = {}
+        for column in served.selected:
+            decode = _text_decoder(column.type)
+            then = after.get(column.name)
+            found[column.name] = decode if then is None else _composed(decode, then)
+        return found
 
     # ------------------------------------------------------------ values
 
