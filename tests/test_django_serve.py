@@ -1,22 +1,23 @@
 """The example Django project served by the real CLI: ``ablo-connector dev
 --django todo_site.settings`` loads a row the application wrote, and a create
-through the engine runs the model's save() and its signal.
-
-This needs the Django source (DjangoSource), which comes with its own
-branch."""
+through the engine runs the model's save() and its signal, on the example's
+SQLite file and on PostgreSQL (its TODO_DATABASE_URL)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 from tests.django_processes import environment
-from tests.helpers import free_port, process, wait_for_port
+from tests.helpers import execute, free_port, process, wait_for_port
+from tests.postgres import create_database, drop_database
 
 
 async def _request(*args: str, api: str) -> tuple[int, str]:
@@ -30,22 +31,38 @@ async def _request(*args: str, api: str) -> tuple[int, str]:
     return status, answer
 
 
-async def test_dev_serves_the_example_project(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The example's database: its own SQLite file, or TODO_DATABASE_URL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'django_todo' / 'db.sqlite3'}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = create_database(server)
+    try:
+        yield url
+    finally:
+        drop_database(server, url)
+
+
+async def test_dev_serves_the_example_project(tmp_path: Path, database: str) -> None:
     folder = tmp_path / "django_todo"
     shutil.copytree(
         REPO / "examples" / "django_todo", folder, ignore=shutil.ignore_patterns("db.sqlite3")
     )
     env = {**environment(None), "PYTHONPATH": f"{folder}:{REPO}"}
+    if not database.startswith("sqlite"):
+        env["TODO_DATABASE_URL"] = database
     migrated = subprocess.run(
         [sys.executable, "manage.py", "migrate", "--no-input"],
         cwd=folder, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert migrated.returncode == 0, migrated.stderr
-    with sqlite3.connect(folder / "db.sqlite3") as db:
-        db.execute(
-            "INSERT INTO todo_task (id, title, slug, done, created_at, updated_at) "
-            "VALUES ('t1', 'Hello', 'hello', 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
-        )
+    execute(
+        database,
+        "INSERT INTO todo_task (id, title, slug, done, created_at, updated_at) "
+        "VALUES ('t1', 'Hello', 'hello', false, '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+    )
     port, api_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
     args = [
@@ -66,8 +83,11 @@ async def test_dev_serves_the_example_project(tmp_path: Path) -> None:
             "commit", "create", "task", "t2", json.dumps({"title": "Engine Made This"}), api=api
         )
         assert status == 0, answer + dev.output()
-    with sqlite3.connect(folder / "db.sqlite3") as db:
-        slug = db.execute("SELECT slug, done FROM todo_task WHERE id = 't2'").fetchone()
-        audit = db.execute("SELECT action FROM todo_auditentry WHERE task_id = 't2'").fetchall()
-    assert slug == ("engine-made-this", 0)  # save() computed it, the default filled done
-    assert audit == [("created",)]  # the post_save signal ran
+    slug, audit = execute(
+        database,
+        "SELECT slug, done FROM todo_task WHERE id = 't2'",
+        "SELECT action FROM todo_auditentry WHERE task_id = 't2'",
+    )
+    # save() computed the slug, the default filled done, the post_save signal ran.
+    assert [tuple(row) for row in slug] == [("engine-made-this", False)]
+    assert [tuple(row) for row in audit] == [("created",)]
