@@ -38,6 +38,7 @@ from ..kit.outbox import (
     LEDGER_RETENTION,
     OUTBOX_COLUMNS,
     event_answer,
+    operation_event,
     outbox_cursor,
     replayed_answer,
 )
@@ -306,7 +307,6 @@ class DjangoSource(DataSource):
         now = dt.datetime.now(dt.UTC)
         if not _reserve(connection, key, commit.effective_intent_hash, now):
             return _replay(connection, key, commit.replayable_intent_hashes)
-        organization = commit.scope.organization_id if commit.scope else None
         # On a captured table the triggers leave the rows this commit writes
         # to it (see .capture): its events are written below, as everywhere.
         context = _capture_context(connection, commit.operations, models)
@@ -326,20 +326,7 @@ class DjangoSource(DataSource):
                 events.extend(record.others)
                 record.others.clear()
                 if changed:
-                    events.append(
-                        {
-                            "id": f"{key}:{index}",
-                            "model": served.name,
-                            "entity_id": str(row.get("id", "")),
-                            "type": op.type,
-                            "data": None if op.type == "DELETE" else row,
-                            "organization_id": organization,
-                            "client_tx_id": None,
-                            "correlation_id": key,
-                            "transaction_id": op.transaction_id,
-                            "occurred_at": _now_ms(),
-                        }
-                    )
+                    events.append(operation_event(commit, index, served.name, row))
         finally:
             record.current = None
             COMMITTING.reset(token)
@@ -481,12 +468,6 @@ def _outbox_row(values: Sequence[Any]) -> dict[str, Any]:
     row = dict(zip(OUTBOX_COLUMNS, values, strict=True))
     row["data"] = json_value(row["data"])
     return row
-
-
-def _now_ms() -> int:
-    import time
-
-    return time.time_ns() // 1_000_000
 
 
 def _to_value(served: ServedField, name: str, value: Any) -> Any:

@@ -9,15 +9,18 @@ a commit sent again under a ledger row's ``correlationId`` gets back.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from ...errors import SourceError
+from ...wire.bodies import CommitRequest
 
 __all__ = [
     "LEDGER_RETENTION",
     "OUTBOX_COLUMNS",
     "event_answer",
+    "operation_event",
     "outbox_cursor",
     "replayed_answer",
 ]
@@ -58,6 +61,28 @@ def outbox_cursor(cursor: str | None) -> int:
             "source_cursor_invalid", "the events cursor must be a cursor this source issued"
         )
     return int(cursor)
+
+
+def operation_event(
+    commit: CommitRequest, index: int, model: str, row: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The outbox row of the commit's operation ``index`` on ``model``, which
+    left ``row`` (a DELETE: the row as it was). Its id keeps the operation's
+    index, so it is the same on a replay."""
+    op = commit.operations[index]
+    key = commit.correlation_id
+    return {
+        "id": f"{key}:{index}",
+        "model": model,
+        "entity_id": str(row.get("id", "")),
+        "type": op.type,
+        "data": None if op.type == "DELETE" else row,
+        "organization_id": commit.scope.organization_id if commit.scope else None,
+        "client_tx_id": None,
+        "correlation_id": key,
+        "transaction_id": op.transaction_id,
+        "occurred_at": time.time_ns() // 1_000_000,
+    }
 
 
 def event_answer(row: Mapping[Any, Any]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from ..kit.outbox import (
     LEDGER_RETENTION,
     OUTBOX_COLUMNS,
     event_answer,
+    operation_event,
     outbox_cursor,
     replayed_answer,
 )
@@ -1168,23 +1169,9 @@ def _events(
     commit: CommitRequest, applied: Sequence[tuple[dict[str, Any], bool]]
 ) -> list[dict[str, Any]]:
     """One event per operation that changed a row: deleting a row that is
-    already gone succeeds, but nothing happened to tell the engine about.
-    Event ids keep the operation's index, so they stay stable on replay."""
-    key = commit.correlation_id
-    organization = commit.scope.organization_id if commit.scope else None
-    occurred_at = _now_ms()
+    already gone succeeds, but nothing happened to tell the engine about."""
     return [
-        {
-            "id": f"{key}:{index}",
-            "model": op.model,
-            "entity_id": str(row.get("id", "")),
-            "type": op.type,
-            "data": None if op.type == "DELETE" else row,
-            "organization_id": organization,
-            "correlation_id": key,
-            "transaction_id": op.transaction_id,
-            "occurred_at": occurred_at,
-        }
+        operation_event(commit, index, op.model, row)
         for index, (op, (row, changed)) in enumerate(zip(commit.operations, applied, strict=True))
         if changed
     ]
