@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +272,22 @@ def execute(url: str, *statements: str) -> list[Any]:
             return [r.all() if r.returns_rows else None for r in results]
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def fresh_database(request: Any, dialect: str, sqlite_file: Path) -> Iterator[str]:
+    """The URL of a new, empty database of ``dialect``, dropped afterwards:
+    ``sqlite_file`` (not created here), or a database of its own on the
+    session's private PostgreSQL or MariaDB (their fixtures start them once)."""
+    if dialect == "sqlite":
+        yield f"sqlite:///{sqlite_file}"
+        return
+    from tests import mariadb, postgres
+
+    made = mariadb if dialect == "mariadb" else postgres
+    server = request.getfixturevalue("mariadb_server" if made is mariadb else "postgres_server")
+    url = made.create_database(server)
+    try:
+        yield url
+    finally:
+        made.drop_database(server, url)

@@ -14,29 +14,15 @@ from connector.adapters.sql import migrate
 from connector.adapters.sql.schema import verify_tables
 from connector.errors import ConfigError
 from tests.django_processes import APP, manage, write_settings
+from tests.helpers import fresh_database
 
 TABLES = {"ablo_idempotency", "ablo_outbox"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'app.db'}"
-        return
-    if request.param == "mariadb":
-        from tests import mariadb
-
-        maria = request.getfixturevalue("mariadb_server")
-        url = mariadb.create_database(maria)
+    with fresh_database(request, request.param, tmp_path / "app.db") as url:
         yield url
-        mariadb.drop_database(maria, url)
-        return
-    from tests.postgres import create_database, drop_database
-
-    server = request.getfixturevalue("postgres_server")
-    url = create_database(server)
-    yield url
-    drop_database(server, url)
 
 
 def _engine(url: str) -> sa.Engine:

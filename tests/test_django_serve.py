@@ -16,8 +16,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.django_processes import environment
-from tests.helpers import execute, free_port, process, wait_for_port
-from tests.postgres import create_database, drop_database
+from tests.helpers import execute, free_port, fresh_database, process, wait_for_port
 
 
 async def _request(*args: str, api: str) -> tuple[int, str]:
@@ -34,15 +33,9 @@ async def _request(*args: str, api: str) -> tuple[int, str]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The example's database: its own SQLite file, or TODO_DATABASE_URL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'django_todo' / 'db.sqlite3'}"
-        return
-    server = request.getfixturevalue("postgres_server")
-    url = create_database(server)
-    try:
+    sqlite_file = tmp_path / "django_todo" / "db.sqlite3"
+    with fresh_database(request, request.param, sqlite_file) as url:
         yield url
-    finally:
-        drop_database(server, url)
 
 
 async def test_dev_serves_the_example_project(tmp_path: Path, database: str) -> None:

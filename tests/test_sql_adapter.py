@@ -26,8 +26,14 @@ from connector import ConfigError, RequestContext, SourceError
 from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
 from connector.wire.bodies import Condition, ListPage, ListQuery
 from connector.wire.strict_json import loads as strict_json_loads
-from tests import mariadb
-from tests.helpers import TASKS_DDL, SourceClient, dispatch_frame, execute, signed_frame
+from tests.helpers import (
+    TASKS_DDL,
+    SourceClient,
+    dispatch_frame,
+    execute,
+    fresh_database,
+    signed_frame,
+)
 from tests.postgres import create_database, drop_database, require_password
 
 DIALECTS = ["sqlite", "postgresql", "mariadb"]
@@ -37,23 +43,8 @@ MODELS = {"models": {"task": {"table": "tasks"}}}
 
 @pytest.fixture(params=DIALECTS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'app.db'}"
-        return
-    if request.param == "mariadb":
-        shared = request.getfixturevalue("mariadb_server")
-        url = mariadb.create_database(shared)
-        try:
-            yield url
-        finally:
-            mariadb.drop_database(shared, url)
-        return
-    server = request.getfixturevalue("postgres_server")
-    url = create_database(server)
-    try:
+    with fresh_database(request, request.param, tmp_path / "app.db") as url:
         yield url
-    finally:
-        drop_database(server, url)
 
 
 def scalar(url: str, statement: str) -> Any:

@@ -21,9 +21,7 @@ import sqlalchemy as sa
 from connector import SourceError
 from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
 from connector.adapters.sql.capture import migrate_capture
-from tests import mariadb
-from tests.helpers import TASKS_DDL, execute
-from tests.postgres import create_database, drop_database
+from tests.helpers import TASKS_DDL, execute, fresh_database
 from tests.test_sql_adapter import Client, create, update
 
 DIALECTS = ["sqlite", "postgresql", "mariadb"]
@@ -35,24 +33,9 @@ MAP = {"models": {"task": {"table": "tasks", "exclude": ["secret"]}}}
 @pytest.fixture(params=DIALECTS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
-        path = tmp_path / "app.db"
-        sqlite3.connect(path).close()
-        yield f"sqlite:///{path}"
-        return
-    if request.param == "mariadb":
-        shared = request.getfixturevalue("mariadb_server")
-        url = mariadb.create_database(shared)
-        try:
-            yield url
-        finally:
-            mariadb.drop_database(shared, url)
-        return
-    server = request.getfixturevalue("postgres_server")
-    url = create_database(server)
-    try:
+        sqlite3.connect(tmp_path / "app.db").close()  # the file capture is installed in
+    with fresh_database(request, request.param, tmp_path / "app.db") as url:
         yield url
-    finally:
-        drop_database(server, url)
 
 
 def install(url: str, models: dict[str, Any] = MAP, *, remove: bool = False) -> list[str]:
