@@ -53,14 +53,9 @@ test_verify = verify_checks(
 )
 
 
-class Client(SourceClient):
-    def __init__(self) -> None:
-        super().__init__(make_source())
-
-
 @pytest.fixture
-async def client() -> AsyncIterator[Client]:
-    c = Client()
+async def client() -> AsyncIterator[SourceClient]:
+    c = SourceClient(make_source())
     yield c
     await c.close()
 
@@ -96,7 +91,7 @@ def test_capture_is_installed_for_every_served_model() -> None:
     assert (captured, drifted) == (["note", "project", "task"], {})
 
 
-async def test_every_orm_write_is_one_event_with_data_as_load_answers(client: Client) -> None:
+async def test_every_orm_write_is_one_event_with_data_as_load_answers(client: SourceClient) -> None:
     cursor = await client.last_cursor()
     tag = new_id()
     stamp = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
@@ -151,7 +146,7 @@ async def test_every_orm_write_is_one_event_with_data_as_load_answers(client: Cl
     assert await client.load("task", f"{tag}-rolled") is None
 
 
-async def test_a_session_outside_django_is_recorded_too(client: Client) -> None:
+async def test_a_session_outside_django_is_recorded_too(client: SourceClient) -> None:
     cursor = await client.last_cursor()
     id = new_id()
     columns = "id, title, done, token, search, updated_at"
@@ -181,7 +176,7 @@ async def test_a_session_outside_django_is_recorded_too(client: Client) -> None:
     assert event["data"]["done"] is True
 
 
-async def test_a_connector_commit_is_recorded_once_by_itself(client: Client) -> None:
+async def test_a_connector_commit_is_recorded_once_by_itself(client: SourceClient) -> None:
     cursor = await client.last_cursor()
     project, id = new_id(), new_id()
     status, answer = await client(
@@ -220,7 +215,9 @@ async def test_a_connector_commit_is_recorded_once_by_itself(client: Client) -> 
     ]  # fmt: skip
 
 
-async def test_without_capture_the_signals_record_the_orm_writes_again(client: Client) -> None:
+async def test_without_capture_the_signals_record_the_orm_writes_again(
+    client: SourceClient,
+) -> None:
     assert await orm(lambda: migrate_capture(served_models(), "default", remove=True))
     try:
         cursor = await client.last_cursor()

@@ -48,14 +48,9 @@ test_verify = verify_checks(
 )
 
 
-class Client(SourceClient):
-    def __init__(self) -> None:
-        super().__init__(make_source())
-
-
 @pytest.fixture
-async def client() -> AsyncIterator[Client]:
-    c = Client()
+async def client() -> AsyncIterator[SourceClient]:
+    c = SourceClient(make_source())
     yield c
     await c.close()
 
@@ -81,7 +76,7 @@ def orm(work: Any) -> Any:
 
 
 async def test_a_commit_runs_what_the_orm_runs_and_answers_the_row_as_saved(
-    client: Client,
+    client: SourceClient,
 ) -> None:
     cursor = await client.last_cursor()
     id = new_id()
@@ -116,7 +111,7 @@ async def test_a_commit_runs_what_the_orm_runs_and_answers_the_row_as_saved(
 
 
 async def test_validation_is_a_400_naming_the_field_and_constraints_are_409(
-    client: Client,
+    client: SourceClient,
 ) -> None:
     id, other = new_id(), new_id()
     status, answer = await client.commit(
@@ -146,7 +141,7 @@ async def test_validation_is_a_400_naming_the_field_and_constraints_are_409(
     assert await client.load("task", other) is None
 
 
-async def test_a_foreign_key_to_a_real_row_is_written(client: Client) -> None:
+async def test_a_foreign_key_to_a_real_row_is_written(client: SourceClient) -> None:
     project, id = new_id(), new_id()
     status, answer = await client.commit(
         f"fk-{id}",
@@ -157,7 +152,7 @@ async def test_a_foreign_key_to_a_real_row_is_written(client: Client) -> None:
     assert answer["rows"][1]["projectId"] == project
 
 
-async def test_the_apps_own_writes_are_events_and_a_rollback_is_none(client: Client) -> None:
+async def test_the_apps_own_writes_are_events_and_a_rollback_is_none(client: SourceClient) -> None:
     cursor = await client.last_cursor()
     id = new_id()
 
@@ -206,7 +201,7 @@ def _commit_order_locks_held() -> int:
 
 
 async def test_the_commit_order_lock_is_freed_by_the_first_commit_after_a_rollback(
-    client: Client,
+    client: SourceClient,
 ) -> None:
     id = new_id()
 
@@ -234,7 +229,7 @@ async def test_the_commit_order_lock_is_freed_by_the_first_commit_after_a_rollba
 
 
 async def test_a_cascade_of_a_connector_delete_is_recorded_in_its_transaction(
-    client: Client,
+    client: SourceClient,
 ) -> None:
     project, id = new_id(), new_id()
     await client.commit(
@@ -255,7 +250,7 @@ async def test_a_cascade_of_a_connector_delete_is_recorded_in_its_transaction(
 
 
 async def test_a_row_updated_then_cascaded_away_in_one_commit_ends_deleted_in_the_feed(
-    client: Client,
+    client: SourceClient,
 ) -> None:
     project, id = new_id(), new_id()
     await client.commit(
@@ -283,7 +278,7 @@ async def test_a_row_updated_then_cascaded_away_in_one_commit_ends_deleted_in_th
     ]
 
 
-async def test_a_validation_error_from_a_pre_save_handler_is_a_400(client: Client) -> None:
+async def test_a_validation_error_from_a_pre_save_handler_is_a_400(client: SourceClient) -> None:
     from django.core.exceptions import ValidationError
     from django.db.models.signals import pre_save
 
@@ -311,7 +306,7 @@ async def test_a_validation_error_from_a_pre_save_handler_is_a_400(client: Clien
 
 
 async def test_a_refused_events_cursor_lets_retention_prune_nothing_unread(
-    client: Client,
+    client: SourceClient,
 ) -> None:
     id = new_id()
     await client.commit(f"c-{id}", {"type": "CREATE", "model": "task", "id": id})
@@ -322,13 +317,13 @@ async def test_a_refused_events_cursor_lets_retention_prune_nothing_unread(
     assert f"c-{id}:0" in {e["id"] for e in await client.events_after(await _before_last(client))}
 
 
-async def _before_last(client: Client) -> str | None:
+async def _before_last(client: SourceClient) -> str | None:
     """A cursor just before the feed's last event (None: from the start)."""
     events = await client.events_after(None)
     return events[-2]["cursor"] if len(events) > 1 else None
 
 
-async def test_concurrent_identical_commits_apply_once(client: Client) -> None:
+async def test_concurrent_identical_commits_apply_once(client: SourceClient) -> None:
     cursor = await client.last_cursor()
     id = new_id()
     body = {"type": "CREATE", "model": "task", "id": id, "input": {"title": "once"}}
@@ -342,7 +337,7 @@ async def test_concurrent_identical_commits_apply_once(client: Client) -> None:
     assert (status, answer["error"]) == (409, "idempotency_conflict")
 
 
-async def test_like_matches_the_whole_text_as_the_sql_adapter_does(client: Client) -> None:
+async def test_like_matches_the_whole_text_as_the_sql_adapter_does(client: SourceClient) -> None:
     tag = new_id()
     titles = {"exact": f"{tag} end", "newline": f"{tag} end\n", "longer": f"{tag} end!"}
     ops = [
@@ -362,7 +357,7 @@ async def test_like_matches_the_whole_text_as_the_sql_adapter_does(client: Clien
     assert await found("LIKE", f"{tag} end%") == set(titles)
 
 
-async def test_list_uses_the_shared_rules(client: Client) -> None:
+async def test_list_uses_the_shared_rules(client: SourceClient) -> None:
     tag = new_id()
     ops = [
         {"type": "CREATE", "model": "task", "id": f"{tag}-{i}",
@@ -414,7 +409,7 @@ def test_the_cases_run_on_the_database_asked() -> None:
         assert connection.Database.__name__ == "MySQLdb", connection.Database
 
 
-async def test_retention_prunes_only_events_the_engine_paged_past(client: Client) -> None:
+async def test_retention_prunes_only_events_the_engine_paged_past(client: SourceClient) -> None:
     first, second = new_id(), new_id()
     start = await client.last_cursor()  # the engine has read everything before them
     await client.commit(f"r-{first}", {"type": "CREATE", "model": "task", "id": first})
@@ -432,7 +427,7 @@ async def test_retention_prunes_only_events_the_engine_paged_past(client: Client
 
 
 async def test_a_reader_paging_while_app_and_connector_write_misses_no_event(
-    client: Client,
+    client: SourceClient,
 ) -> None:
     start = await client.last_cursor()
     tag = new_id()
@@ -479,7 +474,7 @@ async def test_a_reader_paging_while_app_and_connector_write_misses_no_event(
     assert len(seen) == len(set(seen)) == 90
 
 
-async def test_a_value_past_its_columns_range_is_the_callers_400(client: Client) -> None:
+async def test_a_value_past_its_columns_range_is_the_callers_400(client: SourceClient) -> None:
     status, answer = await client(
         {"type": "list", "model": "task", "query": {"where": [["priority", ">", 2**62]]}}
     )
