@@ -251,3 +251,41 @@ def test_a_capture_that_no_longer_matches_its_model_is_told() -> None:
 
 def test_the_cases_run_on_the_database_asked() -> None:
     assert connection.vendor == ("postgresql" if TARGET.startswith("postgresql://") else "sqlite")
+
+
+if TARGET.startswith("postgresql://"):
+    # SQLite has one writer at a time: a commit holds the write lock from its
+    # first statement, so no capture can be installed while it runs.
+
+    async def test_a_capture_installed_while_a_commit_runs_records_its_rows_once(
+        client: Client,
+    ) -> None:
+        from django.db.models.signals import pre_save
+
+        assert await orm(lambda: migrate_capture(served_models(), "default", remove=True))
+        installed: list[str] = []
+
+        def install_now(**_: Any) -> None:  # another session, committed before the write
+            if not installed:
+                installed.extend(migrate_capture(served_models(), "default"))
+
+        pre_save.connect(install_now, sender=Project, dispatch_uid="install_now")
+        try:
+            cursor = await client.last_cursor()
+            id = new_id()
+            status, answer = await client(
+                {
+                    "type": "commit",
+                    "correlationId": f"c-{id}",
+                    "operations": [
+                        {"type": "CREATE", "model": "project", "id": id, "input": {"name": "P"}}
+                    ],
+                }
+            )
+            assert status == 200, answer
+            assert installed
+            events = [e for e in await client.events_after(cursor) if e["entityId"] == id]
+            assert [(e["id"], e["type"]) for e in events] == [(f"c-{id}:0", "CREATE")]
+        finally:
+            pre_save.disconnect(dispatch_uid="install_now", sender=Project)
+            await orm(lambda: migrate_capture(served_models(), "default"))

@@ -419,8 +419,17 @@ def _capture_context(
     connection: Any, operations: Sequence[Operation], models: Sequence[DjangoModel]
 ) -> CommitContext | None:
     """The rows ``operations`` write to captured tables, each id as the
-    request gives it and as the database casts the column's value to text."""
-    captured = captured_tables(connection, {served.model._meta.db_table for served in models})
+    request gives it and as the database casts the column's value to text.
+
+    PostgreSQL's triggers read the context at COMMIT, so it names the rows of
+    every operation, captured or not, without a catalog read: a capture
+    installed after such a read and before the commit's first write would
+    record the commit's rows a second time. SQLite's triggers run at the
+    write, and the context must exist only where they do; the catalog read
+    cannot go stale there, as the commit holds the write lock since its
+    first statement (the ledger's)."""
+    tables = {served.model._meta.db_table for served in models}
+    captured = tables if connection.vendor == "postgresql" else captured_tables(connection, tables)
     rows: set[tuple[str, str]] = set()
     for op, served in zip(operations, models, strict=True):
         raw_id = op.id if op.id is not None else (op.input or {}).get("id")
