@@ -289,3 +289,51 @@ if TARGET.startswith("postgresql://"):
         finally:
             pre_save.disconnect(dispatch_uid="install_now", sender=Project)
             await orm(lambda: migrate_capture(served_models(), "default"))
+
+
+async def test_a_savepoint_rolled_back_in_a_commit_leaves_no_event(client: Client) -> None:
+    """A connector commit whose app handler writes a captured row and an
+    uncaptured one (the note's capture removed: its signals record it), each
+    once kept and once in a savepoint it rolls back."""
+    from django.db.models.signals import post_save
+
+    without_note = {name: m for name, m in served_models().items() if name != "note"}
+    assert await orm(lambda: migrate_capture(without_note, "default")) == [
+        "removed the capture of model 'note' (table django_todo_note)"
+    ]
+    tag = new_id()
+
+    def handler(instance: Task, **_: Any) -> None:
+        if instance.pk != tag:
+            return
+        Project.objects.create(id=f"{tag}-kept", name="kept")
+        Note.objects.create(id=f"{tag}-kept", task_id=tag)
+        try:
+            with transaction.atomic():
+                Project.objects.create(id=f"{tag}-gone", name="gone")
+                Note.objects.create(id=f"{tag}-gone", task_id=tag)
+                raise RuntimeError("roll back the savepoint")
+        except RuntimeError:
+            pass
+
+    post_save.connect(handler, sender=Task, dispatch_uid="savepoint_handler")
+    try:
+        cursor = await client.last_cursor()
+        status, answer = await client(
+            {
+                "type": "commit",
+                "correlationId": f"c-{tag}",
+                "operations": [{"type": "CREATE", "model": "task", "id": tag, "input": {}}],
+            }
+        )
+        assert status == 200, answer
+        events = [e for e in await client.events_after(cursor) if e["entityId"].startswith(tag)]
+        assert sorted((e["model"], e["type"], e["entityId"]) for e in events) == [
+            ("note", "CREATE", f"{tag}-kept"),
+            ("project", "CREATE", f"{tag}-kept"),
+            ("task", "CREATE", tag),
+        ]
+        assert await client.load("note", f"{tag}-gone") is None
+    finally:
+        post_save.disconnect(dispatch_uid="savepoint_handler", sender=Task)
+        await orm(lambda: migrate_capture(served_models(), "default"))

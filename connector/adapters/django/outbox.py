@@ -70,13 +70,35 @@ class CommitRecord:
     ``current`` is the row its operation under way writes, whose event the
     commit writes itself. Any other row the ORM changes meanwhile (a cascade,
     an application's signal handler) is recorded in ``others``, in order,
-    for the commit to write after the events of the operations before it.
+    for the commit to write after the events of the operations before it
+    (:meth:`take_others`).
     """
 
     using: str
     correlation_id: str
     current: tuple[type[Any], str] | None = None
-    others: list[dict[str, Any]] = field(default_factory=list)
+    # Each event with its marker among the connection's on_commit callbacks.
+    others: list[tuple[dict[str, Any], Callable[[], None]]] = field(default_factory=list)
+
+    def add_other(self, connection: Any, event: dict[str, Any]) -> None:
+        """Record ``event``, a row's change made in the commit's transaction,
+        maybe inside a savepoint (``transaction.atomic``) the application will
+        roll back: Django forgets the on_commit callbacks registered in a
+        savepoint rolled back, and so does :meth:`take_others` the event."""
+
+        def marker() -> None:  # a no-op: its presence is what counts
+            return None
+
+        connection.on_commit(marker)
+        self.others.append((event, marker))
+
+    def take_others(self, connection: Any) -> list[dict[str, Any]]:
+        """The events recorded since the last call, less those whose savepoint
+        was rolled back."""
+        pending = {id(entry[1]) for entry in connection.run_on_commit}
+        kept = [event for event, marker in self.others if id(marker) in pending]
+        self.others.clear()
+        return kept
 
 
 #: Set by a connector commit, in the thread that runs it.
@@ -223,7 +245,7 @@ def _record(served: DjangoModel, instance: Any, kind: str, using: str) -> None:
         return  # the table's capture triggers record this write (see .capture)
     data = None if kind == "DELETE" else read_row(served, pk, using)
     if mine and record is not None:
-        record.others.append(app_event(served, pk, kind, data, record.correlation_id))
+        record.add_other(connection, app_event(served, pk, kind, data, record.correlation_id))
         return
     insert_events(connection, [app_event(served, pk, kind, data, None)])
 

@@ -323,8 +323,7 @@ class DjangoSource(DataSource):
             for index, (op, served) in enumerate(zip(commit.operations, models, strict=True)):
                 row, changed = self._apply(served, op, record)
                 applied.append((row, changed))
-                events.extend(record.others)
-                record.others.clear()
+                events.extend(record.take_others(connection))
                 if changed:
                     events.append(operation_event(commit, index, served.name, row))
         finally:
