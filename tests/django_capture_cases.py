@@ -258,7 +258,7 @@ if TARGET.startswith("postgresql://"):
     # first statement, so no capture can be installed while it runs.
 
     async def test_a_capture_installed_while_a_commit_runs_records_its_rows_once(
-        client: Client,
+        client: SourceClient,
     ) -> None:
         from django.db.models.signals import pre_save
 
@@ -291,7 +291,7 @@ if TARGET.startswith("postgresql://"):
             await orm(lambda: migrate_capture(served_models(), "default"))
 
 
-async def test_a_savepoint_rolled_back_in_a_commit_leaves_no_event(client: Client) -> None:
+async def test_a_savepoint_rolled_back_in_a_commit_leaves_no_event(client: SourceClient) -> None:
     """A connector commit whose app handler writes a captured row and an
     uncaptured one (the note's capture removed: its signals record it), each
     once kept and once in a savepoint it rolls back."""
@@ -337,3 +337,38 @@ async def test_a_savepoint_rolled_back_in_a_commit_leaves_no_event(client: Clien
     finally:
         post_save.disconnect(dispatch_uid="savepoint_handler", sender=Task)
         await orm(lambda: migrate_capture(served_models(), "default"))
+
+
+if TARGET.startswith("postgresql://"):
+
+    @pytest.mark.parametrize("installed", [True, False])
+    async def test_a_capture_changed_under_a_repeatable_read_transaction_records_once(
+        client: SourceClient, installed: bool
+    ) -> None:
+        """The transaction's snapshot predates the capture's install (or
+        removal), its write does not: one event either way."""
+        id = new_id()
+        await orm(lambda: Task.objects.create(id=id, title="before"))
+        if installed:
+            assert await orm(lambda: migrate_capture(served_models(), "default", remove=True))
+        try:
+            cursor = await client.last_cursor()
+
+            def writes() -> None:
+                with transaction.atomic():
+                    with connection.cursor() as raw:
+                        raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    # The snapshot is taken, on no table (removing a table's
+                    # triggers waits for every transaction that read it).
+                    with connection.cursor() as raw:
+                        raw.execute("SELECT 1")
+                    assert migrate_capture(served_models(), "default", remove=not installed)
+                    task = Task.objects.get(pk=id)
+                    task.title = "after"
+                    task.save()
+
+            await orm(writes)
+            events = [e for e in await client.events_after(cursor) if e["entityId"] == id]
+            assert [(e["type"], e["data"]["title"]) for e in events] == [("UPDATE", "after")]
+        finally:
+            await orm(lambda: migrate_capture(served_models(), "default"))

@@ -156,28 +156,47 @@ def drift(models: Mapping[str, DjangoModel], using: str) -> tuple[list[str], dic
 # ------------------------------------------------------------ in the writer's transaction
 
 
-def captured_tables(connection: Any, tables: Iterable[str]) -> set[str]:
-    """Which of ``tables`` have capture triggers, as the writer's transaction
-    sees them (a catalog read: it never fails for a table without them)."""
-    names = sorted(set(tables))
-    if not names or connection.vendor not in CAPTURING_VENDORS:
+def captured_tables(connection: Any, models: Iterable[DjangoModel]) -> set[str]:
+    """The tables of ``models`` that have capture triggers, as the writer's
+    transaction sees them (a catalog read: it never fails for a table without them)."""
+    served = {model.model._meta.db_table: model for model in models}
+    if not served or connection.vendor not in CAPTURING_VENDORS:
         return set()
+    names = sorted(served)
     marks = ", ".join(["%s"] * len(names))
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            # Under READ COMMITTED each statement sees the catalog as it is.
+            # A REPEATABLE READ or SERIALIZABLE transaction sees pg_trigger as
+            # it was at its snapshot, while the triggers of a capture installed
+            # or removed since fire, or do not, as they are now: there the
+            # model's trigger function (installed and removed with them) is
+            # looked up by name instead, through the catalog cache, which does
+            # not keep to the snapshot.
+            quote = connection.ops.quote_name
             cursor.execute(
-                "SELECT DISTINCT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                f"WHERE c.oid = ANY(ARRAY[{', '.join(['to_regclass(%s)'] * len(names))}]) "
-                "AND starts_with(t.tgname, %s)",
-                [connection.ops.quote_name(name) for name in names] + [_TRIGGER_PREFIX],
+                "SELECT x.n FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY "
+                "AS x(tbl, fn, n) WHERE CASE current_setting('transaction_isolation') "
+                "WHEN 'read committed' THEN EXISTS (SELECT FROM pg_trigger t WHERE "
+                "t.tgrelid = to_regclass(x.tbl) AND starts_with(t.tgname, %s)) "
+                "ELSE to_regprocedure(x.fn) IS NOT NULL END",
+                [
+                    [quote(table) for table in names],
+                    [f"{quote(_trigger_name(served[table]))}()" for table in names],
+                    _TRIGGER_PREFIX,
+                ],
             )
-        else:
-            cursor.execute(
-                "SELECT DISTINCT tbl_name FROM sqlite_master WHERE type = 'trigger' "
-                f"AND tbl_name IN ({marks}) AND substr(name, 1, %s) = %s",
-                [*names, len(_TRIGGER_PREFIX), _TRIGGER_PREFIX],
-            )
+            return {names[int(row[0]) - 1] for row in cursor.fetchall()}
+        cursor.execute(
+            "SELECT DISTINCT tbl_name FROM sqlite_master WHERE type = 'trigger' "
+            f"AND tbl_name IN ({marks}) AND substr(name, 1, %s) = %s",
+            [*names, len(_TRIGGER_PREFIX), _TRIGGER_PREFIX],
+        )
         return {str(row[0]) for row in cursor.fetchall()}
+
+
+def _trigger_name(served: DjangoModel) -> str:
+    return capture_specs({served.name: served})[served.name].trigger_name
 
 
 def begin_commit(connection: Any, context: CommitContext) -> None:

@@ -241,7 +241,7 @@ def _record(served: DjangoModel, instance: Any, kind: str, using: str) -> None:
     if mine and record is not None and record.current == (type(instance), str(pk)):
         return  # the connector's commit writes this event itself
     connection = connections[using]
-    if captured_tables(connection, [served.model._meta.db_table]):
+    if captured_tables(connection, [served]):
         return  # the table's capture triggers record this write (see .capture)
     data = None if kind == "DELETE" else read_row(served, pk, using)
     if mine and record is not None:

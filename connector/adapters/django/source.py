@@ -428,7 +428,7 @@ def _capture_context(
     cannot go stale there, as the commit holds the write lock since its
     first statement (the ledger's)."""
     tables = {served.model._meta.db_table for served in models}
-    captured = tables if connection.vendor == "postgresql" else captured_tables(connection, tables)
+    captured = tables if connection.vendor == "postgresql" else captured_tables(connection, models)
     rows: set[tuple[str, str]] = set()
     for op, served in zip(operations, models, strict=True):
         raw_id = op.id if op.id is not None else (op.input or {}).get("id")
