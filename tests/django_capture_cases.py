@@ -339,6 +339,37 @@ async def test_a_savepoint_rolled_back_in_a_commit_leaves_no_event(client: Sourc
         await orm(lambda: migrate_capture(served_models(), "default"))
 
 
+async def test_a_row_a_commit_writes_then_a_later_operation_cascades_to_is_recorded(
+    client: SourceClient,
+) -> None:
+    """The commit writes the task's CREATE itself, so the triggers leave the
+    task's changes to it; the project's DELETE that follows cascades to the
+    task, a change no operation's event records: the commit records it, in
+    the order it happened."""
+    cursor = await client.last_cursor()
+    project, task = new_id(), new_id()
+    status, answer = await client(
+        {
+            "type": "commit",
+            "correlationId": f"c-{task}",
+            "operations": [
+                {"type": "CREATE", "model": "project", "id": project, "input": {"name": "P"}},
+                {"type": "CREATE", "model": "task", "id": task, "input": {"projectId": project}},
+                {"type": "DELETE", "model": "project", "id": project},
+            ],
+        }
+    )
+    assert status == 200, answer
+    assert await client.load("task", task) is None
+    events = [e for e in await client.events_after(cursor) if e["entityId"] in (project, task)]
+    assert [(e["model"], e["type"], e.get("correlationId")) for e in events] == [
+        ("project", "CREATE", f"c-{task}"),
+        ("task", "CREATE", f"c-{task}"),
+        ("task", "DELETE", f"c-{task}"),  # the cascade, before the DELETE that made it
+        ("project", "DELETE", f"c-{task}"),
+    ]
+
+
 if TARGET.startswith("postgresql://"):
 
     @pytest.mark.parametrize("installed", [True, False])

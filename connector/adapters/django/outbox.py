@@ -77,6 +77,10 @@ class CommitRecord:
     using: str
     correlation_id: str
     current: tuple[type[Any], str] | None = None
+    # The rows the capture triggers leave to this commit (its CommitContext's):
+    # a change to one of them that is not the operation's own (a later
+    # operation's cascade, say) is recorded here, or by no one.
+    left_to_commit: frozenset[tuple[str, str]] = frozenset()
     # Each event with its marker among the connection's on_commit callbacks.
     others: list[tuple[dict[str, Any], Callable[[], None]]] = field(default_factory=list)
 
@@ -241,13 +245,22 @@ def _record(served: DjangoModel, instance: Any, kind: str, using: str) -> None:
     if mine and record is not None and record.current == (type(instance), str(pk)):
         return  # the connector's commit writes this event itself
     connection = connections[using]
-    if captured_tables(connection, [served]):
+    left_to_commit = mine and record is not None and _left_to(record, served, pk)
+    if not left_to_commit and captured_tables(connection, [served]):
         return  # the table's capture triggers record this write (see .capture)
     data = None if kind == "DELETE" else read_row(served, pk, using)
     if mine and record is not None:
         record.add_other(connection, app_event(served, pk, kind, data, record.correlation_id))
         return
     insert_events(connection, [app_event(served, pk, kind, data, None)])
+
+
+def _left_to(record: CommitRecord, served: DjangoModel, pk: Any) -> bool:
+    """Whether the capture triggers leave this row's changes to ``record``'s commit."""
+    rows = record.left_to_commit
+    return bool(rows) and (
+        (served.name, str(pk)) in rows or (served.name, str(to_json_value(pk))) in rows
+    )
 
 
 def _on_save(sender: Any, instance: Any, created: bool, raw: bool, using: str, **_: Any) -> None:

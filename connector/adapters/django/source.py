@@ -312,7 +312,9 @@ class DjangoSource(DataSource):
         context = _capture_context(connection, commit.operations, models)
         if context is not None:
             begin_commit(connection, context)
-        record = CommitRecord(self.using, key)
+        record = CommitRecord(
+            self.using, key, left_to_commit=context.rows if context is not None else frozenset()
+        )
         token = COMMITTING.set(record)
         # Each operation's event, after those of the rows its write changed
         # besides its own (children a DELETE cascades to, rows a signal
