@@ -138,6 +138,14 @@ def session(captured: str) -> Iterator[Session]:
     s.close()
 
 
+async def _warnings_of_probes(source: SQLSource, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings three probes in a row log."""
+    with caplog.at_level(logging.WARNING, logger="connector.sql"):
+        for _ in range(3):
+            await source.probe()
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
 async def all_events(client: Client, cursor: str | None = None, limit: int = 1000) -> list[Any]:
     found: list[Any] = []
     while True:
@@ -386,10 +394,7 @@ async def test_retention_without_delete_privilege_warns_once(
     source = SQLSource(captured.replace("postgres@", f"{role}@"), MAP)
     try:
         source.prepare()
-        with caplog.at_level(logging.WARNING, logger="connector.sql"):
-            for _ in range(3):
-                await source.probe()
-        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        warnings = await _warnings_of_probes(source, caplog)
         assert len(warnings) == 1, warnings
         assert "may not delete from ablo_outbox and ablo_idempotency" in warnings[0]
         assert "--print-grants" in warnings[0]
@@ -593,10 +598,7 @@ async def test_a_user_that_may_not_move_staged_writes_is_told_once(
     source = SQLSource(captured.replace("root@", f"{user}@"), MAP)
     try:
         source.prepare()
-        with caplog.at_level(logging.WARNING, logger="connector.sql"):
-            for _ in range(3):
-                await source.probe()
-        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        warnings = await _warnings_of_probes(source, caplog)
         assert len(warnings) == 1, warnings
         assert "may not read or delete the rows the capture triggers staged" in warnings[0]
         assert "--print-grants" in warnings[0]
