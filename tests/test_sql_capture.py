@@ -22,7 +22,7 @@ from connector import SourceError
 from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
 from connector.adapters.sql.capture import migrate_capture
 from tests.helpers import TASKS_DDL, execute, fresh_database
-from tests.test_sql_adapter import Client, create, update
+from tests.test_sql_adapter import Client, create, key_type, update
 
 DIALECTS = ["sqlite", "postgresql", "mariadb"]
 # Where writers run concurrently (SQLite has one writer at a time: no case there).
@@ -136,6 +136,14 @@ def session(captured: str) -> Iterator[Session]:
     s = Session(captured)
     yield s
     s.close()
+
+
+async def _warnings_of_probes(source: SQLSource, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings three probes in a row log."""
+    with caplog.at_level(logging.WARNING, logger="connector.sql"):
+        for _ in range(3):
+            await source.probe()
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
 async def all_events(client: Client, cursor: str | None = None, limit: int = 1000) -> list[Any]:
@@ -386,10 +394,7 @@ async def test_retention_without_delete_privilege_warns_once(
     source = SQLSource(captured.replace("postgres@", f"{role}@"), MAP)
     try:
         source.prepare()
-        with caplog.at_level(logging.WARNING, logger="connector.sql"):
-            for _ in range(3):
-                await source.probe()
-        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        warnings = await _warnings_of_probes(source, caplog)
         assert len(warnings) == 1, warnings
         assert "may not delete from ablo_outbox and ablo_idempotency" in warnings[0]
         assert "--print-grants" in warnings[0]
@@ -593,10 +598,7 @@ async def test_a_user_that_may_not_move_staged_writes_is_told_once(
     source = SQLSource(captured.replace("root@", f"{user}@"), MAP)
     try:
         source.prepare()
-        with caplog.at_level(logging.WARNING, logger="connector.sql"):
-            for _ in range(3):
-                await source.probe()
-        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        warnings = await _warnings_of_probes(source, caplog)
         assert len(warnings) == 1, warnings
         assert "may not read or delete the rows the capture triggers staged" in warnings[0]
         assert "--print-grants" in warnings[0]
@@ -798,3 +800,65 @@ async def test_a_refused_events_cursor_lets_retention_prune_nothing_unread(
     assert (status, answer["error"]) == (400, "source_cursor_invalid")
     assert await client.source.prune() == (0, 0)
     assert [e["entityId"] for e in await all_events(client, None)] == ["u"]
+
+
+_FOLLOWED = {"models": {"project": {"table": "projects"}, "item": {"table": "items"}}}
+
+
+async def test_a_change_a_later_operation_makes_to_a_row_the_commit_wrote_is_recorded(
+    database_url: str,
+) -> None:
+    """The triggers leave the rows a commit writes to it: when a later
+    operation of the commit changes one of them (a foreign key's cascade here),
+    the commit records that change, in the order it happened."""
+    key = key_type(database_url)
+    execute(
+        database_url,
+        f"CREATE TABLE projects (id {key} PRIMARY KEY, name TEXT)",
+        f"CREATE TABLE items (id {key} PRIMARY KEY, project_id {key} "
+        "REFERENCES projects (id) ON DELETE CASCADE, owner_id "
+        f"{key} REFERENCES projects (id) ON DELETE SET NULL)",
+    )
+    engine = create_database_engine(database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    install(database_url, _FOLLOWED)
+    client = Client(SQLSource(database_url, _FOLLOWED))
+    try:
+        status, body = await client.commit(
+            "c1",
+            {"type": "CREATE", "model": "project", "id": "p1", "input": {"name": "P"}},
+            {"type": "CREATE", "model": "project", "id": "p2", "input": {"name": "Q"}},
+            {"type": "CREATE", "model": "item", "id": "i1", "input": {"projectId": "p1", "ownerId": "p2"}},
+            {"type": "CREATE", "model": "item", "id": "i2", "input": {"projectId": "p2", "ownerId": "p2"}},
+            {"type": "DELETE", "model": "project", "id": "p1"},  # cascades to i1
+            {"type": "UPDATE", "model": "project", "id": "p2", "input": {"name": "R"}},
+        )  # fmt: skip
+        assert status == 200, body
+        events = await all_events(client)
+        assert [(e["model"], e["type"], e["entityId"], e["correlationId"]) for e in events] == [
+            ("project", "CREATE", "p1", "c1"),
+            ("project", "CREATE", "p2", "c1"),
+            ("item", "CREATE", "i1", "c1"),
+            ("item", "CREATE", "i2", "c1"),
+            ("item", "DELETE", "i1", "c1"),  # the cascade, before the DELETE that made it
+            ("project", "DELETE", "p1", "c1"),
+            ("project", "UPDATE", "p2", "c1"),  # nothing else changed: no other event
+        ]
+        assert events[4].get("data") is None
+        # The same commit again is a replay: the ledger's answer, no new event.
+        status, _ = await client.commit(
+            "c1",
+            {"type": "CREATE", "model": "project", "id": "p1", "input": {"name": "P"}},
+            {"type": "CREATE", "model": "project", "id": "p2", "input": {"name": "Q"}},
+            {"type": "CREATE", "model": "item", "id": "i1", "input": {"projectId": "p1", "ownerId": "p2"}},
+            {"type": "CREATE", "model": "item", "id": "i2", "input": {"projectId": "p2", "ownerId": "p2"}},
+            {"type": "DELETE", "model": "project", "id": "p1"},
+            {"type": "UPDATE", "model": "project", "id": "p2", "input": {"name": "R"}},
+        )  # fmt: skip
+        assert status == 200
+        assert len(await all_events(client)) == len(events)
+    finally:
+        await client.close()

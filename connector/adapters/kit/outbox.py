@@ -19,6 +19,7 @@ from ...wire.bodies import CommitRequest
 __all__ = [
     "LEDGER_RETENTION",
     "OUTBOX_COLUMNS",
+    "change_event",
     "event_answer",
     "operation_event",
     "outbox_cursor",
@@ -70,17 +71,32 @@ def operation_event(
     left ``row`` (a DELETE: the row as it was). Its id keeps the operation's
     index, so it is the same on a replay."""
     op = commit.operations[index]
-    key = commit.correlation_id
+    return change_event(
+        commit, f"{commit.correlation_id}:{index}", model, row, op.type, op.transaction_id
+    )
+
+
+def change_event(
+    commit: CommitRequest,
+    event_id: str,
+    model: str,
+    row: Mapping[str, Any],
+    kind: str,
+    transaction_id: str | None = None,
+) -> dict[str, Any]:
+    """The outbox row of a change ``commit`` made to ``row`` of ``model``
+    (``kind``: CREATE, UPDATE, DELETE, …; a DELETE's ``row`` is the row as it
+    was, and its data is null)."""
     return {
-        "id": f"{key}:{index}",
+        "id": event_id,
         "model": model,
         "entity_id": str(row.get("id", "")),
-        "type": op.type,
-        "data": None if op.type == "DELETE" else row,
+        "type": kind,
+        "data": None if kind == "DELETE" else row,
         "organization_id": commit.scope.organization_id if commit.scope else None,
         "client_tx_id": None,
-        "correlation_id": key,
-        "transaction_id": op.transaction_id,
+        "correlation_id": commit.correlation_id,
+        "transaction_id": transaction_id,
         "occurred_at": time.time_ns() // 1_000_000,
     }
 

@@ -45,6 +45,7 @@ from ...wire.bodies import CommitRequest, CommitResult, EventsPage, ListPage, Li
 from ..kit.outbox import (
     LEDGER_RETENTION,
     OUTBOX_COLUMNS,
+    change_event,
     event_answer,
     operation_event,
     outbox_cursor,
@@ -960,14 +961,25 @@ class SQLSource(DataSource):
             if context is not None:
                 await transaction.captured(context.as_json())
             applied = []
-            for op, served, shape, (kind, id_value, values, raw_id) in zip(
-                commit.operations, models, shapes, steps, strict=True
+            followed = _Followed(commit, context)
+            for index, (op, served, shape, (kind, id_value, values, raw_id)) in enumerate(
+                zip(commit.operations, models, shapes, steps, strict=True)
             ):
                 row = await transaction.row(shape, {**values, "ablo_id": id_value})
                 found = None if row is None else to_json_row(served.values_to_fields(row))
                 applied.append(_outcome(op, kind, found, raw_id))
+                for other, other_key in followed.to_read_after(index, served, kind, id_value):
+                    select = commits.row_statement(other, "select", ())
+                    if select is None:
+                        continue
+                    now = await transaction.row(select, {"ablo_id": other_key})
+                    followed.read(
+                        index, other, other_key,
+                        None if now is None else to_json_row(other.values_to_fields(now)),
+                    )  # fmt: skip
+                followed.wrote(served, id_value, kind, applied[-1][0])
             rows = [row for row, _ in applied]
-            events = _events(commit, applied)
+            events = _events(commit, applied, followed.events)
             await transaction.finish(
                 events, key, rows, None if commit.echo is None else commit.echo.payload
             )
@@ -987,14 +999,20 @@ class SQLSource(DataSource):
         context = self._capture_context(commit.operations, models)
         if context is not None:
             self._dialect.begin_captured_commit(connection, context)
-        applied = [
-            self._apply(connection, served, op, step)
-            for op, served, step in zip(commit.operations, models, steps, strict=True)
-        ]
+        applied = []
+        followed = _Followed(commit, context)
+        for index, (op, served, step) in enumerate(
+            zip(commit.operations, models, steps, strict=True)
+        ):
+            applied.append(self._apply(connection, served, op, step))
+            kind, id_value = step[0], step[1]
+            for other, other_key in followed.to_read_after(index, served, kind, id_value):
+                followed.read(index, other, other_key, self._select(connection, other, other_key))
+            followed.wrote(served, id_value, kind, applied[-1][0])
         if context is not None:
             self._dialect.end_captured_commit(connection, context)
         rows = [row for row, _ in applied]
-        events = _events(commit, applied)
+        events = _events(commit, applied, followed.events)
         if events:
             # Cursors are drawn when a row is inserted, not when the
             # transaction commits: without the dialect's lock a reader could
@@ -1166,15 +1184,62 @@ def _outcome(
 
 
 def _events(
-    commit: CommitRequest, applied: Sequence[tuple[dict[str, Any], bool]]
+    commit: CommitRequest,
+    applied: Sequence[tuple[dict[str, Any], bool]],
+    changed_besides: Mapping[int, list[dict[str, Any]]],
 ) -> list[dict[str, Any]]:
-    """One event per operation that changed a row: deleting a row that is
-    already gone succeeds, but nothing happened to tell the engine about."""
-    return [
-        operation_event(commit, index, op.model, row)
-        for index, (op, (row, changed)) in enumerate(zip(commit.operations, applied, strict=True))
-        if changed
-    ]
+    """One event per operation that changed a row (deleting a row that is
+    already gone succeeds, but nothing happened to tell the engine about),
+    after the events of what that operation changed besides its own row
+    (``changed_besides``, by operation): the order it happened in."""
+    events: list[dict[str, Any]] = []
+    for index, (op, (row, changed)) in enumerate(zip(commit.operations, applied, strict=True)):
+        events += changed_besides.get(index, [])
+        if changed:
+            events.append(operation_event(commit, index, op.model, row))
+    return events
+
+
+class _Followed:
+    """The rows a commit's operations wrote to captured tables, as they left
+    them. The capture triggers leave every change to these rows to the commit
+    (see .capture), so a change a later operation makes to one of them (a
+    foreign key's cascade, a database trigger) is the commit's to record:
+    after an UPDATE or a DELETE, each is read again."""
+
+    def __init__(self, commit: CommitRequest, context: CommitContext | None) -> None:
+        self._commit = commit
+        self._captured = {name for name, _ in context.rows} if context is not None else set()
+        self._rows: dict[tuple[str, Any], tuple[ServedModel, dict[str, Any] | None]] = {}
+        self.events: dict[int, list[dict[str, Any]]] = {}
+
+    def to_read_after(
+        self, index: int, served: ServedModel, kind: str, key: Any
+    ) -> list[tuple[ServedModel, Any]]:
+        """The rows to read again after operation ``index`` (on ``served``'s
+        row ``key``, as ``kind``): those of the operations before it."""
+        if not self._rows or kind not in ("update", "delete"):
+            return []
+        return [
+            (other, other_key)
+            for (name, other_key), (other, last) in self._rows.items()
+            if last is not None and (name, other_key) != (served.name, key)
+        ]
+
+    def read(self, index: int, served: ServedModel, key: Any, now: dict[str, Any] | None) -> None:
+        """Row ``key`` of ``served`` as it stands after operation ``index``."""
+        _, last = self._rows[served.name, key]
+        if now == last or last is None:
+            return
+        kind, row = ("DELETE", last) if now is None else ("UPDATE", now)
+        changes = self.events.setdefault(index, [])
+        event_id = f"{self._commit.correlation_id}:{index}:{len(changes) + 1}"
+        changes.append(change_event(self._commit, event_id, served.name, row, kind))
+        self._rows[served.name, key] = (served, now)
+
+    def wrote(self, served: ServedModel, key: Any, kind: str, row: dict[str, Any]) -> None:
+        if served.name in self._captured:
+            self._rows[served.name, key] = (served, None if kind == "delete" else row)
 
 
 def _direct(served: ServedModel) -> bool:
