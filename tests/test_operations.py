@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import io
 import json
 import logging
@@ -426,6 +427,32 @@ def test_a_secret_is_redacted_in_its_json_escaped_form_too(
     assert formatter.is_json and json.loads(line)["detail"] == "password=[redacted]"
     assert line.count("[redacted]") == 2, line
     assert "Qz" not in line and "rdQ" not in line, line
+
+
+def test_text_lines_give_the_time_in_utc_whatever_the_process_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Django project sets the process's TZ to its TIME_ZONE: the lines an
+    operator greps still say when in UTC, as the JSON lines do."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # restored after the test
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(logs, "_installed", logs.installed_formatter())
+    monkeypatch.setenv("TZ", "America/Chicago")
+    time.tzset()
+    try:
+        stream = io.StringIO()
+        configure_logging("info", "text")
+        root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        before = time.time()
+        logging.getLogger("connector.test").info("a line")
+        stamp = stream.getvalue().split(" ", 1)[0]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert stamp.endswith("Z"), stamp
+    written = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    assert abs(written.timestamp() - before) < 60, (stamp, before)
 
 
 def _head(url: str) -> tuple[int, bytes, str | None]:

@@ -66,6 +66,18 @@ def _utc(created: float) -> str:
     )
 
 
+class _TextFormatter(logging.Formatter):
+    """One line: the time in UTC as the JSON lines write it, level, logger,
+    message. Local time would follow the process's ``TZ``, which a Django
+    project (``--django``) sets to its ``TIME_ZONE``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _utc(record.created)
+
+
 class _JsonFormatter(JsonFormatter):
     """``time``, ``level``, ``logger``, ``message`` first; then the record's fields."""
 
@@ -159,11 +171,7 @@ def configure_logging(
 ) -> RedactingFormatter:
     """Send logs to stderr (journald and container runtimes collect it)."""
     global _installed
-    inner: logging.Formatter = (
-        _JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    inner: logging.Formatter = _JsonFormatter() if fmt == "json" else _TextFormatter()
     formatter = _installed = RedactingFormatter(inner, secrets)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)

@@ -21,6 +21,7 @@ SECRET_KEY = os.environ.get("TODO_SECRET_KEY", "example-only-not-secret")
 DEBUG = False
 ALLOWED_HOSTS: list[str] = []
 USE_TZ = True
+TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ROOT_URLCONF = "todo_site.urls"
 
