@@ -664,6 +664,15 @@ async def _interrupt_when(cli: Process, marker: str) -> tuple[int, list[str]]:
     return status, lines
 
 
+async def test_ctrl_c_while_dev_dials_drains_and_exits_0() -> None:
+    """Ctrl-C once the connector dials, before it is ready: the demo, still
+    waiting for it, ends with it instead of raising that it never got ready."""
+    cli = _command("dev", "--port", str(free_port()), "--api-port", str(free_port()))
+    status, lines = await _interrupt_when(cli, "connector starting: dialing")
+    assert status == 0, lines
+    assert not any("Traceback" in line or "before it was ready" in line for line in lines), lines
+
+
 async def test_ctrl_c_while_the_connector_is_imported_is_one_line_and_130() -> None:
     # -X importtime reports each import as it completes: the connector's own
     # (errors is among its first) means the rest of it is still loading.

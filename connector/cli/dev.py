@@ -486,8 +486,10 @@ async def _dev(
     showing = asyncio.ensure_future(_show_demo(connector, engine, demo))
     try:
         await asyncio.wait({serving, showing}, return_when=asyncio.FIRST_COMPLETED)
-        if showing.done():
-            showing.result()  # not ready in time: the error, as from wait_for
+        if showing.done() and not (connector.stopping and showing.exception() is not None):
+            # Not ready in time: the error, as from wait_for. (Stopped by a
+            # signal before it was ready: the connector's exit status says so.)
+            showing.result()
             if exit_after_demo:
                 connector.stop()
             else:
