@@ -1,24 +1,29 @@
-"""PostgreSQL commits run on the adapter's own connections, statement by
-statement as SQLAlchemy would run them (connector/adapters/sql/dialects/postgresql_commits.py).
-This runs the same few hundred commits, every operation type with NULLs,
-server defaults, numerics, JSON, timestamps, replays and refusals, through
-both paths against two copies of one database, and holds them to the same
+"""Commits on PostgreSQL, MySQL and MariaDB run on the adapter's own
+connections, statement by statement as SQLAlchemy would run them
+(connector/adapters/sql/commits.py and the dialects' own). This runs the
+same few hundred commits, every operation type with NULLs, server
+defaults, numerics, JSON, timestamps, replays and refusals, through both
+paths against two copies of one database, and holds them to the same
 answers, the same rows, the same ledger and the same outbox."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from connector.adapters.sql import SQLSource
-from tests.helpers import execute
-from tests.postgres import create_database, drop_database
+from tests.helpers import execute, fresh_database
 from tests.test_sql_adapter import Client, prepare
 
 MODELS = {"models": {"item": {"table": "items"}}}
 
-ITEMS = """CREATE TABLE items (
+ITEMS = {
+    "postgresql": """CREATE TABLE items (
   id TEXT PRIMARY KEY,
   title TEXT NOT NULL,
   note TEXT,
@@ -35,7 +40,47 @@ ITEMS = """CREATE TABLE items (
   code TEXT UNIQUE,
   made_at TIMESTAMPTZ NOT NULL DEFAULT '2020-01-02T03:04:05Z',
   archived_at TIMESTAMPTZ
-)"""
+)""",
+    "mariadb": """CREATE TABLE items (
+  id VARCHAR(64) PRIMARY KEY,
+  title TEXT NOT NULL,
+  note TEXT,
+  quantity INTEGER NOT NULL DEFAULT 7,
+  small SMALLINT,
+  price DECIMAL(10, 2),
+  ratio DOUBLE,
+  meta JSON,
+  extra JSON,
+  due_at TIMESTAMP(6) NULL,
+  local_at DATETIME(6),
+  day DATE,
+  done BOOLEAN NOT NULL DEFAULT false,
+  code VARCHAR(64) UNIQUE,
+  made_at DATETIME(6) NOT NULL DEFAULT '2020-01-02 03:04:05',
+  archived_at DATETIME(6)
+) ENGINE=InnoDB""",
+}
+# What each database's rows, ledger and outbox hold, as text where the
+# driver's types differ.
+CONTENTS = {
+    "postgresql": (
+        "SELECT id, title, note, quantity, small, price::text, ratio, meta::text, extra::text, "
+        "due_at, local_at, day, done, code, made_at, archived_at IS NOT NULL FROM items ORDER BY id",
+        "SELECT client_tx_id, request_hash, response::text, expires_at - created_at "
+        "FROM ablo_idempotency ORDER BY client_tx_id",
+        "SELECT id, model, entity_id, type, data::text, organization_id, client_tx_id, "
+        "correlation_id, transaction_id FROM ablo_outbox ORDER BY cursor",
+    ),
+    "mariadb": (
+        "SELECT id, title, note, quantity, small, CAST(price AS CHAR), ratio, meta, extra, "
+        "due_at, local_at, day, done, code, made_at, archived_at IS NOT NULL FROM items ORDER BY id",
+        "SELECT client_tx_id, request_hash, response, "
+        "TIMESTAMPDIFF(MICROSECOND, created_at, expires_at) "
+        "FROM ablo_idempotency ORDER BY client_tx_id",
+        "SELECT id, model, entity_id, type, data, organization_id, client_tx_id, "
+        "correlation_id, transaction_id FROM ablo_outbox ORDER BY `cursor`",
+    ),
+}
 
 # Values each field may take in a generated operation, and values the
 # adapter or the database refuses (drawn less often).
@@ -125,16 +170,8 @@ def _normalized(value: Any) -> Any:
     return value
 
 
-def _contents(url: str) -> dict[str, list[Any]]:
-    items, ledger, outbox = execute(
-        url,
-        "SELECT id, title, note, quantity, small, price::text, ratio, meta::text, extra::text, "
-        "due_at, local_at, day, done, code, made_at, archived_at IS NOT NULL FROM items ORDER BY id",
-        "SELECT client_tx_id, request_hash, response::text, expires_at - created_at "
-        "FROM ablo_idempotency ORDER BY client_tx_id",
-        "SELECT id, model, entity_id, type, data::text, organization_id, client_tx_id, "
-        "correlation_id, transaction_id FROM ablo_outbox ORDER BY cursor",
-    )
+def _contents(dialect: str, url: str) -> dict[str, list[Any]]:
+    items, ledger, outbox = execute(url, *CONTENTS[dialect])
     assert items is not None and ledger is not None and outbox is not None
     # A ledger answer and an event's data hold an archive's time too.
     return {
@@ -165,10 +202,21 @@ def _json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-async def test_both_commit_paths_answer_and_write_the_same(postgres_server: Any) -> None:
-    urls = [prepare(create_database(postgres_server)) for _ in range(2)]
-    for url in urls:
-        execute(url, ITEMS)
+@pytest.mark.parametrize("dialect", ["postgresql", "mariadb"])
+async def test_both_commit_paths_answer_and_write_the_same(
+    request: pytest.FixtureRequest, dialect: str, tmp_path: Path
+) -> None:
+    with contextlib.ExitStack() as databases:
+        urls = [
+            prepare(databases.enter_context(fresh_database(request, dialect, tmp_path / n)))
+            for n in ("a.db", "b.db")
+        ]
+        for url in urls:
+            execute(url, ITEMS[dialect])
+        await _compare_commit_paths(dialect, urls)
+
+
+async def _compare_commit_paths(dialect: str, urls: list[str]) -> None:
     direct, through_sqlalchemy = (Client(SQLSource(url, MODELS)) for url in urls)
     through_sqlalchemy.source._database._commits = None  # type: ignore[attr-defined]
     through = {
@@ -188,7 +236,7 @@ async def test_both_commit_paths_answer_and_write_the_same(postgres_server: Any)
         # Each client ran the path it is named for.
         assert through[id(direct)] == [], through[id(direct)]
         assert len(through[id(through_sqlalchemy)]) > 100
-        first, second = (_contents(url) for url in urls)
+        first, second = (_contents(dialect, url) for url in urls)
         assert first["items"] == second["items"]
         assert first["ledger"] == second["ledger"]
         assert first["outbox"] == second["outbox"]
@@ -196,5 +244,3 @@ async def test_both_commit_paths_answer_and_write_the_same(postgres_server: Any)
     finally:
         for client in (direct, through_sqlalchemy):
             await client.close()
-        for url in urls:
-            drop_database(postgres_server, url)

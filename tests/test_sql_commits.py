@@ -1,34 +1,68 @@
-"""Commits on PostgreSQL through the adapter's own psycopg connections
-(connector/adapters/sql/dialects/postgresql_commits.py): the statement cache's
-bounds, a connection that dies mid-commit, concurrent identical commits."""
+"""Commits through the adapter's own driver connections on PostgreSQL and
+MariaDB (connector/adapters/sql/commits.py and the dialects' own): the
+statement cache's bounds, a connection that dies mid-commit, concurrent
+identical commits, and on MySQL and MariaDB the commit-order lock, which
+belongs to the session and must never outlive a commit."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connector.adapters.sql import SQLSource
 from connector.adapters.sql import source as source_module
+from connector.adapters.sql.dialects.mysql_commits import MySQLTransaction
 from connector.adapters.sql.dialects.postgresql_commits import CommitTransaction
 from connector.adapters.sql.execution import LoopDatabase
-from tests.helpers import execute
-from tests.postgres import create_database, drop_database
+from tests.helpers import execute, fresh_database
 from tests.test_sql_adapter import MODELS, Client, create, prepare, update
 
+DIALECTS = ["postgresql", "mariadb"]
+# Each database's transaction class, how a session is named, how it is
+# killed, and how many transactions are open.
+TRANSACTION = {"postgresql": CommitTransaction, "mariadb": MySQLTransaction}
+KILL = {"postgresql": "SELECT pg_terminate_backend({})", "mariadb": "KILL CONNECTION {}"}
+OPEN_TRANSACTIONS = {
+    "postgresql": "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'ablo-connector' "
+    "AND datname = current_database() "
+    "AND state IN ('idle in transaction', 'idle in transaction (aborted)')",
+    "mariadb": "SELECT COUNT(*) FROM information_schema.INNODB_TRX",
+}
+LOCK_IS_FREE = "SELECT IS_FREE_LOCK(LEFT(CONCAT('ablo_outbox.', DATABASE()), 64))"
 
-@contextlib.asynccontextmanager
-async def _client(server: Any, **options: Any) -> AsyncIterator[tuple[Client, str]]:
-    url = prepare(create_database(server))
-    client = Client(SQLSource(url, MODELS, **options))
-    try:
-        yield client, url
-    finally:
-        await client.close()
-        drop_database(server, url)
+
+def _session(dialect: str, connection: Any) -> int:
+    if dialect == "postgresql":
+        return int(connection.info.backend_pid)
+    return int(connection.thread_id())
+
+
+@pytest.fixture(params=DIALECTS)
+def dialect(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def opened(request: pytest.FixtureRequest, dialect: str, tmp_path: Path) -> Any:
+    """Opens a client of a new database of ``dialect``: ``async with opened(**options)``."""
+    stack = contextlib.ExitStack()
+
+    @contextlib.asynccontextmanager
+    async def _client(**options: Any) -> AsyncIterator[tuple[Client, str]]:
+        url = prepare(stack.enter_context(fresh_database(request, dialect, tmp_path / "a.db")))
+        client = Client(SQLSource(url, MODELS, **options))
+        try:
+            yield client, url
+        finally:
+            await client.close()
+
+    with stack:
+        yield _client
 
 
 def _scalar(url: str, sql: str) -> Any:
@@ -54,10 +88,10 @@ def _no_sqlalchemy_commits(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_concurrent_identical_commits_apply_once_on_the_direct_path(
-    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+    opened: Any, dialect: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_sqlalchemy_commits(monkeypatch)
-    async with _client(postgres_server, pool_size=4) as (client, url):
+    async with opened(pool_size=4) as (client, url):
         operations = [create("t1", title="A"), create("t2", title="B")]
         answers = await asyncio.gather(*(client.commit("c_race", *operations) for _ in range(8)))
         assert {status for status, _ in answers} == {200}
@@ -67,11 +101,7 @@ async def test_concurrent_identical_commits_apply_once_on_the_direct_path(
         assert _scalar(url, "SELECT COUNT(*) FROM ablo_outbox WHERE correlation_id = 'c_race'") == 2
         assert _scalar(url, "SELECT COUNT(*) FROM ablo_idempotency") == 1
         # The replays only read the ledger: their transactions ended all the same.
-        idle_in_transaction = (
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'ablo-connector' "
-            "AND datname = current_database() AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
-        )
-        assert _scalar(url, idle_in_transaction) == 0
+        assert _scalar(url, OPEN_TRANSACTIONS[dialect]) == 0
         # A replay with another intent is still refused, and writes nothing.
         status, body = await client.commit("c_race", create("t3", title="C"))
         assert (status, body["error"]) == (409, "idempotency_conflict")
@@ -79,10 +109,10 @@ async def test_concurrent_identical_commits_apply_once_on_the_direct_path(
 
 
 async def test_a_refused_operation_rolls_back_and_the_connection_serves_on(
-    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+    opened: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_sqlalchemy_commits(monkeypatch)
-    async with _client(postgres_server, pool_size=1) as (client, url):
+    async with opened(pool_size=1) as (client, url):
         await _ok(client, "c_1", create("t1", title="A"))
         status, body = await client.commit("c_2", create("t2", title="B"), create("t1"))
         assert (status, body["error"]) == (409, "source_constraint_violation")
@@ -96,22 +126,23 @@ async def test_a_refused_operation_rolls_back_and_the_connection_serves_on(
 
 
 async def test_a_connection_killed_mid_commit_is_retried_once_and_applies_once(
-    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+    opened: Any, dialect: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_sqlalchemy_commits(monkeypatch)
     killed: list[int] = []
-    original = CommitTransaction.row
+    transaction = TRANSACTION[dialect]
+    original = transaction.row
 
-    async def kill_first(self: CommitTransaction, shape: Any, values: Any) -> Any:
+    async def kill_first(self: Any, shape: Any, values: Any) -> Any:
         if not killed:
-            pid = self._connection.info.backend_pid
-            killed.append(pid)
-            execute(url, f"SELECT pg_terminate_backend({pid})")
+            session = _session(dialect, self.connection)
+            killed.append(session)
+            execute(url, KILL[dialect].format(session))
         return await original(self, shape, values)
 
-    async with _client(postgres_server, pool_size=2) as (client, url):
+    async with opened(pool_size=2) as (client, url):
         await _ok(client, "c_1", create("t1", title="A"))
-        monkeypatch.setattr(CommitTransaction, "row", kill_first)
+        monkeypatch.setattr(transaction, "row", kill_first)
         body = await _ok(client, "c_2", update("t1", title="B"))
         assert body["rows"][0]["title"] == "B"
         assert len(killed) == 1
@@ -123,12 +154,12 @@ async def test_a_connection_killed_mid_commit_is_retried_once_and_applies_once(
 
 
 async def test_the_statement_cache_stays_within_its_bound(
-    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+    opened: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_sqlalchemy_commits(monkeypatch)
     monkeypatch.setattr(source_module, "_MAX_PAGE_SHAPES", 3)
     fields = ["title", "done", "priority", "estimate"]
-    async with _client(postgres_server) as (client, url):
+    async with opened() as (client, url):
         await _ok(client, "c_0", create("t1", title="A"))
         shapes = client.source._database._commits.shapes  # type: ignore[union-attr]
         for n, field in enumerate(fields):
@@ -140,3 +171,58 @@ async def test_the_statement_cache_stays_within_its_bound(
         await _ok(client, "c_again", update("t1", title="again"))
         assert _scalar(url, "SELECT title FROM tasks WHERE id = 't1'") == "again"
         assert _scalar(url, "SELECT priority FROM tasks WHERE id = 't1'") == 2
+
+
+@pytest.mark.parametrize("dialect", ["mariadb"])
+async def test_a_commit_refused_under_the_lock_writes_nothing_and_frees_it(
+    opened: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The events, COMMIT and the lock's release go in one round trip: an
+    # event the outbox refuses must stop the COMMIT after it, and the
+    # rollback must still release the lock.
+    _no_sqlalchemy_commits(monkeypatch)
+    async with opened(pool_size=1) as (client, url):
+        await _ok(client, "c_1", create("t1", title="A"))
+        taken = _scalar(url, "SELECT id FROM ablo_outbox WHERE correlation_id = 'c_1'")
+        execute(
+            url,
+            "INSERT INTO ablo_outbox (id, model, entity_id, type) "
+            f"VALUES ('{taken.replace('c_1', 'c_2')}', 'task', 't1', 'UPDATE')",
+        )
+        status, body = await client.commit("c_2", update("t1", title="B"))
+        assert (status, body["error"]) == (409, "source_constraint_violation")
+        assert _scalar(url, "SELECT title FROM tasks WHERE id = 't1'") == "A"
+        assert _scalar(url, "SELECT COUNT(*) FROM ablo_idempotency WHERE client_tx_id = 'c_2'") == 0
+        assert _scalar(url, LOCK_IS_FREE) == 1
+        assert _scalar(url, OPEN_TRANSACTIONS["mariadb"]) == 0
+        # The one connection serves on, and takes the lock again.
+        await _ok(client, "c_3", update("t1", title="C"))
+        assert _scalar(url, "SELECT COUNT(*) FROM ablo_outbox WHERE correlation_id = 'c_3'") == 1
+        assert _scalar(url, LOCK_IS_FREE) == 1
+
+
+@pytest.mark.parametrize("dialect", ["mariadb"])
+async def test_a_session_killed_holding_the_lock_frees_it_and_the_commit_applies_once(
+    opened: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_sqlalchemy_commits(monkeypatch)
+    killed: list[int] = []
+    original = MySQLTransaction.execute
+
+    async def kill_after_the_lock(self: MySQLTransaction, shape: Any, values: Any) -> Any:
+        done = await original(self, shape, values)
+        if "GET_LOCK" in shape.sql and not killed:
+            killed.append(_session("mariadb", self.connection))
+            execute(url, KILL["mariadb"].format(killed[0]))
+        return done
+
+    async with opened(pool_size=2) as (client, url):
+        await _ok(client, "c_1", create("t1", title="A"))
+        monkeypatch.setattr(MySQLTransaction, "execute", kill_after_the_lock)
+        # The lock waits 30 s for a holder: the retry must not wait for a dead one.
+        body = await asyncio.wait_for(_ok(client, "c_2", update("t1", title="B")), 20)
+        assert body["rows"][0]["title"] == "B"
+        assert len(killed) == 1
+        assert _scalar(url, "SELECT COUNT(*) FROM ablo_outbox WHERE correlation_id = 'c_2'") == 1
+        assert _scalar(url, LOCK_IS_FREE) == 1
+        assert await _ok(client, "c_2", update("t1", title="B")) == body

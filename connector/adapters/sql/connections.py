@@ -20,8 +20,8 @@ least a pool must do:
 - a wait longer than ``timeout`` raises :class:`sqlalchemy.exc.TimeoutError`,
   as SQLAlchemy's pool does, so both pools read the same to the adapter.
 
-On PostgreSQL, commits take their connections from a second pool of this
-kind (see dialects/postgresql_commits.py), each commit one explicit
+On PostgreSQL, MySQL and MariaDB, commits take their connections from a
+second pool of this kind (see commits.py), each commit one explicit
 transaction. Probes and reflection keep SQLAlchemy's pool, and so does a list
 page whose SQL SQLAlchemy completes only when it runs it (an IN list).
 

@@ -39,7 +39,7 @@ from .connections import ReadConnections
 from .drift import PoolRenewal
 
 if TYPE_CHECKING:
-    from .dialects.postgresql_commits import Commits
+    from .commits import OwnCommits
     from .models import ServedModel
     from .query import ListPlan
 
@@ -254,7 +254,7 @@ class LoopDatabase:
         driver: LoopDriver,
         serving: Serving,
         reads: ReadConnections | None = None,
-        commits: Commits | None = None,
+        commits: OwnCommits[Any] | None = None,
     ) -> None:
         self.engine = engine
         # Commits on connections of their own, where the dialect has them
@@ -461,7 +461,7 @@ class LoopDatabase:
         fairy.close()
         return rows
 
-    async def commits(self) -> Commits | None:
+    async def commits(self) -> OwnCommits[Any] | None:
         """Where commits run on connections of their own (None: through :meth:`write`)."""
         if self._commits is not None and self._dialect.server_version_info is None:
             await self._set_up_dialect()

@@ -60,10 +60,10 @@ from .capture import (
     is_captured,
     untagged,
 )
+from .commits import OwnCommits
 from .declared import is_declared
 from .dialects import Dialect, dialect_named, dialect_of_url
 from .dialects.postgresql import OUTBOX_LOCK  # re-exported: scripts that take it import it here
-from .dialects.postgresql_commits import Commits
 from .drift import SCHEMA_CHANGED, SchemaChanged, Unservable, describe_changes
 from .engines import configuration_problem, create_database_engine, database_url, shown_url
 from .execution import Database, Serving, ThreadDatabase, load_row, select_one
@@ -925,18 +925,20 @@ class SQLSource(DataSource):
             raise Unservable(self._schema_problem)
         with self._answers(*models):
             commits = await self._database.commits()
-            if commits is not None and all(_direct(served) for served in models):
+            if commits is not None and all(
+                _direct(served) and (commits.captures or served.name not in self._captured)
+                for served in models
+            ):
                 rows = await self._retrying(lambda: self._commit_directly(commits, commit, models))
             else:
                 rows = await self._write(self._commit_in, commit, models)
         return CommitResult(rows=rows)
 
     async def _commit_directly(
-        self, commits: Commits, commit: CommitRequest, models: Sequence[ServedModel]
+        self, commits: OwnCommits[Any], commit: CommitRequest, models: Sequence[ServedModel]
     ) -> Sequence[Any]:
         """:meth:`_commit_in`, step for step, on the dialect's own connections
-        (see .dialects.postgresql_commits); a shape it cannot run goes through
-        SQLAlchemy, whole."""
+        (see .commits); a shape it cannot run goes through SQLAlchemy, whole."""
         # An operation the adapter refuses is refused after the ledger had
         # its say, as on SQLAlchemy's path: a replay is answered from it.
         refused: SourceError | None = None

@@ -14,7 +14,7 @@
   ``init_command`` runs after those, so a setting of the user's wins, as a
   libpq ``options`` does on PostgreSQL; its own ``sql_mode`` parameter
   replaces the adapter's. Reads run on connections of their own, in
-  autocommit; commits in READ COMMITTED.
+  autocommit; commits on others, in READ COMMITTED (see .mysql_commits).
 - MySQL's default collations compare case- and accent-insensitively
   (MariaDB's ``utf8mb4_general_ci``, MySQL 8's ``utf8mb4_0900_ai_ci``):
   ``LIKE`` compares under ``utf8mb4_bin`` to stay case-sensitive, and
@@ -79,11 +79,12 @@ from ..capture import (
     capture_installed,
 )
 from ..connections import ReadConnections
-from ..execution import Database, LoopDatabase, Serving
+from ..execution import Database, LoopDatabase, PageShapes, Serving
 from ..models import ServedModel
 from ..tables import HIGHEST_CURSOR, LEDGER_TABLE, OUTBOX_TABLE, ledger
 from ..values import json_text
 from . import Dialect
+from .mysql_commits import MySQLCommits
 
 __all__ = ["MySQL"]
 
@@ -318,20 +319,30 @@ def _set_up_sessions(engine: sa.Engine, statement_timeout: float | None) -> None
 
 
 def _read_connector(
-    engine: AsyncEngine, statement_timeout: float | None
+    engine: AsyncEngine, statement_timeout: float | None, *, commits: bool = False
 ) -> Callable[[], Awaitable[Any]]:
     """Opens an asyncmy connection for :class:`ReadConnections` as the engine
-    opens its own (same address, credentials, flags, session), in autocommit."""
+    opens its own (same address, credentials, flags, session): in
+    autocommit for reads, or (``commits``) in READ COMMITTED with autocommit
+    off, so that a commit's first statement begins its transaction."""
     import asyncmy
 
     cargs, cparams = engine.sync_engine.dialect.create_connect_args(engine.url)
     given = _session_arguments(cparams)
-    params = {**cparams, "autocommit": True}
+    params = {**cparams, "autocommit": not commits}
+    if commits:
+        # A commit's last statements go in one round trip (see .mysql_commits);
+        # every value in them is escaped by the driver, as in any statement.
+        from asyncmy.constants import CLIENT
+
+        params["client_flag"] = params.get("client_flag", 0) | CLIENT.MULTI_STATEMENTS
 
     async def connect() -> Any:
         connection = await asyncmy.connect(*cargs, **params)
         try:
             statements = _session_statements(connection.get_server_info(), statement_timeout, given)
+            if commits:
+                statements.insert(0, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             async with connection.cursor() as cursor:
                 for statement in statements:
                     await cursor.execute(statement)
@@ -585,14 +596,27 @@ class MySQL(Dialect):
             json_serializer=json_text,
         )
         _set_up_sessions(engine.sync_engine, serving.statement_timeout)
-        reads = ReadConnections(
-            _read_connector(engine, serving.statement_timeout),
-            serving.pool_size,
-            timeout=serving.pool_timeout,
-            recycle=serving.pool_recycle,
-            driver=_AsyncmyConnections(),
+        reads, writes = (
+            ReadConnections(
+                _read_connector(engine, serving.statement_timeout, commits=for_commits),
+                serving.pool_size,
+                timeout=serving.pool_timeout,
+                recycle=serving.pool_recycle,
+                driver=_AsyncmyConnections(),
+            )
+            for for_commits in (False, True)
         )
-        return LoopDatabase(engine, self, serving, reads)
+        # Commits on connections of their own too (see .mysql_commits), as
+        # many as SQLAlchemy's pool holds for the commits it still runs.
+        commits = MySQLCommits(
+            engine.sync_engine.dialect,
+            writes,
+            PageShapes(serving.max_page_shapes, serving.max_page_shape_bytes),
+            self.connection_lost,
+            _LOCK_NAME,
+            _LOCK_WAIT_SECONDS,
+        )
+        return LoopDatabase(engine, self, serving, reads, commits)
 
     def loop_database(self, engine: AsyncEngine, serving: Serving) -> LoopDatabase:
         # Every read through the engine's pool: its connect arguments are the user's.
