@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal, get_args
 
@@ -214,7 +214,10 @@ class CommitRequest(WireModel):
     source's own (see ``connector.serve.models``) hashes the same.
     """
 
-    _sent_hashes: tuple[str, ...] | None = PrivateAttr(default=None)
+    # The fallback hash of the operations as sent, and those operations (the
+    # hash connector 0.1.0 stored is computed from them only on a replay).
+    _sent_hash: str | None = PrivateAttr(default=None)
+    _sent_operations: list[Operation] | None = PrivateAttr(default=None)
 
     type: Literal["commit"] = "commit"
     operations: Annotated[list[Operation], Field(min_length=1)]
@@ -240,7 +243,7 @@ class CommitRequest(WireModel):
     def effective_intent_hash(self) -> str:
         """``intent_hash``, or the SHA-256 of the canonical operations (as the engine's
         reference computes it)."""
-        return self.intent_hash or self._operations_hashes()[0]
+        return self.intent_hash or self._operations_hash()
 
     @property
     def replayable_intent_hashes(self) -> tuple[str, ...]:
@@ -249,21 +252,24 @@ class CommitRequest(WireModel):
         :func:`previous_operations_intent_hash`) when it differs."""
         if self.intent_hash:
             return (self.intent_hash,)
-        return self._operations_hashes()
+        current = self._operations_hash()
+        previous = previous_operations_intent_hash(self._sent_operations or self.operations)
+        return (current,) if previous == current else (current, previous)
 
     def with_operations(self, operations: Sequence[Operation], model: str | None) -> CommitRequest:
         """A copy with other operations and model hint (their model names resolved),
-        whose fallback intent hash stays that of the operations as sent."""
+        whose fallback intent hashes stay those of the operations as sent."""
         if self.intent_hash is None:
-            self._operations_hashes()
-        return self.model_copy(update={"operations": list(operations), "model": model})
+            self._operations_hash()
+        copy = self.model_copy(update={"operations": list(operations), "model": model})
+        copy._sent_hash = self._sent_hash
+        copy._sent_operations = self._sent_operations or self.operations
+        return copy
 
-    def _operations_hashes(self) -> tuple[str, ...]:
-        if self._sent_hashes is None:
-            current = operations_intent_hash(self.operations)
-            previous = previous_operations_intent_hash(self.operations)
-            self._sent_hashes = (current,) if previous == current else (current, previous)
-        return self._sent_hashes
+    def _operations_hash(self) -> str:
+        if self._sent_hash is None:
+            self._sent_hash = operations_intent_hash(self.operations)
+        return self._sent_hash
 
 
 class EventsRequest(WireModel):
@@ -503,6 +509,7 @@ def _js_number(value: float) -> str:
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
 # Integers JavaScript holds exactly; beyond them JSON.parse rounds to a double.
 _SAFE_INTEGER: Final = 2**53
 
@@ -532,15 +539,20 @@ def canonical_json(value: Any) -> str:
     return _canonical(value, reference=True)
 
 
+_LITERALS: Final = {None: "null", True: "true", False: "false"}
+
+
 def _canonical(value: Any, *, reference: bool) -> str:
     if value is None or value is True or value is False:
-        return json.dumps(value)
+        return _LITERALS[value]
     if isinstance(value, int):
         return _js_integer(value) if reference else str(value)
     if isinstance(value, float):
         return _js_number(value)
     if isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
+        # What json.dumps(value, ensure_ascii=False) writes, without building
+        # an encoder for every string.
+        text = _json_string(value)
         # JSON.stringify writes a lone surrogate as its escape (the text then
         # encodes to UTF-8); json.dumps would leave the raw code point.
         return _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
