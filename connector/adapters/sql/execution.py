@@ -79,10 +79,15 @@ class LoopDriver(Protocol):
     write_options: ClassVar[Mapping[str, Any]]
 
     async def run_read(
-        self, connection: Any, sql: str, values: Mapping[str, Any] | Sequence[Any]
-    ) -> tuple[list[Any], Sequence[Any]]:
+        self,
+        connection: Any,
+        sql: str,
+        values: Mapping[str, Any] | Sequence[Any],
+        describe: bool,
+    ) -> tuple[list[Any], Sequence[Any] | None]:
         """Run one compiled read on a driver connection (its values by name,
-        or in placeholder order): its rows and its cursor's description."""
+        or in placeholder order): its rows and, if ``describe``, its cursor's
+        description (psycopg builds it anew each time it is asked for)."""
         ...
 
     def run_write(
@@ -404,8 +409,12 @@ class LoopDatabase:
         except driver_error as error:
             raise self._wrapped(error) from None
         try:
-            rows, description = await self._driver.run_read(connection, compiled.sql, values)
-            if not compiled.described:
+            described = compiled.described
+            rows, description = await self._driver.run_read(
+                connection, compiled.sql, values, not described
+            )
+            if not described:
+                assert description is not None
                 compiled.learn(dialect, description)
         except driver_error as error:
             # In autocommit a failed statement leaves the connection usable,
@@ -440,10 +449,12 @@ class LoopDatabase:
         except dialect.loaded_dbapi.Error as error:
             raise self._wrapped(error) from None
         try:
+            described = compiled.described
             rows, description = await_only(
-                self._driver.run_read(fairy.driver_connection, compiled.sql, values)
+                self._driver.run_read(fairy.driver_connection, compiled.sql, values, not described)
             )
-            if not compiled.described:
+            if not described:
+                assert description is not None
                 compiled.learn(dialect, description)
         except dialect.loaded_dbapi.Error as error:
             disconnect = dialect.is_disconnect(error, fairy.dbapi_connection, None)

@@ -631,12 +631,16 @@ class MySQL(Dialect):
         return engine
 
     async def run_read(
-        self, connection: Any, sql: str, values: Mapping[str, Any] | Sequence[Any]
-    ) -> tuple[list[Any], Sequence[Any]]:
+        self,
+        connection: Any,
+        sql: str,
+        values: Mapping[str, Any] | Sequence[Any],
+        describe: bool,
+    ) -> tuple[list[Any], Sequence[Any] | None]:
         async with connection.cursor() as cursor:
             await cursor.execute(sql, values)
             rows: list[Any] = list(await cursor.fetchall())
-            return rows, cursor.description
+            return rows, cursor.description if describe else None
 
     def connection_lost(self, connection: Any, error: BaseException) -> bool:
         # asyncmy still says "connected" after the server dropped the

@@ -344,12 +344,16 @@ class PostgreSQL(Dialect):
         )
 
     async def run_read(
-        self, connection: Any, sql: str, values: Mapping[str, Any] | Sequence[Any]
-    ) -> tuple[list[Any], Sequence[Any]]:
+        self,
+        connection: Any,
+        sql: str,
+        values: Mapping[str, Any] | Sequence[Any],
+        describe: bool,
+    ) -> tuple[list[Any], Sequence[Any] | None]:
         cursor = connection.cursor()
         await cursor.execute(sql, values, prepare=True)
         rows: list[Any] = await cursor.fetchall()
-        return rows, cursor.description
+        return rows, cursor.description if describe else None
 
     def connection_lost(self, connection: Any, error: BaseException) -> bool:
         return bool(connection.closed or connection.broken)

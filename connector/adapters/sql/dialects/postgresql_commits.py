@@ -149,7 +149,7 @@ class CommitTransaction:
             async with connection.pipeline():
                 await connection.execute(_BEGIN)
                 await cursor.execute(shape.sql, bound(shape, values), prepare=True)
-        if cursor.description is None:
+        if not shape.columns:  # (psycopg builds a description anew each time it is asked)
             return []
         rows: list[Any] = await cursor.fetchall()
         if not shape.described:
