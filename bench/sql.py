@@ -12,9 +12,10 @@ paired rounds (the yardstick, then the connector, back to back):
   ``create_pool`` (autocommit off: a read is SELECT, then ROLLBACK, which
   asyncmy's pool needs to keep the connection). The ``driver-ac`` rows show
   the same reads in autocommit (one round trip, as the adapter does them),
-  for reference. A commit is the adapter's statements: on MariaDB the
-  ledger INSERT, the UPDATE, the row read back, GET_LOCK, the outbox
-  INSERT, the ledger UPDATE, COMMIT and RELEASE_LOCK;
+  for reference. A commit is the adapter's statements, each its own round
+  trip (the adapter batches the last ones): on MariaDB the ledger INSERT,
+  the UPDATE, the row read back, GET_LOCK, the outbox INSERT, the ledger
+  UPDATE, COMMIT and RELEASE_LOCK;
 - the connector: ``ablo-connector run --database-url … --models …`` as its own
   process, driven by the engine side of ``bench/run.py`` (pre-signed request
   frames, every request its own ``webhook-id``, closed loop on 127.0.0.1);
