@@ -32,7 +32,7 @@ from sqlalchemy import exc as sa_exc
 
 from .connections import ReadConnections
 from .execution import _UNSEEN, PageShapes, _Compiled, _positions
-from .tables import outbox
+from .tables import ledger, outbox
 
 if TYPE_CHECKING:
     from .models import ServedModel
@@ -155,7 +155,25 @@ class OwnCommits(Generic[Transaction]):
         return found
 
     def _fixed_statement(self, name: str) -> _Compiled:
-        raise NotImplementedError
+        """The statements every database writes alike; a dialect adds its own
+        (the reservation, the lock) and asks here for the rest."""
+        dialect = self._dialect
+        if name == "replay":  # a ledger row's stored answer, and whether it expired
+            statement: Any = sa.select(
+                ledger.c.request_hash,
+                ledger.c.response,
+                (ledger.c.expires_at <= sa.bindparam("now", type_=ledger.c.expires_at.type)).label(
+                    "expired"
+                ),
+            ).where(ledger.c.client_tx_id == sa.bindparam("ablo_key"))
+            made = compiled(dialect, statement, [c.type for c in statement.selected_columns])
+        elif name == "answer":
+            statement = ledger.update().where(ledger.c.client_tx_id == sa.bindparam("ablo_key"))
+            made = compiled(dialect, statement, [], ["response"])
+        else:
+            raise KeyError(name)
+        assert made is not None
+        return made
 
     def outbox_statement(self, keys: tuple[str, ...]) -> _Compiled:
         """The outbox INSERT of an event with ``keys``."""

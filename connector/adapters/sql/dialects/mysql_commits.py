@@ -83,18 +83,6 @@ class MySQLCommits(OwnCommits["MySQLTransaction"]):
         dialect = self._dialect
         if name == "reserve":
             made = compiled(dialect, ledger.insert(), [], RESERVATION)
-        elif name == "replay":
-            statement: Any = sa.select(
-                ledger.c.request_hash,
-                ledger.c.response,
-                (ledger.c.expires_at <= sa.bindparam("now", type_=ledger.c.expires_at.type)).label(
-                    "expired"
-                ),
-            ).where(ledger.c.client_tx_id == sa.bindparam("ablo_key"))
-            made = compiled(dialect, statement, [c.type for c in statement.selected_columns])
-        elif name == "answer":
-            statement = ledger.update().where(ledger.c.client_tx_id == sa.bindparam("ablo_key"))
-            made = compiled(dialect, statement, [], ["response"])
         elif name == "lock":
             made = _Compiled(
                 f"SELECT GET_LOCK({self._lock_name}, {int(self._lock_wait_seconds)})",
@@ -103,7 +91,7 @@ class MySQLCommits(OwnCommits["MySQLTransaction"]):
         elif name == "release":
             made = _Compiled(f"DO RELEASE_LOCK({self._lock_name})", {}, (), (), positions=())
         else:
-            raise KeyError(name)
+            return super()._fixed_statement(name)
         assert made is not None
         return made
 

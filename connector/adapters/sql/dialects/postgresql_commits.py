@@ -61,12 +61,6 @@ class Commits(OwnCommits["CommitTransaction"]):
                 .returning(ledger.c.client_tx_id)
             )
             made = compiled(dialect, statement, [ledger.c.client_tx_id.type], RESERVATION)
-        elif name == "replay":
-            statement = _replay_statement()
-            made = compiled(dialect, statement, [c.type for c in statement.selected_columns])
-        elif name == "answer":
-            statement = ledger.update().where(ledger.c.client_tx_id == sa.bindparam("ablo_key"))
-            made = compiled(dialect, statement, [], ["response"])
         elif name == "lock":
             statement = sa.select(sa.func.pg_advisory_xact_lock(self._lock))
             made = compiled(dialect, statement, [sa.types.NullType()])
@@ -83,7 +77,7 @@ class Commits(OwnCommits["CommitTransaction"]):
             )
             made = compiled(dialect, statement, [sa.Text()])
         else:
-            raise KeyError(name)
+            return super()._fixed_statement(name)
         assert made is not None
         return made
 
@@ -113,17 +107,6 @@ class Commits(OwnCommits["CommitTransaction"]):
         except self._dialect.loaded_dbapi.Error:
             return False
         return True
-
-
-def _replay_statement() -> sa.Select[Any]:
-    """A ledger row's stored answer, and whether it expired (``now``)."""
-    return sa.select(
-        ledger.c.request_hash,
-        ledger.c.response,
-        (ledger.c.expires_at <= sa.bindparam("now", type_=ledger.c.expires_at.type)).label(
-            "expired"
-        ),
-    ).where(ledger.c.client_tx_id == sa.bindparam("ablo_key"))
 
 
 class CommitTransaction:
