@@ -226,3 +226,42 @@ async def test_a_session_killed_holding_the_lock_frees_it_and_the_commit_applies
         assert _scalar(url, "SELECT COUNT(*) FROM ablo_outbox WHERE correlation_id = 'c_2'") == 1
         assert _scalar(url, LOCK_IS_FREE) == 1
         assert await _ok(client, "c_2", update("t1", title="B")) == body
+
+
+async def test_a_commit_cancelled_in_its_rollback_gives_its_connection_back(
+    opened: Any, dialect: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A request past its deadline is cancelled wherever it is, the rollback
+    # after a refused event included: the connection (mid-transaction,
+    # maybe holding the commit-order lock) must be closed, never lost to
+    # the pool, or every later commit waits for a slot no one gives back.
+    _no_sqlalchemy_commits(monkeypatch)
+    async with opened(pool_size=1) as (client, url):
+        await _ok(client, "c_1", create("t1", title="A"))
+        taken = _scalar(url, "SELECT id FROM ablo_outbox WHERE correlation_id = 'c_1'")
+        execute(
+            url,
+            "INSERT INTO ablo_outbox (id, model, entity_id, type) "
+            f"VALUES ('{taken.replace('c_1', 'c_2')}', 'task', 't1', 'UPDATE')",
+        )
+        commits = client.source._database._commits
+        rolling_back = asyncio.Event()
+
+        async def stuck(self: Any, transaction: Any) -> bool:
+            rolling_back.set()
+            await asyncio.Event().wait()  # a ROLLBACK that never comes back
+            raise AssertionError("unreachable")
+
+        monkeypatch.setattr(type(commits), "_rolled_back", stuck)
+        refused = asyncio.ensure_future(client.commit("c_2", update("t1", title="B")))
+        await asyncio.wait_for(rolling_back.wait(), 20)
+        refused.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refused
+        monkeypatch.undo()
+        _no_sqlalchemy_commits(monkeypatch)
+        assert commits.connections.open == 0  # closed, not kept busy
+        body = await asyncio.wait_for(_ok(client, "c_3", update("t1", title="C")), 20)
+        assert body["rows"][0]["title"] == "C"
+        assert _scalar(url, "SELECT COUNT(*) FROM ablo_outbox WHERE correlation_id = 'c_2'") == 0
+        assert _scalar(url, "SELECT title FROM tasks WHERE id = 't1'") == "C"

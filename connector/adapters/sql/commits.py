@@ -228,30 +228,33 @@ class OwnCommits(Generic[Transaction]):
         except driver_error as error:
             raise self._wrapped(error) from None
         transaction = self._begin(connection)
+        # Given back on every way out, once. A cancellation (a request past
+        # its deadline) can land in the rollback too: the connection, in an
+        # unknown state, is closed, which also ends what its session holds.
+        reusable = lost = False
         try:
-            yield transaction
-        except driver_error as error:
-            lost = self._lost(connection, error)
-            if not lost:  # (after a failed COMMIT, a ROLLBACK only warns)
-                lost = not await self._rolled_back(transaction)
-            pool.release(connection, opened, failed=lost, lost=lost)
-            raise self._wrapped(error, lost, transaction.statement) from None
-        except Exception:
-            # The commit's own refusal (a row not found, a replay): undo its writes.
-            ok = await self._rolled_back(transaction)
-            pool.release(connection, opened, failed=not ok, lost=not ok)
-            raise
-        except BaseException:
-            # Cancelled mid-statement: the connection's state is unknown.
-            pool.release(connection, opened, failed=True)
-            raise
-        if transaction.begun and not transaction.committed:
-            # Left without a COMMIT (a replay only read the ledger): end it
-            # here, so that no connection goes back to the pool in a transaction.
-            ok = await self._rolled_back(transaction)
-        else:
-            ok = await self._released(transaction)
-        pool.release(connection, opened, failed=not ok, lost=not ok)
+            try:
+                yield transaction
+            except driver_error as error:
+                lost = self._lost(connection, error)
+                if not lost:  # (after a failed COMMIT, a ROLLBACK only warns)
+                    lost = not await self._rolled_back(transaction)
+                reusable = not lost
+                raise self._wrapped(error, lost, transaction.statement) from None
+            except Exception:
+                # The commit's own refusal (a row not found, a replay): undo its writes.
+                reusable = await self._rolled_back(transaction)
+                lost = not reusable
+                raise
+            if transaction.begun and not transaction.committed:
+                # Left without a COMMIT (a replay only read the ledger): end it
+                # here, so that no connection goes back to the pool in a transaction.
+                reusable = await self._rolled_back(transaction)
+            else:
+                reusable = await self._released(transaction)
+            lost = not reusable
+        finally:
+            pool.release(connection, opened, failed=not reusable, lost=lost)
 
     def _wrapped(
         self, error: Exception, invalidated: bool = False, sql: str | None = None

@@ -229,6 +229,9 @@ class MySQLTransaction:
             await self.connection.commit()
             self.committed = True
             return
+        # Held from the moment the server may grant it: a rollback after any
+        # failure from here on releases it (releasing a lock not held is a no-op).
+        self.locked = True
         acquired, _ = await self.execute(commits.fixed_statement("lock"), {})
         if not acquired or acquired[0][0] != 1:
             raise SourceError(
@@ -236,7 +239,6 @@ class MySQLTransaction:
                 "the commit waited too long for the outbox's commit-order lock",
                 status=504,
             )
-        self.locked = True
         async with self.connection.cursor() as cursor:
             statements = [
                 cursor.mogrify(shape.sql, bound(shape, event))
