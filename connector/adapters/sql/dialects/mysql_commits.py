@@ -200,8 +200,12 @@ class MySQLTransaction:
         key = {"ablo_id": values["ablo_id"]}
         if steps.read_before is not None:
             before, _ = await self.execute(steps.read_before, key)
+            if not before:
+                # Nothing to delete, and nothing to lock under READ COMMITTED:
+                # a DELETE now could remove a row committed since, with no event.
+                return None
             await self.execute(steps.statement, values)
-            return before[0] if before else None
+            return before[0]
         found, matched = await self.execute(steps.statement, values)
         if steps.returns_row:
             return found[0] if found else None
