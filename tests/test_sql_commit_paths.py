@@ -227,9 +227,9 @@ async def test_both_commit_paths_answer_and_write_the_same(
 async def _compare_commit_paths(dialect: str, urls: list[str], returning: bool = True) -> None:
     direct, through_sqlalchemy = (Client(SQLSource(url, MODELS)) for url in urls)
     through_sqlalchemy.source._database._commits = None  # type: ignore[attr-defined]
-    if not returning:
-        assert await direct.load("item", "none") is None  # the dialect has learnt the server
-        server = direct.source._database._dialect  # type: ignore[attr-defined]
+    for client in (direct, through_sqlalchemy) if not returning else ():
+        assert await client.load("item", "none") is None  # the dialect has learnt the server
+        server = client.source._database._dialect  # type: ignore[attr-defined]
         assert server.insert_returning and server.delete_returning
         server.insert_returning = server.delete_returning = False
     through = {

@@ -1128,8 +1128,10 @@ class SQLSource(DataSource):
         if statement.is_delete:
             # Read, locked, what the DELETE is about to remove (MySQL 8 has
             # no DELETE … RETURNING; a commit in between must not change it).
+            # A row it does not find is not deleted: that read locked nothing.
             before = self._select(connection, served, key, lock=True)
-            connection.execute(statement)
+            if before is not None:
+                connection.execute(statement)
             return before
         if connection.execute(statement).rowcount == 0:
             return None
