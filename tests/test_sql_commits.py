@@ -87,6 +87,18 @@ def _no_sqlalchemy_commits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LoopDatabase, "write", refuse)
 
 
+async def _refuse_the_event_of_c_2(client: Client, url: str) -> None:
+    """Commit ``c_1`` (a CREATE of t1), then take the outbox id that commit
+    ``c_2``'s first event will have: that event is refused, under the lock."""
+    await _ok(client, "c_1", create("t1", title="A"))
+    taken = _scalar(url, "SELECT id FROM ablo_outbox WHERE correlation_id = 'c_1'")
+    execute(
+        url,
+        "INSERT INTO ablo_outbox (id, model, entity_id, type) "
+        f"VALUES ('{taken.replace('c_1', 'c_2')}', 'task', 't1', 'UPDATE')",
+    )
+
+
 async def test_concurrent_identical_commits_apply_once_on_the_direct_path(
     opened: Any, dialect: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,13 +194,7 @@ async def test_a_commit_refused_under_the_lock_writes_nothing_and_frees_it(
     # rollback must still release the lock.
     _no_sqlalchemy_commits(monkeypatch)
     async with opened(pool_size=1) as (client, url):
-        await _ok(client, "c_1", create("t1", title="A"))
-        taken = _scalar(url, "SELECT id FROM ablo_outbox WHERE correlation_id = 'c_1'")
-        execute(
-            url,
-            "INSERT INTO ablo_outbox (id, model, entity_id, type) "
-            f"VALUES ('{taken.replace('c_1', 'c_2')}', 'task', 't1', 'UPDATE')",
-        )
+        await _refuse_the_event_of_c_2(client, url)
         status, body = await client.commit("c_2", update("t1", title="B"))
         assert (status, body["error"]) == (409, "source_constraint_violation")
         assert _scalar(url, "SELECT title FROM tasks WHERE id = 't1'") == "A"
@@ -237,13 +243,7 @@ async def test_a_commit_cancelled_in_its_rollback_gives_its_connection_back(
     # the pool, or every later commit waits for a slot no one gives back.
     _no_sqlalchemy_commits(monkeypatch)
     async with opened(pool_size=1) as (client, url):
-        await _ok(client, "c_1", create("t1", title="A"))
-        taken = _scalar(url, "SELECT id FROM ablo_outbox WHERE correlation_id = 'c_1'")
-        execute(
-            url,
-            "INSERT INTO ablo_outbox (id, model, entity_id, type) "
-            f"VALUES ('{taken.replace('c_1', 'c_2')}', 'task', 't1', 'UPDATE')",
-        )
+        await _refuse_the_event_of_c_2(client, url)
         commits = client.source._database._commits
         rolling_back = asyncio.Event()
 
