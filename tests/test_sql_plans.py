@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from connector.adapters.sql import SQLSource
 from connector.dev.engine import DevEngine
 from connector.wire.bodies import ListQuery
-from tests.helpers import execute, process
+from tests.helpers import execute, fresh_database, process
 from tests.test_operations import KEY, _metric, get, probed
 from tests.test_sql_adapter import MODELS, Client, database_url, prepare
 
@@ -42,15 +42,20 @@ ANALYZE = {"sqlite": "ANALYZE", "postgresql": "ANALYZE tasks", "mysql": "ANALYZE
 
 @pytest.fixture
 async def filled(database_url: str) -> AsyncIterator[str]:
-    prepare(database_url)
-    backend = sa.make_url(database_url).get_backend_name()
+    yield _filled(database_url)
+
+
+def _filled(url: str) -> str:
+    """``url``'s database with the tasks table, its ``ROWS`` rows, analyzed."""
+    prepare(url)
+    backend = sa.make_url(url).get_backend_name()
     fill = FILL[backend].format(rows=ROWS)
     if backend == "mysql":  # MariaDB stops a recursive CTE at 1,000 rows by default
-        execute(database_url, "SET SESSION max_recursive_iterations = 100000", fill)
+        execute(url, "SET SESSION max_recursive_iterations = 100000", fill)
     else:
-        execute(database_url, fill)
-    execute(database_url, ANALYZE[backend])
-    yield database_url
+        execute(url, fill)
+    execute(url, ANALYZE[backend])
+    return url
 
 
 async def _until(condition: Any, timeout: float = 30.0) -> None:
@@ -108,6 +113,22 @@ async def test_a_shape_an_index_serves_is_not_reported(filled: str) -> None:
         assert await source.shape_plan("task", ListQuery.model_validate(query)) is None
     finally:
         await source.aclose()
+
+
+async def test_plans_are_read_through_a_mariadb_url_too(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # SQLAlchemy names the dialect of a mariadb:// URL "mariadb", of a
+    # mysql:// one "mysql" (what the other tests use): both are MySQL's plans.
+    with fresh_database(request, "mariadb", tmp_path / "unused.db") as url:
+        served = _filled(url).replace("mysql://", "mariadb://", 1)
+        source = SQLSource(served, MODELS)
+        try:
+            query = {"limit": 50, "orderBy": "dueAt", "where": [["priority", 3]]}
+            shape = await source.shape_plan("task", ListQuery.model_validate(query))
+            assert shape is not None and "sort every row" in shape.reasons
+        finally:
+            await source.aclose()
 
 
 async def test_the_metric_counts_the_shapes_that_read_the_whole_table(filled: str) -> None:

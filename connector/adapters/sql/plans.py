@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 
+from .dialects import dialect_named
+
 if TYPE_CHECKING:
     from .query import ListPlan
 
@@ -79,7 +81,8 @@ def index_advice(plan: ListPlan) -> str:
 
 
 def explain_sql(dialect_name: str) -> str:
-    """What precedes a SELECT to read its plan on ``dialect_name``."""
+    """What precedes a SELECT to read its plan on ``dialect_name`` (the
+    adapter's name of a dialect: ``mysql`` serves MariaDB too)."""
     if dialect_name == "postgresql":
         return "EXPLAIN (FORMAT JSON) "
     if dialect_name == "mysql":
@@ -97,7 +100,8 @@ def read_plan(connection: sa.Connection, plan: ListPlan) -> Any:
         if compiled.positional
         else params
     )
-    rows = connection.exec_driver_sql(explain_sql(dialect.name) + compiled.string, parameters)
+    explain = explain_sql(dialect_named(dialect.name).name)
+    rows = connection.exec_driver_sql(explain + compiled.string, parameters)
     return [tuple(row) for row in rows]
 
 
@@ -142,7 +146,7 @@ def _nodes(document: Any) -> Iterator[dict[str, Any]]:
 
 def estimated_rows(connection: sa.Connection, table: sa.Table) -> float | None:
     """The database's estimate of ``table``'s rows (None: it keeps none)."""
-    name = connection.dialect.name
+    name = dialect_named(connection.dialect.name).name
     if name == "postgresql":
         found = connection.execute(
             sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"),

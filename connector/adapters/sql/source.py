@@ -222,7 +222,7 @@ class SQLSource(DataSource):
         self._reflections = 0
         self._schema_lock: asyncio.Lock | None = None
         # Each list shape's plan, read once in the background (see .plans).
-        self._plans = ShapePlans(self.engine.dialect.name, self._database.read)
+        self._plans = ShapePlans(self._dialect.name, self._database.read)
         # Capture (see .capture): the models whose writes the database records
         # itself, what no longer matches, and how their captured rows convert.
         self._captured: frozenset[str] = frozenset()
