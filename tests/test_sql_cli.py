@@ -513,7 +513,7 @@ async def test_mariadb_migrate_run_and_a_restart_end_to_end(
 
 
 async def test_run_and_migrate_refuse_a_mariadb_that_cannot_work(mariadb_server: Any) -> None:
-    user = f"cli_{uuid.uuid4().hex[:8]}"
+    user, scoped = (f"cli_{uuid.uuid4().hex[:8]}" for _ in range(2))
     mariadb.require_password(mariadb_server, user, "pw-right-5e2f")
     base = f"127.0.0.1:{mariadb_server.port}"
     cases = [
@@ -531,6 +531,19 @@ async def test_run_and_migrate_refuse_a_mariadb_that_cannot_work(mariadb_server:
                     output = connector.output()
                 assert message in output and "Traceback" not in output, (command, output)
                 assert PASSWORD not in output and "cannot reach" not in output
+        # A user granted one database only, naming another: the server cannot
+        # say whether it exists, and neither command claims a missing privilege.
+        mariadb_server.execute(
+            f"CREATE USER '{scoped}'@'%' IDENTIFIED BY 'pw-right-5e2f';"
+            f"GRANT ALL ON `other_db`.* TO '{scoped}'@'%'"
+        )
+        denied = f"mariadb://{scoped}:pw-right-5e2f@{base}/no_such_db"
+        for command in ("run", "migrate"):
+            async with process([command, "--database-url", denied], ENV) as connector:
+                assert await connector.wait(30) == 78, (command, connector.output())
+                output = connector.output()
+            assert f"user '{scoped}' may not use database 'no_such_db'" in output, output
+            assert "may not create" not in output and "Traceback" not in output, output
         # A database without the ledger and outbox: run says to migrate first.
         bare = mariadb.create_database(mariadb_server)
         try:
@@ -547,6 +560,7 @@ async def test_run_and_migrate_refuse_a_mariadb_that_cannot_work(mariadb_server:
             assert PASSWORD not in unreachable.output()
     finally:
         mariadb_server.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+        mariadb_server.execute(f"DROP USER IF EXISTS '{scoped}'@'%'")
 
 
 async def test_dev_serves_an_existing_mariadb_database_after_migrate(mariadb_server: Any) -> None:

@@ -166,6 +166,12 @@ def migrate(
         models = load_model_map(models_path) if models_path else None
         if capture or remove_capture:
             require_capture(dialect_named(engine.dialect.name))
+        try:
+            engine.connect().close()
+        except OperationalError as error:
+            # A login refused, or a database missing or closed to this user,
+            # is said as such, not as a privilege to create tables.
+            _unreachable(f"{shown}: ", error, engine.url)
         changes = migrate_tables(engine)
         if capture or remove_capture:
             changes += migrate_capture(engine, models, remove=remove_capture)
