@@ -583,6 +583,10 @@ async def test_dev_serves_an_existing_mariadb_database_after_migrate(mariadb_ser
                     break
             assert status == 0, answer + dev.output()
             assert '"title": "Hello"' in answer and '"done": false' in answer
+            # What to try names a served model and the engine this dev runs.
+            await dev.wait_for_output(
+                f"Try: ablo-connector request list tasks --engine http://127.0.0.1:{api_port}"
+            )
     finally:
         mariadb.drop_database(mariadb_server, url)
 

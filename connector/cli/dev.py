@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
 import logging
 import re
@@ -493,9 +494,11 @@ async def _dev(
             if exit_after_demo:
                 connector.stop()
             else:
-                example = "load task t1" if demo else "list MODEL"
+                elsewhere = (
+                    "" if engine.api_url == DEFAULT_ENGINE_API else f" --engine {engine.api_url}"
+                )
                 click.echo(
-                    f"\nServing. Try: ablo-connector request {example} --engine {engine.api_url}"
+                    f"\nServing. Try: ablo-connector request {await _example(source, demo)}{elsewhere}"
                     "\nCtrl-C to stop.",
                     err=True,
                 )
@@ -503,6 +506,20 @@ async def _dev(
     finally:
         showing.cancel()
         await engine.close()
+
+
+async def _example(source: DataSource, demo: list[dict[str, Any]]) -> str:
+    """A request to try by hand: on the demo's tasks, or a list of a model served."""
+    if demo:
+        return "load task t1"
+    try:
+        declared = source.served_models()
+        if inspect.isawaitable(declared):
+            declared = await declared
+    except Exception:  # only a hint: a source's failure is for its requests to tell
+        declared = None
+    names = sorted(declared or ())
+    return f"list {names[0]}" if names else "list MODEL"
 
 
 async def _show_demo(connector: Connector, engine: DevEngine, demo: list[dict[str, Any]]) -> None:
