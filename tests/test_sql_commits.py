@@ -265,3 +265,46 @@ async def test_a_commit_cancelled_in_its_rollback_gives_its_connection_back(
         assert body["rows"][0]["title"] == "C"
         assert _scalar(url, "SELECT COUNT(*) FROM ablo_outbox WHERE correlation_id = 'c_2'") == 0
         assert _scalar(url, "SELECT title FROM tasks WHERE id = 't1'") == "C"
+
+
+@pytest.mark.parametrize("dialect", ["mariadb"])
+@pytest.mark.parametrize("direct", [True, False], ids=["own-connections", "sqlalchemy"])
+async def test_a_mysql8_delete_leaves_a_row_committed_after_its_read_found_none(
+    opened: Any, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    # MySQL 8 has no DELETE … RETURNING: the row is read, locked, then
+    # deleted. Under READ COMMITTED a read that finds no row locks nothing,
+    # so a row another session commits just then must survive the DELETE
+    # (which answers "already gone"), or it would vanish with no event.
+    async with opened(pool_size=2) as (client, url):
+        assert await client.load("task", "t9") is None  # the dialect has learnt the server
+        database = client.source._database
+        database._dialect.delete_returning = False  # MySQL 8's statements, on MariaDB
+        if direct:
+            _no_sqlalchemy_commits(monkeypatch)
+            original = MySQLTransaction.execute
+
+            async def then_committed(self: Any, shape: Any, values: Any) -> Any:
+                done = await original(self, shape, values)
+                if "FOR UPDATE" in shape.sql:
+                    execute(url, "INSERT INTO tasks (id, title) VALUES ('t9', 'late')")
+                return done
+
+            monkeypatch.setattr(MySQLTransaction, "execute", then_committed)
+        else:
+            database._commits = None
+            read = source_module.SQLSource._select
+
+            def then_committed_too(
+                self: Any, connection: Any, *args: Any, lock: bool = False
+            ) -> Any:
+                found = read(self, connection, *args, lock=lock)
+                if lock:
+                    execute(url, "INSERT INTO tasks (id, title) VALUES ('t9', 'late')")
+                return found
+
+            monkeypatch.setattr(source_module.SQLSource, "_select", then_committed_too)
+        body = await _ok(client, "c_del", {"type": "DELETE", "model": "task", "id": "t9"})
+        assert body["rows"] == [{"id": "t9"}]  # already gone, as it was when read
+        assert _scalar(url, "SELECT COUNT(*) FROM tasks WHERE id = 't9'") == 1, "deleted"
+        assert _scalar(url, "SELECT COUNT(*) FROM ablo_outbox WHERE correlation_id = 'c_del'") == 0
