@@ -198,16 +198,31 @@ async def test_run_refuses_a_database_that_cannot_work(
     wrong = f"postgresql://{role}:{PASSWORD}@127.0.0.1:{postgres_server.port}/postgres"
     missing = f"sqlite:///{tmp_path / 'missing.db'}"
     unknown = f"postgresql://nobody_{role}@127.0.0.1:{postgres_server.port}/postgres"
-    cases = [(wrong, "refused the login"), (unknown, "has no user"), (missing, "does not exist")]
-    for url, message in cases:
-        # run and migrate classify alike: a refused login is a mistake (78),
-        # not an outage (migrate exited 69, "cannot reach").
-        for command in ("run", "migrate"):
-            async with process([command, "--database-url", url], ENV) as connector:
-                assert await connector.wait(30) == 78, (command, connector.output())
-                output = connector.output()
-            assert message in output and "Traceback" not in output, (command, output)
-            assert PASSWORD not in output and "cannot reach" not in output
+    closed_database = create_database(postgres_server)
+    execute(
+        closed_database,
+        f"REVOKE CONNECT ON DATABASE {closed_database.rsplit('/', 1)[1]} FROM PUBLIC",
+    )
+    closed = f"postgresql://{role}:pw-right-0a9b@127.0.0.1:{postgres_server.port}/"
+    closed += closed_database.rsplit("/", 1)[1]
+    cases = [
+        (wrong, "refused the login"),
+        (unknown, "has no user"),
+        (missing, "does not exist"),
+        (closed, f"user {role!r} may not connect to database"),
+    ]
+    try:
+        for url, message in cases:
+            # run and migrate classify alike: a refused login is a mistake (78),
+            # not an outage (migrate exited 69, "cannot reach").
+            for command in ("run", "migrate"):
+                async with process([command, "--database-url", url], ENV) as connector:
+                    assert await connector.wait(30) == 78, (command, connector.output())
+                    output = connector.output()
+                assert message in output and "Traceback" not in output, (command, output)
+                assert PASSWORD not in output and "cannot reach" not in output
+    finally:
+        drop_database(postgres_server, closed_database)
     assert not (tmp_path / "missing.db").exists()
 
 

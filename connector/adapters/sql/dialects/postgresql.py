@@ -397,6 +397,11 @@ class PostgreSQL(Dialect):
                 f"database {url.database!r} does not exist on {url.host}:{url.port or 5432}: "
                 "create it, or fix the database URL"
             )
+        if re.search(r'permission denied for database "[^"]*"', text):
+            return (
+                f"user {user!r} may not connect to database {url.database!r}: grant it "
+                "CONNECT, or fix the database URL"
+            )
         if "no pg_hba.conf entry" in text or "authentication failed" in text:
             return (
                 f"the database does not accept user {user!r} from this host (pg_hba.conf), "
