@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -494,9 +495,9 @@ async def _dev(
             if exit_after_demo:
                 connector.stop()
             else:
-                elsewhere = (
-                    "" if engine.api_url == DEFAULT_ENGINE_API else f" --engine {engine.api_url}"
-                )
+                # `request` goes to ABLO_DEV_ENGINE, else the default engine.
+                asks = os.environ.get("ABLO_DEV_ENGINE") or DEFAULT_ENGINE_API
+                elsewhere = "" if engine.api_url == asks else f" --engine {engine.api_url}"
                 click.echo(
                     f"\nServing. Try: ablo-connector request {await _example(source, demo)}{elsewhere}"
                     "\nCtrl-C to stop.",
