@@ -18,13 +18,14 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.postgres import free_port  # one definition: never the same port twice
 
 # How long a start may take before it counts as failed: far above the half a
 # second it takes on an idle machine, so a busy 2-core CI box does not fail it.
@@ -52,13 +53,6 @@ _SERVER_OPTIONS = (
 
 class MariaDBError(RuntimeError):
     """The private server could not be set up, started or asked something."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _program(*names: str) -> str:

@@ -13,12 +13,20 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free on 127.0.0.1 now, and never one this process was given
+    before: two asked in a row (``--port``, ``--api-port``) may otherwise be
+    the same, as the kernel may hand a just-closed port out again."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _as_postgres(args: list[str]) -> list[str]:
