@@ -202,7 +202,9 @@ class LeaderLock:
             while self._held:
                 wake = self._wake_event()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.confirm_interval)
+                    # (asyncio.timeout: wait_for on 3.11 can drop a cancellation)
+                    async with asyncio.timeout(self.confirm_interval):
+                        await wake.wait()
                 wake.clear()
                 if self._held:
                     await self._confirm_once()

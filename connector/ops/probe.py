@@ -76,7 +76,10 @@ class SourceProbe:
     async def check(self) -> None:
         """Call the probe once and record what it said."""
         try:
-            await asyncio.wait_for(self._call(), self._interval)
+            # Not wait_for: on Python 3.11 it drops a cancellation that lands
+            # as the call returns, and close() would wait on this loop forever.
+            async with asyncio.timeout(self._interval):
+                await self._call()
         except TimeoutError:
             self._record(
                 "probe_timeout", f"the source's probe did not answer within {self._interval:g} s"
