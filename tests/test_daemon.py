@@ -22,7 +22,7 @@ from connector.wire.signing import sign_request
 from examples.memory_source import MemorySource
 from examples.sqlite_source import SQLiteSource
 from tests.handlers import TestSource
-from tests.helpers import eventually, scripted_engine
+from tests.helpers import eventually, free_port, scripted_engine
 
 KEY = "sk_test_daemon_5f2a9c"
 
@@ -402,6 +402,103 @@ async def test_cancelling_run_closes_promptly() -> None:
             await task
         assert time.monotonic() - started < 3
         await eventually(lambda: not engine.attached, timeout=5)
+
+
+async def test_cancelling_run_abandons_a_request_in_flight_at_once() -> None:
+    """Cancelling run() is stop(force=True): its caller does not wait out the
+    grace period for a handler whose answer has nowhere to go."""
+    cancelled = asyncio.Event()
+
+    class Source(TestSource):
+        async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any] | None:
+            try:
+                return await super().load(model, id, ctx)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    async with engine_running() as engine:
+        config = Config(api_key=KEY, base_url=engine.base_url, shutdown_grace=30)
+        connector = Connector(config, Source())
+        task = asyncio.create_task(connector.run())
+        await connector.wait_ready(10)
+        pending = asyncio.create_task(engine.request({"type": "load", "model": "m", "id": "hang"}))
+        await eventually(lambda: connector.status.in_flight == 1)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started < 5
+        assert cancelled.is_set() and connector.status.state is State.STOPPED
+        pending.cancel()
+
+
+async def test_a_second_cancel_during_shutdown_still_closes_every_service() -> None:
+    """The common "cancel, then wait at most N s" lands a second cancellation
+    while run() cleans up; its ports and its probe must end all the same."""
+    probes: list[float] = []
+
+    class Source(TestSource):
+        async def load(self, model: str, id: str, ctx: RequestContext) -> dict[str, Any] | None:
+            try:
+                await asyncio.sleep(3600)
+            finally:  # a clean-up that outlives the stop
+                await asyncio.sleep(10)
+            return None
+
+        async def probe(self) -> None:
+            probes.append(time.monotonic())
+
+    async with engine_running() as engine:
+        health, inspector = free_port(), free_port()
+        config = Config(
+            api_key=KEY,
+            base_url=engine.base_url,
+            health_addr=f"127.0.0.1:{health}",
+            inspect_addr=f"127.0.0.1:{inspector}",
+            probe_interval=0.1,
+        )
+        connector = Connector(config, Source())
+        task = asyncio.create_task(connector.run())
+        await connector.wait_ready(10)
+        pending = asyncio.create_task(engine.request({"type": "load", "model": "m", "id": "x"}))
+        await eventually(lambda: connector.status.in_flight == 1)
+        task.cancel()
+        with pytest.raises((TimeoutError, asyncio.CancelledError)):
+            await asyncio.wait_for(task, 0.2)  # cancels run() again, mid-drain
+        assert task.done()
+        calls = len(probes)
+        await asyncio.sleep(0.5)  # five probe intervals
+        assert len(probes) == calls
+        for port in (health, inspector):
+            with pytest.raises(OSError):
+                await asyncio.open_connection("127.0.0.1", port)
+        again = Connector(config, TestSource())  # the same ports, as a supervising loop would
+        restarted = asyncio.create_task(again.run())
+        await again.wait_ready(10)
+        again.stop()
+        await asyncio.wait_for(restarted, 10)
+        pending.cancel()
+
+
+@pytest.mark.parametrize("turns", range(8))
+async def test_wait_ready_never_drops_a_cancellation(turns: int) -> None:
+    """Cancelled ``turns`` loop turns after the connector became ready, the
+    waiter ends cancelled, wherever the cancellation lands."""
+    connector = Connector(Config(api_key=KEY, base_url="http://127.0.0.1:9"), TestSource())
+
+    async def waiter() -> None:
+        await connector.wait_ready(10)
+        await asyncio.sleep(3600)  # the program's own work, which a dropped cancel lets run
+
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0)
+    connector.status.set(State.READY)
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done and task.cancelled()
 
 
 async def test_status_carries_the_ready_identity() -> None:

@@ -19,6 +19,7 @@ from connector.daemon import ha
 from connector.daemon.ha import FileLock, LeaderLock, LeaseLock, PostgresLock, lock_from_url
 from connector.daemon.ha_mysql import MySQLLock
 from connector.dev.engine import DevEngine
+from tests.handlers import TestSource
 from tests.helpers import Process, connector_args, eventually, free_port
 
 KEY = "sk_test_ha_2f9d1c"
@@ -712,3 +713,46 @@ async def test_mysql_lock_refuses_a_galera_node(monkeypatch: Any) -> None:
             assert "Galera cluster node" in proc.output()
         finally:
             await proc.stop()
+
+
+@pytest.mark.parametrize("phase", ["settle", "backoff", "serving"])
+async def test_a_cancel_that_lands_as_the_lock_is_lost_ends_run(phase: str, tmp_path: Path) -> None:
+    """Losing the lock and being cancelled at almost the same moment: for every
+    loop turn between the two, run() ends cancelled, never back in standby to
+    take the lock and serve again."""
+    tmp_path.chmod(0o700)
+    async with DevEngine(KEY) as engine:
+        for turns in range(6):
+            config = Config(
+                api_key=KEY,
+                base_url=engine.base_url if phase != "backoff" else "http://127.0.0.1:9",
+                ha_lock=f"file://{tmp_path}/lock{turns}",
+                reconnect_schedule=(30.0,),
+                reconnect_jitter=0.0,
+            )
+            connector = Connector(config, TestSource())
+            lock = connector._lock
+            assert isinstance(lock, FileLock)
+            lock.settle_delay = 5.0 if phase == "settle" else 0.2
+            lock.confirm_interval = 60.0  # the loss comes from the test, not a confirmation
+            task = asyncio.create_task(connector.run())
+            if phase == "settle":
+                await eventually(lambda lock=lock: lock.held)
+            elif phase == "backoff":
+                await eventually(lambda c=connector: c.status.state.value == "backoff")
+            else:
+                await connector.wait_ready(10)
+            lock._confirmed_at = ha._now() + 1e6  # still serving when the loss lands
+            lock._lose("the test took it")
+            loop = asyncio.get_running_loop()
+            if turns == 0:
+                task.cancel()
+            else:
+                for _ in range(turns - 1):
+                    await asyncio.sleep(0)
+                loop.call_soon(task.cancel)
+            done, _ = await asyncio.wait({task}, timeout=3)
+            if task not in done:
+                connector.stop()
+                await asyncio.gather(task, return_exceptions=True)
+            assert task in done and task.cancelled(), (turns, connector.status.state)

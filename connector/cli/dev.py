@@ -488,9 +488,11 @@ async def _dev(
     showing = asyncio.ensure_future(_show_demo(connector, engine, demo))
     try:
         await asyncio.wait({serving, showing}, return_when=asyncio.FIRST_COMPLETED)
-        if showing.done() and not (connector.stopping and showing.exception() is not None):
+        failed_first = showing.done() and showing.exception() is not None
+        if showing.done() and not (failed_first and (connector.stopping or serving.done())):
             # Not ready in time: the error, as from wait_for. (Stopped by a
-            # signal before it was ready: the connector's exit status says so.)
+            # signal, or by its own error, before it was ready: the
+            # connector's exit status says so.)
             showing.result()
             if exit_after_demo:
                 connector.stop()
@@ -524,7 +526,7 @@ async def _example(source: DataSource, demo: list[dict[str, Any]]) -> str:
 
 
 async def _show_demo(connector: Connector, engine: DevEngine, demo: list[dict[str, Any]]) -> None:
-    await asyncio.wait_for(connector.wait_ready(), 15)
+    await connector.wait_ready(15)
     inspector = connector.inspector
     if inspector is not None and inspector.url is not None:  # it listens before the dial
         click.echo(

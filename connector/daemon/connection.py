@@ -140,6 +140,11 @@ class InFlight:
         self._status.in_flight = len(self.tasks)
         task.add_done_callback(self._done)
 
+    def abandon(self) -> None:
+        """Cancel every call under way, without waiting for them."""
+        for task in list(self.tasks):
+            task.cancel()
+
     def _done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         self._status.in_flight = len(self.tasks)

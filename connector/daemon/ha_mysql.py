@@ -155,10 +155,12 @@ class MySQLLock(LeaderLock):
         import asyncmy
 
         try:
-            connection = await asyncio.wait_for(
-                asyncmy.connect(**self._connect_args, connect_timeout=5, autocommit=True),
-                _QUERY_TIMEOUT + 1,
-            )
+            # Not wait_for: on Python 3.11 it drops a cancellation that lands as
+            # the connection opens, and a stopped replica would go on to lead.
+            async with asyncio.timeout(_QUERY_TIMEOUT + 1):
+                connection = await asyncmy.connect(
+                    **self._connect_args, connect_timeout=5, autocommit=True
+                )
         except TimeoutError:
             raise OSError("cannot connect to MySQL: no answer within 6 s") from None
         except asyncmy.Error as error:

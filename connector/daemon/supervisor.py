@@ -219,14 +219,16 @@ class Connector:
                 self._notifier.stopping()
         self._stop_event().set()
         if force and self._in_flight is not None:
-            for task in list(self._in_flight.tasks):
-                task.cancel()
+            self._in_flight.abandon()
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until registered and ready; raise :class:`ConnectorError` if
         :meth:`run` ends first (a configuration error, say), ``TimeoutError``
         after ``timeout`` seconds."""
-        await asyncio.wait_for(self.status.wait_ready(), timeout)
+        # Not wait_for: on Python 3.11 it drops a cancellation of the caller
+        # that lands as the connector becomes ready.
+        async with asyncio.timeout(timeout):
+            await self.status.wait_ready()
         if not self.status.is_ready:
             why = self.status.last_error_message or self.status.last_error or "stopped"
             raise ConnectorError(f"the connector stopped before it was ready: {why}")
@@ -273,6 +275,14 @@ class Connector:
     ) -> None:
         """Wait for the lock, serve while it is ours, fence when it is not."""
         log.info("connector starting as a replica: dialing only while holding %s", lock.description)
+        try:
+            await self._lead_while_held(lock, stopping, in_flight)
+        finally:
+            await lock.release()  # a standby's own session, if the backend keeps one
+
+    async def _lead_while_held(
+        self, lock: LeaderLock, stopping: asyncio.Event, in_flight: InFlight
+    ) -> None:
         lock_error: str | None = None
         while not stopping.is_set():
             self.status.set(State.STANDBY)
@@ -284,8 +294,7 @@ class Connector:
                     log.warning("cannot reach the HA lock %s: %s", lock.description, error)
                 lock_error, acquired = str(error), False
             if not acquired:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self.config.ha_retry_interval)
+                await _wait_set(stopping, self.config.ha_retry_interval)
                 continue
             log.info(
                 "took the HA lock %s: this replica is the leader; dialing %s in %g s",
@@ -301,9 +310,7 @@ class Connector:
             try:
                 # Any previous leader's serving window closes within the settle
                 # delay (see connector.ha); every frame is then gated on the lock.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(leave.wait(), lock.settle_delay)
-                if not leave.is_set():
+                if not await _wait_set(leave, lock.settle_delay):
                     self._gate = lock
                     await self._serve_until(leave, in_flight)
             finally:
@@ -311,8 +318,10 @@ class Connector:
                 was_lost = not stopping.is_set() and (lost.done() or not lock.held)
                 lost.cancel()
                 stopped.cancel()
-                await self._drain(in_flight, self._deadline())
-                await lock.release()
+                try:
+                    await self._drain(in_flight, self._deadline())
+                finally:
+                    await lock.release()
                 self.policy.failures = 0
             if was_lost:
                 log.error(
@@ -321,9 +330,7 @@ class Connector:
                     lock.description,
                 )
                 # The others get their turn before this replica tries again.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self.config.ha_retry_interval)
-        await lock.release()  # a standby's own session, if the backend keeps one
+                await _wait_set(stopping, self.config.ha_retry_interval)
 
     # ----------------------------------------------------------- internals
 
@@ -345,9 +352,7 @@ class Connector:
     async def _sleep(self, seconds: float) -> None:
         leave = self._leave
         if seconds > 0 and not leave.is_set():
-            timeout = None if seconds == float("inf") else seconds
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(leave.wait(), timeout)
+            await _wait_set(leave, None if seconds == float("inf") else seconds)
 
     def _before_sleep(self, state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
@@ -425,9 +430,7 @@ class Connector:
                 self.observer.attempt_ended(_outcome(serving.exception()))
             self._raise_outcome(serving)
             return
-        serving.cancel()
-        with contextlib.suppress(BaseException):
-            await serving
+        await _reap(serving)
         deadline = self._deadline()
         if not self.stopping:
             # Fenced (the HA lock is lost): read nothing more, not even to
@@ -439,9 +442,7 @@ class Connector:
         try:
             await self._drain(in_flight, deadline)
         finally:
-            refusing.cancel()
-            with contextlib.suppress(BaseException):
-                await refusing
+            await _reap(refusing)
         await connection.close(1000, "connector_aborted", timeout=_left(deadline))
 
     @staticmethod
@@ -466,13 +467,22 @@ class Connector:
         if not in_flight.tasks:
             return
         self.status.set(State.DRAINING)
+        if _cancelled():
+            # run() itself is cancelled: abandon, as stop(force=True) does,
+            # rather than keep its caller waiting out the grace period.
+            in_flight.abandon()
+            deadline = time.monotonic() + _CLOSE_WHEN_CANCELLED
         left = _left(self._deadline() if deadline is None else deadline)
         reserve = min(_CLOSE_RESERVE, left / 4)
         wait = left - reserve
         log.info(
             "draining %d in-flight request(s) for up to %g s", len(in_flight.tasks), round(wait, 1)
         )
-        abandoned = await in_flight.drain(wait, cancel_wait=reserve / 2)
+        try:
+            abandoned = await in_flight.drain(wait, cancel_wait=reserve / 2)
+        except asyncio.CancelledError:
+            in_flight.abandon()
+            raise
         if abandoned:
             log.warning(
                 "abandoned %d request(s) still running after %g s", abandoned, round(wait, 1)
@@ -510,18 +520,28 @@ class Connector:
             self._probe.start()
 
     async def _finish(self, in_flight: InFlight) -> None:
-        await self._drain(in_flight, self._deadline())
+        # Every step runs even when run() is cancelled again meanwhile (a
+        # caller's "cancel, then wait N s"): a step skipped would leave a port
+        # bound, or a probe calling the database, after run() has ended.
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            await self._drain(in_flight, self._deadline())
+        except asyncio.CancelledError as error:
+            cancelled = error
         self.dispatcher.close()
-        if self._probe is not None:
-            await self._probe.close()
         self.status.set(State.STOPPED)
-        if self.health is not None:
-            await self.health.close()
-        if self.inspector is not None:
-            await self.inspector.close()
+        for service in (self._probe, self.health, self.inspector):
+            if service is None:
+                continue
+            try:
+                await service.close()
+            except asyncio.CancelledError as error:
+                cancelled = error
         if self._notifier is not None:
             self._notifier.close()
         log.info("connector stopped")
+        if cancelled is not None:
+            raise cancelled
 
 
 # Of the grace period, what is kept for cancelling leftover requests and the close.
@@ -543,6 +563,30 @@ def _lock(url: str, lease_duration: float) -> LeaderLock:
         for secret in url_secrets(url):
             message = message.replace(secret, REDACTED)
         raise ConfigError(message) from None
+
+
+async def _wait_set(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` s for ``event``; whether it is set. (Not
+    wait_for: on Python 3.11 it drops a cancellation of the caller that
+    lands as the event is set, and a stopped connector would go on.)"""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()
+
+
+async def _reap(future: asyncio.Future[None]) -> None:
+    """Cancel ``future`` and wait for it to end, whatever it raises, while a
+    cancellation of the caller itself still propagates."""
+    future.cancel()
+    await asyncio.wait({future})
+    if not future.cancelled():
+        future.exception()  # abandoned on purpose: nothing to report
+
+
+def _cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _set_event(event: asyncio.Event, _: object) -> None:

@@ -239,7 +239,10 @@ class DevEngine:
         return self._active is not None
 
     async def wait_attached(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._attached.wait(), timeout)
+        # asyncio.timeout, here and below: wait_for on Python 3.11 drops a
+        # cancellation of the caller that lands as the awaited call returns.
+        async with asyncio.timeout(timeout):
+            await self._attached.wait()
 
     async def _attachment(self) -> _Attachment | None:
         """The active connector, waiting up to ``attach_timeout`` for one.
@@ -253,7 +256,8 @@ class DevEngine:
             if remaining <= 0:
                 return None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._attached.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._attached.wait()
         if self.spread and len(self._attachments) > 1:
             return self._attachments[next(self._turns) % len(self._attachments)]
         return self._active
@@ -430,7 +434,8 @@ class DevEngine:
                 self._sent_at[request_id] = time.monotonic()
             try:
                 await attachment.ws.send(encode_frame(frame))
-                answer = await asyncio.wait_for(future, per_attempt)
+                async with asyncio.timeout(per_attempt):
+                    answer = await future
             except (ConnectionClosed, _Detached):
                 # The socket can be closed before its reader has detached it;
                 # detach now, or every retry would hit the same dead socket.
@@ -484,7 +489,8 @@ class DevEngine:
         attachment.pending[request_id] = future
         await attachment.ws.send(encode_frame(frame) if isinstance(frame, RequestFrame) else frame)
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         finally:
             attachment.pending.pop(request_id, None)
 
