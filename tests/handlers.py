@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import threading
 import time
 from typing import Any
 
@@ -28,6 +29,16 @@ class TestSource(DataSource):
 
     async def list(self, model: str, query: ListQuery, ctx: RequestContext) -> ListPage:
         return ListPage(rows=[{"id": "a"}])
+
+
+class StuckProbeSource(TestSource):
+    """A plain ``def`` probe that never returns (a health check on a host that
+    stopped answering, with no timeout of its own)."""
+
+    __test__ = False
+
+    def probe(self) -> None:
+        threading.Event().wait()
 
 
 class RecordingSource(DataSource):

@@ -178,6 +178,19 @@ async def test_sigterm_lets_a_running_handler_answer_then_exits_0() -> None:
         assert "draining 1 in-flight request" in connector.output()
 
 
+async def test_sigterm_exits_while_a_plain_probe_is_stuck_in_its_thread() -> None:
+    async with (
+        DevEngine(KEY) as engine,
+        process(
+            connector_args(engine.base_url, "tests.handlers:StuckProbeSource"), ENV
+        ) as connector,
+    ):
+        await engine.wait_attached(10)  # the first probe has started by now, and never returns
+        connector.signal(signal.SIGTERM)
+        assert await connector.wait(10) == 0
+        assert "connector stopped" in connector.output()
+
+
 async def test_a_second_signal_exits_at_once() -> None:
     async with (
         DevEngine(KEY) as engine,

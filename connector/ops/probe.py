@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Final
 
 from ..errors import SourceError
@@ -34,6 +35,8 @@ class SourceProbe:
     A plain ``def`` probe runs on a thread of its own: one that hangs (a
     database that accepts and never answers) is reported as timed out, and
     no second call starts until it returns, so hung calls never pile up.
+    The thread is a daemon one, so a hung probe never keeps the process
+    from exiting once the connector has stopped.
     """
 
     def __init__(
@@ -51,7 +54,6 @@ class SourceProbe:
         self._interval = interval
         self._redact = redact
         self._is_async = inspect.iscoroutinefunction(probe)
-        self._executor: ThreadPoolExecutor | None = None
         self._running: Future[Any] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -64,9 +66,6 @@ class SourceProbe:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
 
     async def _loop(self) -> None:
         while True:
@@ -98,9 +97,10 @@ class SourceProbe:
             await self._probe()
             return
         if self._running is None or self._running.done():
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="ablo-probe")
-            self._running = self._executor.submit(self._probe)
+            self._running = Future()
+            threading.Thread(
+                target=_call_into, args=(self._probe, self._running), name="ablo-probe", daemon=True
+            ).start()
         # Cancelling this wait (a timeout) leaves a call that has started running.
         result = await asyncio.wrap_future(self._running)
         if inspect.isawaitable(result):
@@ -121,3 +121,12 @@ class SourceProbe:
             )
         elif error is None and was_healthy is False:
             log.info("the source can serve again: its probe passes")
+
+
+def _call_into(function: Callable[[], Any], future: Future[Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(function())
+    except BaseException as error:  # handed to the waiting loop, not lost in the thread
+        future.set_exception(error)
