@@ -22,7 +22,7 @@ from connector import SourceError
 from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
 from connector.adapters.sql.capture import migrate_capture
 from tests.helpers import TASKS_DDL, execute, fresh_database
-from tests.test_sql_adapter import Client, create, key_type, update
+from tests.test_sql_adapter import Client, create, key_type, quoted, update
 
 DIALECTS = ["sqlite", "postgresql", "mariadb"]
 # Where writers run concurrently (SQLite has one writer at a time: no case there).
@@ -861,4 +861,88 @@ async def test_a_change_a_later_operation_makes_to_a_row_the_commit_wrote_is_rec
         assert status == 200
         assert len(await all_events(client)) == len(events)
     finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_dates_python_cannot_hold_are_served_and_never_stall_events(
+    database_url: str,
+) -> None:
+    """PostgreSQL holds 'infinity', dates BC and 24:00, which Python's types do
+    not: such a row is served with the value as PostgreSQL writes it. Read
+    strictly, its load and every page holding it failed, blaming the caller,
+    and its captured change failed every events page from there on."""
+    execute(
+        database_url,
+        "CREATE TABLE terms (id TEXT PRIMARY KEY, starts DATE, ends TIMESTAMPTZ, "
+        "closes TIME, note TEXT)",
+    )
+    terms = {"models": {"term": {"table": "terms"}}}
+    install(database_url, terms)
+    client = Client(SQLSource(database_url, terms))
+    session = Session(database_url)
+    try:
+        session.write(
+            "INSERT INTO terms VALUES ('open', '0100-01-01 BC', 'infinity', '24:00', 'a'), "
+            "('plain', '2024-02-29', '2024-05-06 07:08:09+00', '23:59', 'b')"
+        )
+        loaded = (await client.ok({"type": "load", "model": "term", "id": "open"}))["row"]
+        assert (loaded["starts"], loaded["ends"], loaded["closes"]) == (
+            "0100-01-01 BC",
+            "infinity",
+            "24:00:00",
+        )
+        page = await client.ok({"type": "list", "model": "term", "query": {"orderBy": "id"}})
+        assert [row["id"] for row in page["rows"]] == ["open", "plain"]
+        listed = {"where": [["id", "IN", ["open", "plain"]]], "orderBy": "id"}  # SQLAlchemy's path
+        assert (await client.ok({"type": "list", "model": "term", "query": listed}))["rows"] == (
+            page["rows"]
+        )
+        assert page["rows"][1]["starts"] == "2024-02-29"  # the others as before
+        status, answer = await client.commit("c_note", update_term("open", note="c"))
+        assert status == 200 and answer["rows"][0]["ends"] == "infinity", answer
+        session.write("UPDATE terms SET note = 'd' WHERE id = 'plain'")  # a later, unrelated write
+        events = await all_events(client)
+        assert [(e["entityId"], e["data"]["note"]) for e in events] == [
+            ("open", "a"),
+            ("plain", "b"),
+            ("open", "c"),
+            ("plain", "d"),
+        ]
+        assert events[0]["data"] == {**loaded, "note": "a"}
+    finally:
+        session.close()
+        await client.close()
+
+
+def update_term(id: str, **input: Any) -> dict[str, Any]:
+    return {"type": "UPDATE", "model": "term", "id": id, "input": input}
+
+
+async def test_a_column_whose_name_holds_a_percent_sign_is_captured(database_url: str) -> None:
+    """psycopg and PyMySQL read ``%`` in the trigger's DDL as a placeholder:
+    the column's name went into the trigger's text mangled, and its changes
+    into events without it."""
+    dialect = sa.make_url(database_url).get_backend_name()
+    name = quoted(database_url, "rate%off")
+    # Through SQLAlchemy's exec_driver_sql, psycopg and PyMySQL read % as a placeholder.
+    escaped = name if dialect == "sqlite" else name.replace("%", "%%")
+    execute(
+        database_url,
+        f"CREATE TABLE offers (id {key_type(database_url)} PRIMARY KEY, {escaped} TEXT)",
+    )
+    offers = {"models": {"offer": {"table": "offers"}}}
+    install(database_url, offers)
+    client = Client(SQLSource(database_url, offers))
+    session = Session(database_url)
+    try:
+        # The application's psycopg session passes parameters too; PyMySQL's none.
+        written = escaped if dialect == "postgresql" else name
+        session.write(f"INSERT INTO offers (id, {written}) VALUES ('o1', 'ten')")
+        loaded = (await client.ok({"type": "load", "model": "offer", "id": "o1"}))["row"]
+        assert loaded == {"id": "o1", "rate%off": "ten"}
+        events = await all_events(client)
+        assert [e["data"] for e in events] == [loaded]
+    finally:
+        session.close()
         await client.close()

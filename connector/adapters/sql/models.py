@@ -21,7 +21,13 @@ import sqlalchemy as sa
 
 from ...errors import ConfigError
 from ...serve.models import ModelNames
-from .values import INTEGER_BITS, INTEGER_UNSIGNED, TEXT_CAPACITY, to_json_value
+from .values import (
+    INTEGER_BITS,
+    INTEGER_UNSIGNED,
+    SINGLE_PRECISION,
+    TEXT_CAPACITY,
+    to_json_value,
+)
 
 if TYPE_CHECKING:
     from .dialects import Dialect
@@ -231,6 +237,10 @@ def _overridden(base: ModelSpec, raw: Mapping[str, Any]) -> ModelSpec:
     )
 
 
+class IdNotUnique(ConfigError):
+    """The column served as ``id`` is not unique by itself."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServedModel:
     """One model as reflected: its table and the field ↔ column mapping.
@@ -334,6 +344,8 @@ class ServedModel:
             if isinstance(column.type, sa.Integer):
                 column.info[INTEGER_BITS] = dialect.integer_bits(column.type)
                 column.info[INTEGER_UNSIGNED] = dialect.integer_unsigned(column.type)
+            elif isinstance(column.type, sa.Float):
+                column.info[SINGLE_PRECISION] = dialect.single_precision(column.type)
             elif isinstance(column.type, sa.String):
                 capacity = dialect.text_capacity(column.type)
                 if capacity is not None:
@@ -344,4 +356,27 @@ class ServedModel:
             raise ConfigError(
                 f"{where} has no column for field 'id' (map one: [models.{name}.fields] id = \"...\")"
             )
+        if not _unique_alone(table, columns["id"]):
+            # Updates and deletes address a row by its id alone: on a column
+            # that is only part of a key, one of them would write every row
+            # sharing the id (each tenant's, with a key of id and tenant).
+            raise IdNotUnique(
+                f"{where}: column {columns['id'].name!r}, served as field 'id', is not unique on "
+                "its own (the primary key has other columns, and no unique index holds it alone), "
+                "so a write by id could change several rows; add a unique index on it, or map a "
+                f'unique column: [models.{name}.fields] id = "..."'
+            )
         return cls(name, table, columns, fields)
+
+
+def _unique_alone(table: sa.Table, column: sa.Column[Any]) -> bool:
+    """Whether ``column``'s values are unique by themselves, as far as the
+    table's keys tell: a table without a primary key (a view, say) states
+    nothing, and is taken at its word."""
+    if list(table.primary_key.columns) in ([column], []):
+        return True
+    keys: list[sa.UniqueConstraint | sa.Index] = [
+        c for c in table.constraints if isinstance(c, sa.UniqueConstraint)
+    ]
+    keys += [index for index in table.indexes if index.unique]
+    return any(list(key.columns) == [column] for key in keys)

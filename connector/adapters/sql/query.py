@@ -12,6 +12,9 @@ never shift a page, so no row repeats and none is skipped. The sort is total
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -31,7 +34,7 @@ from ..kit.listing import (
     encode_cursor,
 )
 from .models import ServedModel
-from .values import checked_text, to_column_value, to_json_value
+from .values import checked_text, python_type, to_column_value, to_json_value
 
 if TYPE_CHECKING:
     from .dialects import Dialect
@@ -70,13 +73,43 @@ def condition_shape(
     """One ``where`` entry checked (the shared rules, :func:`..kit.listing.condition_shape`),
     its value converted to its column's and put in ``values`` under its placeholder's name."""
     column = column_for(model, condition.field, "where")
+
+    def pattern(text: str) -> str:
+        if python_type(column) not in (str, None):
+            # Bound to a boolean or a number, a pattern fails in the driver
+            # (a 500), or matches the value's text in one database only.
+            raise listing.where_invalid(condition, "LIKE and ILIKE apply to text fields only")
+        return checked_text(condition.field, text)
+
     return listing.condition_shape(
         condition,
         _placeholder(column, index),
         values,
         lambda value: to_column_value(column, condition.field, value),
-        lambda text: checked_text(condition.field, text),
+        pattern,
     )
+
+
+# What a keyset cursor can hold and compare: a scalar the column binds back
+# exactly. An array, a range or a document has no total order that survives
+# the trip through JSON, and its pages would repeat or skip rows.
+_ORDERABLE: Final = frozenset(
+    {str, int, float, decimal.Decimal, bool, dt.datetime, dt.date, dt.time, uuid.UUID}
+)
+
+
+def order_column_for(model: ServedModel, field: str, dialect: Dialect) -> sa.Column[Any]:
+    column = column_for(model, field, "orderBy")
+    kind = python_type(column)
+    if (kind is not None and kind not in _ORDERABLE) or not dialect.orderable(column.type):
+        raise SourceError(
+            "source_query_invalid",
+            f"cannot order model {model.name!r} by field {field!r}: its values are not "
+            "scalars a page can be cut after (order by a text, number, boolean, date or time)",
+            model=model.name,
+            field=field,
+        )
+    return column
 
 
 def _placeholder(column: sa.Column[Any], index: int) -> str:
@@ -243,7 +276,7 @@ def plan_list(
     listing.check_size(query, max_bound_values)
     shape = listing.page_shape(query, page_size, max_page_size)
     order_field = shape.order_field
-    order_column = column_for(model, order_field, "orderBy") if order_field else None
+    order_column = order_column_for(model, order_field, dialect) if order_field else None
     values: dict[str, Any] = {_LIMIT: shape.limit + 1}
     conditions = tuple(
         condition_shape(model, i, condition, values) for i, condition in enumerate(query.where)

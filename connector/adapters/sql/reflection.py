@@ -11,7 +11,7 @@ from sqlalchemy import exc as sa_exc
 from ...errors import ConfigError
 from .declared import apply_declared_defaults
 from .dialects import Dialect, dialect_named
-from .models import ModelMap, ModelSpec, ServedModel
+from .models import IdNotUnique, ModelMap, ModelSpec, ServedModel
 
 __all__ = ["reflect_models", "served_tables"]
 
@@ -22,24 +22,30 @@ def reflect_models(
     dialect: Dialect,
     *,
     skip_without_id: bool,
-) -> tuple[dict[str, ServedModel], dict[str, str], list[str]]:
+) -> tuple[dict[str, ServedModel], dict[str, str], dict[str, str]]:
     """Each model of ``specs`` as its table stands: the served ones, why the
-    others cannot be served, and the tables skipped for having no id column."""
+    others cannot be served, and (``skip_without_id``: every table by name,
+    no map) the tables skipped for having no unique id column, with why."""
     metadata = sa.MetaData()
     served: dict[str, ServedModel] = {}
     problems: dict[str, str] = {}
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}
     for name, spec in specs.items():
         where = f"{spec.schema}.{spec.table}" if spec.schema else spec.table
         try:
             table = sa.Table(spec.table, metadata, schema=spec.schema, autoload_with=connection)
             if skip_without_id and "id" not in table.columns:
-                skipped.append(spec.table)
+                skipped[spec.table] = "no id column"
                 continue
             dialect.adapt_reflected(connection, table)
             if spec.declared is not None:
                 apply_declared_defaults(spec.declared, table)
             served[name] = ServedModel.reflect(name, spec, table, dialect)
+        except IdNotUnique as error:
+            if not skip_without_id:
+                problems[name] = str(error)
+            else:
+                skipped[spec.table] = "an id column not unique by itself"
         except sa_exc.NoSuchTableError:
             problems[name] = f"model {name!r}: table {where!r} does not exist"
         except ConfigError as error:

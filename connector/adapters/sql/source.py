@@ -500,9 +500,9 @@ class SQLSource(DataSource):
             raise ConfigError(next(iter(problems.values())))
         if skipped:
             log.warning(
-                "not serving table(s) without an id column: %s (map one with --models: "
+                "not serving table(s) without a unique id column: %s (map one with --models: "
                 '[models.NAME] table = "..." and [models.NAME.fields] id = "COLUMN")',
-                ", ".join(sorted(skipped)),
+                ", ".join(f"{table} ({why})" for table, why in sorted(skipped.items())),
             )
         if not served:
             raise ConfigError(

@@ -14,6 +14,7 @@ import base64
 import datetime as dt
 import decimal
 import json
+import struct
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
@@ -25,6 +26,7 @@ from ...errors import SourceError
 
 __all__ = [
     "INTEGER_BITS",
+    "SINGLE_PRECISION",
     "INTEGER_UNSIGNED",
     "TEXT_CAPACITY",
     "ValueRejected",
@@ -43,6 +45,12 @@ INTEGER_UNSIGNED: Final = "ablo_integer_unsigned"
 # How many characters of ASCII text a text column holds, where its type
 # bounds it (from its dialect's ``text_capacity``; absent: unbounded or unknown).
 TEXT_CAPACITY: Final = "ablo_text_capacity"
+# A single-precision float column (PostgreSQL's real, MySQL's FLOAT): the
+# database compares it widened to double, so a value bound against it is
+# rounded to single precision first. Unrounded, the 0.1 a row serves is never
+# equal to the 0.1f it holds, and a cursor after that row finds it again.
+SINGLE_PRECISION: Final = "ablo_single_precision"
+_FLOAT32: Final = struct.Struct("<f")
 
 
 class ValueRejected(SourceError):
@@ -73,6 +81,14 @@ def python_type(column: sa.Column[Any]) -> type | None:
         return column.type.python_type
     except NotImplementedError:  # NullType and friends: let the database decide
         return None
+
+
+def _single_precision(field: str, value: float) -> float:
+    try:
+        rounded: float = _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+    except OverflowError:
+        raise ValueRejected(field, "a number within single precision", value) from None
+    return rounded
 
 
 def _in_range(column: sa.Column[Any], field: str, value: int) -> int:
@@ -147,6 +163,8 @@ def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
         raise ValueRejected(field, "an integer", value)
     if kind is float:
         if isinstance(value, int | float):
+            if column.info.get(SINGLE_PRECISION, False):
+                return _single_precision(field, value)
             return float(value)
         raise ValueRejected(field, "a number", value)
     if kind is decimal.Decimal:
@@ -174,10 +192,19 @@ def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
         # A PostgreSQL UUID column reflected with as_uuid=False binds strings.
         return uuid_value if getattr(column.type, "as_uuid", True) else str(uuid_value)
     if kind is bytes:
-        return _parsed(lambda text: base64.b64decode(text, validate=True), field, "base64", value)
+        return _parsed(_bytes_of, field, "base64", value)
     if kind in (dict, list):
         return value
     return value
+
+
+def _bytes_of(text: str) -> bytes:
+    # Rows serve bytes in the URL-safe alphabet (- and _); a client may send
+    # either, and what a row served must be writable back as it is.
+    return base64.b64decode(text.translate(_URL_SAFE), validate=True)
+
+
+_URL_SAFE: Final = str.maketrans("-_", "+/")
 
 
 def _parsed(parse: Any, field: str, expected: str, value: Any) -> Any:

@@ -38,7 +38,14 @@ if TYPE_CHECKING:
     from ..execution import Database, LoopDatabase, Serving
     from ..models import ServedModel
 
-__all__ = ["Dialect", "dialect_named", "dialect_of_url", "find_dialect", "registered"]
+__all__ = [
+    "Dialect",
+    "dialect_named",
+    "dialect_of_url",
+    "find_dialect",
+    "registered",
+    "text_literal",
+]
 
 T = TypeVar("T")
 
@@ -301,6 +308,15 @@ class Dialect:
         """How many bits an integer column of ``column_type`` holds."""
         return 64
 
+    def orderable(self, column_type: sa.types.TypeEngine[Any]) -> bool:
+        """Whether a list may be ordered by a column of ``column_type``, a type
+        SQLAlchemy gives no Python type for (see ``query.order_column_for``)."""
+        return True
+
+    def single_precision(self, column_type: sa.types.TypeEngine[Any]) -> bool:
+        """Whether a float column of ``column_type`` holds single precision."""
+        return False
+
     def integer_unsigned(self, column_type: sa.types.TypeEngine[Any]) -> bool:
         """Whether an integer column of ``column_type`` holds no negative values."""
         return False
@@ -363,3 +379,13 @@ def dialect_of_url(url: str | sa.URL) -> tuple[Dialect, sa.URL]:
 def _served() -> str:
     *others, last = [dialect.url_prefix for dialect in registered().values()]
     return f"{', '.join(others)} and {last}" if others else last
+
+
+def text_literal(dialect: sa.engine.Dialect, literal: Callable[[str], str]) -> Callable[[str], str]:
+    """``literal`` as DDL run through ``exec_driver_sql`` must hold it: where
+    the driver's placeholders are ``%`` (psycopg, PyMySQL), each ``%``
+    doubled, as SQLAlchemy's ``quote()`` doubles it in identifiers. Left
+    single, a column named ``a%b`` reached the capture trigger's text mangled."""
+    if dialect.paramstyle in ("format", "pyformat"):
+        return lambda text: literal(text).replace("%", "%%")
+    return literal

@@ -83,7 +83,7 @@ from ..execution import Database, LoopDatabase, PageShapes, Serving
 from ..models import ServedModel
 from ..tables import HIGHEST_CURSOR, LEDGER_TABLE, OUTBOX_TABLE, ledger
 from ..values import json_text
-from . import Dialect
+from . import Dialect, text_literal
 from .mysql_commits import MySQLCommits
 
 __all__ = ["MySQL"]
@@ -945,7 +945,8 @@ class MySQL(Dialect):
                 {"schema": schema, "table": spec.table},
             ).all()
         )
-        model = _literal(spec.model)
+        literal = text_literal(connection.dialect, _literal)
+        model = literal(spec.model)
 
         def kind_of(column: str) -> str:
             return str(types.get(column, "")).lower()
@@ -983,7 +984,7 @@ class MySQL(Dialect):
 
         data = (
             "JSON_ARRAY(JSON_OBJECT("
-            + ", ".join(f"{_literal(c)}, {stored('NEW', c)}" for c in spec.columns)
+            + ", ".join(f"{literal(c)}, {stored('NEW', c)}" for c in spec.columns)
             + "))"
         )
         kind = "'UPDATE'"
@@ -1103,6 +1104,10 @@ class MySQL(Dialect):
         return found
 
     # ------------------------------------------------------------ values
+
+    def single_precision(self, column_type: sa.types.TypeEngine[Any]) -> bool:
+        # FLOAT; REAL and FLOAT(25..53) are DOUBLE, and reflect as such
+        return isinstance(column_type, mysql.FLOAT)
 
     def integer_bits(self, column_type: sa.types.TypeEngine[Any]) -> int:
         if isinstance(column_type, mysql.TINYINT):
