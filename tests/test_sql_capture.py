@@ -47,6 +47,15 @@ def install(url: str, models: dict[str, Any] = MAP, *, remove: bool = False) -> 
         engine.dispose()
 
 
+def serve_captured(url: str, ddl: str, model: str, table: str) -> tuple[Client, Session]:
+    """``ddl``'s table captured and served as ``model``: a client of the
+    adapter, and a plain session of the application's."""
+    execute(url, ddl)
+    models = {"models": {model: {"table": table}}}
+    install(url, models)
+    return Client(SQLSource(url, models)), Session(url)
+
+
 @pytest.fixture
 def captured(database_url: str) -> str:
     backend = sa.make_url(database_url).get_backend_name()
@@ -197,17 +206,15 @@ async def test_every_mysql_type_an_application_writes_is_an_event_equal_to_load(
     TIMESTAMP as its instant), and events decodes it as the driver decodes
     the text protocol: the same values as load, whatever the writer's
     time_zone; a change of case alone is a change."""
-    execute(
+    client, session = serve_captured(
         database_url,
         "CREATE TABLE things (id VARCHAR(64) PRIMARY KEY, label VARCHAR(40), price DECIMAL(10, 3), "
         "doc JSON, flag BOOLEAN, big BIGINT UNSIGNED, ratio DOUBLE, small FLOAT, "
         "day DATE, clock TIME(3), at_ts TIMESTAMP(6) NULL, due DATETIME, raw VARBINARY(16), "
         "blob_value BLOB, kind ENUM('a', 'b'), tags SET('x', 'y'), born YEAR, bits BIT(10))",
+        "thing",
+        "things",
     )
-    things = {"models": {"thing": {"table": "things"}}}
-    install(database_url, things)
-    client = Client(SQLSource(database_url, things))
-    session = Session(database_url)
     try:
         session.run("SET time_zone = '+05:30'")  # the writer's own, not the connector's
         session.write(
@@ -872,15 +879,13 @@ async def test_dates_python_cannot_hold_are_served_and_never_stall_events(
     not: such a row is served with the value as PostgreSQL writes it. Read
     strictly, its load and every page holding it failed, blaming the caller,
     and its captured change failed every events page from there on."""
-    execute(
+    client, session = serve_captured(
         database_url,
         "CREATE TABLE terms (id TEXT PRIMARY KEY, starts DATE, ends TIMESTAMPTZ, "
         "closes TIME, note TEXT)",
+        "term",
+        "terms",
     )
-    terms = {"models": {"term": {"table": "terms"}}}
-    install(database_url, terms)
-    client = Client(SQLSource(database_url, terms))
-    session = Session(database_url)
     try:
         session.write(
             "INSERT INTO terms VALUES ('open', '0100-01-01 BC', 'infinity', '24:00', 'a'), "
@@ -927,14 +932,12 @@ async def test_a_column_whose_name_holds_a_percent_sign_is_captured(database_url
     name = quoted(database_url, "rate%off")
     # Through SQLAlchemy's exec_driver_sql, psycopg and PyMySQL read % as a placeholder.
     escaped = name if dialect == "sqlite" else name.replace("%", "%%")
-    execute(
+    client, session = serve_captured(
         database_url,
         f"CREATE TABLE offers (id {key_type(database_url)} PRIMARY KEY, {escaped} TEXT)",
+        "offer",
+        "offers",
     )
-    offers = {"models": {"offer": {"table": "offers"}}}
-    install(database_url, offers)
-    client = Client(SQLSource(database_url, offers))
-    session = Session(database_url)
     try:
         # The application's psycopg session passes parameters too; PyMySQL's none.
         written = escaped if dialect == "postgresql" else name
