@@ -481,6 +481,53 @@ async def test_a_second_cancel_during_shutdown_still_closes_every_service() -> N
         pending.cancel()
 
 
+async def test_cancelling_run_while_it_drains_after_stop_still_closes_the_socket() -> None:
+    """ "stop(), then cancel if it takes too long": the engine must see the
+    connector go, or it keeps sending requests nobody reads."""
+    async with engine_running() as engine:
+        config = Config(api_key=KEY, base_url=engine.base_url, shutdown_grace=30)
+        connector = Connector(config, TestSource())
+        task = asyncio.create_task(connector.run())
+        await connector.wait_ready(10)
+        pending = asyncio.create_task(engine.request({"type": "load", "model": "m", "id": "hang"}))
+        await eventually(lambda: connector.status.in_flight == 1)
+        connector.stop()  # a drain of up to 28 s
+        await eventually(lambda: connector.status.state is State.DRAINING)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await eventually(lambda: not engine.attached, timeout=5)
+        pending.cancel()
+
+
+async def test_a_cancel_while_the_probe_closes_still_reaches_the_caller() -> None:
+    probe_closing = asyncio.Event()
+
+    class Source(TestSource):
+        async def probe(self) -> None:
+            try:
+                await asyncio.sleep(3600)  # a query under way
+            finally:
+                probe_closing.set()
+                await asyncio.sleep(1)  # its clean-up, which the stop waits for
+
+    connector = Connector(
+        Config(api_key=KEY, base_url="http://127.0.0.1:9", probe_interval=60), Source()
+    )
+
+    async def program() -> None:
+        await connector.run()
+        await asyncio.sleep(3600)  # the program's own work, which a dropped cancel lets run
+
+    task = asyncio.create_task(program())
+    await eventually(lambda: connector.status.state is State.BACKOFF)
+    connector.stop()
+    await probe_closing.wait()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert task in done and task.cancelled()
+
+
 @pytest.mark.parametrize("turns", range(8))
 async def test_wait_ready_never_drops_a_cancellation(turns: int) -> None:
     """Cancelled ``turns`` loop turns after the connector became ready, the

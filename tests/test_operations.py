@@ -11,6 +11,7 @@ import logging
 import signal
 import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -702,3 +703,18 @@ async def test_the_sql_source_reports_its_database(
             assert _metric((await get(base + "/metrics"))[1], "ablo_connector_source_up") == 1
     finally:
         source.close()
+
+
+async def test_a_plain_probe_runs_on_one_thread_every_time() -> None:
+    """A probe keeping a per-thread connection (as examples/sqlite_source.py
+    does) opens it once, not at every probe."""
+    threads: list[threading.Thread] = []  # the objects: an ended thread's ident is reused
+
+    class Source(TestSource):
+        def probe(self) -> None:
+            threads.append(threading.current_thread())
+
+    async with DevEngine(KEY) as engine, probed(Source(), engine.base_url, 0.02):
+        await eventually(lambda: len(threads) >= 5)
+    assert len({id(thread) for thread in threads}) == 1
+    assert threads[0] is not threading.current_thread()

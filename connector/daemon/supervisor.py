@@ -420,8 +420,7 @@ class Connector:
         try:
             await asyncio.wait({serving, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            serving.cancel()
-            await connection.close(timeout=_CLOSE_WHEN_CANCELLED)
+            await _close_when_cancelled(connection, serving)
             raise
         finally:
             stop_requested.cancel()
@@ -430,6 +429,19 @@ class Connector:
                 self.observer.attempt_ended(_outcome(serving.exception()))
             self._raise_outcome(serving)
             return
+        try:
+            await self._step_off(connection, serving, in_flight)
+        except asyncio.CancelledError:
+            # run() cancelled while it drained after stop() (or a fence):
+            # the socket still closes, or the engine would go on sending
+            # requests to a connector that no longer reads them.
+            await _close_when_cancelled(connection, serving)
+            raise
+
+    async def _step_off(
+        self, connection: Connection, serving: asyncio.Future[None], in_flight: InFlight
+    ) -> None:
+        """Stop reading, drain what runs, and close: on stop() or when fenced."""
         await _reap(serving)
         deadline = self._deadline()
         if not self.stopping:
@@ -573,6 +585,14 @@ async def _wait_set(event: asyncio.Event, timeout: float | None) -> bool:
         async with asyncio.timeout(timeout):
             await event.wait()
     return event.is_set()
+
+
+async def _close_when_cancelled(connection: Connection, serving: asyncio.Future[None]) -> None:
+    """A brief polite close for a cancelled run(), shielded: a further
+    cancellation ends the wait, not the close."""
+    serving.cancel()
+    closing = asyncio.ensure_future(connection.close(timeout=_CLOSE_WHEN_CANCELLED))
+    await asyncio.shield(closing)
 
 
 async def _reap(future: asyncio.Future[None]) -> None:

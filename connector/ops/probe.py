@@ -11,9 +11,9 @@ the source stops being able to serve, an INFO line when it can again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
+import queue
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -32,11 +32,12 @@ _MAX_MESSAGE: Final = 300
 class SourceProbe:
     """Runs ``probe`` every ``interval`` seconds until closed.
 
-    A plain ``def`` probe runs on a thread of its own: one that hangs (a
-    database that accepts and never answers) is reported as timed out, and
-    no second call starts until it returns, so hung calls never pile up.
-    The thread is a daemon one, so a hung probe never keeps the process
-    from exiting once the connector has stopped.
+    A plain ``def`` probe runs on a thread of its own, the same one every
+    time (a probe keeping a per-thread connection opens it once): one that
+    hangs (a database that accepts and never answers) is reported as timed
+    out, and no second call starts until it returns, so hung calls never
+    pile up. The thread is a daemon one, so a hung probe never keeps the
+    process from exiting once the connector has stopped.
     """
 
     def __init__(
@@ -55,17 +56,22 @@ class SourceProbe:
         self._redact = redact
         self._is_async = inspect.iscoroutinefunction(probe)
         self._running: Future[Any] | None = None
+        self._calls: queue.SimpleQueue[Future[Any] | None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if self._calls is not None:
+            self._calls.put(None)  # the thread ends after the call it runs, if any
+            self._calls = None
+        if task is not None:
+            task.cancel()
+            # Not suppress(CancelledError): a cancellation of the caller itself
+            # must still reach it.
+            await asyncio.wait({task})
 
     async def _loop(self) -> None:
         while True:
@@ -97,10 +103,16 @@ class SourceProbe:
             await self._probe()
             return
         if self._running is None or self._running.done():
+            if self._calls is None:
+                self._calls = queue.SimpleQueue()
+                threading.Thread(
+                    target=_serve_calls,
+                    args=(self._probe, self._calls),
+                    name="ablo-probe",
+                    daemon=True,
+                ).start()
             self._running = Future()
-            threading.Thread(
-                target=_call_into, args=(self._probe, self._running), name="ablo-probe", daemon=True
-            ).start()
+            self._calls.put(self._running)
         # Cancelling this wait (a timeout) leaves a call that has started running.
         result = await asyncio.wrap_future(self._running)
         if inspect.isawaitable(result):
@@ -123,10 +135,11 @@ class SourceProbe:
             log.info("the source can serve again: its probe passes")
 
 
-def _call_into(function: Callable[[], Any], future: Future[Any]) -> None:
-    if not future.set_running_or_notify_cancel():
-        return
-    try:
-        future.set_result(function())
-    except BaseException as error:  # handed to the waiting loop, not lost in the thread
-        future.set_exception(error)
+def _serve_calls(function: Callable[[], Any], calls: queue.SimpleQueue[Future[Any] | None]) -> None:
+    while (future := calls.get()) is not None:
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(function())
+        except BaseException as error:  # handed to the waiting loop, not lost in the thread
+            future.set_exception(error)
