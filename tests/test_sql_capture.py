@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from connector import SourceError
 from connector.adapters.sql import ModelMap, SQLSource, create_database_engine, migrate
-from connector.adapters.sql.capture import migrate_capture
+from connector.adapters.sql.capture import capture_sql, migrate_capture
 from tests.helpers import TASKS_DDL, execute, fresh_database
 from tests.test_sql_adapter import Client, create, key_type, quoted, update
 
@@ -904,8 +904,27 @@ async def test_dates_python_cannot_hold_are_served_and_never_stall_events(
             page["rows"]
         )
         assert page["rows"][1]["starts"] == "2024-02-29"  # the others as before
-        status, answer = await client.commit("c_note", update_term("open", note="c"))
+        # Served values are read back: as a filter, a cursor and a write.
+        for field in ("starts", "ends"):
+            query = {"where": [[field, "=", loaded[field]]]}
+            found = await client.ok({"type": "list", "model": "term", "query": query})
+            assert [row["id"] for row in found["rows"]] == ["open"]
+            ids, cursor = [], None
+            for _ in range(3):
+                query = {"orderBy": field, "order": "desc", "limit": 1}
+                if cursor is not None:
+                    query["cursor"] = cursor
+                paged = await client.ok({"type": "list", "model": "term", "query": query})
+                ids += [row["id"] for row in paged["rows"]]
+                if (cursor := paged.get("nextCursor")) is None:
+                    break
+            assert ids == (["plain", "open"] if field == "starts" else ["open", "plain"])
+        status, answer = await client.commit(
+            "c_note", update_term("open", note="c", ends=loaded["ends"])
+        )
         assert status == 200 and answer["rows"][0]["ends"] == "infinity", answer
+        status, answer = await client.commit("c_bad", update_term("open", ends="soon"))
+        assert (status, answer["error"]) == (400, "source_value_invalid"), answer
         session.write("UPDATE terms SET note = 'd' WHERE id = 'plain'")  # a later, unrelated write
         events = await all_events(client)
         assert [(e["entityId"], e["data"]["note"]) for e in events] == [
@@ -949,3 +968,12 @@ async def test_a_column_whose_name_holds_a_percent_sign_is_captured(database_url
     finally:
         session.close()
         await client.close()
+    # What --print-sql prints is for psql, which reads no placeholder: each % once.
+    engine = create_database_engine(database_url)
+    try:
+        printed = "\n".join(
+            capture_sql(engine, ModelMap.from_dict({"models": {"offer": {"table": "offers"}}}))
+        )
+    finally:
+        engine.dispose()
+    assert name in printed and "%%" not in printed

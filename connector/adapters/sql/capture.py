@@ -440,6 +440,10 @@ def capture_sql(engine: sa.Engine, models: Any) -> list[str]:
             )
             compiled = bookkeeping.compile(engine, compile_kwargs={"literal_binds": True})
             statements.append(str(compiled))
+    if engine.dialect.paramstyle in ("format", "pyformat"):
+        # Built to run through the driver, which reads %% as one %; printed
+        # for the database's own client, which reads no placeholder.
+        statements = [statement.replace("%%", "%") for statement in statements]
     return statements
 
 

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from ...errors import ConfigError
 from ...serve.models import ModelNames
 from .values import (
+    DATES_AS_WRITTEN,
     INTEGER_BITS,
     INTEGER_UNSIGNED,
     SINGLE_PRECISION,
@@ -70,12 +71,18 @@ class ModelSpec:
     typename: str | None = None
     #: Whether ``migrate --capture`` records the application's own writes to it.
     capture: bool = True
+    #: The application keeps the id unique although no key of the table says
+    #: so alone (a PostgreSQL partitioned table, whose keys must hold the
+    #: partition key): serve it all the same.
+    id_unique: bool = False
     #: The application's own Table (from its SQLAlchemy class, see .declared):
     #: its Python-side defaults apply to writes, and only ``fields`` are served.
     declared: sa.Table | None = field(default=None, compare=False)
 
 
-_SPEC_KEYS: Final = frozenset({"table", "schema", "fields", "exclude", "typename", "capture"})
+_SPEC_KEYS: Final = frozenset(
+    {"table", "schema", "fields", "exclude", "typename", "capture", "id_unique"}
+)
 
 
 class ModelMap(Mapping[str, ModelSpec]):
@@ -165,6 +172,8 @@ class ModelMap(Mapping[str, ModelSpec]):
             capture = raw.get("capture", True)
             if not isinstance(capture, bool):
                 raise ConfigError(f"{where}: capture must be true or false")
+            if not isinstance(raw.get("id_unique", False), bool):
+                raise ConfigError(f"{where}: id_unique must be true or false")
             if typename is not None and (not isinstance(typename, str) or not typename):
                 raise ConfigError(f"{where}: typename must be a non-empty string")
             if not isinstance(table, str) or not table:
@@ -180,7 +189,13 @@ class ModelMap(Mapping[str, ModelSpec]):
             base = declared.get(name)
             if base is None:
                 specs[name] = ModelSpec(
-                    table, schema, dict(fields), frozenset(exclude), typename, capture
+                    table,
+                    schema,
+                    dict(fields),
+                    frozenset(exclude),
+                    typename,
+                    capture,
+                    id_unique=raw.get("id_unique", False),
                 )
             else:
                 specs[name] = _overridden(base, raw)
@@ -234,6 +249,7 @@ def _overridden(base: ModelSpec, raw: Mapping[str, Any]) -> ModelSpec:
         exclude=exclude,
         typename=raw.get("typename", base.typename),
         capture=raw.get("capture", base.capture),
+        id_unique=raw.get("id_unique", base.id_unique),
     )
 
 
@@ -344,6 +360,8 @@ class ServedModel:
             if isinstance(column.type, sa.Integer):
                 column.info[INTEGER_BITS] = dialect.integer_bits(column.type)
                 column.info[INTEGER_UNSIGNED] = dialect.integer_unsigned(column.type)
+            elif isinstance(column.type, sa.DateTime | sa.Date | sa.Time):
+                column.info[DATES_AS_WRITTEN] = dialect.dates_as_written
             elif isinstance(column.type, sa.Float):
                 column.info[SINGLE_PRECISION] = dialect.single_precision(column.type)
             elif isinstance(column.type, sa.String):
@@ -356,15 +374,16 @@ class ServedModel:
             raise ConfigError(
                 f"{where} has no column for field 'id' (map one: [models.{name}.fields] id = \"...\")"
             )
-        if not _unique_alone(table, columns["id"]):
+        if not spec.id_unique and not _unique_alone(table, columns["id"]):
             # Updates and deletes address a row by its id alone: on a column
             # that is only part of a key, one of them would write every row
             # sharing the id (each tenant's, with a key of id and tenant).
             raise IdNotUnique(
                 f"{where}: column {columns['id'].name!r}, served as field 'id', is not unique on "
                 "its own (the primary key has other columns, and no unique index holds it alone), "
-                "so a write by id could change several rows; add a unique index on it, or map a "
-                f'unique column: [models.{name}.fields] id = "..."'
+                "so a write by id could change several rows; add a unique index on it, map a "
+                f'unique column ([models.{name}.fields] id = "..."), or, if the application keeps '
+                f"it unique, say so: [models.{name}] id_unique = true"
             )
         return cls(name, table, columns, fields)
 
@@ -378,5 +397,12 @@ def _unique_alone(table: sa.Table, column: sa.Column[Any]) -> bool:
     keys: list[sa.UniqueConstraint | sa.Index] = [
         c for c in table.constraints if isinstance(c, sa.UniqueConstraint)
     ]
-    keys += [index for index in table.indexes if index.unique]
+    # A partial index (WHERE deleted_at IS NULL) leaves the other rows free to repeat.
+    keys += [index for index in table.indexes if index.unique and not _partial(index)]
     return any(list(key.columns) == [column] for key in keys)
+
+
+def _partial(index: sa.Index) -> bool:
+    return any(
+        key.endswith("_where") and value is not None for key, value in index.dialect_kwargs.items()
+    )

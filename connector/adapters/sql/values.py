@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from ...errors import SourceError
 
 __all__ = [
+    "DATES_AS_WRITTEN",
     "INTEGER_BITS",
     "SINGLE_PRECISION",
     "INTEGER_UNSIGNED",
@@ -51,6 +52,9 @@ TEXT_CAPACITY: Final = "ablo_text_capacity"
 # equal to the 0.1f it holds, and a cursor after that row finds it again.
 SINGLE_PRECISION: Final = "ablo_single_precision"
 _FLOAT32: Final = struct.Struct("<f")
+# A date or time column whose database serves the values Python cannot hold
+# as its own text (PostgreSQL: 'infinity'), and reads that text back.
+DATES_AS_WRITTEN: Final = "ablo_dates_as_written"
 
 
 class ValueRejected(SourceError):
@@ -181,12 +185,19 @@ def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
         if isinstance(value, str):
             return value
         raise ValueRejected(field, "a string", value)
-    if kind is dt.datetime:
-        return _datetime(column, field, value)
-    if kind is dt.date:
-        return _parsed(dt.date.fromisoformat, field, "an ISO date (YYYY-MM-DD)", value)
-    if kind is dt.time:
-        return _parsed(dt.time.fromisoformat, field, "an ISO time", value)
+    if kind in (dt.datetime, dt.date, dt.time):
+        try:
+            if kind is dt.datetime:
+                return _datetime(column, field, value)
+            if kind is dt.date:
+                return _parsed(dt.date.fromisoformat, field, "an ISO date (YYYY-MM-DD)", value)
+            return _parsed(dt.time.fromisoformat, field, "an ISO time", value)
+        except ValueRejected:
+            if isinstance(value, str) and column.info.get(DATES_AS_WRITTEN, False):
+                # 'infinity', '0100-01-01 BC': what a row served, for the
+                # database to read (and refuse, naming the field, if it cannot).
+                return value
+            raise
     if kind is uuid.UUID:
         uuid_value = _parsed(uuid.UUID, field, "a UUID", value)
         # A PostgreSQL UUID column reflected with as_uuid=False binds strings.

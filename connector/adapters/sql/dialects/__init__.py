@@ -308,6 +308,10 @@ class Dialect:
         """How many bits an integer column of ``column_type`` holds."""
         return 64
 
+    #: Dates and times Python cannot hold are served as the database writes
+    #: them ('infinity'), and a value that is not ISO is left to the database.
+    dates_as_written: ClassVar[bool] = False
+
     def orderable(self, column_type: sa.types.TypeEngine[Any]) -> bool:
         """Whether a list may be ordered by a column of ``column_type``, a type
         SQLAlchemy gives no Python type for (see ``query.order_column_for``)."""

@@ -1105,6 +1105,12 @@ class MySQL(Dialect):
 
     # ------------------------------------------------------------ values
 
+    def orderable(self, column_type: sa.types.TypeEngine[Any]) -> bool:
+        # MySQL sorts an ENUM by its members' order but compares it with a
+        # string as text, so a cursor after a row would skip or repeat rows;
+        # a SET is served as a list, which no cursor holds.
+        return not isinstance(column_type, mysql.ENUM | mysql.SET)
+
     def single_precision(self, column_type: sa.types.TypeEngine[Any]) -> bool:
         # FLOAT; REAL and FLOAT(25..53) are DOUBLE, and reflect as such
         return isinstance(column_type, mysql.FLOAT)

@@ -575,6 +575,8 @@ class PostgreSQL(Dialect):
 
     # ------------------------------------------------------------ values
 
+    dates_as_written = True  # see load_any_date
+
     def orderable(self, column_type: sa.types.TypeEngine[Any]) -> bool:
         return not isinstance(column_type, AbstractRange | AbstractMultiRange)
 
