@@ -14,6 +14,7 @@ import base64
 import datetime as dt
 import decimal
 import json
+import re
 import struct
 import uuid
 from collections.abc import Mapping
@@ -55,6 +56,10 @@ _FLOAT32: Final = struct.Struct("<f")
 # A date or time column whose database serves the values Python cannot hold
 # as its own text (PostgreSQL: 'infinity'), and reads that text back.
 DATES_AS_WRITTEN: Final = "ablo_dates_as_written"
+# The forms such a database serves them in: ±infinity, a year past 9999, BC, 24:00.
+_AS_WRITTEN: Final = re.compile(
+    r"-?infinity|\d{5,}-.*|.* BC|24:00(:00(\.0*)?)?([+-]\d\d(:?\d\d)?)?", re.IGNORECASE
+)
 
 
 class ValueRejected(SourceError):
@@ -193,9 +198,14 @@ def to_column_value(column: sa.Column[Any], field: str, value: Any) -> Any:
                 return _parsed(dt.date.fromisoformat, field, "an ISO date (YYYY-MM-DD)", value)
             return _parsed(dt.time.fromisoformat, field, "an ISO time", value)
         except ValueRejected:
-            if isinstance(value, str) and column.info.get(DATES_AS_WRITTEN, False):
+            if (
+                isinstance(value, str)
+                and column.info.get(DATES_AS_WRITTEN, False)
+                and _AS_WRITTEN.fullmatch(value)
+            ):
                 # 'infinity', '0100-01-01 BC': what a row served, for the
                 # database to read (and refuse, naming the field, if it cannot).
+                # Not its other words ('tomorrow', 'now'), which no row serves.
                 return value
             raise
     if kind is uuid.UUID:
