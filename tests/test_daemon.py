@@ -404,6 +404,18 @@ async def test_cancelling_run_closes_promptly() -> None:
         await eventually(lambda: not engine.attached, timeout=5)
 
 
+async def in_flight_on(
+    engine: DevEngine, config: Config, source: DataSource, id: str = "hang"
+) -> tuple[Connector, asyncio.Task[None], asyncio.Task[Any]]:
+    """A ready connector (and its run() task) with a load of ``id`` in flight."""
+    connector = Connector(config, source)
+    task = asyncio.create_task(connector.run())
+    await connector.wait_ready(10)
+    pending = asyncio.create_task(engine.request({"type": "load", "model": "m", "id": id}))
+    await eventually(lambda: connector.status.in_flight == 1)
+    return connector, task, pending
+
+
 async def test_cancelling_run_abandons_a_request_in_flight_at_once() -> None:
     """Cancelling run() is stop(force=True): its caller does not wait out the
     grace period for a handler whose answer has nowhere to go."""
@@ -419,11 +431,7 @@ async def test_cancelling_run_abandons_a_request_in_flight_at_once() -> None:
 
     async with engine_running() as engine:
         config = Config(api_key=KEY, base_url=engine.base_url, shutdown_grace=30)
-        connector = Connector(config, Source())
-        task = asyncio.create_task(connector.run())
-        await connector.wait_ready(10)
-        pending = asyncio.create_task(engine.request({"type": "load", "model": "m", "id": "hang"}))
-        await eventually(lambda: connector.status.in_flight == 1)
+        connector, task, pending = await in_flight_on(engine, config, Source())
         started = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -458,11 +466,7 @@ async def test_a_second_cancel_during_shutdown_still_closes_every_service() -> N
             inspect_addr=f"127.0.0.1:{inspector}",
             probe_interval=0.1,
         )
-        connector = Connector(config, Source())
-        task = asyncio.create_task(connector.run())
-        await connector.wait_ready(10)
-        pending = asyncio.create_task(engine.request({"type": "load", "model": "m", "id": "x"}))
-        await eventually(lambda: connector.status.in_flight == 1)
+        _, task, pending = await in_flight_on(engine, config, Source(), "x")
         task.cancel()
         with pytest.raises((TimeoutError, asyncio.CancelledError)):
             await asyncio.wait_for(task, 0.2)  # cancels run() again, mid-drain
@@ -486,11 +490,7 @@ async def test_cancelling_run_while_it_drains_after_stop_still_closes_the_socket
     connector go, or it keeps sending requests nobody reads."""
     async with engine_running() as engine:
         config = Config(api_key=KEY, base_url=engine.base_url, shutdown_grace=30)
-        connector = Connector(config, TestSource())
-        task = asyncio.create_task(connector.run())
-        await connector.wait_ready(10)
-        pending = asyncio.create_task(engine.request({"type": "load", "model": "m", "id": "hang"}))
-        await eventually(lambda: connector.status.in_flight == 1)
+        connector, task, pending = await in_flight_on(engine, config, TestSource())
         connector.stop()  # a drain of up to 28 s
         await eventually(lambda: connector.status.state is State.DRAINING)
         task.cancel()
